@@ -1,1 +1,49 @@
-fn main() {}
+//! `falcon`: serve the classifier, train it, predict from the shell, load-test a worker.
+#![forbid(unsafe_code)]
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "falcon", version, about = "Falcon ML inference platform: a sentiment classifier served over HTTP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an inference worker (configuration from flags, environment and `.env`).
+    Serve(Box<falcon_server::Config>),
+    /// Train the classifier on the VADER data and write a model file.
+    Train(commands::train::TrainArgs),
+    /// Classify one text and print the same JSON as POST /infer.
+    Predict(commands::predict::PredictArgs),
+    /// Drive a running worker with HTTP load and report throughput and latency.
+    Load(commands::load::LoadArgs),
+}
+
+fn main() -> ExitCode {
+    // A `.env` in the working directory fills variables that are not already set.
+    let dotenv = dotenvy::dotenv();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => return commands::config_error(&e),
+    };
+    if let Err(e) = dotenv
+        && !e.not_found()
+    {
+        eprintln!("warning: .env ignored: {e}");
+    }
+    match cli.command {
+        Command::Serve(config) => commands::serve::run(*config),
+        Command::Train(args) => commands::train::run(&args),
+        Command::Predict(args) => commands::predict::run(&args),
+        Command::Load(args) => commands::load::run(&args),
+    }
+}

@@ -44,39 +44,22 @@ impl Dataset {
 /// Loads every `*_GroundTruth.txt` in `dir` (tab-separated `id, mean rating, text`, CRLF or
 /// LF line ends), in file-name order.
 pub fn load_vader_dir(dir: &Path) -> Result<Dataset, ModelError> {
-    let io = |source| ModelError::Io {
-        path: dir.to_owned(),
-        source,
-    };
+    let io = |error| ModelError::Io { path: dir.to_owned(), error };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with("_GroundTruth.txt"))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_GroundTruth.txt")))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(ModelError::NoData(format!(
-            "no *_GroundTruth.txt files in {}",
-            dir.display()
-        )));
+        return Err(ModelError::NoData(format!("no *_GroundTruth.txt files in {}", dir.display())));
     }
     let mut hasher = Sha256::new();
     let mut texts = Vec::new();
     let mut labels = Vec::new();
     for path in &files {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        hasher.update(
-            path.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io { path: path.clone(), error })?;
+        hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
         hasher.update(&bytes);
         let content = String::from_utf8_lossy(&bytes);
         for (i, line) in content.lines().enumerate() {
@@ -84,34 +67,20 @@ pub fn load_vader_dir(dir: &Path) -> Result<Dataset, ModelError> {
             if line.trim().is_empty() {
                 continue;
             }
-            let bad = |message: String| ModelError::Data {
-                path: path.clone(),
-                line: i + 1,
-                message,
-            };
+            let bad = |message: String| ModelError::Data { path: path.clone(), line: i + 1, message };
             let mut parts = line.splitn(3, '\t');
             let (_id, rating, text) = match (parts.next(), parts.next(), parts.next()) {
                 (Some(id), Some(r), Some(t)) => (id, r, t),
                 _ => {
-                    return Err(bad(
-                        "expected 3 tab-separated fields: id, rating, text".into()
-                    ));
+                    return Err(bad("expected 3 tab-separated fields: id, rating, text".into()));
                 }
             };
-            let rating: f64 = rating
-                .trim()
-                .parse()
-                .map_err(|e| bad(format!("bad rating {rating:?}: {e}")))?;
+            let rating: f64 = rating.trim().parse().map_err(|e| bad(format!("bad rating {rating:?}: {e}")))?;
             texts.push(text.to_owned());
             labels.push(label_for_rating(rating));
         }
     }
-    Ok(Dataset {
-        texts,
-        labels,
-        sha256: hex::encode(hasher.finalize()),
-        files,
-    })
+    Ok(Dataset { texts, labels, sha256: hex::encode(hasher.finalize()), files })
 }
 
 /// A small deterministic PRNG (SplitMix64), so the split depends only on the seed.
@@ -133,11 +102,7 @@ impl SplitMix64 {
 
 /// Stratified split: within each class, a seeded shuffle puts `round(n_k · test_fraction)`
 /// items in the test set. Returns `(train, test)` index lists, each sorted.
-pub fn stratified_split(
-    labels: &[usize],
-    test_fraction: f64,
-    seed: u64,
-) -> (Vec<usize>, Vec<usize>) {
+pub fn stratified_split(labels: &[usize], test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let n_classes = labels.iter().max().map_or(0, |m| m + 1);
     let mut rng = SplitMix64(seed);
     let mut train = Vec::new();
@@ -171,30 +136,21 @@ mod tests {
 
     #[test]
     fn split_is_stratified_disjoint_and_seeded() {
-        let labels: Vec<usize> = (0..1000)
-            .map(|i| if i % 10 < 2 { 1 } else { i % 2 * 2 })
-            .collect();
+        let labels: Vec<usize> = (0..1000).map(|i| if i % 10 < 2 { 1 } else { i % 2 * 2 }).collect();
         let (train, test) = stratified_split(&labels, 0.2, 42);
         assert_eq!(train.len() + test.len(), 1000);
         assert!(test.iter().all(|i| train.binary_search(i).is_err()));
         let share = |k| test.iter().filter(|&&i| labels[i] == k).count();
         assert_eq!(share(1), 40);
         assert_eq!(share(0) + share(2), 160);
-        assert_eq!(
-            stratified_split(&labels, 0.2, 42),
-            (train.clone(), test.clone())
-        );
+        assert_eq!(stratified_split(&labels, 0.2, 42), (train.clone(), test.clone()));
         assert_ne!(stratified_split(&labels, 0.2, 7).1, test);
     }
 
     #[test]
     fn parses_crlf_files_and_hashes_them() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("a_GroundTruth.txt"),
-            "1\t2.5\tGreat!\r\n2\t-1.0\tBad\tstuff\r\n\r\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a_GroundTruth.txt"), "1\t2.5\tGreat!\r\n2\t-1.0\tBad\tstuff\r\n\r\n").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let d = load_vader_dir(dir.path()).unwrap();
         assert_eq!(d.texts, ["Great!", "Bad\tstuff"]);
@@ -205,11 +161,7 @@ mod tests {
     #[test]
     fn bad_rating_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("x_GroundTruth.txt"),
-            "1\t1.0\tok\n2\tabc\tno\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("x_GroundTruth.txt"), "1\t1.0\tok\n2\tabc\tno\n").unwrap();
         let err = load_vader_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("x_GroundTruth.txt:2"), "{err}");
     }
@@ -217,10 +169,7 @@ mod tests {
     #[test]
     fn empty_dir_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            load_vader_dir(dir.path()),
-            Err(ModelError::NoData(_))
-        ));
+        assert!(matches!(load_vader_dir(dir.path()), Err(ModelError::NoData(_))));
     }
 
     #[test]

@@ -43,28 +43,12 @@ pub fn evaluate(y_true: &[usize], y_pred: &[usize], labels: &[&str]) -> Evaluati
             let predicted: usize = (0..k).map(|t| confusion[t][c]).sum();
             let precision = ratio(tp, predicted);
             let recall = ratio(tp, support);
-            let f1 = if precision + recall == 0.0 {
-                0.0
-            } else {
-                2.0 * precision * recall / (precision + recall)
-            };
-            ClassMetrics {
-                label: labels[c].to_owned(),
-                precision,
-                recall,
-                f1,
-                support,
-            }
+            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+            ClassMetrics { label: labels[c].to_owned(), precision, recall, f1, support }
         })
         .collect();
     let macro_f1 = per_class.iter().map(|c| c.f1).sum::<f64>() / k.max(1) as f64;
-    Evaluation {
-        n,
-        accuracy: ratio(correct, n),
-        macro_f1,
-        per_class,
-        confusion,
-    }
+    Evaluation { n, accuracy: ratio(correct, n), macro_f1, per_class, confusion }
 }
 
 impl Evaluation {
@@ -72,22 +56,11 @@ impl Evaluation {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "test set: {} sentences", self.n);
-        let _ = writeln!(
-            s,
-            "accuracy: {:.4}   macro-F1: {:.4}",
-            self.accuracy, self.macro_f1
-        );
-        let _ = writeln!(
-            s,
-            "{:<10} {:>9} {:>9} {:>9} {:>8}",
-            "class", "precision", "recall", "f1", "support"
-        );
+        let _ = writeln!(s, "accuracy: {:.4}   macro-F1: {:.4}", self.accuracy, self.macro_f1);
+        let _ = writeln!(s, "{:<10} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support");
         for c in &self.per_class {
-            let _ = writeln!(
-                s,
-                "{:<10} {:>9.4} {:>9.4} {:>9.4} {:>8}",
-                c.label, c.precision, c.recall, c.f1, c.support
-            );
+            let _ =
+                writeln!(s, "{:<10} {:>9.4} {:>9.4} {:>9.4} {:>8}", c.label, c.precision, c.recall, c.f1, c.support);
         }
         let _ = writeln!(s, "confusion matrix (rows = true, columns = predicted):");
         let _ = write!(s, "{:<10}", "");

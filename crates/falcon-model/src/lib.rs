@@ -27,33 +27,10 @@ mod tests {
 
     /// A small labelled set that trains in milliseconds.
     fn tiny() -> Dataset {
-        let pos = [
-            "great movie",
-            "i love it",
-            "wonderful and great",
-            "love this",
-            "so good",
-            "great fun",
-            "good great",
-        ];
-        let neg = [
-            "terrible movie",
-            "i hate it",
-            "awful and bad",
-            "hate this",
-            "so bad",
-            "bad boring",
-            "awful awful",
-        ];
-        let neu = [
-            "the movie",
-            "it is a film",
-            "a film it is",
-            "this is it",
-            "the film",
-            "a movie",
-            "is the",
-        ];
+        let pos =
+            ["great movie", "i love it", "wonderful and great", "love this", "so good", "great fun", "good great"];
+        let neg = ["terrible movie", "i hate it", "awful and bad", "hate this", "so bad", "bad boring", "awful awful"];
+        let neu = ["the movie", "it is a film", "a film it is", "this is it", "the film", "a movie", "is the"];
         let mut texts = Vec::new();
         let mut labels = Vec::new();
         for (k, set) in [neg, neu, pos].iter().enumerate() {
@@ -62,22 +39,11 @@ mod tests {
                 labels.push(k);
             }
         }
-        Dataset {
-            texts,
-            labels,
-            sha256: "test".into(),
-            files: vec![],
-        }
+        Dataset { texts, labels, sha256: "test".into(), files: vec![] }
     }
 
     fn trained() -> SentimentModel {
-        let opts = TrainOptions {
-            tfidf: tfidf::TfidfConfig {
-                min_df: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let opts = TrainOptions { tfidf: tfidf::TfidfConfig { min_df: 1, ..Default::default() }, ..Default::default() };
         train(&tiny(), &opts).unwrap()
     }
 
@@ -94,10 +60,7 @@ mod tests {
     #[test]
     fn trained_model_separates_clear_cases() {
         let m = trained();
-        assert_eq!(
-            m.labels()[m.predict("what a great great movie").class],
-            "positive"
-        );
+        assert_eq!(m.labels()[m.predict("what a great great movie").class], "positive");
         assert_eq!(m.labels()[m.predict("awful, I hate it").class], "negative");
         let p = m.predict("anything at all");
         assert!((p.probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -121,8 +84,7 @@ mod tests {
     #[test]
     fn truncated_file_is_rejected() {
         let bytes = trained().to_json();
-        let err =
-            SentimentModel::from_json(&bytes[..bytes.len() / 2], Path::new("m.json")).unwrap_err();
+        let err = SentimentModel::from_json(&bytes[..bytes.len() / 2], Path::new("m.json")).unwrap_err();
         assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     }
 
@@ -140,17 +102,7 @@ mod tests {
         let text = String::from_utf8(trained().to_json()).unwrap();
         let future = text.replace("\"format_version\":1", "\"format_version\":2");
         let err = SentimentModel::from_json(future.as_bytes(), Path::new("m.json")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ModelError::Incompatible {
-                    found: 2,
-                    supported: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, ModelError::Incompatible { found: 2, supported: 1, .. }), "{err}");
         let err = SentimentModel::from_json(b"{\"hello\":1}", Path::new("m.json")).unwrap_err();
         assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
         let err = SentimentModel::from_json(b"\x80\x81garbage", Path::new("m.json")).unwrap_err();

@@ -16,6 +16,8 @@ pub enum ClassWeight {
     Uniform,
     /// Each sample of class k counts `n / (K · n_k)`, as scikit-learn's "balanced".
     Balanced,
+    /// The square root of the balanced weight: half-way between the two, in log scale.
+    SqrtBalanced,
 }
 
 /// Training hyper-parameters.
@@ -32,12 +34,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
-            c: 4.0,
-            class_weight: ClassWeight::Balanced,
-            max_iter: 500,
-            tol: 1e-6,
-        }
+        Self { c: 4.0, class_weight: ClassWeight::Balanced, max_iter: 500, tol: 1e-6 }
     }
 }
 
@@ -82,12 +79,7 @@ impl LogisticModel {
         if coef.iter().chain(&intercept).any(|w| !w.is_finite()) {
             return Err("weights contain a non-finite value".into());
         }
-        Ok(Self {
-            n_features,
-            n_classes,
-            coef,
-            intercept,
-        })
+        Ok(Self { n_features, n_classes, coef, intercept })
     }
 
     /// Fits the model. `y[i]` is the class index of `x[i]`; features must be `< n_features`.
@@ -103,37 +95,19 @@ impl LogisticModel {
         for &k in y {
             counts[k] += 1;
         }
+        let balanced = |c: usize| if c == 0 { 0.0 } else { n / (n_classes as f64 * c as f64) };
         let class_w: Vec<f64> = match cfg.class_weight {
             ClassWeight::Uniform => vec![1.0; n_classes],
-            ClassWeight::Balanced => counts
-                .iter()
-                .map(|&c| {
-                    if c == 0 {
-                        0.0
-                    } else {
-                        n / (n_classes as f64 * c as f64)
-                    }
-                })
-                .collect(),
+            ClassWeight::Balanced => counts.iter().map(|&c| balanced(c)).collect(),
+            ClassWeight::SqrtBalanced => counts.iter().map(|&c| balanced(c).sqrt()).collect(),
         };
-        let objective = Objective {
-            x,
-            y,
-            class_w,
-            lambda: 1.0 / (cfg.c * n),
-            n_classes,
-            n_coef: n_features * n_classes,
-        };
+        let objective =
+            Objective { x, y, class_w, lambda: 1.0 / (cfg.c * n), n_classes, n_coef: n_features * n_classes };
         let n_coef = objective.n_coef;
         let w0 = vec![0.0; n_coef + n_classes];
         let (w, report) = lbfgs(|w, g| objective.eval(w, g), w0, cfg.max_iter, cfg.tol, 10);
         let (coef, intercept) = w.split_at(n_coef);
-        let model = Self {
-            n_features,
-            n_classes,
-            coef: coef.to_vec(),
-            intercept: intercept.to_vec(),
-        };
+        let model = Self { n_features, n_classes, coef: coef.to_vec(), intercept: intercept.to_vec() };
         (model, report)
     }
 
@@ -250,14 +224,7 @@ fn lbfgs(
     for iter in 0..max_iter {
         let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         if gmax <= tol {
-            return (
-                x,
-                FitReport {
-                    iterations: iter,
-                    final_loss: fx,
-                    converged: true,
-                },
-            );
+            return (x, FitReport { iterations: iter, final_loss: fx, converged: true });
         }
         // Two-loop recursion: d = -H·g.
         d.iter_mut().zip(&g).for_each(|(di, gi)| *di = -gi);
@@ -281,19 +248,11 @@ fn lbfgs(
             d.iter_mut().zip(&g).for_each(|(di, gi)| *di = -gi);
             slope = dot(&g, &d);
         }
-        let mut step = if pairs.is_empty() {
-            1.0 / dot(&g, &g).sqrt().max(1.0)
-        } else {
-            1.0
-        };
+        let mut step = if pairs.is_empty() { 1.0 / dot(&g, &g).sqrt().max(1.0) } else { 1.0 };
         let mut accepted = false;
         let mut f_new = fx;
         for _ in 0..50 {
-            x_new
-                .iter_mut()
-                .zip(&x)
-                .zip(&d)
-                .for_each(|((xn, xi), di)| *xn = xi + step * di);
+            x_new.iter_mut().zip(&x).zip(&d).for_each(|((xn, xi), di)| *xn = xi + step * di);
             f_new = f(&x_new, &mut g_new);
             if f_new <= fx + 1e-4 * step * slope {
                 accepted = true;
@@ -302,14 +261,7 @@ fn lbfgs(
             step *= 0.5;
         }
         if !accepted {
-            return (
-                x,
-                FitReport {
-                    iterations: iter,
-                    final_loss: fx,
-                    converged: false,
-                },
-            );
+            return (x, FitReport { iterations: iter, final_loss: fx, converged: false });
         }
         let s: Vec<f64> = x_new.iter().zip(&x).map(|(a, b)| a - b).collect();
         let yv: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
@@ -325,24 +277,10 @@ fn lbfgs(
         std::mem::swap(&mut g, &mut g_new);
         fx = f_new;
         if improvement.abs() < 1e-13 {
-            return (
-                x,
-                FitReport {
-                    iterations: iter + 1,
-                    final_loss: fx,
-                    converged: true,
-                },
-            );
+            return (x, FitReport { iterations: iter + 1, final_loss: fx, converged: true });
         }
     }
-    (
-        x,
-        FitReport {
-            iterations: max_iter,
-            final_loss: fx,
-            converged: false,
-        },
-    )
+    (x, FitReport { iterations: max_iter, final_loss: fx, converged: false })
 }
 
 #[cfg(test)]
@@ -388,10 +326,7 @@ mod tests {
     fn stronger_regularisation_shrinks_weights() {
         let (x, y) = toy();
         let norm = |c| {
-            let cfg = TrainConfig {
-                c,
-                ..TrainConfig::default()
-            };
+            let cfg = TrainConfig { c, ..TrainConfig::default() };
             let (m, _) = LogisticModel::fit(&x, &y, 4, 3, &cfg);
             m.coef().iter().map(|w| w * w).sum::<f64>()
         };
@@ -409,17 +344,8 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let (x, y) = toy();
-        let obj = Objective {
-            x: &x,
-            y: &y,
-            class_w: vec![1.0, 2.0, 0.5],
-            lambda: 0.1,
-            n_classes: 3,
-            n_coef: 12,
-        };
-        let w: Vec<f64> = (0..15)
-            .map(|i| ((i * 7 % 11) as f64 - 5.0) / 10.0)
-            .collect();
+        let obj = Objective { x: &x, y: &y, class_w: vec![1.0, 2.0, 0.5], lambda: 0.1, n_classes: 3, n_coef: 12 };
+        let w: Vec<f64> = (0..15).map(|i| ((i * 7 % 11) as f64 - 5.0) / 10.0).collect();
         let mut grad = vec![0.0; 15];
         obj.eval(&w, &mut grad);
         let mut scratch = vec![0.0; 15];
@@ -429,11 +355,7 @@ mod tests {
             wp[i] += h;
             wm[i] -= h;
             let numeric = (obj.eval(&wp, &mut scratch) - obj.eval(&wm, &mut scratch)) / (2.0 * h);
-            assert!(
-                (numeric - grad[i]).abs() < 1e-6,
-                "component {i}: {numeric} vs {}",
-                grad[i]
-            );
+            assert!((numeric - grad[i]).abs() < 1e-6, "component {i}: {numeric} vs {}", grad[i]);
         }
     }
 

@@ -104,12 +104,7 @@ struct Content<'a> {
 
 fn content_hash(labels: &[String], v: &VectorizerFile, w: &WeightsFile) -> String {
     // Serialising plain vectors and strings cannot fail.
-    let bytes = serde_json::to_vec(&Content {
-        labels,
-        vectorizer: v,
-        weights: w,
-    })
-    .unwrap_or_default();
+    let bytes = serde_json::to_vec(&Content { labels, vectorizer: v, weights: w }).unwrap_or_default();
     hex::encode(&Sha256::digest(&bytes)[..8])
 }
 
@@ -125,18 +120,8 @@ impl SentimentModel {
     ) -> Self {
         let (vf, wf) = parts(&vectorizer, &weights);
         let model_version = content_hash(&labels, &vf, &wf);
-        let meta = ModelMeta {
-            model_version,
-            created_at,
-            labels,
-            training,
-            metrics,
-        };
-        Self {
-            meta,
-            vectorizer,
-            weights,
-        }
+        let meta = ModelMeta { model_version, created_at, labels, training, metrics };
+        Self { meta, vectorizer, weights }
     }
 
     /// Classifies one text.
@@ -147,14 +132,8 @@ impl SentimentModel {
             .iter()
             .copied()
             .enumerate()
-            .fold((0, f64::NEG_INFINITY), |best, (i, p)| {
-                if p > best.1 { (i, p) } else { best }
-            });
-        Prediction {
-            class,
-            confidence,
-            probabilities,
-        }
+            .fold((0, f64::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+        Prediction { class, confidence, probabilities }
     }
 
     pub fn labels(&self) -> &[String] {
@@ -193,10 +172,7 @@ impl SentimentModel {
 
     /// Writes the model file atomically (temp file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |error| ModelError::Io { path: path.to_owned(), error };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -208,45 +184,28 @@ impl SentimentModel {
     /// Reads and fully validates a model file: format name and version, shapes, finite
     /// weights, and the content hash against `model_version`.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io { path: path.to_owned(), error })?;
         Self::from_json(&bytes, path)
     }
 
     /// Parses a model from bytes; `path` is only used in error messages.
     pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
-        let corrupt = |message: String| ModelError::Corrupt {
-            path: path.to_owned(),
-            message,
-        };
+        let corrupt = |message: String| ModelError::Corrupt { path: path.to_owned(), message };
         let header: Header = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if header.format.as_deref() != Some(FORMAT_NAME) {
-            return Err(corrupt(format!(
-                "format is {:?}, expected {FORMAT_NAME:?}",
-                header.format
-            )));
+            return Err(corrupt(format!("format is {:?}, expected {FORMAT_NAME:?}", header.format)));
         }
         match header.format_version {
             Some(FORMAT_VERSION) => {}
             Some(found) => {
-                return Err(ModelError::Incompatible {
-                    path: path.to_owned(),
-                    found,
-                    supported: FORMAT_VERSION,
-                });
+                return Err(ModelError::Incompatible { path: path.to_owned(), found, supported: FORMAT_VERSION });
             }
             None => return Err(corrupt("missing format_version".into())),
         }
         let file: ModelFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let actual = content_hash(&file.meta.labels, &file.vectorizer, &file.weights);
         if actual != file.meta.model_version {
-            return Err(ModelError::Integrity {
-                path: path.to_owned(),
-                expected: file.meta.model_version,
-                actual,
-            });
+            return Err(ModelError::Integrity { path: path.to_owned(), expected: file.meta.model_version, actual });
         }
         let n_classes = file.meta.labels.len();
         let v = file.vectorizer;
@@ -254,32 +213,16 @@ impl SentimentModel {
         let vectorizer = Vectorizer::from_parts(v.config, v.terms, v.idf).map_err(&corrupt)?;
         let w = file.weights;
         if w.n_features != n_terms {
-            return Err(corrupt(format!(
-                "{} weight rows for {} vocabulary terms",
-                w.n_features, n_terms
-            )));
+            return Err(corrupt(format!("{} weight rows for {} vocabulary terms", w.n_features, n_terms)));
         }
-        let weights = LogisticModel::from_parts(w.n_features, n_classes, w.coef, w.intercept)
-            .map_err(&corrupt)?;
-        Ok(Self {
-            meta: file.meta,
-            vectorizer,
-            weights,
-        })
+        let weights = LogisticModel::from_parts(w.n_features, n_classes, w.coef, w.intercept).map_err(&corrupt)?;
+        Ok(Self { meta: file.meta, vectorizer, weights })
     }
 }
 
 fn parts(v: &Vectorizer, w: &LogisticModel) -> (VectorizerFile, WeightsFile) {
     (
-        VectorizerFile {
-            config: v.config(),
-            terms: v.terms().to_vec(),
-            idf: v.idf().to_vec(),
-        },
-        WeightsFile {
-            n_features: w.n_features(),
-            coef: w.coef().to_vec(),
-            intercept: w.intercept().to_vec(),
-        },
+        VectorizerFile { config: v.config(), terms: v.terms().to_vec(), idf: v.idf().to_vec() },
+        WeightsFile { n_features: w.n_features(), coef: w.coef().to_vec(), intercept: w.intercept().to_vec() },
     )
 }

@@ -25,12 +25,7 @@ pub struct TfidfConfig {
 
 impl Default for TfidfConfig {
     fn default() -> Self {
-        Self {
-            min_n: 1,
-            max_n: 2,
-            min_df: 2,
-            sublinear_tf: true,
-        }
+        Self { min_n: 1, max_n: 2, min_df: 2, sublinear_tf: true }
     }
 }
 
@@ -51,47 +46,28 @@ impl Vectorizer {
         let mut seen: Vec<String> = Vec::new();
         for tokens in docs {
             seen.clear();
-            for_each_ngram(tokens, config.min_n, config.max_n, |g| {
-                seen.push(g.to_owned())
-            });
+            for_each_ngram(tokens, config.min_n, config.max_n, |g| seen.push(g.to_owned()));
             seen.sort_unstable();
             seen.dedup();
             for g in seen.drain(..) {
                 *df.entry(g).or_insert(0) += 1;
             }
         }
-        let mut kept: Vec<(String, usize)> = df
-            .into_iter()
-            .filter(|(_, n)| *n >= config.min_df.max(1))
-            .collect();
+        let mut kept: Vec<(String, usize)> = df.into_iter().filter(|(_, n)| *n >= config.min_df.max(1)).collect();
         kept.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let n_docs = docs.len() as f64;
-        let idf = kept
-            .iter()
-            .map(|(_, n)| ((1.0 + n_docs) / (1.0 + *n as f64)).ln() + 1.0)
-            .collect();
+        let idf = kept.iter().map(|(_, n)| ((1.0 + n_docs) / (1.0 + *n as f64)).ln() + 1.0).collect();
         let terms = kept.into_iter().map(|(t, _)| t).collect();
         Self::build(config, terms, idf)
     }
 
     /// Rebuilds a vectoriser from stored parts, checking that they fit together.
-    pub fn from_parts(
-        config: TfidfConfig,
-        terms: Vec<String>,
-        idf: Vec<f64>,
-    ) -> Result<Self, String> {
+    pub fn from_parts(config: TfidfConfig, terms: Vec<String>, idf: Vec<f64>) -> Result<Self, String> {
         if terms.len() != idf.len() {
-            return Err(format!(
-                "{} terms but {} idf weights",
-                terms.len(),
-                idf.len()
-            ));
+            return Err(format!("{} terms but {} idf weights", terms.len(), idf.len()));
         }
         if config.min_n == 0 || config.min_n > config.max_n {
-            return Err(format!(
-                "bad n-gram range {}..={}",
-                config.min_n, config.max_n
-            ));
+            return Err(format!("bad n-gram range {}..={}", config.min_n, config.max_n));
         }
         if let Some(bad) = idf.iter().find(|w| !w.is_finite() || **w <= 0.0) {
             return Err(format!("idf weight {bad} is not a positive finite number"));
@@ -107,17 +83,8 @@ impl Vectorizer {
     }
 
     fn build(config: TfidfConfig, terms: Vec<String>, idf: Vec<f64>) -> Self {
-        let index = terms
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        Self {
-            config,
-            terms,
-            idf,
-            index,
-        }
+        let index = terms.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        Self { config, terms, idf, index }
     }
 
     /// The L2-normalised TF-IDF vector of one tokenised document. Unknown n-grams are
@@ -139,11 +106,7 @@ impl Vectorizer {
         }
         let mut norm = 0.0;
         for (i, v) in &mut out {
-            let tf = if self.config.sublinear_tf {
-                1.0 + v.ln()
-            } else {
-                *v
-            };
+            let tf = if self.config.sublinear_tf { 1.0 + v.ln() } else { *v };
             *v = tf * self.idf[*i as usize];
             norm += *v * *v;
         }
@@ -192,12 +155,7 @@ mod tests {
     }
 
     fn raw(min_df: usize) -> TfidfConfig {
-        TfidfConfig {
-            min_n: 1,
-            max_n: 2,
-            min_df,
-            sublinear_tf: false,
-        }
+        TfidfConfig { min_n: 1, max_n: 2, min_df, sublinear_tf: false }
     }
 
     #[test]
@@ -205,18 +163,7 @@ mod tests {
         let v = Vectorizer::fit(&docs(&["good movie", "good film", "bad bad"]), raw(2));
         assert_eq!(v.terms(), ["good"]);
         let v = Vectorizer::fit(&docs(&["good movie", "good film", "bad bad"]), raw(1));
-        assert_eq!(
-            v.terms(),
-            [
-                "bad",
-                "bad bad",
-                "film",
-                "good",
-                "good film",
-                "good movie",
-                "movie"
-            ]
-        );
+        assert_eq!(v.terms(), ["bad", "bad bad", "film", "good", "good film", "good movie", "movie"]);
     }
 
     #[test]
@@ -239,18 +186,12 @@ mod tests {
         let b = v.terms().iter().position(|t| t == "b").unwrap() as u32;
         let get = |i| x.iter().find(|(j, _)| *j == i).unwrap().1;
         assert!((get(a) / get(b) - 2.0).abs() < 1e-12);
-        assert!(
-            x.windows(2).all(|w| w[0].0 < w[1].0),
-            "indices sorted and unique"
-        );
+        assert!(x.windows(2).all(|w| w[0].0 < w[1].0), "indices sorted and unique");
     }
 
     #[test]
     fn sublinear_tf_dampens_repeats() {
-        let cfg = TfidfConfig {
-            sublinear_tf: true,
-            ..raw(1)
-        };
+        let cfg = TfidfConfig { sublinear_tf: true, ..raw(1) };
         let v = Vectorizer::fit(&docs(&["a b", "a c", "b c"]), cfg);
         let x = v.transform(&tokenize("a a b"));
         let a = v.terms().iter().position(|t| t == "a").unwrap() as u32;
@@ -268,9 +209,7 @@ mod tests {
     #[test]
     fn from_parts_rejects_mismatched_parts() {
         assert!(Vectorizer::from_parts(raw(1), vec!["a".into()], vec![]).is_err());
-        assert!(
-            Vectorizer::from_parts(raw(1), vec!["a".into(), "a".into()], vec![1.0, 1.0]).is_err()
-        );
+        assert!(Vectorizer::from_parts(raw(1), vec!["a".into(), "a".into()], vec![1.0, 1.0]).is_err());
         assert!(Vectorizer::from_parts(raw(1), vec!["a".into()], vec![f64::NAN]).is_err());
     }
 }

@@ -3,29 +3,54 @@
 //! The same function runs at training time, at serving time and for the cache key, so
 //! two inputs that tokenise alike share a cache entry and always get the same answer.
 
+/// Emoticons kept as tokens, each with the canonical form it is counted as.
+const EMOTICONS: [(&str, &str); 14] = [
+    (":-)", ":)"),
+    (":)", ":)"),
+    ("(:", ":)"),
+    (":-(", ":("),
+    (":(", ":("),
+    (":'(", ":("),
+    (":-d", ":d"),
+    (":d", ":d"),
+    (";-)", ";)"),
+    (";)", ";)"),
+    (":-p", ":p"),
+    (":p", ":p"),
+    ("<3", "<3"),
+    ("=)", ":)"),
+];
+
 /// Splits text into lowercase tokens.
 ///
 /// A token is a run of alphanumeric characters; an apostrophe between two letters stays
 /// inside the word (`don't`, `it's`). `!` and `?` are kept as tokens of their own because
-/// they carry sentiment intensity; all other punctuation and whitespace separate tokens.
+/// they carry sentiment intensity, and so are common emoticons (`:)`, `:-(`, `<3`, …,
+/// in a canonical form). All other punctuation and whitespace separate tokens.
 pub fn tokenize(text: &str) -> Vec<String> {
     let mut tokens = Vec::new();
     let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut iter = text.char_indices().peekable();
+    while let Some((i, c)) = iter.next() {
         if c.is_alphanumeric() {
             current.extend(c.to_lowercase());
-        } else if (c == '\'' || c == '\u{2019}')
-            && !current.is_empty()
-            && chars.peek().is_some_and(|n| n.is_alphabetic())
+            continue;
+        }
+        if (c == '\'' || c == '\u{2019}') && !current.is_empty() && iter.peek().is_some_and(|(_, n)| n.is_alphabetic())
         {
             current.push('\'');
-        } else {
-            if !current.is_empty() {
-                tokens.push(std::mem::take(&mut current));
-            }
-            if c == '!' || c == '?' {
-                tokens.push(c.to_string());
+            continue;
+        }
+        if !current.is_empty() {
+            tokens.push(std::mem::take(&mut current));
+        }
+        if c == '!' || c == '?' {
+            tokens.push(c.to_string());
+        } else if let Some((raw, canonical)) = emoticon_at(&text[i..]) {
+            tokens.push((*canonical).to_owned());
+            // Skip the rest of the emoticon (all ASCII, one byte per char).
+            for _ in 1..raw.len() {
+                iter.next();
             }
         }
     }
@@ -33,6 +58,16 @@ pub fn tokenize(text: &str) -> Vec<String> {
         tokens.push(current);
     }
     tokens
+}
+
+fn emoticon_at(rest: &str) -> Option<&'static (&'static str, &'static str)> {
+    let head = rest.get(..3.min(rest.len())).or_else(|| rest.get(..2.min(rest.len())))?;
+    EMOTICONS.iter().find(|(raw, _)| {
+        head.len() >= raw.len()
+            && head.as_bytes()[..raw.len()].eq_ignore_ascii_case(raw.as_bytes())
+            // An emoticon must not run into a word (`:data`), except at the end of text.
+            && !rest[raw.len()..].chars().next().is_some_and(char::is_alphanumeric)
+    })
 }
 
 /// The canonical form of a text: its tokens joined by single spaces.
@@ -76,24 +111,25 @@ mod tests {
 
     #[test]
     fn lowercases_and_splits_on_punctuation() {
-        assert_eq!(
-            tokenize("The Rock, is GREAT."),
-            ["the", "rock", "is", "great"]
-        );
+        assert_eq!(tokenize("The Rock, is GREAT."), ["the", "rock", "is", "great"]);
     }
 
     #[test]
     fn keeps_inner_apostrophes_and_drops_quotes() {
-        assert_eq!(
-            tokenize("I don't 'like' it's"),
-            ["i", "don't", "like", "it's"]
-        );
+        assert_eq!(tokenize("I don't 'like' it's"), ["i", "don't", "like", "it's"]);
         assert_eq!(tokenize("don\u{2019}t"), ["don't"]);
     }
 
     #[test]
     fn keeps_exclamation_and_question_marks() {
         assert_eq!(tokenize("wow!! really?"), ["wow", "!", "!", "really", "?"]);
+    }
+
+    #[test]
+    fn keeps_emoticons_in_canonical_form() {
+        assert_eq!(tokenize("great :-) really :("), ["great", ":)", "really", ":("]);
+        assert_eq!(tokenize("love it <3 :D"), ["love", "it", "<3", ":d"]);
+        assert_eq!(tokenize("see http://x.com :data"), ["see", "http", "x", "com", "data"]);
     }
 
     #[test]
@@ -111,10 +147,7 @@ mod tests {
 
     #[test]
     fn unigrams_and_bigrams_in_order() {
-        assert_eq!(
-            ngrams("not good at all", 1, 2),
-            ["not", "good", "at", "all", "not good", "good at", "at all"]
-        );
+        assert_eq!(ngrams("not good at all", 1, 2), ["not", "good", "at", "all", "not good", "good at", "at all"]);
     }
 
     #[test]

@@ -20,12 +20,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self {
-            seed: 42,
-            test_fraction: 0.2,
-            tfidf: TfidfConfig::default(),
-            optimizer: TrainConfig::default(),
-        }
+        Self { seed: 42, test_fraction: 0.2, tfidf: TfidfConfig::default(), optimizer: TrainConfig::default() }
     }
 }
 
@@ -41,13 +36,7 @@ pub fn train(data: &Dataset, opts: &TrainOptions) -> Result<SentimentModel, Mode
     let vectorizer = Vectorizer::fit(&train_docs, opts.tfidf);
     let x_train: Vec<_> = train_docs.iter().map(|d| vectorizer.transform(d)).collect();
     let y_train: Vec<usize> = train_idx.iter().map(|&i| data.labels[i]).collect();
-    let (weights, fit) = LogisticModel::fit(
-        &x_train,
-        &y_train,
-        vectorizer.len(),
-        LABELS.len(),
-        &opts.optimizer,
-    );
+    let (weights, fit) = LogisticModel::fit(&x_train, &y_train, vectorizer.len(), LABELS.len(), &opts.optimizer);
 
     let metrics = evaluate_on(&vectorizer, &weights, &tokens, &data.labels, &test_idx);
     let training = TrainingInfo {
@@ -63,9 +52,7 @@ pub fn train(data: &Dataset, opts: &TrainOptions) -> Result<SentimentModel, Mode
     };
     let labels = LABELS.iter().map(|s| (*s).to_owned()).collect();
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Ok(SentimentModel::new(
-        labels, vectorizer, weights, training, metrics, created_at,
-    ))
+    Ok(SentimentModel::new(labels, vectorizer, weights, training, metrics, created_at))
 }
 
 fn evaluate_on(

@@ -1,0 +1,32 @@
+use std::process::ExitCode;
+
+use falcon_server::{Application, Config, shutdown_signal};
+
+/// Runs a worker until SIGTERM/SIGINT. Exit 0 after a clean drain, 1 when start-up fails.
+pub fn run(config: Config) -> ExitCode {
+    let worker_id = config.worker_id();
+    falcon_server::telemetry::logging::init(&worker_id, &config.server.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let app = match Application::build(&config).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "Startup failed");
+                return ExitCode::FAILURE;
+            }
+        };
+        match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "Worker failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,312 @@
+//! The one typed configuration, read from flags, environment variables and `.env`.
+//!
+//! Every field's long flag is the lowercase of its environment variable, so clap's
+//! messages (`invalid value 'x' for '--port <PORT>'`) name the variable.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Parses a strictly positive, finite number of seconds.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(v)
+    } else {
+        Err("must be a number of seconds > 0 and ≤ 86400".into())
+    }
+}
+
+fn log_level(s: &str) -> Result<String, String> {
+    let up = s.trim().to_ascii_uppercase();
+    match up.as_str() {
+        "TRACE" | "DEBUG" | "INFO" | "WARN" | "WARNING" | "ERROR" => Ok(up),
+        _ => Err("must be one of TRACE, DEBUG, INFO, WARN, ERROR".into()),
+    }
+}
+
+fn worker_id(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok { Ok(s.to_owned()) } else { Err("must be 1-64 characters of A-Z a-z 0-9 - _ . :".into()) }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Identity of this worker in responses, logs and metrics [default: the host name].
+    #[arg(long, env = "WORKER_ID", value_parser = worker_id)]
+    pub worker_id: Option<String>,
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port to bind (0 = any free port).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// TRACE, DEBUG, INFO, WARN or ERROR.
+    #[arg(long, env = "LOG_LEVEL", default_value = "INFO", value_parser = log_level)]
+    pub log_level: String,
+    /// Model file to serve.
+    #[arg(long, env = "MODEL_PATH", default_value = "models/classifier.json")]
+    pub model_path: PathBuf,
+    /// Whole-request deadline; past it the client gets 504 `request_timeout`.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
+    pub request_timeout_seconds: f64,
+    /// Deadline for one model inference; past it the client gets 504 `inference_timeout`.
+    #[arg(long, env = "INFERENCE_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
+    pub inference_timeout_seconds: f64,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
+    pub graceful_shutdown_timeout_seconds: f64,
+    /// Largest accepted request body; larger gets 413.
+    #[arg(long, env = "MAX_REQUEST_BODY_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
+    pub max_request_body_bytes: u32,
+}
+
+/// Response cache settings.
+#[derive(Debug, Clone, Args)]
+pub struct CacheConfig {
+    /// Serve repeated texts from the response cache.
+    #[arg(long, env = "CACHE_ENABLED", default_value_t = true, action = ArgAction::Set)]
+    pub cache_enabled: bool,
+    /// How long a cached prediction lives.
+    #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub cache_ttl_seconds: u64,
+    /// Upper bound on entries in the in-process cache.
+    #[arg(long, env = "CACHE_MAX_ENTRIES", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub cache_max_entries: u64,
+}
+
+/// Settings parsed and validated now, for features that are not in this build yet.
+/// Setting one that would switch a feature on logs a warning at start-up; none pretends
+/// to work (see the configuration table in the README).
+#[derive(Debug, Clone, Args)]
+pub struct PlannedConfig {
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<Secret>,
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    #[arg(long, env = "POSTGRES_HOST")]
+    pub postgres_host: Option<String>,
+    #[arg(long, env = "POSTGRES_PORT", default_value_t = 5432)]
+    pub postgres_port: u16,
+    #[arg(long, env = "POSTGRES_DB", default_value = "falcon_inference")]
+    pub postgres_db: String,
+    #[arg(long, env = "POSTGRES_USER", default_value = "falcon")]
+    pub postgres_user: String,
+    #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<Secret>,
+    #[arg(long, env = "POSTGRES_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub postgres_pool_size: u32,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    #[arg(long, env = "IDEMPOTENCY_ENABLED", default_value_t = true, action = ArgAction::Set)]
+    pub idempotency_enabled: bool,
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_ttl_seconds: u64,
+    #[arg(long, env = "CIRCUIT_BREAKER_ENABLED", default_value_t = true, action = ArgAction::Set)]
+    pub circuit_breaker_enabled: bool,
+    #[arg(long, env = "CIRCUIT_BREAKER_FAILURE_THRESHOLD", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub circuit_breaker_failure_threshold: u32,
+    #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT_SECONDS", default_value = "60", value_parser = positive_seconds)]
+    pub circuit_breaker_timeout_seconds: f64,
+    #[arg(long, env = "CIRCUIT_BREAKER_HALF_OPEN_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub circuit_breaker_half_open_attempts: u32,
+    #[arg(long, env = "RETRY_ENABLED", default_value_t = true, action = ArgAction::Set)]
+    pub retry_enabled: bool,
+    #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub retry_max_attempts: u32,
+    #[arg(long, env = "RETRY_BASE_DELAY_MS", default_value_t = 100)]
+    pub retry_base_delay_ms: u64,
+    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 2000)]
+    pub retry_max_delay_ms: u64,
+    #[arg(long, env = "REDIS_OPERATION_TIMEOUT_SECONDS", default_value = "0.5", value_parser = positive_seconds)]
+    pub redis_operation_timeout_seconds: f64,
+    #[arg(long, env = "POSTGRES_OPERATION_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
+    pub postgres_operation_timeout_seconds: f64,
+    #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = false, action = ArgAction::Set)]
+    pub rate_limit_enabled: bool,
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_minute: u32,
+    #[arg(long, env = "LOG_BUFFER_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub log_buffer_size: u32,
+    #[arg(long, env = "DEBUG_MEMORY_GROWTH", default_value_t = false, action = ArgAction::Set)]
+    pub debug_memory_growth: bool,
+    #[arg(long, env = "DEBUG_MEMORY_GROWTH_MB_PER_REQUEST", default_value_t = 0)]
+    pub debug_memory_growth_mb_per_request: u32,
+}
+
+impl PlannedConfig {
+    /// Settings that ask for a feature this build does not have yet, as
+    /// `(variable, what happens instead)`.
+    pub fn inert_requests(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if self.redis_host.is_some() || self.redis_url.is_some() {
+            out.push(("REDIS_HOST/REDIS_URL", "Redis is not supported by this build yet; using the in-process cache"));
+        }
+        if self.postgres_host.is_some() || self.database_url.is_some() {
+            out.push((
+                "POSTGRES_HOST/DATABASE_URL",
+                "the Postgres request log is not in this build yet; no request log is written",
+            ));
+        }
+        if self.rate_limit_enabled {
+            out.push(("RATE_LIMIT_ENABLED", "rate limiting is not in this build yet; no limit is applied"));
+        }
+        if self.debug_memory_growth {
+            out.push(("DEBUG_MEMORY_GROWTH", "the memory-growth drill is not in this build yet; no ballast is added"));
+        }
+        out
+    }
+}
+
+/// Everything `falcon serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
+    pub cache: CacheConfig,
+    #[command(flatten)]
+    pub planned: PlannedConfig,
+}
+
+impl Config {
+    /// This worker's id: `WORKER_ID`, else the host name, else `falcon`.
+    pub fn worker_id(&self) -> String {
+        self.server.worker_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| worker_id(h).is_ok())
+                .unwrap_or_else(|| "falcon".to_owned())
+        })
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.request_timeout_seconds)
+    }
+
+    pub fn inference_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.inference_timeout_seconds)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.graceful_shutdown_timeout_seconds)
+    }
+
+    /// A configuration with every default and the given overrides, for tests and tools.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let matches = <Wrapper as clap::CommandFactory>::command().no_binary_name(true).try_get_matches_from(args)?;
+        Ok(Wrapper::from_arg_matches(&matches)?.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(c.server.port, 8000);
+        assert_eq!(c.cache.cache_ttl_seconds, 3600);
+        assert!(c.cache.cache_enabled);
+        assert_eq!(c.planned.idempotency_ttl_seconds, 86_400);
+        assert_eq!(c.planned.circuit_breaker_failure_threshold, 5);
+        assert_eq!(c.planned.log_buffer_size, 1000);
+        assert_eq!(c.shutdown_timeout(), Duration::from_secs(30));
+        assert!(c.planned.inert_requests().is_empty());
+    }
+
+    #[test]
+    fn booleans_parse_false() {
+        let c = Config::from_args(["--cache-enabled", "false"]).unwrap();
+        assert!(!c.cache.cache_enabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (args, name) in [
+            (vec!["--port", "abc"], "PORT"),
+            (vec!["--cache-ttl-seconds", "0"], "CACHE_TTL_SECONDS"),
+            (vec!["--inference-timeout-seconds=-1"], "INFERENCE_TIMEOUT_SECONDS"),
+            (vec!["--log-level", "loud"], "LOG_LEVEL"),
+            (vec!["--worker-id", "a b"], "WORKER_ID"),
+        ] {
+            let err = Config::from_args(args).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::from_args(["--redis-password", "hunter2"]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.planned.redis_password.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn settings_for_missing_features_are_reported() {
+        let c = Config::from_args(["--redis-host", "localhost", "--rate-limit-enabled", "true"]).unwrap();
+        let names: Vec<_> = c.planned.inert_requests().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["REDIS_HOST/REDIS_URL", "RATE_LIMIT_ENABLED"]);
+    }
+}

@@ -1,0 +1,70 @@
+//! POST /infer after validation: cache → model (off the reactor, under a deadline) → cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use falcon_model::Prediction;
+
+use crate::cache::{ResponseCache, cache_key};
+use crate::classifier::Classifier;
+use crate::http::error::ApiError;
+use crate::telemetry::metrics;
+
+/// What the pipeline decided for one text.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub prediction: Arc<Prediction>,
+    pub cache_hit: bool,
+}
+
+/// The request pipeline. Cheap to share: everything inside is behind an `Arc`.
+#[derive(Clone)]
+pub struct Pipeline {
+    classifier: Arc<dyn Classifier>,
+    cache: Option<Arc<dyn ResponseCache>>,
+    inference_timeout: Duration,
+}
+
+impl Pipeline {
+    /// `cache: None` disables caching (`CACHE_ENABLED=false`).
+    pub fn new(
+        classifier: Arc<dyn Classifier>,
+        cache: Option<Arc<dyn ResponseCache>>,
+        inference_timeout: Duration,
+    ) -> Self {
+        Self { classifier, cache, inference_timeout }
+    }
+
+    pub fn classifier(&self) -> &dyn Classifier {
+        self.classifier.as_ref()
+    }
+
+    pub fn cache_backend(&self) -> &'static str {
+        self.cache.as_ref().map_or("disabled", |c| c.backend())
+    }
+
+    /// Classifies a validated text.
+    pub async fn infer(&self, text: String) -> Result<Outcome, ApiError> {
+        let key =
+            self.cache.as_ref().map(|_| cache_key(self.classifier.model_version(), &self.classifier.normalize(&text)));
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            let hit = cache.get(key).await;
+            metrics::record_cache(hit.is_some());
+            if let Some(prediction) = hit {
+                return Ok(Outcome { prediction, cache_hit: true });
+            }
+        }
+        let classifier = Arc::clone(&self.classifier);
+        let task = tokio::task::spawn_blocking(move || classifier.predict(&text));
+        let prediction = match tokio::time::timeout(self.inference_timeout, task).await {
+            Ok(Ok(p)) => Arc::new(p),
+            Ok(Err(join)) => return Err(ApiError::Internal(format!("inference task failed: {join}"))),
+            Err(_) => return Err(ApiError::InferenceTimeout(self.inference_timeout.as_secs_f64())),
+        };
+        metrics::record_batch(1);
+        if let (Some(cache), Some(key)) = (&self.cache, key) {
+            cache.put(key, Arc::clone(&prediction)).await;
+        }
+        Ok(Outcome { prediction, cache_hit: false })
+    }
+}

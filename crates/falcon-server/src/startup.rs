@@ -1,0 +1,160 @@
+//! Building and running a worker: load the model, bind the listener, serve until a
+//! shutdown signal, drain within the grace period.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use falcon_model::SentimentModel;
+use tokio::net::TcpListener;
+
+use crate::cache::{MemoryCache, ResponseCache};
+use crate::classifier::Classifier;
+use crate::config::Config;
+use crate::http::router;
+use crate::pipeline::Pipeline;
+use crate::state::{AppState, HttpSettings, Readiness};
+use crate::telemetry::metrics;
+
+/// A worker with its listener bound, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_timeout: Duration,
+}
+
+/// Loads and validates the model file, timing it.
+pub fn load_model(path: &Path) -> anyhow::Result<(SentimentModel, Duration)> {
+    let started = Instant::now();
+    let model = SentimentModel::load(path)
+        .context("cannot load the model (set MODEL_PATH to a model file made by `falcon train`)")?;
+    Ok((model, started.elapsed()))
+}
+
+impl Application {
+    /// Loads the model from `MODEL_PATH` and binds `HOST:PORT`. Fails, with the cause,
+    /// on a missing or broken model or an address in use: there is no fallback model.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let path = config.server.model_path.clone();
+        let (model, took) = tokio::task::spawn_blocking(move || load_model(&path)).await??;
+        tracing::info!(
+            model_path = %config.server.model_path.display(),
+            model_version = model.model_version(),
+            features = model.n_features(),
+            load_ms = took.as_secs_f64() * 1000.0,
+            "Model loaded"
+        );
+        metrics::record_model_loaded(took, model.model_version());
+        Self::build_with_classifier(config, Arc::new(model)).await
+    }
+
+    /// Like `build`, with a given classifier (tests use slow or failing ones).
+    pub async fn build_with_classifier(config: &Config, classifier: Arc<dyn Classifier>) -> anyhow::Result<Self> {
+        let worker_id = config.worker_id();
+        let handle = metrics::install(&worker_id);
+        for (variable, consequence) in config.planned.inert_requests() {
+            tracing::warn!(variable, "{variable} is set, but {consequence}");
+        }
+        let cache: Option<Arc<dyn ResponseCache>> = config.cache.cache_enabled.then(|| {
+            Arc::new(MemoryCache::new(
+                config.cache.cache_max_entries,
+                Duration::from_secs(config.cache.cache_ttl_seconds),
+            )) as Arc<dyn ResponseCache>
+        });
+        let addr = SocketAddr::new(config.server.host, config.server.port);
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
+        let readiness = Arc::new(Readiness::default());
+        readiness.set_model_loaded(true);
+        let state = AppState {
+            settings: Arc::new(HttpSettings {
+                worker_id,
+                max_body_bytes: config.server.max_request_body_bytes as usize,
+                request_timeout: config.request_timeout(),
+            }),
+            pipeline: Pipeline::new(classifier, cache, config.inference_timeout()),
+            readiness,
+            started: Instant::now(),
+            metrics: Some(handle),
+        };
+        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout() })
+    }
+
+    /// The bound address (tests bind port 0 and read the real port here).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains: `/readyz` turns 503, the listener
+    /// closes, in-flight requests finish. Waits at most the grace period for them.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        let readiness = Arc::clone(&self.state.readiness);
+        let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+        let grace = self.shutdown_timeout;
+        let signal = async move {
+            shutdown.await;
+            readiness.start_draining();
+            tracing::info!(
+                grace_seconds = grace.as_secs_f64(),
+                "Shutdown signal received, draining in-flight requests"
+            );
+            let _ = drain_tx.send(true);
+        };
+        let upkeep = self.state.metrics.clone().map(|h| tokio::spawn(metrics::run_upkeep(h, Duration::from_secs(5))));
+        tracing::info!(
+            address = %addr,
+            cache = self.state.pipeline.cache_backend(),
+            model_version = self.state.pipeline.classifier().model_version(),
+            "Worker listening"
+        );
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(signal).into_future();
+        let grace_expired = async move {
+            let _ = drain_rx.wait_for(|draining| *draining).await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            r = server => r.context("HTTP server failed"),
+            () = grace_expired => {
+                tracing::warn!(grace_seconds = grace.as_secs_f64(), "Graceful shutdown timed out; exiting with requests still in flight");
+                Ok(())
+            }
+        };
+        if let Some(task) = upkeep {
+            task.abort();
+        }
+        tracing::info!("Worker stopped");
+        result
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

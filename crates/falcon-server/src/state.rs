@@ -1,0 +1,64 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::pipeline::Pipeline;
+
+/// Whether this worker should receive traffic.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    model_loaded: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_model_loaded(&self, loaded: bool) {
+        self.model_loaded.store(loaded, Ordering::SeqCst);
+    }
+
+    pub fn model_loaded(&self) -> bool {
+        self.model_loaded.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown has begun: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.model_loaded() && !self.draining()
+    }
+}
+
+/// Per-worker settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub worker_id: String,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Cloned into every request; everything inside is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<HttpSettings>,
+    pub pipeline: Pipeline,
+    pub readiness: Arc<Readiness>,
+    pub started: Instant,
+    /// `None` renders an empty /metrics (socket-less handler tests).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn worker_id(&self) -> &str {
+        &self.settings.worker_id
+    }
+}

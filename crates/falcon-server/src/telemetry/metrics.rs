@@ -1,0 +1,167 @@
+//! The Prometheus metric contract (names and labels are used by the runbook, the alerts
+//! and the dashboard), the recorder, and its upkeep.
+//!
+//! The `metrics` facade has one recorder per process; it is installed once, on the first
+//! `install` call, and every worker in the process shares it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const INFERENCE_REQUESTS: &str = "inference_requests_total";
+pub const INFERENCE_ERRORS: &str = "inference_errors_total";
+pub const INFERENCE_DURATION: &str = "inference_duration_seconds";
+/// Same observations as `inference_duration_seconds`, rendered as a summary so that
+/// `grep inference_duration_seconds | grep quantile` shows live p50/p95/p99.
+pub const INFERENCE_DURATION_SUMMARY: &str = "inference_duration_seconds_summary";
+pub const CACHE_HITS: &str = "cache_hits_total";
+pub const CACHE_MISSES: &str = "cache_misses_total";
+pub const MODEL_INFERENCE_BATCH_SIZE: &str = "model_inference_batch_size";
+pub const MODEL_LOAD_DURATION: &str = "model_load_duration_seconds";
+pub const MEMORY_USAGE: &str = "memory_usage_bytes";
+pub const BUILD_INFO: &str = "falcon_build_info";
+
+/// Histogram buckets from 100 µs to 10 s.
+pub const DURATION_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Every `error_type` this build can return, so each series exists at 0 before traffic.
+pub const ERROR_TYPES: [&str; 10] = [
+    "invalid_json",
+    "payload_too_large",
+    "unsupported_media_type",
+    "validation_error",
+    "not_found",
+    "method_not_allowed",
+    "not_ready",
+    "inference_timeout",
+    "request_timeout",
+    "internal_error",
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once), labels every series with `worker_id`, and
+/// registers and describes every metric so each exists at 0 from boot.
+pub fn install(worker_id: &str) -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .add_global_label("worker_id", worker_id)
+                .set_buckets_for_metric(Matcher::Full(INFERENCE_DURATION.into()), &DURATION_BUCKETS)
+                .and_then(|b| b.set_quantiles(&[0.5, 0.95, 0.99]));
+            let builder = match builder {
+                Ok(b) => b,
+                // The bucket and quantile lists are constants; this cannot fail.
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            register_all();
+            handle
+        })
+        .clone()
+}
+
+fn register_all() {
+    describe_counter!(INFERENCE_REQUESTS, "Inference requests answered, by outcome and whether the cache served them.");
+    describe_counter!(INFERENCE_ERRORS, "Requests that ended in an error, by stable error_type.");
+    describe_histogram!(INFERENCE_DURATION, Unit::Seconds, "Time to answer POST /infer.");
+    describe_histogram!(
+        INFERENCE_DURATION_SUMMARY,
+        Unit::Seconds,
+        "Time to answer POST /infer, as sliding-window quantiles (60 s)."
+    );
+    describe_counter!(CACHE_HITS, "Predictions served from the response cache.");
+    describe_counter!(CACHE_MISSES, "Cache look-ups that found nothing and ran the model.");
+    describe_histogram!(MODEL_INFERENCE_BATCH_SIZE, "Texts per model call (always 1 in this build).");
+    describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "Time the model file took to load at start-up.");
+    describe_gauge!(MEMORY_USAGE, Unit::Bytes, "Resident set size of the worker process.");
+    describe_gauge!(BUILD_INFO, "Always 1; labels carry the build and model version.");
+    for status in ["success", "error"] {
+        for hit in ["true", "false"] {
+            counter!(INFERENCE_REQUESTS, "status" => status, "cache_hit" => hit).absolute(0);
+        }
+    }
+    for error_type in ERROR_TYPES {
+        counter!(INFERENCE_ERRORS, "error_type" => error_type).absolute(0);
+    }
+    counter!(CACHE_HITS).absolute(0);
+    counter!(CACHE_MISSES).absolute(0);
+    for hit in ["true", "false"] {
+        let _ = histogram!(INFERENCE_DURATION, "cache_hit" => hit);
+        let _ = histogram!(INFERENCE_DURATION_SUMMARY, "cache_hit" => hit);
+    }
+    let _ = histogram!(MODEL_INFERENCE_BATCH_SIZE);
+    update_memory_usage();
+}
+
+/// Records the answer to one POST /infer.
+pub fn record_request(success: bool, cache_hit: bool, elapsed: Duration) {
+    let hit = if cache_hit { "true" } else { "false" };
+    let status = if success { "success" } else { "error" };
+    counter!(INFERENCE_REQUESTS, "status" => status, "cache_hit" => hit).increment(1);
+    let secs = elapsed.as_secs_f64();
+    histogram!(INFERENCE_DURATION, "cache_hit" => hit).record(secs);
+    histogram!(INFERENCE_DURATION_SUMMARY, "cache_hit" => hit).record(secs);
+}
+
+/// Counts one error response.
+pub fn record_error(error_type: &'static str) {
+    counter!(INFERENCE_ERRORS, "error_type" => error_type).increment(1);
+}
+
+pub fn record_cache(hit: bool) {
+    if hit {
+        counter!(CACHE_HITS).increment(1);
+    } else {
+        counter!(CACHE_MISSES).increment(1);
+    }
+}
+
+pub fn record_model_loaded(elapsed: Duration, model_version: &str) {
+    gauge!(MODEL_LOAD_DURATION).set(elapsed.as_secs_f64());
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "model_version" => model_version.to_owned()).set(1.0);
+}
+
+pub fn record_batch(size: usize) {
+    histogram!(MODEL_INFERENCE_BATCH_SIZE).record(size as f64);
+}
+
+/// Sets `memory_usage_bytes` to the current RSS (from /proc/self/statm; 0 elsewhere).
+pub fn update_memory_usage() {
+    gauge!(MEMORY_USAGE).set(rss_bytes() as f64);
+}
+
+fn rss_bytes() -> u64 {
+    // statm: size resident shared ... in pages; the page size is 4 KiB on every Linux
+    // platform we deploy to.
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Keeps the summary quantiles current: without upkeep they go stale (see CRATES.md).
+pub async fn run_upkeep(handle: PrometheusHandle, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_from_proc() {
+        assert!(rss_bytes() > 1024 * 1024, "a test process uses more than 1 MiB");
+    }
+}

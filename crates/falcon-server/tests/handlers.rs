@@ -1,0 +1,296 @@
+//! Handler tests: the router driven in-process with `oneshot`, with fake classifiers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use falcon_model::Prediction;
+use falcon_server::cache::{MemoryCache, ResponseCache};
+use falcon_server::classifier::Classifier;
+use falcon_server::http::router;
+use falcon_server::pipeline::Pipeline;
+use falcon_server::state::{AppState, HttpSettings, Readiness};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Answers "positive" for texts containing "good", else "negative"; optionally slow or
+/// panicking; counts its calls.
+struct Fake {
+    delay: Duration,
+    panics: bool,
+    calls: AtomicUsize,
+    labels: Vec<String>,
+}
+
+impl Fake {
+    fn new() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            panics: false,
+            calls: AtomicUsize::new(0),
+            labels: vec!["negative".into(), "positive".into()],
+        }
+    }
+}
+
+impl Classifier for Fake {
+    fn predict(&self, text: &str) -> Prediction {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        assert!(!self.panics, "model exploded");
+        let class = usize::from(text.contains("good"));
+        let mut probabilities = vec![0.2, 0.2];
+        probabilities[class] = 0.8;
+        Prediction { class, confidence: 0.8, probabilities }
+    }
+    fn model_version(&self) -> &str {
+        "fake-v1"
+    }
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+}
+
+fn state_with(fake: Arc<Fake>, cache: bool, inference_timeout: Duration, request_timeout: Duration) -> AppState {
+    let cache = cache.then(|| Arc::new(MemoryCache::new(100, Duration::from_secs(60))) as Arc<dyn ResponseCache>);
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_model_loaded(true);
+    AppState {
+        settings: Arc::new(HttpSettings { worker_id: "test-w".into(), max_body_bytes: 4096, request_timeout }),
+        pipeline: Pipeline::new(fake, cache, inference_timeout),
+        readiness,
+        started: Instant::now(),
+        metrics: None,
+    }
+}
+
+fn state() -> AppState {
+    state_with(Arc::new(Fake::new()), true, Duration::from_secs(5), Duration::from_secs(30))
+}
+
+async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let id = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, id, body)
+}
+
+fn infer(body: &str) -> Request<Body> {
+    Request::post("/infer").header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap()
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, error_type: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error_type"], error_type, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(body["worker_id"], "test-w");
+    assert!(body["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+}
+
+#[tokio::test]
+async fn infer_returns_every_contract_field() {
+    let (status, id, body) = send(&state(), infer(r#"{"text":"a good day"}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["prediction"], "positive");
+    assert_eq!(body["confidence"], 0.8);
+    assert_eq!(body["probabilities"]["positive"], 0.8);
+    assert_eq!(body["cache_hit"], false);
+    assert_eq!(body["idempotency_hit"], false);
+    assert_eq!(body["worker_id"], "test-w");
+    assert_eq!(body["model_version"], "fake-v1");
+    assert!(body["processing_time_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(body["request_id"].as_str(), id.as_deref());
+}
+
+#[tokio::test]
+async fn repeated_text_is_a_cache_hit_and_runs_the_model_once() {
+    let fake = Arc::new(Fake::new());
+    let s = state_with(fake.clone(), true, Duration::from_secs(5), Duration::from_secs(30));
+    let (_, _, first) = send(&s, infer(r#"{"text":"Good movie"}"#)).await;
+    // Same normal form: case and punctuation the model ignores.
+    let (_, _, second) = send(&s, infer(r#"{"text":"  good   MOVIE. "}"#)).await;
+    assert_eq!(first["cache_hit"], false);
+    assert_eq!(second["cache_hit"], true);
+    assert_eq!(second["prediction"], first["prediction"]);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn disabled_cache_never_hits() {
+    let fake = Arc::new(Fake::new());
+    let s = state_with(fake.clone(), false, Duration::from_secs(5), Duration::from_secs(30));
+    for _ in 0..2 {
+        let (_, _, body) = send(&s, infer(r#"{"text":"good"}"#)).await;
+        assert_eq!(body["cache_hit"], false);
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let (status, _, body) = send(&state(), infer(r#"{"text": "#)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_json");
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(5000));
+    let (status, _, body) = send(&state(), infer(&big)).await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+#[tokio::test]
+async fn wrong_or_missing_content_type_is_415() {
+    let req = Request::post("/infer").header("content-type", "text/plain").body(Body::from(r#"{"text":"x"}"#)).unwrap();
+    let (status, _, body) = send(&state(), req).await;
+    assert_error(status, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let req = Request::post("/infer").body(Body::from(r#"{"text":"x"}"#)).unwrap();
+    let (status, _, body) = send(&state(), req).await;
+    assert_error(status, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let req = Request::post("/infer")
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Body::from(r#"{"text":"x"}"#))
+        .unwrap();
+    assert_eq!(send(&state(), req).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn invalid_text_is_422() {
+    for body in [
+        r#"{"text":""}"#,
+        r#"{"text":"   \n\t"}"#,
+        r#"{"text":5}"#,
+        r#"{"txt":"hello"}"#,
+        r#"[1,2]"#,
+        &format!(r#"{{"text":"{}"}}"#, "b".repeat(10_001)),
+    ] {
+        let s = state_with(Arc::new(Fake::new()), true, Duration::from_secs(5), Duration::from_secs(30));
+        let mut settings = (*s.settings).clone();
+        settings.max_body_bytes = 64 * 1024;
+        let s = AppState { settings: Arc::new(settings), ..s };
+        let (status, _, resp) = send(&s, infer(body)).await;
+        assert_error(status, &resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_multibyte_characters_are_accepted() {
+    let s = state();
+    let mut settings = (*s.settings).clone();
+    settings.max_body_bytes = 64 * 1024;
+    let s = AppState { settings: Arc::new(settings), ..s };
+    let (status, _, _) = send(&s, infer(&format!(r#"{{"text":"{}"}}"#, "é".repeat(10_000)))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn slow_inference_is_504_inference_timeout() {
+    let fake = Arc::new(Fake { delay: Duration::from_millis(500), ..Fake::new() });
+    let s = state_with(fake, true, Duration::from_millis(50), Duration::from_secs(30));
+    let started = Instant::now();
+    let (status, _, body) = send(&s, infer(r#"{"text":"good"}"#)).await;
+    assert_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "inference_timeout");
+    assert!(started.elapsed() < Duration::from_millis(450), "answered before the model finished");
+}
+
+#[tokio::test]
+async fn request_deadline_is_504_request_timeout() {
+    let fake = Arc::new(Fake { delay: Duration::from_millis(500), ..Fake::new() });
+    let s = state_with(fake, true, Duration::from_secs(5), Duration::from_millis(50));
+    let (status, id, body) = send(&s, infer(r#"{"text":"good"}"#)).await;
+    assert_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "request_timeout");
+    assert_eq!(body["request_id"].as_str(), id.as_deref());
+}
+
+#[tokio::test]
+async fn model_panic_is_a_500_without_internals() {
+    let fake = Arc::new(Fake { panics: true, ..Fake::new() });
+    let s = state_with(fake, true, Duration::from_secs(5), Duration::from_secs(30));
+    let (status, _, body) = send(&s, infer(r#"{"text":"good"}"#)).await;
+    assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+    assert!(!body["error"].as_str().unwrap().contains("exploded"));
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_405() {
+    let (status, _, body) = send(&state(), Request::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, _, body) = send(&state(), Request::get("/infer").body(Body::empty()).unwrap()).await;
+    assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn request_id_is_propagated_when_sane_and_generated_otherwise() {
+    let s = state();
+    let req = Request::post("/infer")
+        .header("content-type", "application/json")
+        .header("x-request-id", "trace-42.a:b_c")
+        .body(Body::from(r#"{"text":"good"}"#))
+        .unwrap();
+    let (_, id, body) = send(&s, req).await;
+    assert_eq!(id.as_deref(), Some("trace-42.a:b_c"));
+    assert_eq!(body["request_id"], "trace-42.a:b_c");
+
+    let req = Request::post("/infer")
+        .header("content-type", "application/json")
+        .header("x-request-id", "bad id with spaces")
+        .body(Body::from(r#"{"text":"good"}"#))
+        .unwrap();
+    let (_, id, body) = send(&s, req).await;
+    let id = id.unwrap();
+    assert_ne!(id, "bad id with spaces");
+    assert_eq!(id.len(), 36, "a fresh UUID");
+    assert_eq!(body["request_id"], id);
+
+    // Errors carry the id too.
+    let req = Request::get("/healthz").header("x-request-id", "h-1").body(Body::empty()).unwrap();
+    assert_eq!(send(&s, req).await.1.as_deref(), Some("h-1"));
+}
+
+#[tokio::test]
+async fn healthz_root_and_metrics_answer() {
+    let s = state();
+    let (status, _, body) = send(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["worker_id"], "test-w");
+    assert!(body["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(body["timestamp"].as_str().is_some());
+    let (status, _, body) = send(&s, Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["name"], "falcon");
+    assert_eq!(body["status"], "ready");
+    let resp = router(s).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_draining_or_without_a_model() {
+    let s = state();
+    let (status, _, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["checks"]["model_loaded"], true);
+    assert_eq!(body["checks"]["redis_available"], false);
+    assert_eq!(body["checks"]["database_available"], false);
+
+    s.readiness.start_draining();
+    let (status, _, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["draining"], true);
+
+    let s = state();
+    s.readiness.set_model_loaded(false);
+    let (status, _, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["checks"]["model_loaded"], false);
+    let (status, _, body) = send(&s, infer(r#"{"text":"good"}"#)).await;
+    assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+}
