@@ -1,1 +1,27 @@
-fn main() {}
+//! Prediction latency of the shipped model. Target: p50 ≤ 10 µs for a 20-word sentence
+//! on one core. Criterion's "time" line is the median-centred estimate per call.
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use falcon_model::SentimentModel;
+
+/// 20 words.
+const SENTENCE: &str =
+    "The service was quick and the staff were friendly, but the food arrived cold and the bill was simply wrong.";
+
+fn bench(c: &mut Criterion) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.json");
+    let model = match SentimentModel::load(&path) {
+        Ok(m) => m,
+        Err(e) => panic!("benchmark needs the shipped model: {e}"),
+    };
+    assert_eq!(SENTENCE.split_whitespace().count(), 20);
+    c.bench_function("predict_20_words", |b| b.iter(|| model.predict(black_box(SENTENCE))));
+    c.bench_function("normalize_20_words", |b| b.iter(|| falcon_model::normalize(black_box(SENTENCE))));
+    let long = SENTENCE.repeat(100);
+    c.bench_function("predict_2000_words", |b| b.iter(|| model.predict(black_box(&long))));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

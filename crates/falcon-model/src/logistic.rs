@@ -34,7 +34,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { c: 4.0, class_weight: ClassWeight::Balanced, max_iter: 500, tol: 1e-6 }
+        Self { c: 8.0, class_weight: ClassWeight::SqrtBalanced, max_iter: 500, tol: 1e-6 }
     }
 }
 

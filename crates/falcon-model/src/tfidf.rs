@@ -25,7 +25,7 @@ pub struct TfidfConfig {
 
 impl Default for TfidfConfig {
     fn default() -> Self {
-        Self { min_n: 1, max_n: 2, min_df: 2, sublinear_tf: true }
+        Self { min_n: 1, max_n: 2, min_df: 1, sublinear_tf: true }
     }
 }
 

@@ -32,7 +32,11 @@ pub fn tokenize(text: &str) -> Vec<String> {
     let mut current = String::new();
     let mut iter = text.char_indices().peekable();
     while let Some((i, c)) = iter.next() {
-        if c.is_alphanumeric() {
+        if c.is_ascii_alphanumeric() {
+            current.push(c.to_ascii_lowercase());
+            continue;
+        }
+        if !c.is_ascii() && c.is_alphanumeric() {
             current.extend(c.to_lowercase());
             continue;
         }
@@ -46,7 +50,9 @@ pub fn tokenize(text: &str) -> Vec<String> {
         }
         if c == '!' || c == '?' {
             tokens.push(c.to_string());
-        } else if let Some((raw, canonical)) = emoticon_at(&text[i..]) {
+        } else if let Some((raw, canonical)) =
+            matches!(c, ':' | ';' | '(' | '<' | '=').then(|| emoticon_at(&text[i..])).flatten()
+        {
             tokens.push((*canonical).to_owned());
             // Skip the rest of the emoticon (all ASCII, one byte per char).
             for _ in 1..raw.len() {

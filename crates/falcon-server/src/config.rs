@@ -86,6 +86,17 @@ pub struct ServerConfig {
     /// Deadline for one model inference; past it the client gets 504 `inference_timeout`.
     #[arg(long, env = "INFERENCE_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub inference_timeout_seconds: f64,
+    /// Threads that run the model [default: one per CPU core].
+    #[arg(long, env = "INFERENCE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub inference_threads: Option<u16>,
+    /// Requests that may wait for an inference thread; beyond it new ones get 503 `overloaded`.
+    #[arg(long, env = "INFERENCE_QUEUE_CAPACITY", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub inference_queue_capacity: u32,
+    /// Most queued requests one inference thread takes per wake-up.
+    #[arg(long, env = "INFERENCE_MAX_BATCH", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub inference_max_batch: u32,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub graceful_shutdown_timeout_seconds: f64,
@@ -228,6 +239,14 @@ impl Config {
                 .filter(|h| worker_id(h).is_ok())
                 .unwrap_or_else(|| "falcon".to_owned())
         })
+    }
+
+    /// Inference threads: `INFERENCE_THREADS`, else the number of CPU cores.
+    pub fn inference_threads(&self) -> usize {
+        self.server
+            .inference_threads
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     pub fn request_timeout(&self) -> Duration {

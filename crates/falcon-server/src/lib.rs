@@ -7,6 +7,7 @@ pub mod cache;
 pub mod classifier;
 pub mod config;
 pub mod http;
+pub mod inference;
 pub mod pipeline;
 pub mod startup;
 pub mod state;

@@ -8,6 +8,7 @@ use falcon_model::Prediction;
 use crate::cache::{ResponseCache, cache_key};
 use crate::classifier::Classifier;
 use crate::http::error::ApiError;
+use crate::inference::InferenceQueue;
 use crate::telemetry::metrics;
 
 /// What the pipeline decided for one text.
@@ -21,6 +22,7 @@ pub struct Outcome {
 #[derive(Clone)]
 pub struct Pipeline {
     classifier: Arc<dyn Classifier>,
+    queue: Arc<InferenceQueue>,
     cache: Option<Arc<dyn ResponseCache>>,
     inference_timeout: Duration,
 }
@@ -29,10 +31,11 @@ impl Pipeline {
     /// `cache: None` disables caching (`CACHE_ENABLED=false`).
     pub fn new(
         classifier: Arc<dyn Classifier>,
+        queue: Arc<InferenceQueue>,
         cache: Option<Arc<dyn ResponseCache>>,
         inference_timeout: Duration,
     ) -> Self {
-        Self { classifier, cache, inference_timeout }
+        Self { classifier, queue, cache, inference_timeout }
     }
 
     pub fn classifier(&self) -> &dyn Classifier {
@@ -54,14 +57,7 @@ impl Pipeline {
                 return Ok(Outcome { prediction, cache_hit: true });
             }
         }
-        let classifier = Arc::clone(&self.classifier);
-        let task = tokio::task::spawn_blocking(move || classifier.predict(&text));
-        let prediction = match tokio::time::timeout(self.inference_timeout, task).await {
-            Ok(Ok(p)) => Arc::new(p),
-            Ok(Err(join)) => return Err(ApiError::Internal(format!("inference task failed: {join}"))),
-            Err(_) => return Err(ApiError::InferenceTimeout(self.inference_timeout.as_secs_f64())),
-        };
-        metrics::record_batch(1);
+        let prediction = Arc::new(self.queue.predict(text, self.inference_timeout).await?);
         if let (Some(cache), Some(key)) = (&self.cache, key) {
             cache.put(key, Arc::clone(&prediction)).await;
         }

@@ -15,6 +15,7 @@ use crate::cache::{MemoryCache, ResponseCache};
 use crate::classifier::Classifier;
 use crate::config::Config;
 use crate::http::router;
+use crate::inference::InferenceQueue;
 use crate::pipeline::Pipeline;
 use crate::state::{AppState, HttpSettings, Readiness};
 use crate::telemetry::metrics;
@@ -64,6 +65,15 @@ impl Application {
                 Duration::from_secs(config.cache.cache_ttl_seconds),
             )) as Arc<dyn ResponseCache>
         });
+        let queue = Arc::new(
+            InferenceQueue::start(
+                Arc::clone(&classifier),
+                config.inference_threads(),
+                config.server.inference_queue_capacity as usize,
+                config.server.inference_max_batch as usize,
+            )
+            .context("cannot start the inference threads")?,
+        );
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
         let readiness = Arc::new(Readiness::default());
@@ -74,7 +84,7 @@ impl Application {
                 max_body_bytes: config.server.max_request_body_bytes as usize,
                 request_timeout: config.request_timeout(),
             }),
-            pipeline: Pipeline::new(classifier, cache, config.inference_timeout()),
+            pipeline: Pipeline::new(classifier, queue, cache, config.inference_timeout()),
             readiness,
             started: Instant::now(),
             metrics: Some(handle),

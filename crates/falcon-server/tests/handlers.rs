@@ -10,6 +10,7 @@ use falcon_model::Prediction;
 use falcon_server::cache::{MemoryCache, ResponseCache};
 use falcon_server::classifier::Classifier;
 use falcon_server::http::router;
+use falcon_server::inference::InferenceQueue;
 use falcon_server::pipeline::Pipeline;
 use falcon_server::state::{AppState, HttpSettings, Readiness};
 use http_body_util::BodyExt;
@@ -60,7 +61,12 @@ fn state_with(fake: Arc<Fake>, cache: bool, inference_timeout: Duration, request
     readiness.set_model_loaded(true);
     AppState {
         settings: Arc::new(HttpSettings { worker_id: "test-w".into(), max_body_bytes: 4096, request_timeout }),
-        pipeline: Pipeline::new(fake, cache, inference_timeout),
+        pipeline: Pipeline::new(
+            fake.clone(),
+            Arc::new(InferenceQueue::start(fake, 2, 64, 8).unwrap()),
+            cache,
+            inference_timeout,
+        ),
         readiness,
         started: Instant::now(),
         metrics: None,

@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
@@ -31,14 +34,21 @@ pub struct LoadArgs {
     /// Worker or proxy address.
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
-    #[arg(long, value_enum, default_value = "unique-text")]
-    scenario: Scenario,
+    /// Scenarios to run, one after the other; ratios are against the first `healthz` run.
+    #[arg(long = "scenario", value_enum, num_args = 1.., default_values = ["healthz", "same-text", "unique-text"])]
+    scenarios: Vec<Scenario>,
     /// Concurrent connections.
     #[arg(long, default_value_t = 50)]
     connections: usize,
-    /// How long to send, in seconds.
+    /// How long to send per scenario, in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Unmeasured warm-up per scenario, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Interleave the scenarios in this many rounds (each gets `duration / rounds` a round).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
 }
 
 /// The figures of one run, printed as one JSON line.
@@ -59,12 +69,24 @@ pub struct Report {
 const SENTENCE: &str =
     "the service was quick and the staff were friendly but the food arrived cold and the bill was wrong";
 
-fn body_for(scenario: Scenario, conn: usize, n: u64) -> Option<String> {
+/// Numbers every unique-text request of this process.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Distinguishes this run from earlier ones against the same worker (its cache outlives us).
+fn run_nonce() -> u128 {
+    static NONCE: OnceLock<u128> = OnceLock::new();
+    *NONCE.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
+}
+
+fn body_for(scenario: Scenario) -> Option<String> {
     match scenario {
         Scenario::Healthz => None,
         Scenario::SameText => Some(format!("{{\"text\":\"{SENTENCE}\"}}")),
-        // The counter makes each normalised text distinct, so every request misses the cache.
-        Scenario::UniqueText => Some(format!("{{\"text\":\"{SENTENCE} c{conn} n{n}\"}}")),
+        // Run nonce + sequence number: every normalised text is new, so every request misses the cache.
+        Scenario::UniqueText => {
+            let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+            Some(format!("{{\"text\":\"{SENTENCE} r{} n{n}\"}}", run_nonce()))
+        }
     }
 }
 
@@ -74,9 +96,8 @@ struct ConnStats {
     failed: u64,
 }
 
-async fn connection(addr: SocketAddr, scenario: Scenario, conn: usize, until: Instant) -> ConnStats {
+async fn connection(addr: SocketAddr, scenario: Scenario, until: Instant) -> ConnStats {
     let mut stats = ConnStats { latencies_us: Vec::with_capacity(100_000), ok: 0, failed: 0 };
-    let mut n = 0u64;
     'reconnect: while Instant::now() < until {
         let Ok(stream) = TcpStream::connect(addr).await else {
             stats.failed += 1;
@@ -91,9 +112,8 @@ async fn connection(addr: SocketAddr, scenario: Scenario, conn: usize, until: In
         };
         let driver = tokio::spawn(driver);
         while Instant::now() < until {
-            n += 1;
             let builder = Request::builder().header(hyper::header::HOST, addr.to_string());
-            let req = match body_for(scenario, conn, n) {
+            let req = match body_for(scenario) {
                 None => builder.method("GET").uri("/healthz").body(Empty::new().map_err(|e| match e {}).boxed()),
                 Some(b) => builder
                     .method("POST")
@@ -135,34 +155,69 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// Runs one load scenario against `addr`.
-pub async fn drive(addr: SocketAddr, scenario: Scenario, connections: usize, duration: Duration) -> Report {
+/// What one or more runs of a scenario measured.
+#[derive(Default)]
+struct Raw {
+    latencies_us: Vec<u32>,
+    ok: u64,
+    failed: u64,
+    elapsed: f64,
+}
+
+async fn drive_raw(addr: SocketAddr, scenario: Scenario, connections: usize, duration: Duration, into: &mut Raw) {
     let started = Instant::now();
     let until = started + duration;
-    let tasks: Vec<_> = (0..connections).map(|c| tokio::spawn(connection(addr, scenario, c, until))).collect();
-    let mut latencies = Vec::new();
-    let (mut ok, mut failed) = (0, 0);
+    let tasks: Vec<_> = (0..connections).map(|_| tokio::spawn(connection(addr, scenario, until))).collect();
     for t in tasks {
         if let Ok(s) = t.await {
-            latencies.extend_from_slice(&s.latencies_us);
-            ok += s.ok;
-            failed += s.failed;
+            into.latencies_us.extend_from_slice(&s.latencies_us);
+            into.ok += s.ok;
+            into.failed += s.failed;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
+    into.elapsed += started.elapsed().as_secs_f64();
+}
+
+fn summarise(scenario: Scenario, connections: usize, mut raw: Raw) -> Report {
+    raw.latencies_us.sort_unstable();
+    let l = &raw.latencies_us;
     Report {
         scenario,
         connections,
-        duration_s: elapsed,
-        requests: ok + failed,
-        ok,
-        failed,
-        rps: ok as f64 / elapsed,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-        max_ms: latencies.last().map_or(0.0, |v| f64::from(*v) / 1000.0),
+        duration_s: raw.elapsed,
+        requests: raw.ok + raw.failed,
+        ok: raw.ok,
+        failed: raw.failed,
+        rps: if raw.elapsed > 0.0 { raw.ok as f64 / raw.elapsed } else { 0.0 },
+        p50_ms: percentile(l, 0.50),
+        p99_ms: percentile(l, 0.99),
+        max_ms: l.last().map_or(0.0, |v| f64::from(*v) / 1000.0),
     }
+}
+
+/// Runs the scenarios interleaved: `rounds` times each, for `duration / rounds` a time,
+/// so a slow moment of a shared machine falls on every scenario alike.
+pub async fn drive_interleaved(
+    addr: SocketAddr,
+    scenarios: &[Scenario],
+    connections: usize,
+    duration: Duration,
+    warmup: Duration,
+    rounds: u32,
+) -> Vec<Report> {
+    let mut raws: Vec<Raw> = scenarios.iter().map(|_| Raw::default()).collect();
+    for &scenario in scenarios {
+        if !warmup.is_zero() {
+            drive_raw(addr, scenario, connections, warmup, &mut Raw::default()).await;
+        }
+    }
+    let slice = duration / rounds.max(1);
+    for _ in 0..rounds.max(1) {
+        for (raw, &scenario) in raws.iter_mut().zip(scenarios) {
+            drive_raw(addr, scenario, connections, slice, raw).await;
+        }
+    }
+    scenarios.iter().zip(raws).map(|(&s, raw)| summarise(s, connections, raw)).collect()
 }
 
 pub fn run(args: &LoadArgs) -> ExitCode {
@@ -173,15 +228,43 @@ pub fn run(args: &LoadArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = runtime.block_on(drive(
+    let connections = args.connections.max(1);
+    let reports = runtime.block_on(drive_interleaved(
         args.addr,
-        args.scenario,
-        args.connections.max(1),
+        &args.scenarios,
+        connections,
         Duration::from_secs_f64(args.duration),
+        Duration::from_secs_f64(args.warmup),
+        args.rounds,
     ));
-    match serde_json::to_string(&report) {
-        Ok(line) => println!("{line}"),
-        Err(e) => eprintln!("error: {e}"),
+    for report in &reports {
+        if let Ok(line) = serde_json::to_string(report) {
+            println!("{line}");
+        }
     }
-    if report.ok == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    print!("{}", table(&reports));
+    if reports.iter().any(|r| r.ok == 0) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// A table of the runs with each one's throughput as a ratio to the `healthz` run.
+pub fn table(reports: &[Report]) -> String {
+    use std::fmt::Write as _;
+    let floor = reports.iter().find(|r| matches!(r.scenario, Scenario::Healthz)).map(|r| r.rps);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<12} {:>6} {:>10} {:>8} {:>10} {:>9} {:>9} {:>11}",
+        "scenario", "conns", "requests", "failed", "req/s", "p50 ms", "p99 ms", "vs healthz"
+    );
+    for r in reports {
+        let ratio = floor.filter(|f| *f > 0.0).map_or_else(|| "-".to_owned(), |f| format!("{:.2}", r.rps / f));
+        let name =
+            serde_json::to_value(r.scenario).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{:<12} {:>6} {:>10} {:>8} {:>10.0} {:>9.3} {:>9.3} {:>11}",
+            name, r.connections, r.requests, r.failed, r.rps, r.p50_ms, r.p99_ms, ratio
+        );
+    }
+    s
 }

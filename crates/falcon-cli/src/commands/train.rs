@@ -11,6 +11,7 @@ use falcon_model::{TrainOptions, load_vader_dir, train};
 enum Weighting {
     Uniform,
     Balanced,
+    SqrtBalanced,
 }
 
 #[derive(Args)]
@@ -28,7 +29,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().c)]
     c: f64,
     /// Class weighting of the loss.
-    #[arg(long, value_enum, default_value = "balanced")]
+    #[arg(long, value_enum, default_value = "sqrt-balanced")]
     class_weight: Weighting,
     /// Minimum number of training documents an n-gram must occur in.
     #[arg(long, default_value_t = TfidfConfig::default().min_df)]
@@ -68,6 +69,7 @@ pub fn run(args: &TrainArgs) -> ExitCode {
             class_weight: match args.class_weight {
                 Weighting::Uniform => ClassWeight::Uniform,
                 Weighting::Balanced => ClassWeight::Balanced,
+                Weighting::SqrtBalanced => ClassWeight::SqrtBalanced,
             },
             max_iter: args.max_iter,
             ..TrainConfig::default()

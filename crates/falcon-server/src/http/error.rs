@@ -24,6 +24,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("worker is not ready: {0}")]
     NotReady(&'static str),
+    #[error("worker is overloaded: {0}")]
+    Overloaded(&'static str),
     #[error("inference did not finish within {0:.3} s")]
     InferenceTimeout(f64),
     #[error("request did not finish within {0:.3} s")]
@@ -42,7 +44,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InferenceTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,6 +59,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotReady(_) => "not_ready",
+            Self::Overloaded(_) => "overloaded",
             Self::InferenceTimeout(_) => "inference_timeout",
             Self::RequestTimeout(_) => "request_timeout",
             Self::Internal(_) => "internal_error",
@@ -119,6 +122,7 @@ mod tests {
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed,
             ApiError::NotReady(""),
+            ApiError::Overloaded(""),
             ApiError::InferenceTimeout(1.0),
             ApiError::RequestTimeout(1.0),
             ApiError::Internal(String::new()),

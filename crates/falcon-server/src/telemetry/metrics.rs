@@ -28,7 +28,7 @@ pub const DURATION_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 10] = [
+pub const ERROR_TYPES: [&str; 11] = [
     "invalid_json",
     "payload_too_large",
     "unsupported_media_type",
@@ -36,6 +36,7 @@ pub const ERROR_TYPES: [&str; 10] = [
     "not_found",
     "method_not_allowed",
     "not_ready",
+    "overloaded",
     "inference_timeout",
     "request_timeout",
     "internal_error",
@@ -79,7 +80,7 @@ fn register_all() {
     );
     describe_counter!(CACHE_HITS, "Predictions served from the response cache.");
     describe_counter!(CACHE_MISSES, "Cache look-ups that found nothing and ran the model.");
-    describe_histogram!(MODEL_INFERENCE_BATCH_SIZE, "Texts per model call (always 1 in this build).");
+    describe_histogram!(MODEL_INFERENCE_BATCH_SIZE, "Jobs an inference thread took from the queue in one wake-up.");
     describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "Time the model file took to load at start-up.");
     describe_gauge!(MEMORY_USAGE, Unit::Bytes, "Resident set size of the worker process.");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the build and model version.");

@@ -1,0 +1,106 @@
+//! Starts the real `falcon` binary on a free port and reads its JSON log lines.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn falcon() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
+    // Run where no `.env` can leak in, with only what the test sets.
+    cmd.current_dir(std::env::temp_dir()).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+pub fn shipped_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.json")
+}
+
+/// A running worker; killed when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Worker {
+    /// Starts `falcon serve` on 127.0.0.1 with a free port and the shipped model, plus
+    /// `env`, and waits until it listens.
+    pub fn start(env: &[(&str, &str)]) -> Worker {
+        let mut cmd = falcon();
+        cmd.arg("serve")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("WORKER_ID", "it-worker")
+            .env("MODEL_PATH", shipped_model())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn falcon");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l["message"] == "Worker listening")
+                .and_then(|l| l["address"].as_str().map(str::to_owned));
+            if let Some(addr) = found {
+                return Worker { child, addr: addr.parse().unwrap(), logs };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("worker exited with {status} before listening: {:?}", logs.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "worker did not start listening within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "worker did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_messages(&self) -> Vec<String> {
+        self.logs.lock().unwrap().iter().filter_map(|l| l["message"].as_str().map(str::to_owned)).collect()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,275 @@
+//! The real binary on a real socket: endpoints, errors, request ids, cache, config
+//! errors, start-up failures and the SIGTERM drain.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Worker, falcon, shipped_model};
+use serde_json::{Value, json};
+
+async fn post(client: &reqwest::Client, w: &Worker, body: Value) -> (u16, Value) {
+    let r = client.post(w.url("/infer")).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn serves_every_endpoint_with_the_shipped_model() {
+    let w = Worker::start(&[]);
+    let c = reqwest::Client::new();
+    let root: Value = c.get(w.url("/")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(root["name"], "falcon");
+    assert_eq!(root["worker_id"], "it-worker");
+    let health = c.get(w.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = c.get(w.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["model_loaded"], true);
+
+    let (status, body) = post(&c, &w, json!({"text": "I absolutely love this, it is wonderful!"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["prediction"], "positive");
+    let (_, body) = post(&c, &w, json!({"text": "This is terrible, I hate it. Awful service."})).await;
+    assert_eq!(body["prediction"], "negative");
+    let p = &body["probabilities"];
+    let sum = p["negative"].as_f64().unwrap() + p["neutral"].as_f64().unwrap() + p["positive"].as_f64().unwrap();
+    assert!((sum - 1.0).abs() < 1e-9);
+    assert_eq!(body["model_version"], root["model_version"]);
+
+    let metrics = c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in ["inference_requests_total", "inference_errors_total", "cache_hits_total", "cache_misses_total"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metrics.contains("inference_requests_total{worker_id=\"it-worker\",status=\"success\",cache_hit=\"false\"} 2")
+    );
+    let quantiles: Vec<&str> =
+        metrics.lines().filter(|l| l.contains("inference_duration_seconds") && l.contains("quantile")).collect();
+    assert!(quantiles.iter().any(|l| l.contains("quantile=\"0.95\"")), "{quantiles:?}");
+    assert!(metrics.contains("inference_duration_seconds_bucket"));
+    assert!(metrics.contains("# HELP inference_requests_total"));
+}
+
+#[tokio::test]
+async fn every_error_status_has_a_stable_json_body() {
+    let w = Worker::start(&[("MAX_REQUEST_BODY_BYTES", "2048")]);
+    let c = reqwest::Client::new();
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (c.post(w.url("/infer")).header("content-type", "application/json").body("{\"text\":"), 400, "invalid_json"),
+        (c.post(w.url("/infer")).json(&json!({"text": "x".repeat(3000)})), 413, "payload_too_large"),
+        (c.post(w.url("/infer")).header("content-type", "text/plain").body("hello"), 415, "unsupported_media_type"),
+        (c.post(w.url("/infer")).json(&json!({"text": "  "})), 422, "validation_error"),
+        (c.post(w.url("/infer")).json(&json!({"other": "x"})), 422, "validation_error"),
+        (c.get(w.url("/missing")), 404, "not_found"),
+        (c.put(w.url("/infer")), 405, "method_not_allowed"),
+    ];
+    for (req, status, error_type) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let header_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error_type"], error_type, "{body}");
+        assert_eq!(body["request_id"], header_id.as_str());
+        assert_eq!(body["worker_id"], "it-worker");
+    }
+    let metrics = c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("inference_errors_total{worker_id=\"it-worker\",error_type=\"validation_error\"} 2"));
+    // The validation error is in the log with its request id.
+    let logs = w.logs.lock().unwrap().clone();
+    assert!(
+        logs.iter()
+            .any(|l| l["error_type"] == "validation_error" && l["level"] == "WARN" && l["request_id"].is_string())
+    );
+}
+
+#[tokio::test]
+async fn request_id_round_trips_and_repeats_hit_the_cache() {
+    let w = Worker::start(&[]);
+    let c = reqwest::Client::new();
+    let r = c
+        .post(w.url("/infer"))
+        .header("x-request-id", "client-id-1")
+        .json(&json!({"text": "good stuff"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "client-id-1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["request_id"], "client-id-1");
+    assert_eq!(body["cache_hit"], false);
+    let (_, again) = post(&c, &w, json!({"text": "Good  stuff"})).await;
+    assert_eq!(again["cache_hit"], true);
+    assert_eq!(again["prediction"], body["prediction"]);
+    assert_ne!(again["request_id"], "client-id-1");
+}
+
+#[tokio::test]
+async fn cache_can_be_switched_off() {
+    let w = Worker::start(&[("CACHE_ENABLED", "false")]);
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let (_, body) = post(&c, &w, json!({"text": "same text"})).await;
+        assert_eq!(body["cache_hit"], false);
+    }
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_variable() {
+    for (var, value) in [
+        ("PORT", "eighty"),
+        ("CACHE_TTL_SECONDS", "-5"),
+        ("CACHE_ENABLED", "maybe"),
+        ("INFERENCE_TIMEOUT_SECONDS", "0"),
+        ("LOG_LEVEL", "chatty"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0"),
+    ] {
+        let out = falcon().arg("serve").env(var, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line: Value = serde_json::from_str(stdout.lines().next().unwrap_or_default()).unwrap();
+        assert_eq!(line["level"], "ERROR");
+        assert_eq!(line["variable"], var, "{line}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(var));
+    }
+}
+
+#[test]
+fn missing_or_corrupt_model_fails_start_up_with_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.json");
+    let bytes = std::fs::read(shipped_model()).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
+    for path in [dir.path().join("absent.json"), corrupt] {
+        let out = falcon().arg("serve").env("MODEL_PATH", &path).env("PORT", "0").output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let err: Value = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .find(|l: &Value| l["level"] == "ERROR")
+            .unwrap();
+        assert_eq!(err["message"], "Startup failed");
+        assert!(err["error"].as_str().unwrap().contains(path.to_str().unwrap()), "{err}");
+    }
+}
+
+#[test]
+fn port_in_use_fails_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = falcon()
+        .arg("serve")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", &port)
+        .env("MODEL_PATH", shipped_model())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot listen on"));
+}
+
+#[test]
+fn predict_prints_the_infer_fields() {
+    let out = falcon().args(["predict", "what a lovely day"]).env("MODEL_PATH", shipped_model()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cache_hit",
+            "confidence",
+            "idempotency_hit",
+            "model_version",
+            "prediction",
+            "probabilities",
+            "processing_time_ms",
+            "request_id",
+            "worker_id"
+        ]
+    );
+    assert_eq!(body["prediction"], "positive");
+}
+
+/// Opens a raw connection and sends an /infer request's headers and half its body, so the
+/// request is in flight until `finish` sends the rest.
+struct SlowClient {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl SlowClient {
+    fn start(w: &Worker, text: &str) -> Self {
+        let body = serde_json::to_vec(&json!({ "text": text })).unwrap();
+        let mut stream = TcpStream::connect(w.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "POST /infer HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            w.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let (first, rest) = body.split_at(body.len() / 2);
+        stream.write_all(first).unwrap();
+        Self { stream, rest: rest.to_vec() }
+    }
+
+    fn finish(mut self) -> String {
+        self.stream.write_all(&self.rest).unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read until the full JSON body has arrived (the server closes after draining).
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    response.extend_from_slice(&buf[..n]);
+                    if response.ends_with(b"}") {
+                        break;
+                    }
+                }
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "10")]);
+    let clients: Vec<SlowClient> = (0..5).map(|i| SlowClient::start(&w, &format!("in flight number {i}"))).collect();
+    // Let the worker accept the connections and start the requests.
+    std::thread::sleep(Duration::from_millis(300));
+    w.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(w.child.try_wait().unwrap().is_none(), "worker exited with requests in flight");
+    // New connections are refused while draining.
+    assert!(TcpStream::connect(w.addr).is_err(), "listener still accepting after SIGTERM");
+    for c in clients {
+        let response = c.finish();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("\"prediction\""));
+    }
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    let messages = w.log_messages();
+    assert!(messages.iter().any(|m| m.starts_with("Shutdown signal received")), "{messages:?}");
+    assert!(messages.iter().any(|m| m == "Worker stopped"));
+}
+
+#[test]
+fn drain_is_bounded_by_the_grace_period() {
+    let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "1")]);
+    let _stuck = SlowClient::start(&w, "this request never completes");
+    std::thread::sleep(Duration::from_millis(300));
+    w.signal("TERM");
+    let started = std::time::Instant::now();
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(w.log_messages().iter().any(|m| m.starts_with("Graceful shutdown timed out")));
+}
