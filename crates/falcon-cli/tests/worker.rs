@@ -1,5 +1,6 @@
 //! The real binary on a real socket: endpoints, errors, request ids, cache, config
 //! errors, start-up failures and the SIGTERM drain.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

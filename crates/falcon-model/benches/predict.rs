@@ -1,5 +1,6 @@
 //! Prediction latency of the shipped model. Target: p50 ≤ 10 µs for a 20-word sentence
 //! on one core. Criterion's "time" line is the median-centred estimate per call.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 use std::hint::black_box;
 use std::path::Path;
 

@@ -1,6 +1,7 @@
 //! Hyper-parameter search on a validation split carved out of the training 80 %, so the
 //! held-out 20 % test split is never looked at while choosing. Run:
 //! `cargo run --release -p falcon-model --example tune`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 use std::path::Path;
 
 use falcon_model::dataset::{Dataset, stratified_split};

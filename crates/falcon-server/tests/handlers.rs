@@ -1,4 +1,5 @@
 //! Handler tests: the router driven in-process with `oneshot`, with fake classifiers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,5 @@
 //! Starts the real `falcon` binary on a free port and reads its JSON log lines.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

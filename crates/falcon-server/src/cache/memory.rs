@@ -3,7 +3,7 @@
 //! Every entry lives for the same TTL, so insertion order is also expiry order: one FIFO
 //! per shard serves both expiry and eviction in O(1). Measured against moka 0.12's
 //! `future::Cache` in the HTTP benchmark, the unique-text (miss + insert) path went from
-//! 0.40× to 0.5x× of /healthz; see docs/benchmarks.md.
+//! 0.40× to about 0.5× of /healthz (with mimalloc); see docs/benchmarks.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
