@@ -45,7 +45,7 @@ pub struct ModelMeta {
 }
 
 /// One prediction.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// Index into `SentimentModel::labels()`.
     pub class: usize,

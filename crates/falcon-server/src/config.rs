@@ -122,11 +122,10 @@ pub struct CacheConfig {
     pub cache_max_entries: u64,
 }
 
-/// Settings parsed and validated now, for features that are not in this build yet.
-/// Setting one that would switch a feature on logs a warning at start-up; none pretends
-/// to work (see the configuration table in the README).
+/// Redis: the shared cache and idempotency store. Unset (no `REDIS_HOST`/`REDIS_URL`):
+/// both stay in-process.
 #[derive(Debug, Clone, Args)]
-pub struct PlannedConfig {
+pub struct RedisConfig {
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
@@ -137,26 +136,30 @@ pub struct PlannedConfig {
     pub redis_password: Option<Secret>,
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
-    #[arg(long, env = "POSTGRES_HOST")]
-    pub postgres_host: Option<String>,
-    #[arg(long, env = "POSTGRES_PORT", default_value_t = 5432)]
-    pub postgres_port: u16,
-    #[arg(long, env = "POSTGRES_DB", default_value = "falcon_inference")]
-    pub postgres_db: String,
-    #[arg(long, env = "POSTGRES_USER", default_value = "falcon")]
-    pub postgres_user: String,
-    #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
-    pub postgres_password: Option<Secret>,
-    #[arg(long, env = "POSTGRES_POOL_SIZE", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub postgres_pool_size: u32,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<Secret>,
+    #[arg(long, env = "REDIS_OPERATION_TIMEOUT_SECONDS", default_value = "0.5", value_parser = positive_seconds)]
+    pub redis_operation_timeout_seconds: f64,
+    /// In-process layer in front of Redis: entries live this long (0 = no layer).
+    #[arg(long, env = "CACHE_L1_TTL_SECONDS", default_value_t = 5)]
+    pub cache_l1_ttl_seconds: u64,
+    /// Bound on the in-process layer in front of Redis.
+    #[arg(long, env = "CACHE_L1_MAX_ENTRIES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub cache_l1_max_entries: u64,
+}
+
+/// `X-Idempotency-Key` handling.
+#[derive(Debug, Clone, Args)]
+pub struct IdempotencyConfig {
     #[arg(long, env = "IDEMPOTENCY_ENABLED", default_value_t = true, action = ArgAction::Set)]
     pub idempotency_enabled: bool,
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_seconds: u64,
+}
+
+/// Circuit breakers and retries for the dependencies.
+#[derive(Debug, Clone, Args)]
+pub struct ResilienceConfig {
     #[arg(long, env = "CIRCUIT_BREAKER_ENABLED", default_value_t = true, action = ArgAction::Set)]
     pub circuit_breaker_enabled: bool,
     #[arg(long, env = "CIRCUIT_BREAKER_FAILURE_THRESHOLD", default_value_t = 5,
@@ -176,8 +179,28 @@ pub struct PlannedConfig {
     pub retry_base_delay_ms: u64,
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 2000)]
     pub retry_max_delay_ms: u64,
-    #[arg(long, env = "REDIS_OPERATION_TIMEOUT_SECONDS", default_value = "0.5", value_parser = positive_seconds)]
-    pub redis_operation_timeout_seconds: f64,
+}
+
+/// Settings parsed and validated now, for features that are not in this build yet.
+/// Setting one that would switch a feature on logs a warning at start-up; none pretends
+/// to work (see the configuration table in the README).
+#[derive(Debug, Clone, Args)]
+pub struct PlannedConfig {
+    #[arg(long, env = "POSTGRES_HOST")]
+    pub postgres_host: Option<String>,
+    #[arg(long, env = "POSTGRES_PORT", default_value_t = 5432)]
+    pub postgres_port: u16,
+    #[arg(long, env = "POSTGRES_DB", default_value = "falcon_inference")]
+    pub postgres_db: String,
+    #[arg(long, env = "POSTGRES_USER", default_value = "falcon")]
+    pub postgres_user: String,
+    #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<Secret>,
+    #[arg(long, env = "POSTGRES_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub postgres_pool_size: u32,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
     #[arg(long, env = "POSTGRES_OPERATION_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub postgres_operation_timeout_seconds: f64,
     #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = false, action = ArgAction::Set)]
@@ -199,9 +222,6 @@ impl PlannedConfig {
     /// `(variable, what happens instead)`.
     pub fn inert_requests(&self) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
-        if self.redis_host.is_some() || self.redis_url.is_some() {
-            out.push(("REDIS_HOST/REDIS_URL", "Redis is not supported by this build yet; using the in-process cache"));
-        }
         if self.postgres_host.is_some() || self.database_url.is_some() {
             out.push((
                 "POSTGRES_HOST/DATABASE_URL",
@@ -218,6 +238,18 @@ impl PlannedConfig {
     }
 }
 
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Everything `falcon serve` needs.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -225,6 +257,12 @@ pub struct Config {
     pub server: ServerConfig,
     #[command(flatten)]
     pub cache: CacheConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub idempotency: IdempotencyConfig,
+    #[command(flatten)]
+    pub resilience: ResilienceConfig,
     #[command(flatten)]
     pub planned: PlannedConfig,
 }
@@ -247,6 +285,22 @@ impl Config {
             .inference_threads
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The Redis URL, from `REDIS_URL` or built from `REDIS_HOST`/`PORT`/`DB`/`PASSWORD`;
+    /// `None` when Redis is not configured.
+    pub fn redis_url(&self) -> Option<Secret> {
+        let r = &self.redis;
+        if let Some(url) = &r.redis_url {
+            return Some(url.clone());
+        }
+        let host = r.redis_host.as_ref()?;
+        let auth = r.redis_password.as_ref().map(|p| format!(":{}@", percent_encode(p.expose()))).unwrap_or_default();
+        Some(Secret(format!("redis://{auth}{host}:{}/{}", r.redis_port, r.redis_db)))
+    }
+
+    pub fn redis_operation_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.redis.redis_operation_timeout_seconds)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -288,8 +342,9 @@ mod tests {
         assert_eq!(c.server.port, 8000);
         assert_eq!(c.cache.cache_ttl_seconds, 3600);
         assert!(c.cache.cache_enabled);
-        assert_eq!(c.planned.idempotency_ttl_seconds, 86_400);
-        assert_eq!(c.planned.circuit_breaker_failure_threshold, 5);
+        assert_eq!(c.idempotency.idempotency_ttl_seconds, 86_400);
+        assert_eq!(c.resilience.circuit_breaker_failure_threshold, 5);
+        assert!(c.redis_url().is_none());
         assert_eq!(c.planned.log_buffer_size, 1000);
         assert_eq!(c.shutdown_timeout(), Duration::from_secs(30));
         assert!(c.planned.inert_requests().is_empty());
@@ -316,16 +371,34 @@ mod tests {
     }
 
     #[test]
+    fn redis_url_is_built_from_parts_with_an_encoded_password() {
+        let c = Config::from_args([
+            "--redis-host",
+            "cache",
+            "--redis-port",
+            "6380",
+            "--redis-db",
+            "2",
+            "--redis-password",
+            "p@ss:w/rd",
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url().unwrap().expose(), "redis://:p%40ss%3Aw%2Frd@cache:6380/2");
+        let c = Config::from_args(["--redis-url", "redis://other:1/0", "--redis-host", "ignored"]).unwrap();
+        assert_eq!(c.redis_url().unwrap().expose(), "redis://other:1/0");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let c = Config::from_args(["--redis-password", "hunter2"]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(c.planned.redis_password.unwrap().expose(), "hunter2");
+        assert_eq!(c.redis.redis_password.clone().unwrap().expose(), "hunter2");
     }
 
     #[test]
     fn settings_for_missing_features_are_reported() {
         let c = Config::from_args(["--redis-host", "localhost", "--rate-limit-enabled", "true"]).unwrap();
         let names: Vec<_> = c.planned.inert_requests().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["REDIS_HOST/REDIS_URL", "RATE_LIMIT_ENABLED"]);
+        assert_eq!(names, ["RATE_LIMIT_ENABLED"]);
     }
 }

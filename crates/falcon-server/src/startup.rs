@@ -11,12 +11,15 @@ use anyhow::Context;
 use falcon_model::SentimentModel;
 use tokio::net::TcpListener;
 
+use crate::cache::redis::{RedisCache, RedisStore};
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::classifier::Classifier;
 use crate::config::Config;
 use crate::http::router;
+use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
 use crate::pipeline::Pipeline;
+use crate::resilience::{BreakerConfig, CircuitBreaker, RetryPolicy};
 use crate::state::{AppState, HttpSettings, Readiness};
 use crate::telemetry::metrics;
 
@@ -59,12 +62,7 @@ impl Application {
         for (variable, consequence) in config.planned.inert_requests() {
             tracing::warn!(variable, "{variable} is set, but {consequence}");
         }
-        let cache: Option<Arc<dyn ResponseCache>> = config.cache.cache_enabled.then(|| {
-            Arc::new(MemoryCache::new(
-                config.cache.cache_max_entries,
-                Duration::from_secs(config.cache.cache_ttl_seconds),
-            )) as Arc<dyn ResponseCache>
-        });
+        let (redis, cache, idempotency) = build_stores(config)?;
         let queue = Arc::new(
             InferenceQueue::start(
                 Arc::clone(&classifier),
@@ -83,8 +81,11 @@ impl Application {
                 worker_id,
                 max_body_bytes: config.server.max_request_body_bytes as usize,
                 request_timeout: config.request_timeout(),
+                idempotency_wait: config.inference_timeout() + 2 * config.redis_operation_timeout(),
             }),
             pipeline: Pipeline::new(classifier, queue, cache, config.inference_timeout()),
+            idempotency,
+            redis,
             readiness,
             started: Instant::now(),
             metrics: Some(handle),
@@ -118,6 +119,7 @@ impl Application {
             let _ = drain_tx.send(true);
         };
         let upkeep = self.state.metrics.clone().map(|h| tokio::spawn(metrics::run_upkeep(h, Duration::from_secs(5))));
+        let probe = self.state.redis.clone().map(|r| tokio::spawn(r.run_health_probe(Duration::from_secs(1))));
         tracing::info!(
             address = %addr,
             cache = self.state.pipeline.cache_backend(),
@@ -137,12 +139,63 @@ impl Application {
                 Ok(())
             }
         };
-        if let Some(task) = upkeep {
+        for task in [upkeep, probe].into_iter().flatten() {
             task.abort();
         }
         tracing::info!("Worker stopped");
         result
     }
+}
+
+type Stores = (Option<Arc<RedisStore>>, Option<Arc<dyn ResponseCache>>, Option<Arc<IdempotencyStore>>);
+
+/// Redis when configured (shared cache and idempotency, breaker, retries), else the
+/// in-process cache and idempotency store.
+fn build_stores(config: &Config) -> anyhow::Result<Stores> {
+    let ttl = Duration::from_secs(config.cache.cache_ttl_seconds);
+    let idem_ttl = Duration::from_secs(config.idempotency.idempotency_ttl_seconds);
+    let Some(url) = config.redis_url() else {
+        let cache = config
+            .cache
+            .cache_enabled
+            .then(|| Arc::new(MemoryCache::new(config.cache.cache_max_entries, ttl)) as Arc<dyn ResponseCache>);
+        let idem =
+            config.idempotency.idempotency_enabled.then(|| Arc::new(IdempotencyStore::memory(idem_ttl, 100_000)));
+        return Ok((None, cache, idem));
+    };
+    let r = &config.resilience;
+    let breaker = Arc::new(CircuitBreaker::new(
+        "redis",
+        BreakerConfig {
+            enabled: r.circuit_breaker_enabled,
+            failure_threshold: r.circuit_breaker_failure_threshold,
+            open_for: Duration::from_secs_f64(r.circuit_breaker_timeout_seconds),
+            half_open_successes: r.circuit_breaker_half_open_attempts,
+        },
+    ));
+    let retry = RetryPolicy {
+        enabled: r.retry_enabled,
+        max_attempts: r.retry_max_attempts,
+        base_delay: Duration::from_millis(r.retry_base_delay_ms),
+        max_delay: Duration::from_millis(r.retry_max_delay_ms),
+        jitter: true,
+    };
+    let store = Arc::new(
+        RedisStore::new(url.expose(), breaker, retry, config.redis_operation_timeout())
+            .context("invalid Redis settings (REDIS_URL / REDIS_HOST)")?,
+    );
+    let l1_ttl = Duration::from_secs(config.redis.cache_l1_ttl_seconds.min(config.cache.cache_ttl_seconds));
+    let cache = config.cache.cache_enabled.then(|| {
+        let l1 = (!l1_ttl.is_zero()).then(|| MemoryCache::new(config.redis.cache_l1_max_entries, l1_ttl));
+        Arc::new(RedisCache::new(Arc::clone(&store), ttl, l1)) as Arc<dyn ResponseCache>
+    });
+    let lock_ttl = config.inference_timeout() + Duration::from_secs(5);
+    let idem = config
+        .idempotency
+        .idempotency_enabled
+        .then(|| Arc::new(IdempotencyStore::redis(Arc::clone(&store), idem_ttl, lock_ttl)));
+    tracing::info!(l1_ttl_seconds = l1_ttl.as_secs(), "Using Redis for the response cache and idempotency keys");
+    Ok((Some(store), cache, idem))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::cache::redis::RedisStore;
+use crate::idempotency::IdempotencyStore;
 use crate::pipeline::Pipeline;
 
 /// Whether this worker should receive traffic.
@@ -44,6 +46,8 @@ pub struct HttpSettings {
     pub worker_id: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// How long a request waits for a concurrent one with the same idempotency key.
+    pub idempotency_wait: Duration,
 }
 
 /// Cloned into every request; everything inside is shared.
@@ -51,6 +55,10 @@ pub struct HttpSettings {
 pub struct AppState {
     pub settings: Arc<HttpSettings>,
     pub pipeline: Pipeline,
+    /// `None`: `IDEMPOTENCY_ENABLED=false`.
+    pub idempotency: Option<Arc<IdempotencyStore>>,
+    /// `None`: Redis not configured.
+    pub redis: Option<Arc<RedisStore>>,
     pub readiness: Arc<Readiness>,
     pub started: Instant,
     /// `None` renders an empty /metrics (socket-less handler tests).

@@ -11,6 +11,7 @@ use falcon_model::Prediction;
 use falcon_server::cache::{MemoryCache, ResponseCache};
 use falcon_server::classifier::Classifier;
 use falcon_server::http::router;
+use falcon_server::idempotency::IdempotencyStore;
 use falcon_server::inference::InferenceQueue;
 use falcon_server::pipeline::Pipeline;
 use falcon_server::state::{AppState, HttpSettings, Readiness};
@@ -61,7 +62,14 @@ fn state_with(fake: Arc<Fake>, cache: bool, inference_timeout: Duration, request
     let readiness = Arc::new(Readiness::default());
     readiness.set_model_loaded(true);
     AppState {
-        settings: Arc::new(HttpSettings { worker_id: "test-w".into(), max_body_bytes: 4096, request_timeout }),
+        settings: Arc::new(HttpSettings {
+            worker_id: "test-w".into(),
+            max_body_bytes: 4096,
+            request_timeout,
+            idempotency_wait: Duration::from_secs(2),
+        }),
+        idempotency: Some(Arc::new(IdempotencyStore::memory(Duration::from_secs(60), 1000))),
+        redis: None,
         pipeline: Pipeline::new(
             fake.clone(),
             Arc::new(InferenceQueue::start(fake, 2, 64, 8).unwrap()),
@@ -300,4 +308,78 @@ async fn readyz_is_503_while_draining_or_without_a_model() {
     assert_eq!(body["checks"]["model_loaded"], false);
     let (status, _, body) = send(&s, infer(r#"{"text":"good"}"#)).await;
     assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+}
+
+fn infer_with_key(body: &str, key: &str) -> Request<Body> {
+    Request::post("/infer")
+        .header("content-type", "application/json")
+        .header("x-idempotency-key", key)
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_stored_response() {
+    let fake = Arc::new(Fake::new());
+    let s = state_with(fake.clone(), false, Duration::from_secs(5), Duration::from_secs(30));
+    let (status, _, first) = send(&s, infer_with_key(r#"{"text":"a good day"}"#, "order-1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["idempotency_hit"], false);
+    let (status, id, second) = send(&s, infer_with_key(r#"{"text":"a good day"}"#, "order-1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second["idempotency_hit"], true);
+    assert_eq!(second["prediction"], first["prediction"]);
+    assert_eq!(second["confidence"], first["confidence"]);
+    assert_eq!(second["request_id"].as_str(), id.as_deref(), "a replay has its own request id");
+    assert_ne!(second["request_id"], first["request_id"]);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1, "the model ran once (cache is off)");
+}
+
+#[tokio::test]
+async fn same_key_with_a_different_body_is_409() {
+    let s = state();
+    send(&s, infer_with_key(r#"{"text":"a good day"}"#, "k-2")).await;
+    let (status, _, body) = send(&s, infer_with_key(r#"{"text":"a bad day"}"#, "k-2")).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "idempotency_conflict");
+}
+
+#[tokio::test]
+async fn invalid_idempotency_keys_are_422() {
+    for key in [String::new(), "a".repeat(129), "with space".into()] {
+        let (status, _, body) = send(&state(), infer_with_key(r#"{"text":"x"}"#, &key)).await;
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_run_the_model_once() {
+    let fake = Arc::new(Fake { delay: Duration::from_millis(200), ..Fake::new() });
+    let s = state_with(fake.clone(), false, Duration::from_secs(5), Duration::from_secs(30));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { send(&s, infer_with_key(r#"{"text":"good stuff"}"#, "same")).await })
+        })
+        .collect();
+    let mut hits = 0;
+    for t in tasks {
+        let (status, _, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["prediction"], "positive");
+        hits += usize::from(body["idempotency_hit"] == true);
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(hits, 7);
+}
+
+#[tokio::test]
+async fn a_failed_request_does_not_poison_its_key() {
+    let fake = Arc::new(Fake { delay: Duration::from_millis(300), ..Fake::new() });
+    let s = state_with(fake, false, Duration::from_millis(50), Duration::from_secs(30));
+    let (status, _, _) = send(&s, infer_with_key(r#"{"text":"good"}"#, "retry-me")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let s2 = AppState { pipeline: state().pipeline, ..s };
+    let (status, _, body) = send(&s2, infer_with_key(r#"{"text":"good"}"#, "retry-me")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["idempotency_hit"], false);
 }

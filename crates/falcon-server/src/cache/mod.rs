@@ -1,6 +1,7 @@
 //! The response cache: prediction by `cache:<sha256(model version, normalised text)>`.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;

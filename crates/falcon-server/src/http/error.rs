@@ -24,6 +24,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("worker is not ready: {0}")]
     NotReady(&'static str),
+    #[error("X-Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
     #[error("worker is overloaded: {0}")]
     Overloaded(&'static str),
     #[error("inference did not finish within {0:.3} s")]
@@ -44,6 +46,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdempotencyConflict => StatusCode::CONFLICT,
             Self::NotReady(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InferenceTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -58,6 +61,7 @@ impl ApiError {
             Self::Validation(_) => "validation_error",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::IdempotencyConflict => "idempotency_conflict",
             Self::NotReady(_) => "not_ready",
             Self::Overloaded(_) => "overloaded",
             Self::InferenceTimeout(_) => "inference_timeout",
@@ -121,6 +125,7 @@ mod tests {
             ApiError::Validation(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed,
+            ApiError::IdempotencyConflict,
             ApiError::NotReady(""),
             ApiError::Overloaded(""),
             ApiError::InferenceTimeout(1.0),

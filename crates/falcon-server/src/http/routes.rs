@@ -13,6 +13,8 @@ use serde_json::json;
 use super::RequestId;
 use super::error::{ApiError, ErrorResponse};
 use crate::api::{InferRequest, InferResponse, validate_text};
+use crate::idempotency::{Claim, Record, fingerprint, validate_key};
+use crate::pipeline::Outcome;
 use crate::state::AppState;
 use crate::telemetry::metrics;
 
@@ -56,12 +58,17 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         "draining": s.readiness.draining(),
         "checks": {
             "model_loaded": s.readiness.model_loaded(),
-            // No Redis or Postgres in this build: the embedded cache serves and no
-            // request log is written. `backends` says what is in use.
-            "redis_available": false,
+            // Redis down degrades (no shared cache) but never makes the worker unready.
+            // Without Redis configured this is false and `backends` says what serves instead.
+            "redis_available": s.redis.as_ref().is_some_and(|r| r.reachable()),
+            // No Postgres request log in this build yet.
             "database_available": false,
         },
-        "backends": { "cache": s.pipeline.cache_backend(), "request_log": "none" },
+        "backends": {
+            "cache": s.pipeline.cache_backend(),
+            "idempotency": s.idempotency.as_ref().map_or("disabled", |i| i.backend()),
+            "request_log": "none",
+        },
         "model_version": s.pipeline.classifier().model_version(),
         "timestamp": now(),
     });
@@ -111,6 +118,57 @@ fn parse(s: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>)
     Ok(req.text)
 }
 
+pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::Validation("X-Idempotency-Key must be visible ASCII".into()))?;
+    validate_key(key).map_err(ApiError::Validation)?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Validates, applies idempotency, runs the pipeline. Returns the response and whether it
+/// was replayed.
+async fn handle(
+    s: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(InferResponse, bool), ApiError> {
+    if !s.readiness.model_loaded() {
+        return Err(ApiError::NotReady("model not loaded"));
+    }
+    let text = parse(s, headers, body)?;
+    let key = idempotency_key(headers)?;
+    let (Some(store), Some(key)) = (&s.idempotency, key) else {
+        return Ok((respond(s, id, s.pipeline.infer(text).await?), false));
+    };
+    let fp = fingerprint(&text);
+    match store.claim(&key, &fp, s.settings.idempotency_wait).await {
+        Claim::Replay(stored) => Ok((stored, true)),
+        Claim::Conflict => Err(ApiError::IdempotencyConflict),
+        Claim::Unavailable => Ok((respond(s, id, s.pipeline.infer(text).await?), false)),
+        Claim::Fresh => match s.pipeline.infer(text).await {
+            Ok(outcome) => {
+                let resp = respond(s, id, outcome);
+                store.complete(&key, Record { fingerprint: fp, response: resp.clone() }).await;
+                Ok((resp, false))
+            }
+            Err(e) => {
+                store.release(&key).await;
+                Err(e)
+            }
+        },
+    }
+}
+
+fn respond(s: &AppState, id: &str, outcome: Outcome) -> InferResponse {
+    let c = s.pipeline.classifier();
+    let mut resp = InferResponse::new(&outcome.prediction, c.labels(), c.model_version(), s.worker_id(), id);
+    resp.cache_hit = outcome.cache_hit;
+    resp
+}
+
 pub async fn infer(
     State(s): State<AppState>,
     Extension(id): Extension<RequestId>,
@@ -118,23 +176,18 @@ pub async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let result = async {
-        if !s.readiness.model_loaded() {
-            return Err(ApiError::NotReady("model not loaded"));
-        }
-        let text = parse(&s, &headers, body)?;
-        s.pipeline.infer(text).await
-    }
-    .await;
-    match result {
-        Ok(outcome) => {
-            let c = s.pipeline.classifier();
-            let mut resp = InferResponse::new(&outcome.prediction, c.labels(), c.model_version(), s.worker_id(), &id.0);
-            resp.cache_hit = outcome.cache_hit;
+    match handle(&s, &id.0, &headers, body).await {
+        Ok((mut resp, replayed)) => {
+            if replayed {
+                // The stored answer, marked as a replay, under this request's own id.
+                resp.idempotency_hit = true;
+                resp.request_id.clone_from(&id.0);
+                s.worker_id().clone_into(&mut resp.worker_id);
+            }
             let elapsed = started.elapsed();
             resp.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
-            metrics::record_request(true, outcome.cache_hit, elapsed);
-            tracing::debug!(request_id = %id.0, prediction = %resp.prediction, cache_hit = resp.cache_hit, "Inference served");
+            metrics::record_request(true, resp.cache_hit, elapsed);
+            tracing::debug!(request_id = %id.0, prediction = %resp.prediction, cache_hit = resp.cache_hit, idempotency_hit = resp.idempotency_hit, "Inference served");
             Json(resp).into_response()
         }
         Err(error) => {

@@ -28,19 +28,24 @@ pub const DURATION_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 11] = [
+pub const ERROR_TYPES: [&str; 12] = [
     "invalid_json",
     "payload_too_large",
     "unsupported_media_type",
     "validation_error",
     "not_found",
     "method_not_allowed",
+    "idempotency_conflict",
     "not_ready",
     "overloaded",
     "inference_timeout",
     "request_timeout",
     "internal_error",
 ];
+
+/// Every `operation` label of Redis calls.
+pub const REDIS_OPERATIONS: [&str; 7] =
+    ["get", "set", "decode", "idempotency_get", "idempotency_lock", "idempotency_set", "idempotency_unlock"];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -94,6 +99,29 @@ fn register_all() {
     }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
+    describe_counter!("cache_errors_total", "Failed cache/idempotency operations against Redis, by operation.");
+    describe_counter!("idempotency_hits_total", "Requests answered by replaying a stored idempotent response.");
+    describe_counter!("idempotency_misses_total", "Requests with an idempotency key that computed a new response.");
+    describe_counter!(
+        "retry_attempts_total",
+        "Retries of dependency operations (first attempts not counted), by operation."
+    );
+    describe_counter!("fallback_triggered_total", "Requests served in a degraded way because a dependency failed.");
+    describe_gauge!("circuit_breaker_state", "Circuit breaker per dependency: 0 closed, 1 open, 2 half-open.");
+    describe_counter!("circuit_breaker_failures_total", "Dependency calls that failed, per breaker.");
+    describe_counter!("circuit_breaker_successes_total", "Dependency calls that succeeded, per breaker.");
+    for operation in REDIS_OPERATIONS {
+        counter!("cache_errors_total", "operation" => operation).absolute(0);
+        counter!("retry_attempts_total", "operation" => operation).absolute(0);
+    }
+    counter!("idempotency_hits_total").absolute(0);
+    counter!("idempotency_misses_total").absolute(0);
+    for fallback_type in ["cache_bypass", "idempotency_bypass"] {
+        counter!("fallback_triggered_total", "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
+    }
+    gauge!("circuit_breaker_state", "dependency" => "redis").set(0.0);
+    counter!("circuit_breaker_failures_total", "dependency" => "redis").absolute(0);
+    counter!("circuit_breaker_successes_total", "dependency" => "redis").absolute(0);
     for hit in ["true", "false"] {
         let _ = histogram!(INFERENCE_DURATION, "cache_hit" => hit);
         let _ = histogram!(INFERENCE_DURATION_SUMMARY, "cache_hit" => hit);

@@ -1,0 +1,137 @@
+//! Retries with exponential backoff and jitter, for transient errors only.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use metrics::counter;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// `false`: one attempt (`RETRY_ENABLED=false`).
+    pub enabled: bool,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Zero jitter makes delays exact (tests).
+    pub jitter: bool,
+}
+
+impl RetryPolicy {
+    /// Runs `f` until it succeeds, fails with a non-transient error, or attempts run out.
+    /// Callers bound the total time with their own deadline.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        is_transient: impl Fn(&E) -> bool,
+        f: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let retries = if self.enabled { self.max_attempts.saturating_sub(1) as usize } else { 0 };
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.base_delay)
+            .with_max_delay(self.max_delay.max(self.base_delay))
+            .with_max_times(retries);
+        if self.jitter {
+            backoff = backoff.with_jitter();
+        }
+        f.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(is_transient)
+            .notify(|_, _| counter!("retry_attempts_total", "operation" => operation).increment(1))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            enabled: true,
+            max_attempts: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            jitter: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_errors_with_backoff_then_succeeds() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let r: Result<u32, &str> = policy()
+            .run(
+                "test",
+                |_| true,
+                || async {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    if n < 2 { Err("transient") } else { Ok(n) }
+                },
+            )
+            .await;
+        assert_eq!(r, Ok(2));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // 100 ms then 200 ms of backoff (paused time rounds each sleep up to the next ms).
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300) && waited <= Duration::from_millis(302), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_attempts() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), &str> = policy()
+            .run(
+                "test",
+                |_| true,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("down")
+                },
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), &str> = policy()
+            .run(
+                "test",
+                |e: &&str| *e != "permanent",
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("permanent")
+                },
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabled_means_one_attempt() {
+        let calls = AtomicU32::new(0);
+        let p = RetryPolicy { enabled: false, ..policy() };
+        let _: Result<(), &str> = p
+            .run(
+                "test",
+                |_| true,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("down")
+                },
+            )
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
