@@ -12,7 +12,8 @@ run: ## Run one worker on :8000 with embedded defaults (shipped model, in-proces
 build: ## Release build of the `falcon` binary (target/release/falcon)
 	$(CARGO) build --release --locked -p falcon-cli
 
-test: ## The whole test suite
+test: ## The whole test suite (installs redis-server first if missing)
+	./scripts/ensure-test-deps.sh
 	$(CARGO) test --workspace --locked
 
 lint: ## Formatting and clippy, warnings as errors

@@ -204,21 +204,28 @@ async fn claim_memory(
     }
 }
 
+/// The stored record's verdict for this fingerprint, if there is a record.
+async fn stored(store: &RedisStore, key: &str, fp: &str) -> Result<Option<Claim>, ()> {
+    match store.call::<Option<String>>("idempotency_get", redis::cmd("GET").arg(record_key(key))).await {
+        Ok(Some(json)) => Ok(Some(match serde_json::from_str::<Record>(&json) {
+            Ok(r) if r.fingerprint == fp => Claim::Replay(r.response),
+            Ok(_) => Claim::Conflict,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "Unreadable idempotency record; serving without idempotency");
+                Claim::Unavailable
+            }
+        })),
+        Ok(None) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
 async fn claim_redis(store: &RedisStore, lock_ttl: Duration, key: &str, fp: &str, deadline: Instant) -> Claim {
     loop {
-        match store.call::<Option<String>>("idempotency_get", redis::cmd("GET").arg(record_key(key))).await {
-            Ok(Some(json)) => {
-                return match serde_json::from_str::<Record>(&json) {
-                    Ok(r) if r.fingerprint == fp => Claim::Replay(r.response),
-                    Ok(_) => Claim::Conflict,
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "Unreadable idempotency record; serving without idempotency");
-                        Claim::Unavailable
-                    }
-                };
-            }
+        match stored(store, key, fp).await {
+            Ok(Some(verdict)) => return verdict,
             Ok(None) => {}
-            Err(_) => return Claim::Unavailable,
+            Err(()) => return Claim::Unavailable,
         }
         let lock = redis::cmd("SET")
             .arg(lock_key(key))
@@ -228,7 +235,18 @@ async fn claim_redis(store: &RedisStore, lock_ttl: Duration, key: &str, fp: &str
             .arg(lock_ttl.as_millis() as u64)
             .to_owned();
         match store.call::<Option<String>>("idempotency_lock", &lock).await {
-            Ok(Some(_)) => return Claim::Fresh,
+            Ok(Some(_)) => {
+                // The previous owner may have stored its record and unlocked between our GET
+                // and our SET NX. It writes the record before unlocking, so look once more.
+                return match stored(store, key, fp).await {
+                    Ok(None) => Claim::Fresh,
+                    Ok(Some(verdict)) => {
+                        let _ = store.call::<()>("idempotency_unlock", redis::cmd("DEL").arg(lock_key(key))).await;
+                        verdict
+                    }
+                    Err(()) => Claim::Unavailable,
+                };
+            }
             Ok(None) => {
                 // Someone else is computing; a different body under the same key conflicts now.
                 if let Ok(Some(owner)) =

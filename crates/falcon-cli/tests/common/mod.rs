@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod redis;
+
 pub fn falcon() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
     // Run where no `.env` can leak in, with only what the test sets.
@@ -103,4 +105,14 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads one sample of `/metrics` whose line starts with `series` (name and labels).
+pub async fn metric(client: &reqwest::Client, w: &Worker, series: &str) -> f64 {
+    let text = client.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
 }

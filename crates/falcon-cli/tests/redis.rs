@@ -1,0 +1,215 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+//! Redis as the shared cache and idempotency store, with real `redis-server` processes
+//! that the tests kill, restart and pause.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::{Worker, metric};
+use serde_json::{Value, json};
+
+fn worker(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Worker {
+    let url = redis.url();
+    let mut env = vec![("REDIS_URL", url.as_str()), ("WORKER_ID", id), ("CACHE_L1_TTL_SECONDS", "0")];
+    env.extend_from_slice(extra);
+    Worker::start(&env)
+}
+
+async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = c.post(w.url("/infer")).json(&json!({ "text": text }));
+    if let Some(k) = key {
+        req = req.header("x-idempotency-key", k);
+    }
+    let r = req.timeout(Duration::from_secs(10)).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn two_workers_share_the_cache_and_entries_expire() {
+    let redis = RedisServer::start();
+    let a = worker(&redis, "w-a", &[("CACHE_TTL_SECONDS", "2")]);
+    let b = worker(&redis, "w-b", &[("CACHE_TTL_SECONDS", "2")]);
+    let c = reqwest::Client::new();
+    let (_, first) = infer(&c, &a, "The food was great", None).await;
+    assert_eq!(first["cache_hit"], false);
+    let (_, second) = infer(&c, &b, "the FOOD was great", None).await;
+    assert_eq!(second["cache_hit"], true, "worker b hits what worker a cached");
+    assert_eq!(second["worker_id"], "w-b");
+    assert_eq!(redis.count_keys("cache:*"), 1);
+    let ready: Value = c.get(b.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"]["redis_available"], true);
+    assert_eq!(ready["backends"]["cache"], "redis");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(redis.count_keys("cache:*"), 0, "Redis expired the entry after CACHE_TTL_SECONDS");
+    let (_, third) = infer(&c, &b, "The food was great", None).await;
+    assert_eq!(third["cache_hit"], false);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_across_workers_and_conflict_on_a_new_body() {
+    let redis = RedisServer::start();
+    let a = worker(&redis, "w-a", &[]);
+    let b = worker(&redis, "w-b", &[]);
+    let c = reqwest::Client::new();
+    let (_, first) = infer(&c, &a, "Loved every minute", Some("order-7")).await;
+    assert_eq!(first["idempotency_hit"], false);
+    let (status, replay) = infer(&c, &b, "Loved every minute", Some("order-7")).await;
+    assert_eq!(status, 200);
+    assert_eq!(replay["idempotency_hit"], true);
+    assert_eq!(replay["prediction"], first["prediction"]);
+    assert_eq!(replay["worker_id"], "w-b");
+    assert_eq!(redis.count_keys("idempotency:order-7"), 1);
+    let (status, conflict) = infer(&c, &a, "Hated every minute", Some("order-7")).await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["error_type"], "idempotency_conflict");
+    assert_eq!(metric(&c, &b, "idempotency_hits_total{").await, 1.0);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_across_workers_compute_once() {
+    let redis = RedisServer::start();
+    let a = worker(&redis, "w-a", &[("CACHE_ENABLED", "false")]);
+    let b = worker(&redis, "w-b", &[("CACHE_ENABLED", "false")]);
+    let c = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (c.clone(), if i % 2 == 0 { a.url("/infer") } else { b.url("/infer") });
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .header("x-idempotency-key", "dup-1")
+                .json(&json!({"text": "same body"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut computed = 0;
+    let mut predictions = std::collections::HashSet::new();
+    for t in tasks {
+        let body = t.await.unwrap();
+        computed += usize::from(body["idempotency_hit"] == false);
+        predictions.insert(body["prediction"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(computed, 1, "exactly one request ran the model");
+    assert_eq!(predictions.len(), 1);
+    let misses = metric(&c, &a, "idempotency_misses_total{").await + metric(&c, &b, "idempotency_misses_total{").await;
+    assert_eq!(misses, 1.0);
+}
+
+#[tokio::test]
+async fn redis_outage_serves_uncached_opens_the_breaker_and_recovers() {
+    let mut redis = RedisServer::start();
+    let w = worker(
+        &redis,
+        "w-out",
+        &[("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "3"), ("CIRCUIT_BREAKER_TIMEOUT_SECONDS", "60")],
+    );
+    let c = reqwest::Client::new();
+    let (_, warm) = infer(&c, &w, "cached before the outage", None).await;
+    assert_eq!(warm["cache_hit"], false);
+
+    redis.kill();
+    for i in 0..30 {
+        let started = Instant::now();
+        let (status, body) = infer(&c, &w, &format!("during the outage {i}"), None).await;
+        assert_eq!(status, 200, "request {i} failed during the Redis outage: {body}");
+        assert_eq!(body["cache_hit"], false);
+        assert!(started.elapsed() < Duration::from_secs(2), "request {i} took {:?}", started.elapsed());
+    }
+    assert_eq!(metric(&c, &w, "circuit_breaker_state{worker_id=\"w-out\",dependency=\"redis\"}").await, 1.0);
+    // Open: no more network attempts, so no more failures are counted.
+    let failures = metric(&c, &w, "circuit_breaker_failures_total{").await;
+    for i in 0..10 {
+        infer(&c, &w, &format!("still down {i}"), None).await;
+    }
+    assert_eq!(metric(&c, &w, "circuit_breaker_failures_total{").await, failures);
+    assert!(
+        metric(
+            &c,
+            &w,
+            "fallback_triggered_total{worker_id=\"w-out\",dependency=\"redis\",fallback_type=\"cache_bypass\"}"
+        )
+        .await
+            > 0.0
+    );
+    let ready = c.get(w.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "Redis down degrades, it does not make the worker unready");
+    assert_eq!(ready.json::<Value>().await.unwrap()["checks"]["redis_available"], false);
+
+    // Back: the health probe closes the breaker long before its 60 s open period ends.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        infer(&c, &w, "after recovery", None).await;
+        let (_, again) = infer(&c, &w, "after recovery", None).await;
+        if again["cache_hit"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cache hits did not resume within 10 s of Redis coming back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&c, &w, "circuit_breaker_state{worker_id=\"w-out\",dependency=\"redis\"}").await, 0.0);
+    let warnings = w
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("Redis unavailable")))
+        .count();
+    assert!((1..=5).contains(&warnings), "'Redis unavailable' logged {warnings} times: rate-limited, not per request");
+    assert!(w.log_messages().iter().any(|m| m == "Circuit breaker opened"));
+}
+
+#[tokio::test]
+async fn hanging_redis_never_holds_a_request_past_the_operation_timeout() {
+    let redis = RedisServer::start();
+    let w = worker(
+        &redis,
+        "w-hang",
+        &[("REDIS_OPERATION_TIMEOUT_SECONDS", "0.3"), ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1000")],
+    );
+    let c = reqwest::Client::new();
+    infer(&c, &w, "warm up the connection", None).await;
+    for pause in ["CLIENT PAUSE 3000 ALL", "DEBUG SLEEP 2"] {
+        let r = RedisServer::attach(redis.port);
+        let cmd = pause.to_owned();
+        let pauser = std::thread::spawn(move || r.command(&cmd));
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 0..5 {
+            let started = Instant::now();
+            let (status, _) =
+                infer(&c, &w, &format!("{pause} {i}"), Some(&format!("{}-{i}", pause.replace(' ', "_")))).await;
+            assert_eq!(status, 200);
+            // Cache get + set and idempotency get + lock + set: each bounded by 0.3 s.
+            assert!(started.elapsed() < Duration::from_millis(2000), "{pause}: request took {:?}", started.elapsed());
+        }
+        pauser.join().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn worker_starts_and_serves_while_redis_is_down_from_the_start() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let w = worker(&redis, "w-nored", &[]);
+    let c = reqwest::Client::new();
+    let (status, body) = infer(&c, &w, "no redis yet", Some("key-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["cache_hit"], false);
+    let ready = c.get(w.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap()["checks"]["redis_available"], false);
+    // Redis appears later: the worker starts using it without a restart.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.count_keys("cache:*") == 0 {
+        assert!(Instant::now() < deadline, "the worker never started using Redis");
+        infer(&c, &w, "redis is here now", None).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
