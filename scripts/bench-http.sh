@@ -3,6 +3,8 @@
 # 50 keep-alive connections per scenario: GET /healthz (the floor), POST /infer with one
 # repeated text (cache hits), POST /infer with a unique text per request (real inference).
 # Prints req/s, p50/p99 and each scenario's throughput as a ratio to /healthz.
+# Then the same against a throwaway redis-server, with the in-process L1 on and off
+# (BENCH_REDIS=0 skips that part).
 #   BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,15 +14,48 @@ cargo build --release --locked -q -p falcon-cli
 bin=target/release/falcon
 log=$(mktemp)
 pid=""
-trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -f "$log"' EXIT
-# The worker logs its bound address once it listens.
-HOST=127.0.0.1 PORT=0 WORKER_ID=bench "$bin" serve >"$log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do
-  addr=$(sed -n 's/.*"address":"\([^"]*\)".*"message":"Worker listening".*/\1/p' "$log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.05
-done
-[ -n "${addr:-}" ] || { echo "worker did not start:"; cat "$log"; exit 1; }
+redis_pid=""
+redis_dir=$(mktemp -d)
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  rm -rf "$log" "$redis_dir"
+}
+trap cleanup EXIT
+
+# Starts a worker with the given environment; sets $pid and $addr.
+start_worker() {
+  : >"$log"
+  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench "$@" "$bin" serve >"$log" 2>&1 &
+  pid=$!
+  addr=""
+  for _ in $(seq 1 200); do
+    addr=$(sed -n 's/.*"address":"\([^"]*\)".*"message":"Worker listening".*/\1/p' "$log" | head -n1)
+    [ -n "$addr" ] && return 0
+    sleep 0.05
+  done
+  echo "worker did not start:"; cat "$log"; exit 1
+}
+
+stop_worker() {
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+}
+
+echo "== embedded defaults (in-process cache) =="
+start_worker
 echo "worker at $addr ($(nproc) cores shared by worker and load generator), ${duration}s per scenario, $connections connections"
 "$bin" load --addr "$addr" --connections "$connections" --duration "$duration"
+stop_worker
+
+if [ "${BENCH_REDIS:-1}" = "1" ] && command -v redis-server >/dev/null; then
+  redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 16399)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" >/dev/null 2>&1 &
+  redis_pid=$!
+  sleep 0.5
+  for l1 in 5 0; do
+    echo "== throwaway Redis on :$redis_port, in-process L1 TTL ${l1}s =="
+    start_worker REDIS_URL="redis://127.0.0.1:$redis_port/0" CACHE_L1_TTL_SECONDS="$l1"
+    "$bin" load --addr "$addr" --connections "$connections" --duration "$duration"
+    stop_worker
+  done
+fi
