@@ -34,6 +34,12 @@ async fn two_workers_share_the_cache_and_entries_expire() {
     let c = reqwest::Client::new();
     let (_, first) = infer(&c, &a, "The food was great", None).await;
     assert_eq!(first["cache_hit"], false);
+    // Cache writes happen just after the response (write-behind): wait until it is in Redis.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while redis.count_keys("cache:*") == 0 {
+        assert!(Instant::now() < deadline, "worker a never wrote its entry to Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (_, second) = infer(&c, &b, "the FOOD was great", None).await;
     assert_eq!(second["cache_hit"], true, "worker b hits what worker a cached");
     assert_eq!(second["worker_id"], "w-b");

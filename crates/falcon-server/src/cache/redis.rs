@@ -86,13 +86,30 @@ impl RedisStore {
 
     /// Runs one command through the breaker, with retries, within `op_timeout` in total.
     pub async fn call<T: FromRedisValue>(&self, operation: &'static str, cmd: &Cmd) -> Result<T, StoreError> {
+        self.guarded(operation, || {
+            let mut conn = self.conn.clone();
+            async move { cmd.query_async::<T>(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Runs a pipeline (one round trip) like `call`.
+    pub async fn call_pipeline(&self, operation: &'static str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        self.guarded(operation, || {
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await
+    }
+
+    async fn guarded<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         if !self.breaker.try_acquire() {
             return Err(StoreError::CircuitOpen);
         }
-        let attempt = || {
-            let mut conn = self.conn.clone();
-            async move { cmd.query_async::<T>(&mut conn).await }
-        };
         let result = tokio::time::timeout(self.op_timeout, self.retry.run(operation, is_transient, attempt)).await;
         match result {
             Ok(Ok(v)) => {
@@ -148,21 +165,47 @@ impl RedisStore {
     }
 }
 
+/// Drains the write queue in batches until every sender is gone.
+async fn write_behind(store: Arc<RedisStore>, ttl: Duration, mut queue: tokio::sync::mpsc::Receiver<(String, String)>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for (key, json) in batch.drain(..) {
+            pipe.cmd("SET").arg(key).arg(json).arg("EX").arg(ttl.as_secs().max(1)).ignore();
+        }
+        if store.call_pipeline("set", &pipe).await.is_err() {
+            record_fallback("cache_bypass");
+        }
+    }
+}
+
 fn is_transient(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
+/// Cache writes waiting for the writer; beyond this they are dropped (and counted).
+const WRITE_QUEUE: usize = 4096;
+/// Most `SET`s sent in one pipelined round trip.
+const WRITE_BATCH: usize = 128;
+
 /// The shared response cache: an in-process L1 (bounded, short TTL) in front of Redis.
+///
+/// Writes are behind the response: a request hands its entry to a writer task and answers
+/// at once; the writer sends whatever has queued up as one pipeline of `SET … EX`. A
+/// request never waits on a cache write, and Redis sees one round trip per batch.
 pub struct RedisCache {
     store: Arc<RedisStore>,
     l1: Option<MemoryCache>,
-    ttl: Duration,
+    writes: tokio::sync::mpsc::Sender<(String, String)>,
+    _writer: tokio::task::JoinHandle<()>,
 }
 
 impl RedisCache {
-    /// `l1`: `None` disables the in-process layer.
+    /// `l1`: `None` disables the in-process layer. Must be called inside the runtime.
     pub fn new(store: Arc<RedisStore>, ttl: Duration, l1: Option<MemoryCache>) -> Self {
-        Self { store, l1, ttl }
+        let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(write_behind(Arc::clone(&store), ttl, queue));
+        Self { store, l1, writes, _writer: writer }
     }
 
     async fn get_remote(&self, key: &str) -> Option<Arc<Prediction>> {
@@ -204,9 +247,8 @@ impl ResponseCache for RedisCache {
                 l1.put_now(&key, Arc::clone(&value), Instant::now());
             }
             let Ok(json) = serde_json::to_string(value.as_ref()) else { return };
-            let cmd = redis::cmd("SET").arg(&key).arg(json).arg("EX").arg(self.ttl.as_secs().max(1)).to_owned();
-            if self.store.call::<()>("set", &cmd).await.is_err() {
-                record_fallback("cache_bypass");
+            if self.writes.try_send((key, json)).is_err() {
+                record_fallback("cache_write_dropped");
             }
         })
     }

@@ -116,7 +116,7 @@ fn register_all() {
     }
     counter!("idempotency_hits_total").absolute(0);
     counter!("idempotency_misses_total").absolute(0);
-    for fallback_type in ["cache_bypass", "idempotency_bypass"] {
+    for fallback_type in ["cache_bypass", "cache_write_dropped", "idempotency_bypass"] {
         counter!("fallback_triggered_total", "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
     }
     gauge!("circuit_breaker_state", "dependency" => "redis").set(0.0);
