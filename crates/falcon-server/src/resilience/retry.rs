@@ -84,54 +84,35 @@ mod tests {
         assert!(waited >= Duration::from_millis(300) && waited <= Duration::from_millis(302), "{waited:?}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn gives_up_after_max_attempts() {
+    /// How many attempts `policy` makes at an operation that always fails with `error`.
+    async fn attempts_at_failing(policy: RetryPolicy, error: &'static str) -> u32 {
         let calls = AtomicU32::new(0);
-        let r: Result<(), &str> = policy()
-            .run(
-                "test",
-                |_| true,
-                || async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err("down")
-                },
-            )
-            .await;
-        assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn permanent_errors_are_not_retried() {
-        let calls = AtomicU32::new(0);
-        let r: Result<(), &str> = policy()
+        let r: Result<(), &str> = policy
             .run(
                 "test",
                 |e: &&str| *e != "permanent",
                 || async {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    Err("permanent")
+                    Err(error)
                 },
             )
             .await;
-        assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(r, Err(error));
+        calls.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_attempts() {
+        assert_eq!(attempts_at_failing(policy(), "down").await, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        assert_eq!(attempts_at_failing(policy(), "permanent").await, 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn disabled_means_one_attempt() {
-        let calls = AtomicU32::new(0);
-        let p = RetryPolicy { enabled: false, ..policy() };
-        let _: Result<(), &str> = p
-            .run(
-                "test",
-                |_| true,
-                || async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err("down")
-                },
-            )
-            .await;
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(attempts_at_failing(RetryPolicy { enabled: false, ..policy() }, "down").await, 1);
     }
 }
