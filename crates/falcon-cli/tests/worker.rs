@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Worker, falcon, shipped_model};
+use common::{Worker, falcon, falcon_in, fresh_dir, shipped_model};
 use serde_json::{Value, json};
 
 async fn post(client: &reqwest::Client, w: &Worker, body: Value) -> (u16, Value) {
@@ -273,4 +273,17 @@ fn drain_is_bounded_by_the_grace_period() {
     assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(w.log_messages().iter().any(|m| m.starts_with("Graceful shutdown timed out")));
+}
+
+#[test]
+fn dotenv_file_is_read_and_real_environment_wins() {
+    let dir = fresh_dir();
+    std::fs::write(dir.join(".env"), "CACHE_TTL_SECONDS=not-a-number\nWORKER_ID=from-dotenv\n").unwrap();
+    let out = falcon_in(&dir).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "the bad value in .env was read");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CACHE_TTL_SECONDS"));
+    let out = falcon_in(&dir).arg("serve").env("CACHE_TTL_SECONDS", "0").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("invalid value '0'"), "the environment's value is the one used: {stdout}");
+    assert!(!stdout.contains("not-a-number"));
 }

@@ -383,3 +383,18 @@ async fn a_failed_request_does_not_poison_its_key() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["idempotency_hit"], false);
 }
+
+#[tokio::test]
+async fn idempotency_can_be_switched_off() {
+    let fake = Arc::new(Fake::new());
+    let s = AppState {
+        idempotency: None,
+        ..state_with(fake.clone(), false, Duration::from_secs(5), Duration::from_secs(30))
+    };
+    for _ in 0..2 {
+        let (status, _, body) = send(&s, infer_with_key(r#"{"text":"good"}"#, "ignored")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["idempotency_hit"], false);
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+}

@@ -12,11 +12,21 @@ use serde_json::Value;
 
 pub mod redis;
 
+/// `falcon` in a fresh empty directory (so no `.env` leaks in) with only `PATH` set.
 pub fn falcon() -> Command {
+    falcon_in(&fresh_dir())
+}
+
+/// `falcon` run in `dir`, with only `PATH` set.
+pub fn falcon_in(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
-    // Run where no `.env` can leak in, with only what the test sets.
-    cmd.current_dir(std::env::temp_dir()).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd
+}
+
+/// A new empty directory that outlives the test process's use of it.
+pub fn fresh_dir() -> PathBuf {
+    tempfile::tempdir().unwrap().keep()
 }
 
 pub fn shipped_model() -> PathBuf {
