@@ -64,23 +64,18 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let is_infer = req.uri().path() == "/infer";
     let deadline = state.settings.request_timeout;
     let error = |error| ErrorResponse { error, request_id: &id, worker_id: state.worker_id() }.into_response();
-    let mut response = match tokio::time::timeout(deadline, next.run(req)).await {
-        Ok(r) if r.extensions().get::<Panicked>().is_some() => {
-            let r = error(ApiError::Internal("handler panicked".into()));
-            if is_infer {
-                crate::telemetry::metrics::record_request(false, false, started.elapsed());
-            }
-            r
-        }
-        Ok(r) => r,
-        Err(_) => {
-            let r = error(ApiError::RequestTimeout(deadline.as_secs_f64()));
-            if is_infer {
-                crate::telemetry::metrics::record_request(false, false, started.elapsed());
-            }
-            r
-        }
+    // Failures the handler could not answer itself become the standard error body here.
+    let failure = match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(r) if r.extensions().get::<Panicked>().is_none() => Ok(r),
+        Ok(_) => Err(ApiError::Internal("handler panicked".into())),
+        Err(_) => Err(ApiError::RequestTimeout(deadline.as_secs_f64())),
     };
+    let mut response = failure.unwrap_or_else(|e| {
+        if is_infer {
+            crate::telemetry::metrics::record_request(false, false, started.elapsed());
+        }
+        error(e)
+    });
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
