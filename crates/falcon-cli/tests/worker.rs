@@ -287,3 +287,34 @@ fn dotenv_file_is_read_and_real_environment_wins() {
     assert!(stdout.contains("invalid value '0'"), "the environment's value is the one used: {stdout}");
     assert!(!stdout.contains("not-a-number"));
 }
+
+#[tokio::test]
+async fn zero_config_writes_the_request_log_to_sqlite() {
+    let dir = fresh_dir();
+    let db = dir.join("request_log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
+    let c = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for text in ["first", "second", "first"] {
+        let (_, body) = post(&c, &w, json!({ "text": text })).await;
+        ids.push(body["request_id"].as_str().unwrap().to_owned());
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap_or(0);
+        if n == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} rows in SQLite, expected 3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits: Vec<bool> =
+        sqlx::query_scalar("SELECT cache_hit FROM inference_logs ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(hits, [false, false, true]);
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT request_id FROM inference_logs ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(stored, ids);
+    let ready: Value = c.get(w.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"]["database_available"], true);
+}

@@ -181,11 +181,21 @@ pub struct ResilienceConfig {
     pub retry_max_delay_ms: u64,
 }
 
-/// Settings parsed and validated now, for features that are not in this build yet.
-/// Setting one that would switch a feature on logs a warning at start-up; none pretends
-/// to work (see the configuration table in the README).
+/// The request log: Postgres when configured, else an embedded SQLite file.
 #[derive(Debug, Clone, Args)]
-pub struct PlannedConfig {
+pub struct DatabaseConfig {
+    /// Write one row per POST /infer to `inference_logs`.
+    #[arg(long, env = "REQUEST_LOG_ENABLED", default_value_t = true, action = ArgAction::Set)]
+    pub request_log_enabled: bool,
+    /// The embedded request log, used when no Postgres is configured.
+    #[arg(long, env = "REQUEST_LOG_SQLITE_PATH", default_value = "data/request_log.db")]
+    pub request_log_sqlite_path: PathBuf,
+    /// Most rows in one INSERT.
+    #[arg(long, env = "LOG_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub log_batch_size: u32,
+    /// How long the writer waits to fill a batch.
+    #[arg(long, env = "LOG_BATCH_WINDOW_MS", default_value_t = 50)]
+    pub log_batch_window_ms: u64,
     #[arg(long, env = "POSTGRES_HOST")]
     pub postgres_host: Option<String>,
     #[arg(long, env = "POSTGRES_PORT", default_value_t = 5432)]
@@ -203,14 +213,21 @@ pub struct PlannedConfig {
     pub database_url: Option<Secret>,
     #[arg(long, env = "POSTGRES_OPERATION_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub postgres_operation_timeout_seconds: f64,
+    #[arg(long, env = "LOG_BUFFER_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub log_buffer_size: u32,
+}
+
+/// Settings parsed and validated now, for features that are not in this build yet.
+/// Setting one that would switch a feature on logs a warning at start-up; none pretends
+/// to work (see the configuration table in the README).
+#[derive(Debug, Clone, Args)]
+pub struct PlannedConfig {
     #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = false, action = ArgAction::Set)]
     pub rate_limit_enabled: bool,
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_minute: u32,
-    #[arg(long, env = "LOG_BUFFER_SIZE", default_value_t = 1000,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub log_buffer_size: u32,
     #[arg(long, env = "DEBUG_MEMORY_GROWTH", default_value_t = false, action = ArgAction::Set)]
     pub debug_memory_growth: bool,
     #[arg(long, env = "DEBUG_MEMORY_GROWTH_MB_PER_REQUEST", default_value_t = 0)]
@@ -222,12 +239,6 @@ impl PlannedConfig {
     /// `(variable, what happens instead)`.
     pub fn inert_requests(&self) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
-        if self.postgres_host.is_some() || self.database_url.is_some() {
-            out.push((
-                "POSTGRES_HOST/DATABASE_URL",
-                "the Postgres request log is not in this build yet; no request log is written",
-            ));
-        }
         if self.rate_limit_enabled {
             out.push(("RATE_LIMIT_ENABLED", "rate limiting is not in this build yet; no limit is applied"));
         }
@@ -264,6 +275,8 @@ pub struct Config {
     #[command(flatten)]
     pub resilience: ResilienceConfig,
     #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
     pub planned: PlannedConfig,
 }
 
@@ -297,6 +310,36 @@ impl Config {
         let host = r.redis_host.as_ref()?;
         let auth = r.redis_password.as_ref().map(|p| format!(":{}@", percent_encode(p.expose()))).unwrap_or_default();
         Some(Secret(format!("redis://{auth}{host}:{}/{}", r.redis_port, r.redis_db)))
+    }
+
+    /// The Postgres URL, from `DATABASE_URL` or built from `POSTGRES_*`; `None` when
+    /// Postgres is not configured (the request log then goes to SQLite).
+    pub fn postgres_url(&self) -> Option<Secret> {
+        let d = &self.database;
+        if let Some(url) = &d.database_url {
+            return Some(url.clone());
+        }
+        let host = d.postgres_host.as_ref()?;
+        let auth = match &d.postgres_password {
+            Some(p) => format!("{}:{}@", percent_encode(&d.postgres_user), percent_encode(p.expose())),
+            None => format!("{}@", percent_encode(&d.postgres_user)),
+        };
+        Some(Secret(format!("postgres://{auth}{host}:{}/{}", d.postgres_port, d.postgres_db)))
+    }
+
+    pub fn postgres_operation_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.database.postgres_operation_timeout_seconds)
+    }
+
+    /// Breaker settings (the same for every dependency).
+    pub fn breaker(&self) -> crate::resilience::BreakerConfig {
+        let r = &self.resilience;
+        crate::resilience::BreakerConfig {
+            enabled: r.circuit_breaker_enabled,
+            failure_threshold: r.circuit_breaker_failure_threshold,
+            open_for: Duration::from_secs_f64(r.circuit_breaker_timeout_seconds),
+            half_open_successes: r.circuit_breaker_half_open_attempts,
+        }
     }
 
     pub fn redis_operation_timeout(&self) -> Duration {
@@ -345,7 +388,8 @@ mod tests {
         assert_eq!(c.idempotency.idempotency_ttl_seconds, 86_400);
         assert_eq!(c.resilience.circuit_breaker_failure_threshold, 5);
         assert!(c.redis_url().is_none());
-        assert_eq!(c.planned.log_buffer_size, 1000);
+        assert_eq!(c.database.log_buffer_size, 1000);
+        assert!(c.postgres_url().is_none());
         assert_eq!(c.shutdown_timeout(), Duration::from_secs(30));
         assert!(c.planned.inert_requests().is_empty());
     }
@@ -386,6 +430,12 @@ mod tests {
         assert_eq!(c.redis_url().unwrap().expose(), "redis://:p%40ss%3Aw%2Frd@cache:6380/2");
         let c = Config::from_args(["--redis-url", "redis://other:1/0", "--redis-host", "ignored"]).unwrap();
         assert_eq!(c.redis_url().unwrap().expose(), "redis://other:1/0");
+    }
+
+    #[test]
+    fn postgres_url_is_built_from_parts() {
+        let c = Config::from_args(["--postgres-host", "db", "--postgres-password", "s3cr3t!"]).unwrap();
+        assert_eq!(c.postgres_url().unwrap().expose(), "postgres://falcon:s3cr3t%21@db:5432/falcon_inference");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod http;
 pub mod idempotency;
 pub mod inference;
 pub mod pipeline;
+pub mod request_log;
 pub mod resilience;
 pub mod startup;
 pub mod state;

@@ -16,6 +16,8 @@ use crate::telemetry::metrics;
 pub struct Outcome {
     pub prediction: Arc<Prediction>,
     pub cache_hit: bool,
+    /// Time in the model, queue wait included; `None` for a cache hit.
+    pub inference_ms: Option<f64>,
 }
 
 /// The request pipeline. Cheap to share: everything inside is behind an `Arc`.
@@ -54,13 +56,15 @@ impl Pipeline {
             let hit = cache.get(key).await;
             metrics::record_cache(hit.is_some());
             if let Some(prediction) = hit {
-                return Ok(Outcome { prediction, cache_hit: true });
+                return Ok(Outcome { prediction, cache_hit: true, inference_ms: None });
             }
         }
+        let started = std::time::Instant::now();
         let prediction = Arc::new(self.queue.predict(text, self.inference_timeout).await?);
+        let inference_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         if let (Some(cache), Some(key)) = (&self.cache, key) {
             cache.put(key, Arc::clone(&prediction)).await;
         }
-        Ok(Outcome { prediction, cache_hit: false })
+        Ok(Outcome { prediction, cache_hit: false, inference_ms })
     }
 }

@@ -19,7 +19,8 @@ use crate::http::router;
 use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
 use crate::pipeline::Pipeline;
-use crate::resilience::{BreakerConfig, CircuitBreaker, RetryPolicy};
+use crate::request_log::{self, RequestLog, Sink, Writer, WriterConfig};
+use crate::resilience::{CircuitBreaker, RetryPolicy};
 use crate::state::{AppState, HttpSettings, Readiness};
 use crate::telemetry::metrics;
 
@@ -28,6 +29,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
+    writer: Option<Writer>,
 }
 
 /// Loads and validates the model file, timing it.
@@ -63,6 +65,7 @@ impl Application {
             tracing::warn!(variable, "{variable} is set, but {consequence}");
         }
         let (redis, cache, idempotency) = build_stores(config)?;
+        let (request_log, writer) = build_request_log(config).await?;
         let queue = Arc::new(
             InferenceQueue::start(
                 Arc::clone(&classifier),
@@ -86,11 +89,13 @@ impl Application {
             pipeline: Pipeline::new(classifier, queue, cache, config.inference_timeout()),
             idempotency,
             redis,
+            request_log,
+            database_available: writer.as_ref().map(Writer::availability),
             readiness,
             started: Instant::now(),
             metrics: Some(handle),
         };
-        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout() })
+        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), writer })
     }
 
     /// The bound address (tests bind port 0 and read the real port here).
@@ -104,8 +109,12 @@ impl Application {
 
     /// Serves until `shutdown` completes, then drains: `/readyz` turns 503, the listener
     /// closes, in-flight requests finish. Waits at most the grace period for them.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
+        let writer = self.writer.take();
         let readiness = Arc::clone(&self.state.readiness);
         let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
         let grace = self.shutdown_timeout;
@@ -142,9 +151,40 @@ impl Application {
         for task in [upkeep, probe].into_iter().flatten() {
             task.abort();
         }
+        // The server and every request-log handle are gone: let the writer flush.
+        if let Some(writer) = writer {
+            writer.finish(grace).await;
+        }
         tracing::info!("Worker stopped");
         result
     }
+}
+
+/// The request-log writer: Postgres when configured, else the embedded SQLite file.
+async fn build_request_log(config: &Config) -> anyhow::Result<(Option<RequestLog>, Option<Writer>)> {
+    let d = &config.database;
+    if !d.request_log_enabled {
+        return Ok((None, None));
+    }
+    let timeout = config.postgres_operation_timeout();
+    let sink = match config.postgres_url() {
+        Some(url) => Sink::postgres(url.expose(), d.postgres_pool_size, timeout)
+            .context("invalid Postgres settings (DATABASE_URL / POSTGRES_*)")?,
+        None => Sink::sqlite(&d.request_log_sqlite_path).await.with_context(|| {
+            format!("cannot open the request log {} (REQUEST_LOG_SQLITE_PATH)", d.request_log_sqlite_path.display())
+        })?,
+    };
+    let backend = sink.backend();
+    let breaker = Arc::new(CircuitBreaker::new("postgres", config.breaker()));
+    let writer_config = WriterConfig {
+        buffer_size: d.log_buffer_size as usize,
+        batch_size: d.log_batch_size as usize,
+        batch_window: Duration::from_millis(d.log_batch_window_ms),
+        op_timeout: timeout,
+    };
+    let (log, writer) = request_log::start(sink, breaker, writer_config);
+    tracing::info!(backend, buffer_size = d.log_buffer_size, "Request log enabled");
+    Ok((Some(log), Some(writer)))
 }
 
 type Stores = (Option<Arc<RedisStore>>, Option<Arc<dyn ResponseCache>>, Option<Arc<IdempotencyStore>>);
@@ -164,15 +204,7 @@ fn build_stores(config: &Config) -> anyhow::Result<Stores> {
         return Ok((None, cache, idem));
     };
     let r = &config.resilience;
-    let breaker = Arc::new(CircuitBreaker::new(
-        "redis",
-        BreakerConfig {
-            enabled: r.circuit_breaker_enabled,
-            failure_threshold: r.circuit_breaker_failure_threshold,
-            open_for: Duration::from_secs_f64(r.circuit_breaker_timeout_seconds),
-            half_open_successes: r.circuit_breaker_half_open_attempts,
-        },
-    ));
+    let breaker = Arc::new(CircuitBreaker::new("redis", config.breaker()));
     let retry = RetryPolicy {
         enabled: r.retry_enabled,
         max_attempts: r.retry_max_attempts,

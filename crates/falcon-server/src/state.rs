@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::cache::redis::RedisStore;
 use crate::idempotency::IdempotencyStore;
 use crate::pipeline::Pipeline;
+use crate::request_log::RequestLog;
 
 /// Whether this worker should receive traffic.
 #[derive(Debug, Default)]
@@ -59,6 +60,10 @@ pub struct AppState {
     pub idempotency: Option<Arc<IdempotencyStore>>,
     /// `None`: Redis not configured.
     pub redis: Option<Arc<RedisStore>>,
+    /// `None`: `REQUEST_LOG_ENABLED=false`.
+    pub request_log: Option<RequestLog>,
+    /// Whether the request-log database answered last time; `None` without a request log.
+    pub database_available: Option<Arc<AtomicBool>>,
     pub readiness: Arc<Readiness>,
     pub started: Instant,
     /// `None` renders an empty /metrics (socket-less handler tests).

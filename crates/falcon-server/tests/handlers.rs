@@ -70,6 +70,8 @@ fn state_with(fake: Arc<Fake>, cache: bool, inference_timeout: Duration, request
         }),
         idempotency: Some(Arc::new(IdempotencyStore::memory(Duration::from_secs(60), 1000))),
         redis: None,
+        request_log: None,
+        database_available: None,
         pipeline: Pipeline::new(
             fake.clone(),
             Arc::new(InferenceQueue::start(fake, 2, 64, 8).unwrap()),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod postgres;
 pub mod redis;
 
 /// `falcon` in a fresh empty directory (so no `.env` leaks in) with only `PATH` set.

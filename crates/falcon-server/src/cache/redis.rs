@@ -2,7 +2,7 @@
 //! behind the `redis` circuit breaker, retries, and a total per-operation deadline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use falcon_model::Prediction;
@@ -13,6 +13,7 @@ use redis::{Cmd, FromRedisValue};
 use super::memory::MemoryCache;
 use super::{BoxFuture, ResponseCache};
 use crate::resilience::{CircuitBreaker, RetryPolicy};
+use crate::telemetry::throttle::Throttle;
 
 /// Why a Redis operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +40,7 @@ pub struct RedisStore {
     retry: RetryPolicy,
     op_timeout: Duration,
     reachable: AtomicBool,
-    /// When the last "Redis unavailable" warning was logged, in ms since `epoch`.
-    last_warning_ms: AtomicU64,
-    epoch: Instant,
+    warnings: Throttle,
 }
 
 /// How often "Redis unavailable" may be logged.
@@ -70,8 +69,7 @@ impl RedisStore {
             retry,
             op_timeout,
             reachable: AtomicBool::new(false),
-            last_warning_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            warnings: Throttle::new(WARNING_INTERVAL),
         })
     }
 
@@ -132,12 +130,7 @@ impl RedisStore {
 
     fn failed(&self, operation: &'static str, error: &dyn std::error::Error) {
         counter!("cache_errors_total", "operation" => operation).increment(1);
-        // One warning per interval, not one per request.
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.last_warning_ms.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= WARNING_INTERVAL.as_millis() as u64)
-            && self.last_warning_ms.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if self.warnings.ready() {
             tracing::warn!(operation, error = %error, "Redis unavailable; serving without cache and idempotency");
         }
     }

@@ -21,6 +21,23 @@ use error::{ApiError, ErrorResponse};
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The client's address: the first `X-Forwarded-For` hop (set by our nginx), else the peer.
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub Option<String>);
+
+fn client_ip(req: &Request) -> Option<String> {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
+    forwarded.or_else(|| {
+        req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())
+    })
+}
+
 /// Marks a response produced by the panic handler, so the middleware can turn it into
 /// the standard error body with the request id.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +77,9 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_sane_request_id(v))
         .map_or_else(new_request_id, str::to_owned);
+    let ip = client_ip(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(ClientIp(ip.clone()));
     let is_infer = req.uri().path() == "/infer";
     let deadline = state.settings.request_timeout;
     let error = |error| ErrorResponse { error, request_id: &id, worker_id: state.worker_id() }.into_response();
@@ -73,6 +92,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let mut response = failure.unwrap_or_else(|e| {
         if is_infer {
             crate::telemetry::metrics::record_request(false, false, started.elapsed());
+            // The handler never finished, so it wrote no request-log row: write it here.
+            routes::log_failure(&state, &id, ip, &e, started.elapsed());
         }
         error(e)
     });

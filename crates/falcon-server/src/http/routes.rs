@@ -10,11 +10,12 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::RequestId;
 use super::error::{ApiError, ErrorResponse};
+use super::{ClientIp, RequestId};
 use crate::api::{InferRequest, InferResponse, validate_text};
 use crate::idempotency::{Claim, Record, fingerprint, validate_key};
 use crate::pipeline::Outcome;
+use crate::request_log::LogRecord;
 use crate::state::AppState;
 use crate::telemetry::metrics;
 
@@ -61,13 +62,13 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
             // Redis down degrades (no shared cache) but never makes the worker unready.
             // Without Redis configured this is false and `backends` says what serves instead.
             "redis_available": s.redis.as_ref().is_some_and(|r| r.reachable()),
-            // No Postgres request log in this build yet.
-            "database_available": false,
+            // The request-log database (Postgres, or the embedded SQLite file).
+            "database_available": s.database_available.as_ref().is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)),
         },
         "backends": {
             "cache": s.pipeline.cache_backend(),
             "idempotency": s.idempotency.as_ref().map_or("disabled", |i| i.backend()),
-            "request_log": "none",
+            "request_log": if s.request_log.is_some() { "enabled" } else { "disabled" },
         },
         "model_version": s.pipeline.classifier().model_version(),
         "timestamp": now(),
@@ -127,29 +128,49 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// What the request log needs to know about a request besides its answer.
+#[derive(Default)]
+struct Facts {
+    text_hash: Option<String>,
+    text_length: Option<i32>,
+    idempotency_key: Option<String>,
+    inference_ms: Option<f64>,
+}
+
 /// Validates, applies idempotency, runs the pipeline. Returns the response and whether it
-/// was replayed.
+/// was replayed; fills `facts` as it learns them.
 async fn handle(
     s: &AppState,
     id: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    facts: &mut Facts,
 ) -> Result<(InferResponse, bool), ApiError> {
     if !s.readiness.model_loaded() {
         return Err(ApiError::NotReady("model not loaded"));
     }
     let text = parse(s, headers, body)?;
-    let key = idempotency_key(headers)?;
-    let (Some(store), Some(key)) = (&s.idempotency, key) else {
-        return Ok((respond(s, id, s.pipeline.infer(text).await?), false));
-    };
     let fp = fingerprint(&text);
+    facts.text_hash = Some(fp.clone());
+    facts.text_length = Some(i32::try_from(text.chars().count()).unwrap_or(i32::MAX));
+    let key = idempotency_key(headers)?;
+    facts.idempotency_key.clone_from(&key);
+    let (Some(store), Some(key)) = (&s.idempotency, key) else {
+        let outcome = s.pipeline.infer(text).await?;
+        facts.inference_ms = outcome.inference_ms;
+        return Ok((respond(s, id, outcome), false));
+    };
     match store.claim(&key, &fp, s.settings.idempotency_wait).await {
         Claim::Replay(stored) => Ok((stored, true)),
         Claim::Conflict => Err(ApiError::IdempotencyConflict),
-        Claim::Unavailable => Ok((respond(s, id, s.pipeline.infer(text).await?), false)),
+        Claim::Unavailable => {
+            let outcome = s.pipeline.infer(text).await?;
+            facts.inference_ms = outcome.inference_ms;
+            Ok((respond(s, id, outcome), false))
+        }
         Claim::Fresh => match s.pipeline.infer(text).await {
             Ok(outcome) => {
+                facts.inference_ms = outcome.inference_ms;
                 let resp = respond(s, id, outcome);
                 store.complete(&key, Record { fingerprint: fp, response: resp.clone() }).await;
                 Ok((resp, false))
@@ -169,14 +190,60 @@ fn respond(s: &AppState, id: &str, outcome: Outcome) -> InferResponse {
     resp
 }
 
+/// A request-log row with the fields every outcome shares.
+fn base_record(s: &AppState, id: &str, client_ip: Option<String>, elapsed: std::time::Duration) -> LogRecord {
+    LogRecord {
+        request_id: id.to_owned(),
+        worker_id: s.worker_id().to_owned(),
+        text_hash: None,
+        text_length: None,
+        prediction: None,
+        confidence: None,
+        probabilities: None,
+        cache_hit: false,
+        idempotency_hit: false,
+        success: false,
+        processing_time_ms: elapsed.as_secs_f64() * 1000.0,
+        inference_time_ms: None,
+        error_type: None,
+        error_message: None,
+        idempotency_key: None,
+        client_ip,
+        model_version: s.pipeline.classifier().model_version().to_owned(),
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// The row of a request that failed outside the handler (deadline, panic).
+pub fn log_failure(s: &AppState, id: &str, client_ip: Option<String>, error: &ApiError, elapsed: std::time::Duration) {
+    if let Some(log) = &s.request_log {
+        let mut r = base_record(s, id, client_ip, elapsed);
+        r.error_type = Some(error.error_type().to_owned());
+        r.error_message = Some(error.to_string());
+        log.record(r);
+    }
+}
+
 pub async fn infer(
     State(s): State<AppState>,
     Extension(id): Extension<RequestId>,
+    Extension(ip): Extension<ClientIp>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    match handle(&s, &id.0, &headers, body).await {
+    let mut facts = Facts::default();
+    let result = handle(&s, &id.0, &headers, body, &mut facts).await;
+    let elapsed = started.elapsed();
+    let mut record = s.request_log.as_ref().map(|_| {
+        let mut r = base_record(&s, &id.0, ip.0, elapsed);
+        r.text_hash = facts.text_hash;
+        r.text_length = facts.text_length;
+        r.idempotency_key = facts.idempotency_key;
+        r.inference_time_ms = facts.inference_ms;
+        r
+    });
+    let response = match result {
         Ok((mut resp, replayed)) => {
             if replayed {
                 // The stored answer, marked as a replay, under this request's own id.
@@ -184,15 +251,30 @@ pub async fn infer(
                 resp.request_id.clone_from(&id.0);
                 s.worker_id().clone_into(&mut resp.worker_id);
             }
-            let elapsed = started.elapsed();
             resp.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
             metrics::record_request(true, resp.cache_hit, elapsed);
             tracing::debug!(request_id = %id.0, prediction = %resp.prediction, cache_hit = resp.cache_hit, idempotency_hit = resp.idempotency_hit, "Inference served");
+            if let Some(r) = &mut record {
+                r.success = true;
+                r.prediction = Some(resp.prediction.clone());
+                r.confidence = Some(resp.confidence);
+                r.probabilities = serde_json::to_value(&resp.probabilities).ok();
+                r.cache_hit = resp.cache_hit;
+                r.idempotency_hit = resp.idempotency_hit;
+            }
             Json(resp).into_response()
         }
         Err(error) => {
-            metrics::record_request(false, false, started.elapsed());
+            metrics::record_request(false, false, elapsed);
+            if let Some(r) = &mut record {
+                r.error_type = Some(error.error_type().to_owned());
+                r.error_message = Some(error.to_string());
+            }
             ErrorResponse { error, request_id: &id.0, worker_id: s.worker_id() }.into_response()
         }
+    };
+    if let (Some(log), Some(r)) = (&s.request_log, record) {
+        log.record(r);
     }
+    response
 }

@@ -119,6 +119,26 @@ fn register_all() {
     for fallback_type in ["cache_bypass", "cache_write_dropped", "idempotency_bypass"] {
         counter!("fallback_triggered_total", "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
     }
+    describe_counter!("db_operations_total", "Request-log database operations, by operation and status.");
+    describe_histogram!("db_operation_duration_seconds", Unit::Seconds, "Request-log database operation time.");
+    describe_gauge!("db_connection_pool_size", "Connections open in the request-log pool.");
+    describe_gauge!("db_connection_pool_available", "Idle connections in the request-log pool.");
+    describe_gauge!("log_buffer_size", "Request-log records waiting for the database.");
+    describe_counter!(
+        "dropped_logs_total",
+        "Request-log records lost: buffer full, queue full, or unwritten at shutdown."
+    );
+    for status in ["success", "error"] {
+        counter!("db_operations_total", "operation" => "insert", "status" => status).absolute(0);
+    }
+    let _ = histogram!("db_operation_duration_seconds", "operation" => "insert");
+    gauge!("db_connection_pool_size").set(0.0);
+    gauge!("db_connection_pool_available").set(0.0);
+    gauge!("log_buffer_size").set(0.0);
+    counter!("dropped_logs_total").absolute(0);
+    gauge!("circuit_breaker_state", "dependency" => "postgres").set(0.0);
+    counter!("circuit_breaker_failures_total", "dependency" => "postgres").absolute(0);
+    counter!("circuit_breaker_successes_total", "dependency" => "postgres").absolute(0);
     gauge!("circuit_breaker_state", "dependency" => "redis").set(0.0);
     counter!("circuit_breaker_failures_total", "dependency" => "redis").absolute(0);
     counter!("circuit_breaker_successes_total", "dependency" => "redis").absolute(0);

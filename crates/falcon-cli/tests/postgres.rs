@@ -1,0 +1,217 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+//! The Postgres request log with a real, throwaway PostgreSQL that the tests stop and
+//! start: one row per request, nothing lost across an outage, drops counted exactly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::postgres::Postgres;
+use common::{Worker, metric};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
+    let url = pg.url();
+    let mut env = vec![("DATABASE_URL", url.as_str()), ("WORKER_ID", id)];
+    env.extend_from_slice(extra);
+    Worker::start(&env)
+}
+
+async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = c.post(w.url("/infer")).json(&json!({ "text": text }));
+    if let Some(k) = key {
+        req = req.header("x-idempotency-key", k);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn wait_for_rows(pg: &Postgres, w: &Worker, expected: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = pg.count_rows();
+        if n == expected {
+            return;
+        }
+        assert!(n < expected, "{n} rows, more than the {expected} expected");
+        if Instant::now() >= deadline {
+            let logs: Vec<Value> = w.logs.lock().unwrap().iter().filter(|l| l["level"] != "INFO").cloned().collect();
+            panic!("{n} rows after {within:?}, expected {expected}; worker warnings: {logs:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn every_request_makes_exactly_one_row_with_the_right_fields() {
+    let pg = Postgres::start();
+    let w = worker(&pg, "w-log", &[]);
+    let c = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (status, body) = infer(&c, &w, &format!("row number {i} was great"), None).await;
+        assert_eq!(status, 200);
+        ids.push(body["request_id"].as_str().unwrap().to_owned());
+    }
+    let (_, hit) = infer(&c, &w, "row number 0 was great", None).await;
+    assert_eq!(hit["cache_hit"], true);
+    infer(&c, &w, "pay once", Some("key-1")).await;
+    let (_, replay) = infer(&c, &w, "pay once", Some("key-1")).await;
+    assert_eq!(replay["idempotency_hit"], true);
+    let (status, invalid) = infer(&c, &w, "   ", None).await;
+    assert_eq!(status, 422);
+    wait_for_rows(&pg, &w, 24, Duration::from_secs(10));
+
+    let first = &ids[0];
+    let row = pg.psql(&format!(
+        "SELECT worker_id, text_hash, text_length, prediction, success, cache_hit, model_version, \
+         inference_time_ms IS NOT NULL, probabilities->>'positive' IS NOT NULL \
+         FROM inference_logs WHERE request_id = '{first}'"
+    ));
+    let text = "row number 0 was great";
+    let hash = hex::encode(Sha256::digest(text.as_bytes()));
+    let model_version = hit["model_version"].as_str().unwrap();
+    assert_eq!(row, format!("w-log|{hash}|{}|positive|t|f|{model_version}|t|t", text.len()));
+    let hit_id = hit["request_id"].as_str().unwrap();
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT cache_hit, inference_time_ms IS NULL FROM inference_logs WHERE request_id = '{hit_id}'"
+        )),
+        "t|t"
+    );
+    let replay_id = replay["request_id"].as_str().unwrap();
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT idempotency_hit, idempotency_key FROM inference_logs WHERE request_id = '{replay_id}'"
+        )),
+        "t|key-1"
+    );
+    let invalid_id = invalid["request_id"].as_str().unwrap();
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT success, error_type, prediction IS NULL FROM inference_logs WHERE request_id = '{invalid_id}'"
+        )),
+        "f|validation_error|t"
+    );
+    assert_eq!(pg.psql("SELECT count(DISTINCT request_id) FROM inference_logs"), "24");
+    let raw = pg
+        .psql("SELECT count(*) FROM inference_logs WHERE concat_ws(' ', text_hash, error_message) LIKE '%was great%'");
+    assert_eq!(raw, "0", "raw text is never stored");
+
+    // The runbook's queries, as written.
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM inference_logs WHERE created_at > NOW() - INTERVAL '1 minute';"), "24");
+    let summary = pg.psql(
+        "SELECT worker_id, count(*), round(avg(processing_time_ms)::numeric, 3) > 0 FROM inference_logs GROUP BY worker_id",
+    );
+    assert_eq!(summary, "w-log|24|t");
+    pg.psql("DELETE FROM inference_logs WHERE created_at < NOW() - INTERVAL '30 days';");
+    assert_eq!(pg.count_rows(), 24);
+    let indexes = pg.psql(
+        "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'inference_logs'",
+    );
+    assert!(
+        indexes.contains("inference_logs_request_id_key") && indexes.contains("inference_logs_created_at_idx"),
+        "{indexes}"
+    );
+    assert_eq!(
+        metric(&c, &w, "db_operations_total{worker_id=\"w-log\",operation=\"insert\",status=\"error\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_outage_loses_nothing_and_flushes_by_itself() {
+    let mut pg = Postgres::start();
+    let w = worker(&pg, "w-outage", &[]);
+    let c = reqwest::Client::new();
+    infer(&c, &w, "before the outage", None).await;
+    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
+
+    pg.stop();
+    for i in 0..500 {
+        let (status, _) = infer(&c, &w, &format!("during the outage {i}"), None).await;
+        assert_eq!(status, 200, "request {i} failed while Postgres was down");
+    }
+    // Every record is waiting for the database (buffered or queued), none is written.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&c, &w, "log_buffer_size{").await < 500.0 {
+        assert!(Instant::now() < deadline, "log_buffer_size never showed the 500 waiting records");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = c.get(w.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a database outage does not make the worker unready");
+    // Let the worker see the outage (a failed write) before Postgres comes back.
+    let errors = "db_operations_total{worker_id=\"w-outage\",operation=\"insert\",status=\"error\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &w, errors).await == 0.0 {
+        assert!(Instant::now() < deadline, "no failed write during the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready: Value = c.get(w.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"]["database_available"], false);
+
+    pg.start_again();
+    wait_for_rows(&pg, &w, 501, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&c, &w, "log_buffer_size{").await != 0.0 {
+        assert!(Instant::now() < deadline, "buffer gauge did not return to 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
+    let messages = w.log_messages();
+    assert!(messages.iter().any(|m| m.starts_with("Flushed") && m.ends_with("logs")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("Database unavailable")));
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_the_oldest_and_counts_every_drop() {
+    let mut pg = Postgres::start();
+    // Threshold 1: the first failed write opens the breaker, so no write is in flight when
+    // Postgres comes back and the outcome is exact.
+    let w = worker(&pg, "w-drop", &[("LOG_BUFFER_SIZE", "100"), ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1")]);
+    let c = reqwest::Client::new();
+    infer(&c, &w, "migrate first", None).await;
+    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
+    pg.stop();
+    let mut last_ids = Vec::new();
+    for i in 0..300 {
+        let (status, body) = infer(&c, &w, &format!("overflow {i}"), None).await;
+        assert_eq!(status, 200);
+        if i >= 200 {
+            last_ids.push(body["request_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &w, "circuit_breaker_state{worker_id=\"w-drop\",dependency=\"postgres\"}").await != 1.0
+        || metric(&c, &w, "dropped_logs_total{").await != 200.0
+    {
+        assert!(Instant::now() < deadline, "breaker did not open / drops not counted during the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&c, &w, "log_buffer_size{").await, 100.0);
+    pg.start_again();
+    wait_for_rows(&pg, &w, 101, Duration::from_secs(10));
+    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 200.0);
+    // The newest 100 survived: the oldest were dropped.
+    let kept = pg.psql(&format!(
+        "SELECT count(*) FROM inference_logs WHERE request_id IN ({})",
+        last_ids.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(",")
+    ));
+    assert_eq!(kept, "100");
+    assert!(w.log_messages().iter().any(|m| m == "Log buffer full, dropping oldest entry"));
+}
+
+#[tokio::test]
+async fn sigterm_flushes_the_request_log_before_exit() {
+    let pg = Postgres::start();
+    let mut w = worker(&pg, "w-term", &[("LOG_BATCH_WINDOW_MS", "2000"), ("LOG_BATCH_SIZE", "10000")]);
+    let c = reqwest::Client::new();
+    for i in 0..50 {
+        infer(&c, &w, &format!("flush me {i}"), None).await;
+    }
+    // The 2 s batch window has not passed: the rows are still in the writer.
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(pg.count_rows(), 50);
+}

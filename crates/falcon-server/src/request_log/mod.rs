@@ -1,0 +1,344 @@
+//! The request log: one row per POST /infer in `inference_logs`, written by a background
+//! actor so the request path never waits for the database.
+//!
+//! Requests put records in one bounded queue (`RequestLog::record`, never blocks). The
+//! writer takes batches from its front (up to `batch_size` rows, waiting up to
+//! `batch_window` for a burst to fill one) and writes each with one INSERT. While the
+//! database is unreachable the queue is the outage buffer: at most `LOG_BUFFER_SIZE`
+//! records, the oldest dropped and counted in `dropped_logs_total` when full. It flushes by
+//! itself once writes succeed again ("Flushed N logs"); a health probe notices recovery
+//! within a second. On shutdown the writer writes what it holds before the process exits.
+
+pub mod sink;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use metrics::{counter, gauge, histogram};
+use tokio::sync::Notify;
+
+pub use sink::Sink;
+
+use crate::resilience::CircuitBreaker;
+use crate::telemetry::throttle::Throttle;
+
+/// One row of `inference_logs`. The raw text is never stored, only its SHA-256 and length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    pub request_id: String,
+    pub worker_id: String,
+    pub text_hash: Option<String>,
+    pub text_length: Option<i32>,
+    pub prediction: Option<String>,
+    pub confidence: Option<f64>,
+    pub probabilities: Option<serde_json::Value>,
+    pub cache_hit: bool,
+    pub idempotency_hit: bool,
+    pub success: bool,
+    pub processing_time_ms: f64,
+    pub inference_time_ms: Option<f64>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub client_ip: Option<String>,
+    pub model_version: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The one bounded queue between requests and the writer. While the database is down it
+/// is the outage buffer: at most `LOG_BUFFER_SIZE` records, oldest dropped (and counted)
+/// first, whatever the writer is doing.
+///
+/// The writer only *peeks* at a batch; the records stay queued (and count against the
+/// bound) until the write succeeds. A record trimmed while its write is in flight counts
+/// as dropped only if that write then fails, so rows + `dropped_logs_total` always equals
+/// the requests made.
+struct Queue {
+    inner: Mutex<QueueInner>,
+    capacity: usize,
+    wake: Notify,
+    closed: AtomicBool,
+    full_warning: Throttle,
+}
+
+#[derive(Default)]
+struct QueueInner {
+    items: VecDeque<(u64, LogRecord)>,
+    next_seq: u64,
+    /// Sequence number of the last record of the batch being written.
+    in_flight_upto: Option<u64>,
+    /// Records trimmed while their write was in flight: dropped only if it fails.
+    trimmed_in_flight: u64,
+}
+
+impl Queue {
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, QueueInner>> {
+        self.inner.lock().ok()
+    }
+
+    fn push(&self, record: LogRecord) {
+        let Some(mut q) = self.lock() else { return };
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        q.items.push_back((seq, record));
+        let mut dropped = 0u64;
+        while q.items.len() > self.capacity {
+            let Some((oldest, _)) = q.items.pop_front() else { break };
+            if q.in_flight_upto.is_some_and(|upto| oldest <= upto) {
+                q.trimmed_in_flight += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        gauge!("log_buffer_size").set(q.items.len() as f64);
+        drop(q);
+        if dropped > 0 {
+            self.count_dropped(dropped);
+        }
+    }
+
+    fn count_dropped(&self, n: u64) {
+        counter!("dropped_logs_total").increment(n);
+        if self.full_warning.ready() {
+            tracing::warn!(buffer_size = self.capacity, "Log buffer full, dropping oldest entry");
+        }
+    }
+
+    /// Copies up to `max` records from the front and marks them in flight.
+    fn peek(&self, max: usize) -> Vec<LogRecord> {
+        let Some(mut q) = self.lock() else { return Vec::new() };
+        let batch: Vec<(u64, LogRecord)> = q.items.iter().take(max).cloned().collect();
+        q.in_flight_upto = batch.last().map(|(seq, _)| *seq);
+        q.trimmed_in_flight = 0;
+        batch.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// The batch is in the database: remove what is left of it.
+    fn written(&self) {
+        let Some(mut q) = self.lock() else { return };
+        if let Some(upto) = q.in_flight_upto.take() {
+            while q.items.front().is_some_and(|(seq, _)| *seq <= upto) {
+                q.items.pop_front();
+            }
+        }
+        q.trimmed_in_flight = 0;
+        gauge!("log_buffer_size").set(q.items.len() as f64);
+    }
+
+    /// The batch was not written: it stays queued; records trimmed meanwhile are lost.
+    fn failed(&self) {
+        let Some(mut q) = self.lock() else { return };
+        q.in_flight_upto = None;
+        let lost = std::mem::take(&mut q.trimmed_in_flight);
+        drop(q);
+        if lost > 0 {
+            self.count_dropped(lost);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().map_or(0, |q| q.items.len())
+    }
+}
+
+/// The request path's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct RequestLog {
+    queue: Arc<Queue>,
+}
+
+impl RequestLog {
+    /// Queues a record for the writer.
+    pub fn record(&self, record: LogRecord) {
+        self.queue.push(record);
+        self.queue.wake.notify_one();
+    }
+}
+
+/// How the writer behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Records held while the database is unreachable (`LOG_BUFFER_SIZE`).
+    pub buffer_size: usize,
+    pub batch_size: usize,
+    pub batch_window: Duration,
+    /// Deadline for one database operation.
+    pub op_timeout: Duration,
+}
+
+/// Starts the writer; returns the request path's handle and the writer.
+pub fn start(sink: Sink, breaker: Arc<CircuitBreaker>, config: WriterConfig) -> (RequestLog, Writer) {
+    let queue = Arc::new(Queue {
+        inner: Mutex::new(QueueInner::default()),
+        capacity: config.buffer_size.max(1),
+        wake: Notify::new(),
+        closed: AtomicBool::new(false),
+        full_warning: Throttle::new(Duration::from_secs(10)),
+    });
+    let available = Arc::new(AtomicBool::new(false));
+    let state = WriterState {
+        sink: sink.clone(),
+        breaker: Arc::clone(&breaker),
+        config,
+        queue: Arc::clone(&queue),
+        migrated: false,
+        outage: false,
+        flushed_since_outage: 0,
+        available: Arc::clone(&available),
+        down_warning: Throttle::new(Duration::from_secs(10)),
+    };
+    gauge!("log_buffer_size").set(0.0);
+    let task = tokio::spawn(state.run());
+    let probe = tokio::spawn(probe(sink, breaker, Arc::clone(&available), config.op_timeout));
+    (RequestLog { queue: Arc::clone(&queue) }, Writer { task, probe, available, queue })
+}
+
+/// The running writer.
+pub struct Writer {
+    task: tokio::task::JoinHandle<()>,
+    probe: tokio::task::JoinHandle<()>,
+    available: Arc<AtomicBool>,
+    queue: Arc<Queue>,
+}
+
+impl Writer {
+    /// Whether the last database round trip worked (`/readyz` `checks.database_available`).
+    pub fn availability(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.available)
+    }
+
+    /// Stops the writer after it has written what it holds, waiting at most `within`.
+    /// Records still unwritten then are counted in `dropped_logs_total` and logged.
+    pub async fn finish(self, within: Duration) {
+        self.queue.closed.store(true, Ordering::SeqCst);
+        self.queue.wake.notify_one();
+        let finished = tokio::time::timeout(within, self.task).await.is_ok();
+        self.probe.abort();
+        let lost = self.queue.len();
+        if !finished || lost > 0 {
+            counter!("dropped_logs_total").increment(lost as u64);
+            tracing::error!(lost, "Database unavailable at shutdown; request-log records not written");
+        }
+    }
+}
+
+/// Checks the database every second; success closes the breaker at once so the buffer
+/// flushes without waiting out the breaker's open period.
+async fn probe(sink: Sink, breaker: Arc<CircuitBreaker>, available: Arc<AtomicBool>, timeout: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ok = matches!(tokio::time::timeout(timeout, sink.ping()).await, Ok(Ok(())));
+        available.store(ok, Ordering::Relaxed);
+        if ok {
+            breaker.probe_succeeded();
+        }
+        let (size, idle) = sink.pool_stats();
+        gauge!("db_connection_pool_size").set(f64::from(size));
+        gauge!("db_connection_pool_available").set(idle as f64);
+    }
+}
+
+struct WriterState {
+    sink: Sink,
+    breaker: Arc<CircuitBreaker>,
+    config: WriterConfig,
+    queue: Arc<Queue>,
+    migrated: bool,
+    outage: bool,
+    flushed_since_outage: usize,
+    available: Arc<AtomicBool>,
+    down_warning: Throttle,
+}
+
+/// Pause between attempts while the database is failing.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+impl WriterState {
+    async fn run(mut self) {
+        loop {
+            let closing = self.queue.closed.load(Ordering::SeqCst);
+            let waiting = self.queue.len();
+            if waiting == 0 {
+                if closing {
+                    return;
+                }
+                self.queue.wake.notified().await;
+                continue;
+            }
+            // Give a burst the batch window to fill the batch (not while shutting down).
+            if waiting < self.config.batch_size && !closing {
+                tokio::time::sleep(self.config.batch_window).await;
+            }
+            let batch = self.queue.peek(self.config.batch_size);
+            let n = batch.len();
+            if self.write(&batch).await {
+                self.queue.written();
+                if self.outage {
+                    self.flushed_since_outage += n;
+                    if self.queue.len() == 0 {
+                        let flushed = std::mem::take(&mut self.flushed_since_outage);
+                        self.outage = false;
+                        tracing::info!(flushed, backend = self.sink.backend(), "Flushed {flushed} logs");
+                    }
+                }
+            } else {
+                self.queue.failed();
+                if closing {
+                    // One last attempt per batch at shutdown; `finish` counts what is left.
+                    return;
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+        }
+    }
+
+    /// One INSERT through the breaker. True when the rows are in the database.
+    async fn write(&mut self, batch: &[LogRecord]) -> bool {
+        if !self.breaker.try_acquire() {
+            return false;
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.config.op_timeout, async {
+            if !self.migrated {
+                self.sink.migrate().await.map_err(|e| e.to_string())?;
+                self.migrated = true;
+            }
+            self.sink.write(batch).await.map_err(|e| {
+                // The table is gone (database recreated or restored): migrate again next time.
+                if let sqlx::Error::Database(db) = &e
+                    && db.code().as_deref() == Some("42P01")
+                {
+                    self.migrated = false;
+                }
+                e.to_string()
+            })
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.config.op_timeout)));
+        histogram!("db_operation_duration_seconds", "operation" => "insert").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                counter!("db_operations_total", "operation" => "insert", "status" => "success").increment(1);
+                self.breaker.record_success();
+                self.available.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(error) => {
+                counter!("db_operations_total", "operation" => "insert", "status" => "error").increment(1);
+                self.breaker.record_failure();
+                self.available.store(false, Ordering::Relaxed);
+                self.outage = true;
+                if self.down_warning.ready() {
+                    tracing::warn!(error, rows = batch.len(), "Database unavailable; buffering request logs");
+                }
+                false
+            }
+        }
+    }
+}
