@@ -215,3 +215,53 @@ async fn sigterm_flushes_the_request_log_before_exit() {
     assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
     assert_eq!(pg.count_rows(), 50);
 }
+
+#[tokio::test]
+async fn with_a_spool_an_overflowing_outage_loses_nothing() {
+    let mut pg = Postgres::start();
+    let spool = common::fresh_dir();
+    let w = worker(&pg, "w-spool", &[("LOG_BUFFER_SIZE", "100"), ("LOG_SPOOL_DIR", spool.to_str().unwrap())]);
+    let c = reqwest::Client::new();
+    infer(&c, &w, "migrate first", None).await;
+    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
+    pg.stop();
+    for i in 0..300 {
+        let (status, _) = infer(&c, &w, &format!("spooled {i}"), None).await;
+        assert_eq!(status, 200);
+    }
+    pg.start_again();
+    wait_for_rows(&pg, &w, 301, Duration::from_secs(15));
+    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&c, &w, "log_spool_bytes{").await != 0.0 {
+        assert!(Instant::now() < deadline, "spool not emptied after replay");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() {
+    let mut pg = Postgres::start();
+    let spool = common::fresh_dir();
+    let spool_env = [("LOG_SPOOL_DIR", spool.to_str().unwrap())];
+    let mut w = worker(&pg, "w-kill", &spool_env);
+    let c = reqwest::Client::new();
+    infer(&c, &w, "migrate first", None).await;
+    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
+    pg.stop();
+    for i in 0..200 {
+        infer(&c, &w, &format!("survives kill -9 {i}"), None).await;
+    }
+    // Everything has left memory for the spool (the batch window bounds what a kill loses).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &w, "log_buffer_size{").await != 0.0 || metric(&c, &w, "log_spool_bytes{").await == 0.0 {
+        assert!(Instant::now() < deadline, "records did not reach the spool");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.signal("KILL");
+    w.wait_exit(Duration::from_secs(5));
+    pg.start_again();
+    let restarted = worker(&pg, "w-kill", &spool_env);
+    wait_for_rows(&pg, &restarted, 201, Duration::from_secs(15));
+    assert!(restarted.log_messages().iter().any(|m| m.starts_with("Log spool from an earlier run")));
+}

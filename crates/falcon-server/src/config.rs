@@ -193,6 +193,13 @@ pub struct DatabaseConfig {
     /// Most rows in one INSERT.
     #[arg(long, env = "LOG_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub log_batch_size: u32,
+    /// Spill request-log records that cannot reach the database to a file here; replayed
+    /// when the database is back and at the next start. Unset: memory only.
+    #[arg(long, env = "LOG_SPOOL_DIR")]
+    pub log_spool_dir: Option<PathBuf>,
+    /// Bound on the spool file; records beyond it are dropped and counted.
+    #[arg(long, env = "LOG_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub log_spool_max_bytes: u64,
     /// How long the writer waits to fill a batch.
     #[arg(long, env = "LOG_BATCH_WINDOW_MS", default_value_t = 50)]
     pub log_batch_window_ms: u64,

@@ -19,7 +19,7 @@ use crate::http::router;
 use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
 use crate::pipeline::Pipeline;
-use crate::request_log::{self, RequestLog, Sink, Writer, WriterConfig};
+use crate::request_log::{self, RequestLog, Sink, Spool, Writer, WriterConfig};
 use crate::resilience::{CircuitBreaker, RetryPolicy};
 use crate::state::{AppState, HttpSettings, Readiness};
 use crate::telemetry::metrics;
@@ -182,7 +182,17 @@ async fn build_request_log(config: &Config) -> anyhow::Result<(Option<RequestLog
         batch_window: Duration::from_millis(d.log_batch_window_ms),
         op_timeout: timeout,
     };
-    let (log, writer) = request_log::start(sink, breaker, writer_config);
+    let spool = match &d.log_spool_dir {
+        Some(dir) => Some(
+            Spool::open(dir, &config.worker_id(), d.log_spool_max_bytes)
+                .with_context(|| format!("cannot open the log spool in {} (LOG_SPOOL_DIR)", dir.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(s) = spool.as_ref().filter(|s| !s.is_empty()) {
+        tracing::info!(path = %s.path().display(), bytes = s.bytes(), "Log spool from an earlier run will be replayed");
+    }
+    let (log, writer) = request_log::start(sink, breaker, writer_config, spool);
     tracing::info!(backend, buffer_size = d.log_buffer_size, "Request log enabled");
     Ok((Some(log), Some(writer)))
 }

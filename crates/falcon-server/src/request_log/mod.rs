@@ -10,6 +10,7 @@
 //! within a second. On shutdown the writer writes what it holds before the process exits.
 
 pub mod sink;
+pub mod spool;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,12 +23,13 @@ use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
 
 pub use sink::Sink;
+pub use spool::Spool;
 
 use crate::resilience::CircuitBreaker;
 use crate::telemetry::throttle::Throttle;
 
 /// One row of `inference_logs`. The raw text is never stored, only its SHA-256 and length.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogRecord {
     pub request_id: String,
     pub worker_id: String,
@@ -59,6 +61,8 @@ pub struct LogRecord {
 /// the requests made.
 struct Queue {
     inner: Mutex<QueueInner>,
+    /// With `LOG_SPOOL_DIR`: what overflows memory goes here instead of being dropped.
+    spool: Option<Arc<Mutex<Spool>>>,
     capacity: usize,
     wake: Notify,
     closed: AtomicBool,
@@ -85,10 +89,14 @@ impl Queue {
         let seq = q.next_seq;
         q.next_seq += 1;
         q.items.push_back((seq, record));
+        let mut evicted = Vec::new();
         let mut dropped = 0u64;
         while q.items.len() > self.capacity {
-            let Some((oldest, _)) = q.items.pop_front() else { break };
-            if q.in_flight_upto.is_some_and(|upto| oldest <= upto) {
+            let Some((oldest, r)) = q.items.pop_front() else { break };
+            if self.spool.is_some() {
+                // Spilled to disk (even if its write is in flight: a replay never duplicates).
+                evicted.push(r);
+            } else if q.in_flight_upto.is_some_and(|upto| oldest <= upto) {
                 q.trimmed_in_flight += 1;
             } else {
                 dropped += 1;
@@ -96,8 +104,28 @@ impl Queue {
         }
         gauge!("log_buffer_size").set(q.items.len() as f64);
         drop(q);
+        if !evicted.is_empty() {
+            dropped += self.spill(&evicted);
+        }
         if dropped > 0 {
             self.count_dropped(dropped);
+        }
+    }
+
+    /// Appends overflow to the spool (no fsync: this is the request path). Returns the
+    /// records that did not fit or could not be written.
+    fn spill(&self, records: &[LogRecord]) -> u64 {
+        let Some(spool) = &self.spool else { return records.len() as u64 };
+        let Ok(mut spool) = spool.lock() else { return records.len() as u64 };
+        match spool.append(records, false) {
+            Ok(rejected) => {
+                gauge!("log_spool_bytes").set(spool.bytes() as f64);
+                rejected as u64
+            }
+            Err(error) => {
+                tracing::error!(path = %spool.path().display(), error = %error, "Cannot write the log spool");
+                records.len() as u64
+            }
         }
     }
 
@@ -171,9 +199,16 @@ pub struct WriterConfig {
 }
 
 /// Starts the writer; returns the request path's handle and the writer.
-pub fn start(sink: Sink, breaker: Arc<CircuitBreaker>, config: WriterConfig) -> (RequestLog, Writer) {
+pub fn start(
+    sink: Sink,
+    breaker: Arc<CircuitBreaker>,
+    config: WriterConfig,
+    spool: Option<Spool>,
+) -> (RequestLog, Writer) {
+    let spool = spool.map(|s| Arc::new(Mutex::new(s)));
     let queue = Arc::new(Queue {
         inner: Mutex::new(QueueInner::default()),
+        spool: spool.clone(),
         capacity: config.buffer_size.max(1),
         wake: Notify::new(),
         closed: AtomicBool::new(false),
@@ -190,6 +225,8 @@ pub fn start(sink: Sink, breaker: Arc<CircuitBreaker>, config: WriterConfig) -> 
         flushed_since_outage: 0,
         available: Arc::clone(&available),
         down_warning: Throttle::new(Duration::from_secs(10)),
+        spool_full_warning: Throttle::new(Duration::from_secs(10)),
+        spool,
     };
     gauge!("log_buffer_size").set(0.0);
     let task = tokio::spawn(state.run());
@@ -254,6 +291,8 @@ struct WriterState {
     flushed_since_outage: usize,
     available: Arc<AtomicBool>,
     down_warning: Throttle,
+    spool: Option<Arc<Mutex<Spool>>>,
+    spool_full_warning: Throttle,
 }
 
 /// Pause between attempts while the database is failing.
@@ -261,14 +300,23 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 impl WriterState {
     async fn run(mut self) {
+        let mut next_replay = tokio::time::Instant::now();
         loop {
             let closing = self.queue.closed.load(Ordering::SeqCst);
+            // Older records first: replay the spool whenever the database may be back.
+            if self.spooled() && tokio::time::Instant::now() >= next_replay && !self.replay_spool().await {
+                next_replay = tokio::time::Instant::now() + RETRY_EVERY;
+            }
             let waiting = self.queue.len();
             if waiting == 0 {
                 if closing {
                     return;
                 }
-                self.queue.wake.notified().await;
+                if self.spooled() {
+                    let _ = tokio::time::timeout(RETRY_EVERY, self.queue.wake.notified()).await;
+                } else {
+                    self.queue.wake.notified().await;
+                }
                 continue;
             }
             // Give a burst the batch window to fill the batch (not while shutting down).
@@ -277,7 +325,7 @@ impl WriterState {
             }
             let batch = self.queue.peek(self.config.batch_size);
             let n = batch.len();
-            if self.write(&batch).await {
+            if !self.spooled() && self.write(&batch).await {
                 self.queue.written();
                 if self.outage {
                     self.flushed_since_outage += n;
@@ -286,6 +334,15 @@ impl WriterState {
                         self.outage = false;
                         tracing::info!(flushed, backend = self.sink.backend(), "Flushed {flushed} logs");
                     }
+                }
+            } else if self.spool.is_some() {
+                // Unwritable now (or older records are still spooled): to disk, out of memory.
+                self.outage = true;
+                if self.spool_batch(&batch) {
+                    self.queue.written();
+                } else {
+                    self.queue.failed();
+                    tokio::time::sleep(RETRY_EVERY).await;
                 }
             } else {
                 self.queue.failed();
@@ -296,6 +353,75 @@ impl WriterState {
                 tokio::time::sleep(RETRY_EVERY).await;
             }
         }
+    }
+
+    fn spooled(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| s.lock().is_ok_and(|s| !s.is_empty()))
+    }
+
+    /// Appends a batch to the spool (synced); false if the disk refused it (it stays in memory).
+    fn spool_batch(&self, batch: &[LogRecord]) -> bool {
+        let Some(spool) = &self.spool else { return false };
+        let Ok(mut spool) = spool.lock() else { return false };
+        match spool.append(batch, true) {
+            Ok(rejected) => {
+                gauge!("log_spool_bytes").set(spool.bytes() as f64);
+                if rejected > 0 {
+                    counter!("dropped_logs_total").increment(rejected as u64);
+                    if self.spool_full_warning.ready() {
+                        tracing::warn!(path = %spool.path().display(), "Log spool full (LOG_SPOOL_MAX_BYTES), dropping entries");
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                tracing::error!(path = %spool.path().display(), error = %error, "Cannot write the log spool");
+                false
+            }
+        }
+    }
+
+    /// Writes everything spooled, oldest first, then empties the spool. False if the
+    /// database is still unreachable (the spool is kept; rows already written are not
+    /// duplicated on the next try, thanks to ON CONFLICT).
+    async fn replay_spool(&mut self) -> bool {
+        let Some(shared) = self.spool.clone() else { return true };
+        let read = match shared.lock() {
+            Ok(spool) => spool.read_all().map_err(|e| (spool.path().display().to_string(), e)),
+            Err(_) => return false,
+        };
+        let (records, corrupt) = match read {
+            Ok(r) => r,
+            Err((path, error)) => {
+                tracing::error!(path, error = %error, "Cannot read the log spool");
+                return false;
+            }
+        };
+        for chunk in records.chunks(self.config.batch_size.max(1)) {
+            if !self.write(chunk).await {
+                return false;
+            }
+        }
+        let Ok(mut spool) = shared.lock() else { return false };
+        // Overflow spilled by requests while we replayed is in the file too: keep going
+        // next time rather than clear records we have not written.
+        let (now_in_file, _) = spool.read_all().unwrap_or_default();
+        if now_in_file.len() > records.len() + corrupt {
+            return false;
+        }
+        if let Err(error) = spool.clear() {
+            tracing::error!(path = %spool.path().display(), error = %error, "Cannot empty the log spool");
+            return false;
+        }
+        drop(spool);
+        gauge!("log_spool_bytes").set(0.0);
+        if corrupt > 0 {
+            counter!("dropped_logs_total").increment(corrupt as u64);
+            tracing::warn!(corrupt, "Skipped unreadable log spool records (torn or corrupt lines)");
+        }
+        let flushed = records.len();
+        tracing::info!(flushed, source = "spool", backend = self.sink.backend(), "Flushed {flushed} logs");
+        true
     }
 
     /// One INSERT through the breaker. True when the rows are in the database.

@@ -135,6 +135,8 @@ fn register_all() {
     gauge!("db_connection_pool_size").set(0.0);
     gauge!("db_connection_pool_available").set(0.0);
     gauge!("log_buffer_size").set(0.0);
+    describe_gauge!("log_spool_bytes", Unit::Bytes, "Size of the request-log spool on disk (LOG_SPOOL_DIR).");
+    gauge!("log_spool_bytes").set(0.0);
     counter!("dropped_logs_total").absolute(0);
     gauge!("circuit_breaker_state", "dependency" => "postgres").set(0.0);
     counter!("circuit_breaker_failures_total", "dependency" => "postgres").absolute(0);
