@@ -1,7 +1,7 @@
 # Falcon: the targets the README and CI use.
 CARGO ?= cargo
 
-.PHONY: help run build test lint fmt bench bench-model bench-http train-model predict
+.PHONY: help run build test lint fmt bench bench-model bench-http bench-log train-model predict
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -23,13 +23,16 @@ lint: ## Formatting and clippy, warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-model bench-http ## All benchmarks
+bench: bench-model bench-http bench-log ## All benchmarks
 
 bench-model: ## criterion: prediction latency of the shipped model
 	$(CARGO) bench --locked -p falcon-model --bench predict
 
 bench-http: ## Load test of a release worker: /healthz vs /infer (same and unique text)
 	./scripts/bench-http.sh
+
+bench-log: ## Request-log writer throughput into a scratch database on the local Postgres
+	./scripts/bench-log.sh
 
 train-model: ## Retrain models/classifier.json from data/vader (deterministic)
 	$(CARGO) run --release --locked -p falcon-cli -- train

@@ -26,7 +26,7 @@ trap cleanup EXIT
 # Starts a worker with the given environment; sets $pid and $addr.
 start_worker() {
   : >"$log"
-  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench "$@" "$bin" serve >"$log" 2>&1 &
+  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench REQUEST_LOG_SQLITE_PATH="$redis_dir/request_log.db" "$@" "$bin" serve >"$log" 2>&1 &
   pid=$!
   addr=""
   for _ in $(seq 1 200); do
@@ -41,7 +41,7 @@ stop_worker() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
-echo "== embedded defaults (in-process cache) =="
+echo "== embedded defaults (in-process cache, SQLite request log) =="
 start_worker
 echo "worker at $addr ($(nproc) cores shared by worker and load generator), ${duration}s per scenario, $connections connections"
 "$bin" load --addr "$addr" --connections "$connections" --duration "$duration"
@@ -58,4 +58,22 @@ if [ "${BENCH_REDIS:-1}" = "1" ] && command -v redis-server >/dev/null; then
     "$bin" load --addr "$addr" --connections "$connections" --duration "$duration"
     stop_worker
   done
+fi
+
+# The Postgres request log: /infer with logging on vs off, on a scratch database.
+if [ "${BENCH_POSTGRES:-1}" = "1" ] && psql -h 127.0.0.1 -U postgres -q -c 'SELECT 1' >/dev/null 2>&1; then
+  db="falcon_bench_http_$$"
+  psql -h 127.0.0.1 -U postgres -q -c "CREATE DATABASE $db"
+  rps() { sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p'; }
+  echo "== Postgres request log on (DATABASE_URL) =="
+  start_worker DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+  on=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text | tee /dev/stderr | rps)
+  stop_worker
+  rows=$(psql -h 127.0.0.1 -U postgres -d "$db" -tA -c "SELECT count(*) FROM inference_logs")
+  echo "== request log off (REQUEST_LOG_ENABLED=false) =="
+  start_worker REQUEST_LOG_ENABLED=false
+  off=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text | tee /dev/stderr | rps)
+  stop_worker
+  psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $db"
+  echo "unique-text /infer with the Postgres log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written)"
 fi

@@ -265,3 +265,32 @@ async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() 
     wait_for_rows(&pg, &restarted, 201, Duration::from_secs(15));
     assert!(restarted.log_messages().iter().any(|m| m.starts_with("Log spool from an earlier run")));
 }
+
+#[tokio::test]
+async fn a_stalled_postgres_does_not_slow_requests() {
+    let pg = Postgres::start();
+    let w = worker(&pg, "w-stall", &[]);
+    let c = reqwest::Client::new();
+    infer(&c, &w, "migrate first", None).await;
+    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
+    // Another session holds the table for 4 s: every INSERT blocks behind it.
+    let port = pg.port;
+    let locker = std::thread::spawn(move || {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
+            .arg("BEGIN; LOCK TABLE inference_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;")
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..100 {
+        let started = Instant::now();
+        let (status, _) = infer(&c, &w, &format!("while the table is locked {i}"), None).await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(500), "a request took {slowest:?} while Postgres stalled");
+    assert!(locker.join().unwrap().status.success());
+    wait_for_rows(&pg, &w, 101, Duration::from_secs(15));
+}
