@@ -67,12 +67,16 @@ if [ "${BENCH_POSTGRES:-1}" = "1" ] && psql -h 127.0.0.1 -U postgres -q -c 'SELE
   rps() { sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p'; }
   echo "== Postgres request log on (DATABASE_URL) =="
   start_worker DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
-  on=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text | tee /dev/stderr | rps)
+  out=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text)
+  echo "$out"
+  on=$(echo "$out" | rps)
   stop_worker
   rows=$(psql -h 127.0.0.1 -U postgres -d "$db" -tA -c "SELECT count(*) FROM inference_logs")
   echo "== request log off (REQUEST_LOG_ENABLED=false) =="
   start_worker REQUEST_LOG_ENABLED=false
-  off=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text | tee /dev/stderr | rps)
+  out=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text)
+  echo "$out"
+  off=$(echo "$out" | rps)
   stop_worker
   psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $db"
   echo "unique-text /infer with the Postgres log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written)"

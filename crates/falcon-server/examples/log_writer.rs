@@ -20,7 +20,7 @@ fn record(i: usize) -> LogRecord {
         prediction: Some("positive".into()),
         confidence: Some(0.91),
         probabilities: Some(serde_json::json!({"negative": 0.04, "neutral": 0.05, "positive": 0.91})),
-        cache_hit: i % 3 == 0,
+        cache_hit: i.is_multiple_of(3),
         idempotency_hit: false,
         success: true,
         processing_time_ms: 0.4,
@@ -46,7 +46,12 @@ async fn main() {
 
     let breaker = Arc::new(CircuitBreaker::new(
         "postgres",
-        BreakerConfig { enabled: true, failure_threshold: 5, open_for: Duration::from_secs(60), half_open_successes: 3 },
+        BreakerConfig {
+            enabled: true,
+            failure_threshold: 5,
+            open_for: Duration::from_secs(60),
+            half_open_successes: 3,
+        },
     ));
     for batch_size in [500usize, 2000] {
         sqlx::query("TRUNCATE inference_logs").execute(&pool).await.unwrap();

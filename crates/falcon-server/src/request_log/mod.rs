@@ -71,7 +71,7 @@ struct Queue {
 
 #[derive(Default)]
 struct QueueInner {
-    items: VecDeque<(u64, LogRecord)>,
+    items: VecDeque<(u64, Arc<LogRecord>)>,
     next_seq: u64,
     /// Sequence number of the last record of the batch being written.
     in_flight_upto: Option<u64>,
@@ -88,7 +88,7 @@ impl Queue {
         let Some(mut q) = self.lock() else { return };
         let seq = q.next_seq;
         q.next_seq += 1;
-        q.items.push_back((seq, record));
+        q.items.push_back((seq, Arc::new(record)));
         let mut evicted = Vec::new();
         let mut dropped = 0u64;
         while q.items.len() > self.capacity {
@@ -114,7 +114,7 @@ impl Queue {
 
     /// Appends overflow to the spool (no fsync: this is the request path). Returns the
     /// records that did not fit or could not be written.
-    fn spill(&self, records: &[LogRecord]) -> u64 {
+    fn spill(&self, records: &[Arc<LogRecord>]) -> u64 {
         let Some(spool) = &self.spool else { return records.len() as u64 };
         let Ok(mut spool) = spool.lock() else { return records.len() as u64 };
         match spool.append(records, false) {
@@ -136,10 +136,10 @@ impl Queue {
         }
     }
 
-    /// Copies up to `max` records from the front and marks them in flight.
-    fn peek(&self, max: usize) -> Vec<LogRecord> {
+    /// Shares up to `max` records from the front and marks them in flight.
+    fn peek(&self, max: usize) -> Vec<Arc<LogRecord>> {
         let Some(mut q) = self.lock() else { return Vec::new() };
-        let batch: Vec<(u64, LogRecord)> = q.items.iter().take(max).cloned().collect();
+        let batch: Vec<(u64, Arc<LogRecord>)> = q.items.iter().take(max).cloned().collect();
         q.in_flight_upto = batch.last().map(|(seq, _)| *seq);
         q.trimmed_in_flight = 0;
         batch.into_iter().map(|(_, r)| r).collect()
@@ -360,7 +360,7 @@ impl WriterState {
     }
 
     /// Appends a batch to the spool (synced); false if the disk refused it (it stays in memory).
-    fn spool_batch(&self, batch: &[LogRecord]) -> bool {
+    fn spool_batch(&self, batch: &[Arc<LogRecord>]) -> bool {
         let Some(spool) = &self.spool else { return false };
         let Ok(mut spool) = spool.lock() else { return false };
         match spool.append(batch, true) {
@@ -397,6 +397,7 @@ impl WriterState {
                 return false;
             }
         };
+        let records: Vec<Arc<LogRecord>> = records.into_iter().map(Arc::new).collect();
         for chunk in records.chunks(self.config.batch_size.max(1)) {
             if !self.write(chunk).await {
                 return false;
@@ -425,7 +426,7 @@ impl WriterState {
     }
 
     /// One INSERT through the breaker. True when the rows are in the database.
-    async fn write(&mut self, batch: &[LogRecord]) -> bool {
+    async fn write(&mut self, batch: &[Arc<LogRecord>]) -> bool {
         if !self.breaker.try_acquire() {
             return false;
         }

@@ -40,11 +40,11 @@ impl Spool {
 
     /// Appends records, synced to disk when `sync`. Returns how many did not fit under
     /// `max_bytes`.
-    pub fn append(&mut self, records: &[LogRecord], sync: bool) -> std::io::Result<usize> {
+    pub fn append<R: std::borrow::Borrow<LogRecord>>(&mut self, records: &[R], sync: bool) -> std::io::Result<usize> {
         let mut buf = Vec::new();
         let mut rejected = 0;
         for r in records {
-            let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+            let mut line = serde_json::to_vec(r.borrow()).map_err(std::io::Error::other)?;
             line.push(b'\n');
             if self.bytes + (buf.len() + line.len()) as u64 > self.max_bytes {
                 rejected += 1;
