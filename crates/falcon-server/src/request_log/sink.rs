@@ -1,21 +1,23 @@
 //! Where request-log rows go: Postgres, or the embedded SQLite file. One statement per
-//! batch (`INSERT … SELECT FROM UNNEST(arrays)` in Postgres, a multi-row `VALUES` in
-//! SQLite), `ON CONFLICT (request_id) DO NOTHING` so a retried batch never duplicates a row.
+//! batch (`INSERT … SELECT FROM UNNEST(arrays)` in Postgres; in SQLite one transaction of
+//! prepared single-row inserts), `ON CONFLICT (request_id) DO NOTHING` so a retried batch
+//! never duplicates a row.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
-use sqlx::{PgPool, QueryBuilder, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 
 use super::LogRecord;
 
-const INSERT: &str = "INSERT INTO inference_logs (request_id, worker_id, text_hash, text_length, prediction, \
-     confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, inference_time_ms, \
-     error_type, error_message, idempotency_key, client_ip, model_version, created_at) ";
+const SQLITE_INSERT: &str = "INSERT INTO inference_logs (request_id, worker_id, text_hash, text_length, \
+     prediction, confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, \
+     inference_time_ms, error_type, error_message, idempotency_key, client_ip, model_version, created_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING";
 
 const UNNEST_INSERT: &str = "INSERT INTO inference_logs (request_id, worker_id, text_hash, text_length, \
      prediction, confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, \
@@ -54,7 +56,10 @@ impl Sink {
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: durable across a process crash; only an OS crash can lose
+            // the last commits. A full fsync per batch cost a third of /infer throughput.
+            .synchronous(SqliteSynchronous::Normal);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         Ok(Self::Sqlite(pool))
     }
@@ -108,30 +113,38 @@ impl Sink {
                     .bind(col(batch, |r| r.created_at));
                 Ok(q.execute(pool).await?.rows_affected())
             }
+            // SQLite: one prepared single-row INSERT (parsed once per connection, then
+            // cached), stepped per row inside one transaction. Measured faster here than a
+            // multi-row VALUES statement, whose parse cost grows with the batch.
             Self::Sqlite(pool) => {
-                let mut q = QueryBuilder::<sqlx::Sqlite>::new(INSERT);
-                q.push_values(batch.iter().map(|r| r.as_ref()), |mut row, r| {
-                    row.push_bind(&r.request_id)
-                        .push_bind(&r.worker_id)
-                        .push_bind(&r.text_hash)
-                        .push_bind(r.text_length)
-                        .push_bind(&r.prediction)
-                        .push_bind(r.confidence)
-                        .push_bind(r.probabilities.as_ref().map(Json))
-                        .push_bind(r.cache_hit)
-                        .push_bind(r.idempotency_hit)
-                        .push_bind(r.success)
-                        .push_bind(r.processing_time_ms)
-                        .push_bind(r.inference_time_ms)
-                        .push_bind(&r.error_type)
-                        .push_bind(&r.error_message)
-                        .push_bind(&r.idempotency_key)
-                        .push_bind(&r.client_ip)
-                        .push_bind(&r.model_version)
-                        .push_bind(r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-                });
-                q.push(" ON CONFLICT (request_id) DO NOTHING");
-                Ok(q.build().execute(pool).await?.rows_affected())
+                let mut tx = pool.begin().await?;
+                let mut inserted = 0;
+                for r in batch {
+                    inserted += sqlx::query(SQLITE_INSERT)
+                        .bind(&r.request_id)
+                        .bind(&r.worker_id)
+                        .bind(&r.text_hash)
+                        .bind(r.text_length)
+                        .bind(&r.prediction)
+                        .bind(r.confidence)
+                        .bind(r.probabilities.as_ref().map(Json))
+                        .bind(r.cache_hit)
+                        .bind(r.idempotency_hit)
+                        .bind(r.success)
+                        .bind(r.processing_time_ms)
+                        .bind(r.inference_time_ms)
+                        .bind(&r.error_type)
+                        .bind(&r.error_message)
+                        .bind(&r.idempotency_key)
+                        .bind(&r.client_ip)
+                        .bind(&r.model_version)
+                        .bind(r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
             }
         }
     }
