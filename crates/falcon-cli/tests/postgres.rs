@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
-use common::{Worker, metric};
-use serde_json::{Value, json};
+use common::{Worker, infer, metric};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 fn worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
@@ -16,15 +16,6 @@ fn worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
     let mut env = vec![("DATABASE_URL", url.as_str()), ("WORKER_ID", id)];
     env.extend_from_slice(extra);
     Worker::start(&env)
-}
-
-async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
-    let mut req = c.post(w.url("/infer")).json(&json!({ "text": text }));
-    if let Some(k) = key {
-        req = req.header("x-idempotency-key", k);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 fn wait_for_rows(pg: &Postgres, w: &Worker, expected: i64, within: Duration) {

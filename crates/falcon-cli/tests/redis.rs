@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{Worker, metric};
+use common::{Worker, infer, metric};
 use serde_json::{Value, json};
 
 fn worker(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Worker {
@@ -15,15 +15,6 @@ fn worker(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Worker {
     let mut env = vec![("REDIS_URL", url.as_str()), ("WORKER_ID", id), ("CACHE_L1_TTL_SECONDS", "0")];
     env.extend_from_slice(extra);
     Worker::start(&env)
-}
-
-async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
-    let mut req = c.post(w.url("/infer")).json(&json!({ "text": text }));
-    if let Some(k) = key {
-        req = req.header("x-idempotency-key", k);
-    }
-    let r = req.timeout(Duration::from_secs(10)).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 #[tokio::test]

@@ -127,3 +127,13 @@ pub async fn metric(client: &reqwest::Client, w: &Worker, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{series} not in /metrics"))
 }
+
+/// POST /infer with `text` (and an idempotency key); returns the status and JSON body.
+pub async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = c.post(w.url("/infer")).json(&serde_json::json!({ "text": text }));
+    if let Some(k) = key {
+        req = req.header("x-idempotency-key", k);
+    }
+    let r = req.timeout(Duration::from_secs(10)).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
