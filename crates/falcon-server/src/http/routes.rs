@@ -156,22 +156,14 @@ async fn handle(
     let key = idempotency_key(headers)?;
     facts.idempotency_key.clone_from(&key);
     let (Some(store), Some(key)) = (&s.idempotency, key) else {
-        let outcome = s.pipeline.infer(text).await?;
-        facts.inference_ms = outcome.inference_ms;
-        return Ok((respond(s, id, outcome), false));
+        return Ok((compute(s, id, text, facts).await?, false));
     };
     match store.claim(&key, &fp, s.settings.idempotency_wait).await {
         Claim::Replay(stored) => Ok((stored, true)),
         Claim::Conflict => Err(ApiError::IdempotencyConflict),
-        Claim::Unavailable => {
-            let outcome = s.pipeline.infer(text).await?;
-            facts.inference_ms = outcome.inference_ms;
-            Ok((respond(s, id, outcome), false))
-        }
-        Claim::Fresh => match s.pipeline.infer(text).await {
-            Ok(outcome) => {
-                facts.inference_ms = outcome.inference_ms;
-                let resp = respond(s, id, outcome);
+        Claim::Unavailable => Ok((compute(s, id, text, facts).await?, false)),
+        Claim::Fresh => match compute(s, id, text, facts).await {
+            Ok(resp) => {
                 store.complete(&key, Record { fingerprint: fp, response: resp.clone() }).await;
                 Ok((resp, false))
             }
@@ -181,6 +173,13 @@ async fn handle(
             }
         },
     }
+}
+
+/// Runs the pipeline for `text` and builds the answer; notes the model time in `facts`.
+async fn compute(s: &AppState, id: &str, text: String, facts: &mut Facts) -> Result<InferResponse, ApiError> {
+    let outcome = s.pipeline.infer(text).await?;
+    facts.inference_ms = outcome.inference_ms;
+    Ok(respond(s, id, outcome))
 }
 
 fn respond(s: &AppState, id: &str, outcome: Outcome) -> InferResponse {
