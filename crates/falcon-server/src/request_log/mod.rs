@@ -228,7 +228,6 @@ pub fn start(
         spool_full_warning: Throttle::new(Duration::from_secs(10)),
         spool,
     };
-    gauge!("log_buffer_size").set(0.0);
     let task = tokio::spawn(state.run());
     let probe = tokio::spawn(probe(sink, breaker, Arc::clone(&available), config.op_timeout));
     (RequestLog { queue: Arc::clone(&queue) }, Writer { task, probe, available, queue })

@@ -126,7 +126,7 @@ fn register_all() {
     describe_gauge!("log_buffer_size", "Request-log records waiting for the database.");
     describe_counter!(
         "dropped_logs_total",
-        "Request-log records lost: buffer full, queue full, or unwritten at shutdown."
+        "Request-log records lost: buffer or spool full, unwritable at shutdown, or unreadable in the spool."
     );
     for status in ["success", "error"] {
         counter!("db_operations_total", "operation" => "insert", "status" => status).absolute(0);
