@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, when it is missing:
 # redis-server and the PostgreSQL server binaries (fault tests start their own throwaway
-# instances), and psql.
+# instances), psql, Prometheus with promtool (alert-rule tests and a real scrape), and
+# nginx (the native multi-worker stack).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Offline validators for the deployment files, pinned, in a project-local venv:
+# kubernetes-validate ships the Kubernetes JSON schemas; check-jsonschema ships the
+# Compose specification's schema.
+tools=".tools/venv"
+if ! "$tools/bin/kubernetes-validate" --version >/dev/null 2>&1 || ! "$tools/bin/check-jsonschema" --version >/dev/null 2>&1; then
+  echo "installing deployment validators into $tools"
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 check-jsonschema==0.39.0
 fi

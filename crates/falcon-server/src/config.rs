@@ -235,9 +235,16 @@ pub struct PlannedConfig {
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_minute: u32,
+}
+
+/// The memory-growth drill (runbook incident #6). Never on in production.
+#[derive(Debug, Clone, Args)]
+pub struct DebugConfig {
+    /// Every /infer request keeps DEBUG_MEMORY_GROWTH_MB_PER_REQUEST MiB until exit.
     #[arg(long, env = "DEBUG_MEMORY_GROWTH", default_value_t = false, action = ArgAction::Set)]
     pub debug_memory_growth: bool,
-    #[arg(long, env = "DEBUG_MEMORY_GROWTH_MB_PER_REQUEST", default_value_t = 0)]
+    #[arg(long, env = "DEBUG_MEMORY_GROWTH_MB_PER_REQUEST", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub debug_memory_growth_mb_per_request: u32,
 }
 
@@ -248,9 +255,6 @@ impl PlannedConfig {
         let mut out = Vec::new();
         if self.rate_limit_enabled {
             out.push(("RATE_LIMIT_ENABLED", "rate limiting is not in this build yet; no limit is applied"));
-        }
-        if self.debug_memory_growth {
-            out.push(("DEBUG_MEMORY_GROWTH", "the memory-growth drill is not in this build yet; no ballast is added"));
         }
         out
     }
@@ -285,6 +289,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub planned: PlannedConfig,
+    #[command(flatten)]
+    pub debug: DebugConfig,
 }
 
 impl Config {
@@ -457,5 +463,13 @@ mod tests {
         let c = Config::from_args(["--redis-host", "localhost", "--rate-limit-enabled", "true"]).unwrap();
         let names: Vec<_> = c.planned.inert_requests().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["RATE_LIMIT_ENABLED"]);
+    }
+
+    #[test]
+    fn memory_growth_drill_is_off_by_default_and_bounded() {
+        let c = Config::from_args(Vec::<String>::new()).unwrap();
+        assert!(!c.debug.debug_memory_growth);
+        assert_eq!(c.debug.debug_memory_growth_mb_per_request, 0);
+        assert!(Config::from_args(["--debug-memory-growth-mb-per-request", "1025"]).is_err());
     }
 }

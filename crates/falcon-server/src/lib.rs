@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ballast;
 pub mod cache;
 pub mod classifier;
 pub mod config;

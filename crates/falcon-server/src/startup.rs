@@ -11,6 +11,7 @@ use anyhow::Context;
 use falcon_model::SentimentModel;
 use tokio::net::TcpListener;
 
+use crate::ballast::MemoryBallast;
 use crate::cache::redis::{RedisCache, RedisStore};
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::classifier::Classifier;
@@ -44,6 +45,8 @@ impl Application {
     /// Loads the model from `MODEL_PATH` and binds `HOST:PORT`. Fails, with the cause,
     /// on a missing or broken model or an address in use: there is no fallback model.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        // The recorder first, so the model's load time and version are recorded.
+        metrics::install(&config.worker_id());
         let path = config.server.model_path.clone();
         let (model, took) = tokio::task::spawn_blocking(move || load_model(&path)).await??;
         tracing::info!(
@@ -93,6 +96,10 @@ impl Application {
             database_available: writer.as_ref().map(Writer::availability),
             readiness,
             started: Instant::now(),
+            ballast: config
+                .debug
+                .debug_memory_growth
+                .then(|| Arc::new(MemoryBallast::start(config.debug.debug_memory_growth_mb_per_request))),
             metrics: Some(handle),
         };
         Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), writer })

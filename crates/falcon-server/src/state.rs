@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::ballast::MemoryBallast;
 use crate::cache::redis::RedisStore;
 use crate::idempotency::IdempotencyStore;
 use crate::pipeline::Pipeline;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub database_available: Option<Arc<AtomicBool>>,
     pub readiness: Arc<Readiness>,
     pub started: Instant,
+    /// `Some` only during the memory-growth drill (`DEBUG_MEMORY_GROWTH=true`).
+    pub ballast: Option<Arc<MemoryBallast>>,
     /// `None` renders an empty /metrics (socket-less handler tests).
     pub metrics: Option<PrometheusHandle>,
 }

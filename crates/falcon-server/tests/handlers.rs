@@ -80,6 +80,7 @@ fn state_with(fake: Arc<Fake>, cache: bool, inference_timeout: Duration, request
         ),
         readiness,
         started: Instant::now(),
+        ballast: None,
         metrics: None,
     }
 }

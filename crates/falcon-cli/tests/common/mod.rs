@@ -45,7 +45,12 @@ impl Worker {
     /// Starts `falcon serve` on 127.0.0.1 with a free port and the shipped model, plus
     /// `env`, and waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Worker {
-        let mut cmd = falcon();
+        Self::start_in(&fresh_dir(), env)
+    }
+
+    /// Like `start`, in `dir` (where a `.env` would be read).
+    pub fn start_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
+        let mut cmd = falcon_in(dir);
         cmd.arg("serve")
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")

@@ -20,7 +20,7 @@ use crate::telemetry::throttle::Throttle;
 pub enum StoreError {
     #[error("circuit breaker open; Redis not contacted")]
     CircuitOpen,
-    #[error("Redis did not answer within {0:?}")]
+    #[error("Redis operation timeout: no answer within {0:?}")]
     Timeout(Duration),
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),

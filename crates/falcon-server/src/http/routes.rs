@@ -231,6 +231,9 @@ pub async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
+    if let Some(ballast) = &s.ballast {
+        ballast.grow();
+    }
     let mut facts = Facts::default();
     let result = handle(&s, &id.0, &headers, body, &mut facts).await;
     let elapsed = started.elapsed();

@@ -1,10 +1,16 @@
 //! Retries with exponential backoff and jitter, for transient errors only.
 
 use std::future::Future;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use metrics::counter;
+
+use crate::telemetry::throttle::Throttle;
+
+/// Retries are logged at most once every few seconds, however many requests retry.
+static RETRY_WARNINGS: LazyLock<Throttle> = LazyLock::new(|| Throttle::new(Duration::from_secs(5)));
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -28,6 +34,7 @@ impl RetryPolicy {
         f: F,
     ) -> Result<T, E>
     where
+        E: std::fmt::Display,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -42,7 +49,17 @@ impl RetryPolicy {
         f.retry(backoff)
             .sleep(tokio::time::sleep)
             .when(is_transient)
-            .notify(|_, _| counter!("retry_attempts_total", "operation" => operation).increment(1))
+            .notify(|error, delay| {
+                counter!("retry_attempts_total", "operation" => operation).increment(1);
+                if RETRY_WARNINGS.ready() {
+                    tracing::warn!(
+                        operation,
+                        error = %error,
+                        delay_ms = delay.as_secs_f64() * 1000.0,
+                        "Retrying {operation} after a transient error"
+                    );
+                }
+            })
             .await
     }
 }

@@ -18,6 +18,7 @@ pub const INFERENCE_DURATION: &str = "inference_duration_seconds";
 pub const INFERENCE_DURATION_SUMMARY: &str = "inference_duration_seconds_summary";
 pub const CACHE_HITS: &str = "cache_hits_total";
 pub const CACHE_MISSES: &str = "cache_misses_total";
+pub const DB_DURATION: &str = "db_operation_duration_seconds";
 pub const MODEL_INFERENCE_BATCH_SIZE: &str = "model_inference_batch_size";
 pub const MODEL_LOAD_DURATION: &str = "model_load_duration_seconds";
 pub const MEMORY_USAGE: &str = "memory_usage_bytes";
@@ -26,6 +27,13 @@ pub const BUILD_INFO: &str = "falcon_build_info";
 /// Histogram buckets from 100 µs to 10 s.
 pub const DURATION_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Request-log database operation buckets, 1 ms to 10 s.
+pub const DB_DURATION_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Jobs per inference-thread wake-up.
+pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
 pub const ERROR_TYPES: [&str; 12] = [
@@ -57,6 +65,12 @@ pub fn install(worker_id: &str) -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .add_global_label("worker_id", worker_id)
                 .set_buckets_for_metric(Matcher::Full(INFERENCE_DURATION.into()), &DURATION_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DB_DURATION.into()), &DB_DURATION_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(MODEL_INFERENCE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS)
+                })
+                // Histograms without buckets of their own render as summaries: that is
+                // `inference_duration_seconds_summary` alone.
                 .and_then(|b| b.set_quantiles(&[0.5, 0.95, 0.99]));
             let builder = match builder {
                 Ok(b) => b,
@@ -120,7 +134,7 @@ fn register_all() {
         counter!("fallback_triggered_total", "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
     }
     describe_counter!("db_operations_total", "Request-log database operations, by operation and status.");
-    describe_histogram!("db_operation_duration_seconds", Unit::Seconds, "Request-log database operation time.");
+    describe_histogram!(DB_DURATION, Unit::Seconds, "Request-log database operation time.");
     describe_gauge!("db_connection_pool_size", "Connections open in the request-log pool.");
     describe_gauge!("db_connection_pool_available", "Idle connections in the request-log pool.");
     describe_gauge!("log_buffer_size", "Request-log records waiting for the database.");
@@ -131,7 +145,7 @@ fn register_all() {
     for status in ["success", "error"] {
         counter!("db_operations_total", "operation" => "insert", "status" => status).absolute(0);
     }
-    let _ = histogram!("db_operation_duration_seconds", "operation" => "insert");
+    let _ = histogram!(DB_DURATION, "operation" => "insert");
     gauge!("db_connection_pool_size").set(0.0);
     gauge!("db_connection_pool_available").set(0.0);
     gauge!("log_buffer_size").set(0.0);
@@ -149,6 +163,13 @@ fn register_all() {
         let _ = histogram!(INFERENCE_DURATION_SUMMARY, "cache_hit" => hit);
     }
     let _ = histogram!(MODEL_INFERENCE_BATCH_SIZE);
+    describe_gauge!(
+        crate::ballast::ENABLED_GAUGE,
+        "1 while the memory-growth drill (DEBUG_MEMORY_GROWTH) is on: memory grows with every request."
+    );
+    describe_gauge!(crate::ballast::BYTES_GAUGE, Unit::Bytes, "Memory kept by the memory-growth drill.");
+    gauge!(crate::ballast::ENABLED_GAUGE).set(0.0);
+    gauge!(crate::ballast::BYTES_GAUGE).set(0.0);
     update_memory_usage();
 }
 
