@@ -1,7 +1,13 @@
 # Falcon: the targets the README and CI use.
 CARGO ?= cargo
 
-.PHONY: help run build test lint fmt bench bench-model bench-http bench-log train-model predict
+# Which stack the operational targets talk to: `compose` (docker compose, the runbook's
+# names) or `native` (scripts/stack.sh: nginx + 3 workers on this machine).
+STACK ?= compose
+SERVICE ?= worker-1
+
+.PHONY: help run build test lint fmt bench bench-model bench-http bench-log train-model predict \
+	up down logs check-health demo db-shell redis-cli stack-up stack-down stack-status
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -12,7 +18,7 @@ run: ## Run one worker on :8000 with embedded defaults (shipped model, in-proces
 build: ## Release build of the `falcon` binary (target/release/falcon)
 	$(CARGO) build --release --locked -p falcon-cli
 
-test: ## The whole test suite (installs redis-server first if missing)
+test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, nginx and validators if missing)
 	./scripts/ensure-test-deps.sh
 	$(CARGO) test --workspace --locked
 
@@ -39,3 +45,45 @@ train-model: ## Retrain models/classifier.json from data/vader (deterministic)
 
 predict: ## Classify TEXT from the shell: make predict TEXT="what a day"
 	$(CARGO) run --release --locked -q -p falcon-cli -- predict "$(TEXT)"
+
+up: ## Start the compose stack (nginx, 3 workers, Redis, Postgres, Prometheus, Grafana)
+	docker compose up -d --build
+
+down: ## Stop the compose stack
+	docker compose down
+
+logs: ## Follow a service's logs: make logs SERVICE=worker-2 (STACK=native: its log file)
+ifeq ($(STACK),native)
+	tail -f .stack/$(SERVICE).log
+else
+	docker compose logs -f $(SERVICE)
+endif
+
+check-health: ## nginx and every worker: /nginx-health, /healthz, /readyz (STACK=native for the native stack)
+	STACK=$(STACK) ./scripts/check-health.sh
+
+demo: ## A few requests through the load balancer: classes, cache hit, idempotent replay, an error
+	STACK=$(STACK) ./scripts/demo.sh
+
+db-shell: ## psql on the request-log database
+ifeq ($(STACK),native)
+	. .stack/stack.env && psql "$$STACK_DATABASE_URL"
+else
+	docker exec -it falcon-postgres psql -U falcon -d falcon_inference
+endif
+
+redis-cli: ## redis-cli on the cache
+ifeq ($(STACK),native)
+	. .stack/stack.env && redis-cli -u "$$STACK_REDIS_URL"
+else
+	docker exec -it falcon-redis redis-cli
+endif
+
+stack-up: ## The native stack: real nginx + 3 workers + throwaway Redis/Postgres (scripts/stack.sh)
+	./scripts/stack.sh up
+
+stack-down: ## Stop the native stack
+	./scripts/stack.sh down
+
+stack-status: ## State of the native stack
+	./scripts/stack.sh status

@@ -31,6 +31,9 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Drive a running worker with HTTP load and report throughput and latency.
     Load(commands::load::LoadArgs),
+    /// Exit 0 if the worker on this host answers its health endpoint with 200 (for
+    /// container HEALTHCHECKs).
+    Healthcheck(commands::healthcheck::HealthcheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +54,6 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
         Command::Load(args) => commands::load::run(&args),
+        Command::Healthcheck(args) => commands::healthcheck::run(&args),
     }
 }

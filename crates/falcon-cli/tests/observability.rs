@@ -621,6 +621,12 @@ fn without_the_drill_rss_stays_flat_over_100k_requests() {
     load_until(&w, warm + 100_000.0, &rt, &c);
     let after = proc_rss(w.child.id());
     let change = after / before - 1.0;
+    println!(
+        "RSS after {warm} requests: {:.1} MB; 100,000 requests later: {:.1} MB ({:+.1} %)",
+        before / 1e6,
+        after / 1e6,
+        change * 100.0
+    );
     assert!(change.abs() <= 0.10, "RSS {:.1} MB -> {:.1} MB ({:+.1} %)", before / 1e6, after / 1e6, change * 100.0);
     let reported = rt.block_on(metric(&c, &w, "memory_usage_bytes{"));
     assert!((reported / after - 1.0).abs() < 0.1, "memory_usage_bytes {reported} vs /proc {after}");

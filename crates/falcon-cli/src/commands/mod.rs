@@ -1,3 +1,4 @@
+pub mod healthcheck;
 pub mod load;
 pub mod predict;
 pub mod serve;
