@@ -5,6 +5,10 @@
 # Prints req/s, p50/p99 and each scenario's throughput as a ratio to /healthz.
 # Then the same against a throwaway redis-server, with the in-process L1 on and off
 # (BENCH_REDIS=0 skips that part).
+# Then /infer with the Postgres request log on vs off, twice: against the local Postgres on
+# the same cores (BENCH_POSTGRES=0 skips), and against a throwaway Postgres pinned to the
+# last core while the worker and load generator share the others, i.e. a database on its
+# own hardware as in every deployment shape (BENCH_PG_ISOLATED=0 skips).
 #   BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,4 +84,38 @@ if [ "${BENCH_POSTGRES:-1}" = "1" ] && psql -h 127.0.0.1 -U postgres -q -c 'SELE
   stop_worker
   psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $db"
   echo "unique-text /infer with the Postgres log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written)"
+fi
+# The same with Postgres on a core of its own (taskset), and the worker and the load
+# generator on the rest, for both runs.
+cores=$(nproc)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if [ "${BENCH_PG_ISOLATED:-1}" = "1" ] && [ "$cores" -ge 2 ] && [ -n "$pg_bin" ] && command -v taskset >/dev/null; then
+  pg_dir=$(mktemp -d)
+  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  as_pg() { if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$pg_dir"; runuser -u postgres -- "$@"; else "$@"; fi; }
+  last=$((cores - 1))
+  rest="0-$((cores - 2))"
+  as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres --no-sync >/dev/null
+  as_pg taskset -c "$last" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1" start >/dev/null
+  stop_pg() { as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
+  trap 'stop_pg; cleanup' EXIT
+  run_pinned() { # env...
+    start_worker "$@"
+    taskset -cp "$rest" "$pid" >/dev/null
+    taskset -c "$rest" "$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text
+  }
+  echo "== Postgres pinned to CPU $last; worker and load generator on CPU $rest =="
+  echo "-- request log on"
+  out=$(run_pinned DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres")
+  echo "$out"
+  on=$(echo "$out" | sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p')
+  stop_worker
+  rows=$(psql -h 127.0.0.1 -p "$pg_port" -U postgres -tA -c "SELECT count(*) FROM inference_logs")
+  echo "-- request log off"
+  out=$(run_pinned REQUEST_LOG_ENABLED=false)
+  echo "$out"
+  off=$(echo "$out" | sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p')
+  stop_worker
+  echo "unique-text /infer, Postgres on its own core, log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written)"
 fi

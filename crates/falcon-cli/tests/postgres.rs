@@ -111,6 +111,38 @@ async fn every_request_makes_exactly_one_row_with_the_right_fields() {
     );
 }
 
+/// The COPY fast path fails as a whole on a request id already in the table; the batch is
+/// then inserted skipping it. A request id is never stored twice, and nothing else is lost.
+#[tokio::test]
+async fn a_repeated_request_id_makes_one_row_and_its_batch_is_not_lost() {
+    let pg = Postgres::start();
+    let w = worker(&pg, "w-dup", &[]);
+    let c = reqwest::Client::new();
+    let send = |id: &'static str, text: &'static str| {
+        c.post(w.url("/infer")).header("x-request-id", id).json(&serde_json::json!({ "text": text })).send()
+    };
+    assert_eq!(send("dup-0001", "first time").await.unwrap().status(), 200);
+    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
+    // Same id again (as when nginx retries a request another worker had answered), in one
+    // batch with two new ids.
+    let (a, b, d) =
+        tokio::join!(send("dup-0002", "new one"), send("dup-0001", "second time"), send("dup-0003", "another"));
+    for r in [a, b, d] {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    wait_for_rows(&pg, &w, 3, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pg.count_rows(), 3);
+    assert_eq!(
+        pg.psql("SELECT text_length FROM inference_logs WHERE request_id = 'dup-0001'"),
+        "10",
+        "the first row stays"
+    );
+    let errors = "db_operations_total{worker_id=\"w-dup\",operation=\"insert\",status=\"error\"}";
+    assert_eq!(metric(&c, &w, errors).await, 0.0, "a duplicate is not a database failure");
+    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
+}
+
 #[tokio::test]
 async fn a_postgres_outage_loses_nothing_and_flushes_by_itself() {
     let mut pg = Postgres::start();

@@ -1,7 +1,12 @@
-//! Where request-log rows go: Postgres, or the embedded SQLite file. One statement per
-//! batch (`INSERT … SELECT FROM UNNEST(arrays)` in Postgres; in SQLite one transaction of
-//! prepared single-row inserts), `ON CONFLICT (request_id) DO NOTHING` so a retried batch
-//! never duplicates a row.
+//! Where request-log rows go: Postgres, or the embedded SQLite file.
+//!
+//! Postgres: one `COPY … FROM STDIN` per batch, the cheapest way in for both the worker
+//! (one text buffer, no per-column arrays) and the server (no executor per row, no
+//! speculative insertion). A batch is atomic, so if one of its request ids is already in
+//! the table (a spool replayed after a crash, a request nginx retried on another worker),
+//! the COPY fails as a whole and the batch goes again as `INSERT … SELECT FROM UNNEST(arrays)
+//! … ON CONFLICT (request_id) DO NOTHING`: a retried row is never duplicated, and never lost.
+//! SQLite: one transaction of prepared single-row inserts, `ON CONFLICT DO NOTHING`.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -28,6 +33,83 @@ const UNNEST_INSERT: &str = "INSERT INTO inference_logs (request_id, worker_id, 
      $16::text[], $17::text[], $18::timestamptz[]) \
      AS t(r, w, th, tl, p, c, pr, ch, ih, s, pt, it, et, em, ik, ci, mv, ca) \
      ON CONFLICT (request_id) DO NOTHING";
+
+const COPY_IN: &str = "COPY inference_logs (request_id, worker_id, text_hash, text_length, \
+     prediction, confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, \
+     inference_time_ms, error_type, error_message, idempotency_key, client_ip, model_version, created_at) \
+     FROM STDIN";
+
+/// A batch in COPY's text format: tab-separated, one row a line, `\N` for NULL.
+fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
+    use std::fmt::Write;
+    fn text(out: &mut String, v: &str) {
+        for ch in v.chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                // Postgres text cannot hold NUL (the INSERT path would reject it too).
+                '\0' => {}
+                c => out.push(c),
+            }
+        }
+        out.push('\t');
+    }
+    fn opt_text(out: &mut String, v: Option<&str>) {
+        match v {
+            Some(v) => text(out, v),
+            None => out.push_str("\\N\t"),
+        }
+    }
+    fn float(out: &mut String, v: f64) {
+        if v.is_nan() {
+            out.push_str("NaN");
+        } else if v.is_infinite() {
+            out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+        } else {
+            let _ = write!(out, "{v}");
+        }
+        out.push('\t');
+    }
+    fn opt_float(out: &mut String, v: Option<f64>) {
+        match v {
+            Some(v) => float(out, v),
+            None => out.push_str("\\N\t"),
+        }
+    }
+    fn flag(out: &mut String, v: bool) {
+        out.push_str(if v { "t\t" } else { "f\t" });
+    }
+    let mut out = String::with_capacity(batch.len() * 320);
+    for r in batch {
+        text(&mut out, &r.request_id);
+        text(&mut out, &r.worker_id);
+        opt_text(&mut out, r.text_hash.as_deref());
+        match r.text_length {
+            Some(n) => {
+                let _ = write!(out, "{n}\t");
+            }
+            None => out.push_str("\\N\t"),
+        }
+        opt_text(&mut out, r.prediction.as_deref());
+        opt_float(&mut out, r.confidence);
+        opt_text(&mut out, r.probabilities.as_ref().map(ToString::to_string).as_deref());
+        flag(&mut out, r.cache_hit);
+        flag(&mut out, r.idempotency_hit);
+        flag(&mut out, r.success);
+        float(&mut out, r.processing_time_ms);
+        opt_float(&mut out, r.inference_time_ms);
+        opt_text(&mut out, r.error_type.as_deref());
+        opt_text(&mut out, r.error_message.as_deref());
+        opt_text(&mut out, r.idempotency_key.as_deref());
+        opt_text(&mut out, r.client_ip.as_deref());
+        text(&mut out, &r.model_version);
+        out.push_str(&r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        out.push('\n');
+    }
+    out
+}
 
 /// A database for request-log rows.
 #[derive(Clone, Debug)]
@@ -85,34 +167,12 @@ impl Sink {
             return Ok(0);
         }
         match self {
-            // One prepared statement with 18 array parameters, whatever the batch size:
-            // far less for Postgres to parse and plan than 18 parameters per row.
-            Self::Postgres(pool) => {
-                fn col<'a, T>(batch: &'a [std::sync::Arc<LogRecord>], f: impl Fn(&'a LogRecord) -> T) -> Vec<T> {
-                    batch.iter().map(|r| f(r)).collect()
+            Self::Postgres(pool) => match Self::copy(pool, batch).await {
+                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                    Self::insert_skipping_duplicates(pool, batch).await
                 }
-                let probabilities = col(batch, |r| r.probabilities.as_ref().map(|p| p.to_string()));
-                let q = sqlx::query(UNNEST_INSERT)
-                    .bind(col(batch, |r| r.request_id.as_str()))
-                    .bind(col(batch, |r| r.worker_id.as_str()))
-                    .bind(col(batch, |r| r.text_hash.as_deref()))
-                    .bind(col(batch, |r| r.text_length))
-                    .bind(col(batch, |r| r.prediction.as_deref()))
-                    .bind(col(batch, |r| r.confidence))
-                    .bind(probabilities)
-                    .bind(col(batch, |r| r.cache_hit))
-                    .bind(col(batch, |r| r.idempotency_hit))
-                    .bind(col(batch, |r| r.success))
-                    .bind(col(batch, |r| r.processing_time_ms))
-                    .bind(col(batch, |r| r.inference_time_ms))
-                    .bind(col(batch, |r| r.error_type.as_deref()))
-                    .bind(col(batch, |r| r.error_message.as_deref()))
-                    .bind(col(batch, |r| r.idempotency_key.as_deref()))
-                    .bind(col(batch, |r| r.client_ip.as_deref()))
-                    .bind(col(batch, |r| r.model_version.as_str()))
-                    .bind(col(batch, |r| r.created_at));
-                Ok(q.execute(pool).await?.rows_affected())
-            }
+                done => done,
+            },
             // SQLite: one prepared single-row INSERT (parsed once per connection, then
             // cached), stepped per row inside one transaction. Measured faster here than a
             // multi-row VALUES statement, whose parse cost grows with the batch.
@@ -149,6 +209,55 @@ impl Sink {
         }
     }
 
+    /// The fast path: the batch as one COPY. Any error leaves nothing written.
+    async fn copy(pool: &PgPool, batch: &[std::sync::Arc<LogRecord>]) -> Result<u64, sqlx::Error> {
+        let data = copy_text(batch);
+        let mut conn = pool.acquire().await?;
+        let copied = async {
+            let mut copy = conn.copy_in_raw(COPY_IN).await?;
+            copy.send(data.as_bytes()).await?;
+            copy.finish().await
+        }
+        .await;
+        if copied.is_err() {
+            // The connection may be mid-COPY; never hand it to the next batch.
+            conn.close_on_drop();
+        }
+        copied
+    }
+
+    /// The batch as one prepared statement with 18 array parameters, skipping request ids
+    /// already in the table.
+    async fn insert_skipping_duplicates(
+        pool: &PgPool,
+        batch: &[std::sync::Arc<LogRecord>],
+    ) -> Result<u64, sqlx::Error> {
+        fn col<'a, T>(batch: &'a [std::sync::Arc<LogRecord>], f: impl Fn(&'a LogRecord) -> T) -> Vec<T> {
+            batch.iter().map(|r| f(r)).collect()
+        }
+        let probabilities = col(batch, |r| r.probabilities.as_ref().map(|p| p.to_string()));
+        let q = sqlx::query(UNNEST_INSERT)
+            .bind(col(batch, |r| r.request_id.as_str()))
+            .bind(col(batch, |r| r.worker_id.as_str()))
+            .bind(col(batch, |r| r.text_hash.as_deref()))
+            .bind(col(batch, |r| r.text_length))
+            .bind(col(batch, |r| r.prediction.as_deref()))
+            .bind(col(batch, |r| r.confidence))
+            .bind(probabilities)
+            .bind(col(batch, |r| r.cache_hit))
+            .bind(col(batch, |r| r.idempotency_hit))
+            .bind(col(batch, |r| r.success))
+            .bind(col(batch, |r| r.processing_time_ms))
+            .bind(col(batch, |r| r.inference_time_ms))
+            .bind(col(batch, |r| r.error_type.as_deref()))
+            .bind(col(batch, |r| r.error_message.as_deref()))
+            .bind(col(batch, |r| r.idempotency_key.as_deref()))
+            .bind(col(batch, |r| r.client_ip.as_deref()))
+            .bind(col(batch, |r| r.model_version.as_str()))
+            .bind(col(batch, |r| r.created_at));
+        Ok(q.execute(pool).await?.rows_affected())
+    }
+
     /// A cheap round trip, for the health probe.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
@@ -163,5 +272,45 @@ impl Sink {
             Self::Postgres(p) => (p.size(), p.num_idle()),
             Self::Sqlite(p) => (p.size(), p.num_idle()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn record() -> LogRecord {
+        LogRecord {
+            request_id: "req-1".into(),
+            worker_id: "w\t1".into(),
+            text_hash: None,
+            text_length: Some(12),
+            prediction: Some("positive".into()),
+            confidence: Some(0.25),
+            probabilities: Some(serde_json::json!({"positive": 0.25})),
+            cache_hit: true,
+            idempotency_hit: false,
+            success: true,
+            processing_time_ms: f64::INFINITY,
+            inference_time_ms: None,
+            error_type: None,
+            error_message: Some("line\nback\\slash\r\0".into()),
+            idempotency_key: None,
+            client_ip: Some("10.0.0.1".into()),
+            model_version: "v1".into(),
+            created_at: chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00.5Z").unwrap().into(),
+        }
+    }
+
+    #[test]
+    fn copy_text_escapes_and_marks_nulls() {
+        let text = copy_text(&[Arc::new(record()), Arc::new(record())]);
+        let line = "req-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
+                    line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\n";
+        assert_eq!(text, format!("{line}{line}"));
+        assert_eq!(text.lines().count(), 2, "escaped newlines never split a row");
+        assert!(text.lines().all(|l| l.split('\t').count() == 18));
     }
 }
