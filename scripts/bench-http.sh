@@ -74,6 +74,7 @@ if [ "${BENCH_POSTGRES:-1}" = "1" ] && psql -h 127.0.0.1 -U postgres -q -c 'SELE
   out=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text)
   echo "$out"
   on=$(echo "$out" | rps)
+  dropped=$(curl -s "http://$addr/metrics" | sed -n 's/^dropped_logs_total{[^}]*} //p')
   stop_worker
   rows=$(psql -h 127.0.0.1 -U postgres -d "$db" -tA -c "SELECT count(*) FROM inference_logs")
   echo "== request log off (REQUEST_LOG_ENABLED=false) =="
@@ -83,7 +84,7 @@ if [ "${BENCH_POSTGRES:-1}" = "1" ] && psql -h 127.0.0.1 -U postgres -q -c 'SELE
   off=$(echo "$out" | rps)
   stop_worker
   psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $db"
-  echo "unique-text /infer with the Postgres log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written)"
+  echo "unique-text /infer with the Postgres log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written, ${dropped:-?} dropped)"
 fi
 # The same with Postgres on a core of its own (taskset), and the worker and the load
 # generator on the rest, for both runs.
@@ -100,22 +101,26 @@ if [ "${BENCH_PG_ISOLATED:-1}" = "1" ] && [ "$cores" -ge 2 ] && [ -n "$pg_bin" ]
     -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1" start >/dev/null
   stop_pg() { as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
   trap 'stop_pg; cleanup' EXIT
+  # Sets $out to the load report (not in a subshell: $pid must survive for stop_worker).
   run_pinned() { # env...
     start_worker "$@"
     taskset -cp "$rest" "$pid" >/dev/null
-    taskset -c "$rest" "$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario healthz --scenario unique-text
+    taskset -c "$rest" "$bin" load --addr "$addr" --connections "$connections" --duration "$duration" \
+      --scenario healthz --scenario unique-text >"$redis_dir/load.out"
+    out=$(cat "$redis_dir/load.out")
   }
   echo "== Postgres pinned to CPU $last; worker and load generator on CPU $rest =="
   echo "-- request log on"
-  out=$(run_pinned DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres")
+  run_pinned DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
   echo "$out"
+  dropped=$(curl -s "http://$addr/metrics" | sed -n 's/^dropped_logs_total{[^}]*} //p')
   on=$(echo "$out" | sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p')
   stop_worker
   rows=$(psql -h 127.0.0.1 -p "$pg_port" -U postgres -tA -c "SELECT count(*) FROM inference_logs")
   echo "-- request log off"
-  out=$(run_pinned REQUEST_LOG_ENABLED=false)
+  run_pinned REQUEST_LOG_ENABLED=false
   echo "$out"
   off=$(echo "$out" | sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p')
   stop_worker
-  echo "unique-text /infer, Postgres on its own core, log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written)"
+  echo "unique-text /infer, Postgres on its own core, log on vs off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') ($rows rows written, ${dropped:-?} dropped)"
 fi
