@@ -14,12 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
 use common::redis::RedisServer;
-use common::{Worker, infer, metric};
+use common::{Worker, assert_ok, infer, metric, repo};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn deploy(path: &str) -> PathBuf {
     repo().join("deploy").join(path)
@@ -28,15 +24,6 @@ fn deploy(path: &str) -> PathBuf {
 /// Runs promtool (Debian package `prometheus`; `scripts/ensure-test-deps.sh` installs it).
 fn promtool(args: &[&str]) -> Output {
     Command::new("promtool").args(args).output().expect("promtool not found: run scripts/ensure-test-deps.sh")
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn scrape(c: &reqwest::Client, w: &Worker) -> String {
