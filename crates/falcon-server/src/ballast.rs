@@ -16,13 +16,8 @@ const MIB: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct MemoryBallast {
     bytes_per_request: usize,
-    held: Mutex<Held>,
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    chunks: Vec<Box<[u8]>>,
-    bytes: usize,
+    /// One chunk of `bytes_per_request` per request so far.
+    held: Mutex<Vec<Box<[u8]>>>,
 }
 
 impl MemoryBallast {
@@ -45,13 +40,12 @@ impl MemoryBallast {
         }
         let chunk = vec![0xA5u8; self.bytes_per_request].into_boxed_slice();
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.bytes += chunk.len();
-        held.chunks.push(chunk);
-        gauge!(BYTES_GAUGE).set(held.bytes as f64);
+        held.push(chunk);
+        gauge!(BYTES_GAUGE).set((held.len() * self.bytes_per_request) as f64);
     }
 
     pub fn held_bytes(&self) -> usize {
-        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).bytes
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() * self.bytes_per_request
     }
 }
 
@@ -67,7 +61,7 @@ mod tests {
         }
         assert_eq!(b.held_bytes(), 6 * MIB);
         let held = b.held.lock().unwrap();
-        assert!(held.chunks.iter().all(|c| c.iter().all(|&x| x == 0xA5)));
+        assert!(held.iter().all(|c| c.iter().all(|&x| x == 0xA5)));
     }
 
     #[test]

@@ -56,11 +56,8 @@ fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
         }
         out.push('\t');
     }
-    fn opt_text(out: &mut String, v: Option<&str>) {
-        match v {
-            Some(v) => text(out, v),
-            None => out.push_str("\\N\t"),
-        }
+    fn int(out: &mut String, v: i32) {
+        let _ = write!(out, "{v}\t");
     }
     fn float(out: &mut String, v: f64) {
         if v.is_nan() {
@@ -72,9 +69,10 @@ fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
         }
         out.push('\t');
     }
-    fn opt_float(out: &mut String, v: Option<f64>) {
+    /// A nullable column: the value as `field` writes it, or `\N`.
+    fn opt<T>(out: &mut String, v: Option<T>, field: impl FnOnce(&mut String, T)) {
         match v {
-            Some(v) => float(out, v),
+            Some(v) => field(out, v),
             None => out.push_str("\\N\t"),
         }
     }
@@ -85,25 +83,20 @@ fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
     for r in batch {
         text(&mut out, &r.request_id);
         text(&mut out, &r.worker_id);
-        opt_text(&mut out, r.text_hash.as_deref());
-        match r.text_length {
-            Some(n) => {
-                let _ = write!(out, "{n}\t");
-            }
-            None => out.push_str("\\N\t"),
-        }
-        opt_text(&mut out, r.prediction.as_deref());
-        opt_float(&mut out, r.confidence);
-        opt_text(&mut out, r.probabilities.as_ref().map(ToString::to_string).as_deref());
+        opt(&mut out, r.text_hash.as_deref(), text);
+        opt(&mut out, r.text_length, int);
+        opt(&mut out, r.prediction.as_deref(), text);
+        opt(&mut out, r.confidence, float);
+        opt(&mut out, r.probabilities.as_ref().map(ToString::to_string).as_deref(), text);
         flag(&mut out, r.cache_hit);
         flag(&mut out, r.idempotency_hit);
         flag(&mut out, r.success);
         float(&mut out, r.processing_time_ms);
-        opt_float(&mut out, r.inference_time_ms);
-        opt_text(&mut out, r.error_type.as_deref());
-        opt_text(&mut out, r.error_message.as_deref());
-        opt_text(&mut out, r.idempotency_key.as_deref());
-        opt_text(&mut out, r.client_ip.as_deref());
+        opt(&mut out, r.inference_time_ms, float);
+        opt(&mut out, r.error_type.as_deref(), text);
+        opt(&mut out, r.error_message.as_deref(), text);
+        opt(&mut out, r.idempotency_key.as_deref(), text);
+        opt(&mut out, r.client_ip.as_deref(), text);
         text(&mut out, &r.model_version);
         out.push_str(&r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
         out.push('\n');
