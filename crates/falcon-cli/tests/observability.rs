@@ -346,18 +346,21 @@ fn dashboard() -> Value {
     serde_json::from_str(&std::fs::read_to_string(deploy("grafana/dashboards/falcon-inference.json")).unwrap()).unwrap()
 }
 
-fn dashboard_exprs(d: &Value) -> Vec<String> {
+/// Every query target of the dashboard, panels nested in rows included.
+fn dashboard_targets(d: &Value) -> Vec<&Value> {
     let mut out = Vec::new();
     let mut panels: Vec<&Value> = d["panels"].as_array().unwrap().iter().collect();
     while let Some(p) = panels.pop() {
         if let Some(inner) = p["panels"].as_array() {
             panels.extend(inner);
         }
-        for t in p["targets"].as_array().into_iter().flatten() {
-            out.push(t["expr"].as_str().unwrap().to_owned());
-        }
+        out.extend(p["targets"].as_array().into_iter().flatten());
     }
     out
+}
+
+fn dashboard_exprs(d: &Value) -> Vec<String> {
+    dashboard_targets(d).iter().map(|t| t["expr"].as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test]
@@ -418,17 +421,8 @@ fn grafana_provisioning_points_at_the_dashboard_and_datasource() {
     let dash = std::fs::read_to_string(deploy("grafana/provisioning/dashboards/falcon.yml")).unwrap();
     assert!(dash.contains("path: /var/lib/grafana/dashboards"));
     let d = dashboard();
-    let uids: BTreeSet<&str> = panel_datasources(&d);
+    let uids: BTreeSet<&str> = dashboard_targets(&d).iter().map(|t| t["datasource"]["uid"].as_str().unwrap()).collect();
     assert_eq!(uids.into_iter().collect::<Vec<_>>(), ["prometheus"]);
-}
-
-fn panel_datasources(d: &Value) -> BTreeSet<&str> {
-    d["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["datasource"]["uid"].as_str().unwrap()))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

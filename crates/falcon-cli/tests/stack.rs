@@ -18,28 +18,22 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A native stack in a temp dir on free ports; `down` when dropped.
-struct Stack {
-    dir: tempfile::TempDir,
+/// Where a native stack lives and listens: enough to drive scripts/stack.sh, and cheap to
+/// hand to a drill thread.
+#[derive(Clone)]
+struct StackCtl {
+    dir: std::path::PathBuf,
     nginx_port: u16,
     worker_ports: [u16; 3],
 }
 
-impl Stack {
-    fn up() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Self { dir, nginx_port: free_port(), worker_ports: [free_port(), free_port(), free_port()] };
-        let out = s.script(&["up"]);
-        assert!(out.0, "stack.sh up failed:\n{}", out.1);
-        s
-    }
-
+impl StackCtl {
     /// Runs scripts/stack.sh with this stack's settings; (success, stdout + stderr).
     fn script(&self, args: &[&str]) -> (bool, String) {
         let ports = self.worker_ports.map(|p| p.to_string()).join(" ");
         let out = Command::new(repo().join("scripts/stack.sh"))
             .args(args)
-            .env("STACK_DIR", self.dir.path())
+            .env("STACK_DIR", &self.dir)
             .env("STACK_NGINX_PORT", self.nginx_port.to_string())
             .env("STACK_STATUS_PORT", free_port().to_string())
             .env("STACK_WORKER_PORTS", ports)
@@ -52,12 +46,37 @@ impl Stack {
         (out.status.success(), text)
     }
 
+    /// Like `script`, failing the test if stack.sh fails.
+    fn run(&self, args: &[&str]) {
+        let (ok, text) = self.script(args);
+        assert!(ok, "stack.sh {args:?} failed:\n{text}");
+    }
+}
+
+/// A native stack in a temp dir on free ports; `down` when dropped.
+struct Stack {
+    _dir: tempfile::TempDir,
+    ctl: StackCtl,
+}
+
+impl Stack {
+    fn up() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = StackCtl {
+            dir: dir.path().to_owned(),
+            nginx_port: free_port(),
+            worker_ports: [free_port(), free_port(), free_port()],
+        };
+        ctl.run(&["up"]);
+        Self { _dir: dir, ctl }
+    }
+
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.nginx_port)
+        format!("http://127.0.0.1:{}{path}", self.ctl.nginx_port)
     }
 
     fn database_url(&self) -> String {
-        let env = std::fs::read_to_string(self.dir.path().join("stack.env")).unwrap();
+        let env = std::fs::read_to_string(self.ctl.dir.join("stack.env")).unwrap();
         env.lines().find_map(|l| l.strip_prefix("STACK_DATABASE_URL=")).unwrap().to_owned()
     }
 
@@ -89,13 +108,13 @@ impl Stack {
     }
 
     fn nginx_error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nginx/logs/error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.ctl.dir.join("nginx/logs/error.log")).unwrap_or_default()
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = self.script(&["down"]);
+        let _ = self.ctl.script(&["down"]);
     }
 }
 
@@ -205,7 +224,7 @@ async fn native_stack_spreads_load_and_loses_no_request_when_a_worker_dies_or_dr
     let helper = |script: &str| {
         let out = Command::new(repo().join("scripts").join(script))
             .env("STACK", "native")
-            .env("STACK_DIR", stack.dir.path())
+            .env("STACK_DIR", &stack.ctl.dir)
             .env_remove("BASE_URL")
             .env_remove("WORKER_URLS")
             .output()
@@ -223,25 +242,12 @@ async fn native_stack_spreads_load_and_loses_no_request_when_a_worker_dies_or_dr
         stack.psql("SELECT request_id FROM inference_logs").lines().map(str::to_owned).collect();
 
     // 2. A rolling restart: SIGTERM worker-1 under load, then start it again.
-    let dir = stack.dir.path().to_owned();
-    let ports = stack.worker_ports;
-    let nginx_port = stack.nginx_port;
-    let script = move |args: &'static [&'static str]| {
-        let out = Command::new(repo().join("scripts/stack.sh"))
-            .args(args)
-            .env("STACK_DIR", &dir)
-            .env("STACK_NGINX_PORT", nginx_port.to_string())
-            .env("STACK_WORKER_PORTS", ports.map(|p| p.to_string()).join(" "))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "stack.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let s = script.clone();
+    let ctl = stack.ctl.clone();
     let answers = steady_load(&stack, 100, Duration::from_secs(12), "sigterm", move || {
         std::thread::sleep(Duration::from_secs(3));
-        s(&["stop", "worker-1"]);
+        ctl.run(&["stop", "worker-1"]);
         std::thread::sleep(Duration::from_secs(3));
-        s(&["start", "worker-1"]);
+        ctl.run(&["start", "worker-1"]);
     })
     .await;
     assert_no_failures(&answers, "SIGTERM drill");
@@ -256,18 +262,18 @@ async fn native_stack_spreads_load_and_loses_no_request_when_a_worker_dies_or_dr
     assert_eq!(sigterm_rows, sent_ok.len() as i64, "a drained worker flushes every row before it exits");
 
     // 3. kill -9 worker-2 under load for 20 s, restart it, and it takes traffic again.
-    let s = script.clone();
+    let ctl = stack.ctl.clone();
     let answers = steady_load(&stack, 100, Duration::from_secs(20), "sigkill", move || {
         std::thread::sleep(Duration::from_secs(5));
-        s(&["kill", "worker-2"]);
+        ctl.run(&["kill", "worker-2"]);
         std::thread::sleep(Duration::from_secs(7));
-        s(&["start", "worker-2"]);
+        ctl.run(&["start", "worker-2"]);
     })
     .await;
     assert_no_failures(&answers, "kill -9 drill");
     let back = answers.iter().filter(|a| a.worker_id == "worker-2" && a.at > Duration::from_secs(14)).count();
     assert!(back > 0, "worker-2 took no traffic after its restart: {:?}", per_worker(&answers));
-    let port2 = format!("127.0.0.1:{}", stack.worker_ports[1]);
+    let port2 = format!("127.0.0.1:{}", stack.ctl.worker_ports[1]);
     let errors = stack.nginx_error_log();
     assert!(
         errors.lines().any(|l| l.contains(&port2) && l.contains("upstream")),
