@@ -1,6 +1,8 @@
-//! `falcon`: serve the classifier, train it, predict from the shell, load-test a worker.
+//! `falcon`: serve the classifier, train and inspect it, predict from the shell, load-test a
+//! worker.
 #![forbid(unsafe_code)]
 
+mod backends;
 mod commands;
 
 /// mimalloc instead of glibc malloc: requests allocate on a runtime thread and free on
@@ -27,6 +29,8 @@ enum Command {
     Serve(Box<falcon_server::Config>),
     /// Train the classifier on the VADER data and write a model file.
     Train(commands::train::TrainArgs),
+    /// Inspect a model file: version, labels, training data, evaluation report.
+    Model(commands::model::ModelArgs),
     /// Classify one text and print the same JSON as POST /infer.
     Predict(commands::predict::PredictArgs),
     /// Drive a running worker with HTTP load and report throughput and latency.
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(config) => commands::serve::run(*config),
         Command::Train(args) => commands::train::run(&args),
+        Command::Model(args) => commands::model::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
         Command::Load(args) => commands::load::run(&args),
         Command::Healthcheck(args) => commands::healthcheck::run(&args),

@@ -2,7 +2,6 @@
 //! on one core. Criterion's "time" line is the median-centred estimate per call.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 use std::hint::black_box;
-use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use falcon_model::SentimentModel;
@@ -12,8 +11,7 @@ const SENTENCE: &str =
     "The service was quick and the staff were friendly, but the food arrived cold and the bill was simply wrong.";
 
 fn bench(c: &mut Criterion) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.json");
-    let model = match SentimentModel::load(&path) {
+    let model = match SentimentModel::shipped() {
         Ok(m) => m,
         Err(e) => panic!("benchmark needs the shipped model: {e}"),
     };
@@ -21,6 +19,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("predict_20_words", |b| b.iter(|| model.predict(black_box(SENTENCE))));
     c.bench_function("normalize_20_words", |b| b.iter(|| falcon_model::normalize(black_box(SENTENCE))));
     let long = SENTENCE.repeat(100);
+    c.bench_function("load_shipped_model", |b| b.iter(|| SentimentModel::shipped().map(|m| m.n_features())));
     c.bench_function("predict_2000_words", |b| b.iter(|| model.predict(black_box(&long))));
 }
 

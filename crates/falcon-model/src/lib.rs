@@ -1,5 +1,6 @@
 //! Falcon's sentiment classifier: tokenisation, TF-IDF over word 1–2-grams, multinomial
-//! logistic regression, training, evaluation and the versioned model file.
+//! logistic regression, training, evaluation and the compact, checksummed model file.
+//! It implements `falcon_backend::Backend` as the `tfidf` backend.
 //!
 //! Pure and synchronous: no async, no I/O beyond reading data and model files.
 #![forbid(unsafe_code)]
@@ -7,6 +8,7 @@
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod format;
 pub mod logistic;
 pub mod model;
 pub mod tfidf;
@@ -15,9 +17,9 @@ pub mod train;
 
 pub use dataset::{Dataset, LABELS, load_vader_dir};
 pub use error::ModelError;
-pub use model::{FORMAT_VERSION, Prediction, SentimentModel};
+pub use model::{FORMAT_VERSION, MAX_INPUT_CHARS, ModelMeta, Prediction, SentimentModel};
 pub use tokenize::normalize;
-pub use train::{TrainOptions, train};
+pub use train::{Fitted, TrainOptions, build, fit, train};
 
 #[cfg(test)]
 mod tests {
@@ -71,7 +73,7 @@ mod tests {
     fn model_file_round_trips_exactly() {
         let m = trained();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.json");
+        let path = dir.path().join("m.bin");
         m.save(&path).unwrap();
         let back = SentimentModel::load(&path).unwrap();
         assert_eq!(back.model_version(), m.model_version());
@@ -82,37 +84,71 @@ mod tests {
     }
 
     #[test]
-    fn truncated_file_is_rejected() {
-        let bytes = trained().to_json();
-        let err = SentimentModel::from_json(&bytes[..bytes.len() / 2], Path::new("m.json")).unwrap_err();
-        assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+    fn every_term_is_found_and_others_are_not() {
+        let m = trained();
+        let terms = m.vocab_terms();
+        assert!(!terms.is_empty());
+        for (i, t) in terms.iter().enumerate() {
+            assert_eq!(m.feature_index(t), Some(i as u32), "{t}");
+        }
+        for t in ["", "zzz", "great movie!", "grea"] {
+            assert_eq!(m.feature_index(t), None, "{t}");
+        }
+    }
+
+    fn load_bytes(bytes: Vec<u8>) -> Result<SentimentModel, ModelError> {
+        SentimentModel::from_bytes(model::Bytes::Shared(bytes.into()), Path::new("m.bin"))
     }
 
     #[test]
-    fn tampered_weights_fail_the_integrity_check() {
-        let text = String::from_utf8(trained().to_json()).unwrap();
-        let pos = text.find("\"intercept\":[").unwrap() + "\"intercept\":[".len();
-        let tampered = format!("{}9{}", &text[..pos], &text[pos..]);
-        let err = SentimentModel::from_json(tampered.as_bytes(), Path::new("m.json")).unwrap_err();
+    fn truncated_or_damaged_files_are_rejected() {
+        let bytes = trained().to_bytes().to_vec();
+        let err = load_bytes(bytes[..bytes.len() / 2].to_vec()).unwrap_err();
+        assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        let err = load_bytes(flipped).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert!(matches!(load_bytes(Vec::new()).unwrap_err(), ModelError::Corrupt { .. }));
+    }
+
+    #[test]
+    fn tampered_weights_with_a_fixed_checksum_fail_the_content_check() {
+        use sha2::{Digest, Sha256};
+        let mut bytes = trained().to_bytes().to_vec();
+        let body = bytes.len() - 32;
+        // The last intercept, then a checksum that matches the tampered file.
+        bytes[body - 1] ^= 0x01;
+        let sum = Sha256::digest(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum);
+        let err = load_bytes(bytes).unwrap_err();
         assert!(matches!(err, ModelError::Integrity { .. }), "{err}");
     }
 
     #[test]
     fn other_format_versions_and_foreign_files_are_rejected() {
-        let text = String::from_utf8(trained().to_json()).unwrap();
-        let future = text.replace("\"format_version\":1", "\"format_version\":2");
-        let err = SentimentModel::from_json(future.as_bytes(), Path::new("m.json")).unwrap_err();
-        assert!(matches!(err, ModelError::Incompatible { found: 2, supported: 1, .. }), "{err}");
-        let err = SentimentModel::from_json(b"{\"hello\":1}", Path::new("m.json")).unwrap_err();
-        assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
-        let err = SentimentModel::from_json(b"\x80\x81garbage", Path::new("m.json")).unwrap_err();
+        let mut future = trained().to_bytes().to_vec();
+        future[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let err = load_bytes(future).unwrap_err();
+        assert!(matches!(err, ModelError::Incompatible { found: 3, supported: 2, .. }), "{err}");
+        let err = load_bytes(br#"{"format":"falcon-sentiment-model","format_version":1}"#.to_vec()).unwrap_err();
+        assert!(matches!(err, ModelError::Incompatible { found: 1, .. }), "{err}");
+        let err =
+            load_bytes(b"\x80\x81garbage that is long enough to have a checksum at its end".to_vec()).unwrap_err();
         assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     }
 
     #[test]
     fn missing_file_is_an_io_error() {
-        let err = SentimentModel::load(Path::new("/nonexistent/model.json")).unwrap_err();
+        let err = SentimentModel::load(Path::new("/nonexistent/model.bin")).unwrap_err();
         assert!(matches!(err, ModelError::Io { .. }));
-        assert!(err.to_string().contains("/nonexistent/model.json"));
+        assert!(err.to_string().contains("/nonexistent/model.bin"));
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_without_reading_it_all() {
+        let err = SentimentModel::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a model file"), "{err}");
     }
 }

@@ -1,20 +1,19 @@
-//! The trained classifier and its file format.
+//! The trained classifier, served from its compact file form (see `format`).
 
+use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
+pub use falcon_backend::Prediction;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::ModelError;
 use crate::eval::Evaluation;
+pub use crate::format::{Bytes, FORMAT_VERSION, MAX_FILE_BYTES, ModelMeta};
+use crate::format::{Decoded, F32s, FormatError, Parts, Vocab, decode, encode};
 use crate::logistic::{FitReport, LogisticModel, TrainConfig};
 use crate::tfidf::{TfidfConfig, Vectorizer};
-use crate::tokenize::tokenize;
-
-/// Value of the `format` field of every Falcon model file.
-pub const FORMAT_NAME: &str = "falcon-sentiment-model";
-/// The model file layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+use crate::tokenize::{for_each_ngram, tokenize};
 
 /// How a model was trained; stored in the model file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,109 +30,110 @@ pub struct TrainingInfo {
     pub fit: FitReport,
 }
 
-/// Descriptive metadata: everything but the weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelMeta {
-    /// Content hash of labels, vocabulary and weights: equal weights, equal version.
-    pub model_version: String,
-    /// RFC 3339 time of training; the only field that differs between two identical runs.
-    pub created_at: String,
-    pub labels: Vec<String>,
-    pub training: TrainingInfo,
-    /// Metrics on the held-out test split.
-    pub metrics: Evaluation,
-}
-
-/// One prediction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Prediction {
-    /// Index into `SentimentModel::labels()`.
-    pub class: usize,
-    /// Probability of the predicted class.
-    pub confidence: f64,
-    /// Probabilities in label order; they sum to 1.
-    pub probabilities: Vec<f64>,
-}
-
-/// A loaded, ready-to-serve classifier. Prediction is pure and thread-safe.
+/// A loaded, ready-to-serve classifier. Prediction is pure and thread-safe; cloning
+/// shares the bytes.
 #[derive(Debug, Clone)]
 pub struct SentimentModel {
     meta: ModelMeta,
-    vectorizer: Vectorizer,
-    weights: LogisticModel,
-}
-
-#[derive(Serialize, Deserialize)]
-struct VectorizerFile {
-    config: TfidfConfig,
-    terms: Vec<String>,
-    idf: Vec<f64>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WeightsFile {
-    n_features: usize,
-    /// Feature-major: `coef[j * n_classes + k]`.
-    coef: Vec<f64>,
+    tfidf: TfidfConfig,
+    vocab: Vocab,
+    idf: F32s,
+    coef: F32s,
     intercept: Vec<f64>,
+    bytes: Bytes,
 }
 
-#[derive(Serialize, Deserialize)]
-struct ModelFile {
-    format: String,
-    format_version: u32,
-    #[serde(flatten)]
-    meta: ModelMeta,
-    vectorizer: VectorizerFile,
-    weights: WeightsFile,
-}
-
-#[derive(Deserialize)]
-struct Header {
-    format: Option<String>,
-    format_version: Option<u32>,
-}
-
-/// The part of the file that `model_version` is a hash of.
-#[derive(Serialize)]
-struct Content<'a> {
-    labels: &'a [String],
-    vectorizer: &'a VectorizerFile,
-    weights: &'a WeightsFile,
-}
-
-fn content_hash(labels: &[String], v: &VectorizerFile, w: &WeightsFile) -> String {
-    // Serialising plain vectors and strings cannot fail.
-    let bytes = serde_json::to_vec(&Content { labels, vectorizer: v, weights: w }).unwrap_or_default();
-    hex::encode(&Sha256::digest(&bytes)[..8])
-}
+/// The shipped model, compiled into every binary: what a worker serves when `MODEL_PATH`
+/// is unset. `falcon train` writes it; a test checks it is what training reproduces.
+static SHIPPED: &[u8] = include_bytes!("../../../models/classifier.bin");
 
 impl SentimentModel {
-    /// Assembles a model from trained parts; computes its version from the content.
+    /// Assembles a model from trained parts. The weights are stored as `f32` (see
+    /// docs/model.md: predictions stay within 1e-5 of the `f64` weights); the version is
+    /// computed from the content.
     pub fn new(
         labels: Vec<String>,
-        vectorizer: Vectorizer,
-        weights: LogisticModel,
+        vectorizer: &Vectorizer,
+        weights: &LogisticModel,
         training: TrainingInfo,
         metrics: Evaluation,
         created_at: String,
-    ) -> Self {
-        let (vf, wf) = parts(&vectorizer, &weights);
-        let model_version = content_hash(&labels, &vf, &wf);
-        let meta = ModelMeta { model_version, created_at, labels, training, metrics };
-        Self { meta, vectorizer, weights }
+    ) -> Result<Self, ModelError> {
+        let meta = ModelMeta { model_version: String::new(), created_at, labels, training, metrics };
+        let parts = Parts {
+            meta,
+            terms: vectorizer.terms(),
+            idf: vectorizer.idf(),
+            coef: weights.coef(),
+            intercept: weights.intercept(),
+        };
+        let (bytes, _) =
+            encode(parts).map_err(|message| ModelError::Corrupt { path: "<new model>".into(), message })?;
+        Self::from_bytes(Bytes::Shared(Arc::from(bytes)), Path::new("<new model>"))
+    }
+
+    /// The same model with another evaluation report (the version does not change).
+    pub fn with_metrics(&self, metrics: Evaluation) -> Result<Self, ModelError> {
+        let meta = ModelMeta { metrics, ..self.meta.clone() };
+        let terms = self.vocab.terms();
+        let parts = Parts {
+            meta,
+            terms: &terms,
+            idf: &self.idf.to_vec(),
+            coef: &self.coef.to_vec(),
+            intercept: &self.intercept,
+        };
+        let (bytes, _) =
+            encode(parts).map_err(|message| ModelError::Corrupt { path: "<new model>".into(), message })?;
+        Self::from_bytes(Bytes::Shared(Arc::from(bytes)), Path::new("<new model>"))
+    }
+
+    /// The model compiled into this binary.
+    pub fn shipped() -> Result<Self, ModelError> {
+        Self::from_bytes(Bytes::Static(SHIPPED), Path::new("<built-in model>"))
     }
 
     /// Classifies one text.
     pub fn predict(&self, text: &str) -> Prediction {
-        let x = self.vectorizer.transform(&tokenize(text));
-        let probabilities = self.weights.predict_proba(&x);
-        let (class, confidence) = probabilities
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
-        Prediction { class, confidence, probabilities }
+        let tokens = tokenize(text);
+        let mut hits: Vec<u32> = Vec::with_capacity(tokens.len() * 2);
+        for_each_ngram(&tokens, self.tfidf.min_n, self.tfidf.max_n, |g| {
+            if let Some(i) = self.vocab.get(g) {
+                hits.push(i);
+            }
+        });
+        hits.sort_unstable();
+        // The TF-IDF vector, exactly as `Vectorizer::transform` builds it at training time.
+        let mut x: Vec<(u32, f64)> = Vec::with_capacity(hits.len());
+        for i in hits {
+            match x.last_mut() {
+                Some((last, count)) if *last == i => *count += 1.0,
+                _ => x.push((i, 1.0)),
+            }
+        }
+        let mut norm = 0.0;
+        for (i, v) in &mut x {
+            let tf = if self.tfidf.sublinear_tf { 1.0 + v.ln() } else { *v };
+            *v = tf * self.idf.get(*i as usize);
+            norm += *v * *v;
+        }
+        if norm > 0.0 {
+            let norm = norm.sqrt();
+            for (_, v) in &mut x {
+                *v /= norm;
+            }
+        }
+        let k = self.intercept.len();
+        let mut z = self.intercept.clone();
+        for (j, v) in x {
+            let row = j as usize * k;
+            for (c, zc) in z.iter_mut().enumerate() {
+                *zc += v * self.coef.get(row + c);
+            }
+        }
+        let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        Prediction::from_probabilities(z.iter().map(|v| (v - lse).exp()).collect())
     }
 
     pub fn labels(&self) -> &[String] {
@@ -149,25 +149,27 @@ impl SentimentModel {
     }
 
     pub fn n_features(&self) -> usize {
-        self.vectorizer.len()
+        self.vocab.len()
     }
 
-    /// Feature-major coefficients (for tests and inspection).
-    pub fn coefficients(&self) -> &[f64] {
-        self.weights.coef()
+    /// Vocabulary terms in feature order (for tests and inspection).
+    pub fn vocab_terms(&self) -> Vec<String> {
+        self.vocab.terms()
     }
 
-    /// Serialises the model to its JSON file form.
-    pub fn to_json(&self) -> Vec<u8> {
-        let (vectorizer, weights) = parts(&self.vectorizer, &self.weights);
-        let file = ModelFile {
-            format: FORMAT_NAME.to_owned(),
-            format_version: FORMAT_VERSION,
-            meta: self.meta.clone(),
-            vectorizer,
-            weights,
-        };
-        serde_json::to_vec(&file).unwrap_or_default()
+    /// The feature index of an n-gram, if the model knows it.
+    pub fn feature_index(&self, ngram: &str) -> Option<u32> {
+        self.vocab.get(ngram)
+    }
+
+    /// Feature-major coefficients as stored (for tests and inspection).
+    pub fn coefficients(&self) -> Vec<f64> {
+        self.coef.to_vec()
+    }
+
+    /// The model file's bytes.
+    pub fn to_bytes(&self) -> &[u8] {
+        self.bytes.as_ref()
     }
 
     /// Writes the model file atomically (temp file, then rename).
@@ -176,53 +178,67 @@ impl SentimentModel {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, self.to_json()).map_err(io)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, self.to_bytes()).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads and fully validates a model file: format name and version, shapes, finite
-    /// weights, and the content hash against `model_version`.
+    /// Reads and fully validates a model file (at most `MAX_FILE_BYTES`).
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|error| ModelError::Io { path: path.to_owned(), error })?;
-        Self::from_json(&bytes, path)
+        let io = |error| ModelError::Io { path: path.to_owned(), error };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ModelError::Corrupt {
+                path: path.to_owned(),
+                message: format!("larger than {} MiB; not a model file", MAX_FILE_BYTES >> 20),
+            });
+        }
+        Self::from_bytes(Bytes::Shared(Arc::from(bytes)), path)
     }
 
-    /// Parses a model from bytes; `path` is only used in error messages.
-    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
-        let corrupt = |message: String| ModelError::Corrupt { path: path.to_owned(), message };
-        let header: Header = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-        if header.format.as_deref() != Some(FORMAT_NAME) {
-            return Err(corrupt(format!("format is {:?}, expected {FORMAT_NAME:?}", header.format)));
-        }
-        match header.format_version {
-            Some(FORMAT_VERSION) => {}
-            Some(found) => {
-                return Err(ModelError::Incompatible { path: path.to_owned(), found, supported: FORMAT_VERSION });
+    /// Decodes a model from bytes; `path` is only used in error messages.
+    pub fn from_bytes(bytes: Bytes, path: &Path) -> Result<Self, ModelError> {
+        let Decoded { meta, vocab, idf, coef, intercept } = decode(bytes.clone()).map_err(|e| match e {
+            FormatError::Corrupt(message) => ModelError::Corrupt { path: path.to_owned(), message },
+            FormatError::Incompatible(found) => {
+                ModelError::Incompatible { path: path.to_owned(), found, supported: FORMAT_VERSION }
             }
-            None => return Err(corrupt("missing format_version".into())),
-        }
-        let file: ModelFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-        let actual = content_hash(&file.meta.labels, &file.vectorizer, &file.weights);
-        if actual != file.meta.model_version {
-            return Err(ModelError::Integrity { path: path.to_owned(), expected: file.meta.model_version, actual });
-        }
-        let n_classes = file.meta.labels.len();
-        let v = file.vectorizer;
-        let n_terms = v.terms.len();
-        let vectorizer = Vectorizer::from_parts(v.config, v.terms, v.idf).map_err(&corrupt)?;
-        let w = file.weights;
-        if w.n_features != n_terms {
-            return Err(corrupt(format!("{} weight rows for {} vocabulary terms", w.n_features, n_terms)));
-        }
-        let weights = LogisticModel::from_parts(w.n_features, n_classes, w.coef, w.intercept).map_err(&corrupt)?;
-        Ok(Self { meta: file.meta, vectorizer, weights })
+            FormatError::Integrity { expected, actual } => {
+                ModelError::Integrity { path: path.to_owned(), expected, actual }
+            }
+        })?;
+        let tfidf = meta.training.tfidf;
+        Ok(Self { meta, tfidf, vocab, idf, coef, intercept, bytes })
     }
 }
 
-fn parts(v: &Vectorizer, w: &LogisticModel) -> (VectorizerFile, WeightsFile) {
-    (
-        VectorizerFile { config: v.config(), terms: v.terms().to_vec(), idf: v.idf().to_vec() },
-        WeightsFile { n_features: w.n_features(), coef: w.coef().to_vec(), intercept: w.intercept().to_vec() },
-    )
+impl falcon_backend::Backend for SentimentModel {
+    fn name(&self) -> &'static str {
+        "tfidf"
+    }
+
+    fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, falcon_backend::BackendError> {
+        Ok(texts.iter().map(|t| self.predict(t)).collect())
+    }
+
+    fn labels(&self) -> &[String] {
+        &self.meta.labels
+    }
+
+    fn model_version(&self) -> &str {
+        &self.meta.model_version
+    }
+
+    fn normalize(&self, text: &str) -> String {
+        crate::tokenize::normalize(text)
+    }
+
+    fn max_input_chars(&self) -> usize {
+        MAX_INPUT_CHARS
+    }
 }
+
+/// Longest text the TF-IDF model takes, in characters (the API's limit).
+pub const MAX_INPUT_CHARS: usize = 10_000;

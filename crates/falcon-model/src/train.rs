@@ -3,7 +3,7 @@
 
 use crate::dataset::{Dataset, LABELS, stratified_split};
 use crate::error::ModelError;
-use crate::eval::{Evaluation, evaluate};
+use crate::eval::evaluate;
 use crate::logistic::{LogisticModel, TrainConfig};
 use crate::model::{SentimentModel, TrainingInfo};
 use crate::tfidf::{TfidfConfig, Vectorizer};
@@ -24,21 +24,33 @@ impl Default for TrainOptions {
     }
 }
 
-/// Trains a model and evaluates it on the held-out split. Deterministic: the same data and
-/// options give the same weights and `model_version`; only `created_at` differs.
-pub fn train(data: &Dataset, opts: &TrainOptions) -> Result<SentimentModel, ModelError> {
+/// The optimiser's output, before it is stored: full-precision weights and the split.
+pub struct Fitted {
+    pub vectorizer: Vectorizer,
+    pub weights: LogisticModel,
+    pub training: TrainingInfo,
+    /// Indices of the held-out sentences.
+    pub test_idx: Vec<usize>,
+}
+
+impl Fitted {
+    /// Probabilities from the full-precision (`f64`) weights, as the optimiser left them.
+    pub fn predict_proba(&self, text: &str) -> Vec<f64> {
+        self.weights.predict_proba(&self.vectorizer.transform(&tokenize(text)))
+    }
+}
+
+/// Splits the data and fits TF-IDF and the classifier on the training part.
+pub fn fit(data: &Dataset, opts: &TrainOptions) -> Result<Fitted, ModelError> {
     if data.texts.is_empty() {
         return Err(ModelError::NoData("the data set is empty".into()));
     }
     let (train_idx, test_idx) = stratified_split(&data.labels, opts.test_fraction, opts.seed);
-    let tokens: Vec<Vec<String>> = data.texts.iter().map(|t| tokenize(t)).collect();
-    let train_docs: Vec<Vec<String>> = train_idx.iter().map(|&i| tokens[i].clone()).collect();
+    let train_docs: Vec<Vec<String>> = train_idx.iter().map(|&i| tokenize(&data.texts[i])).collect();
     let vectorizer = Vectorizer::fit(&train_docs, opts.tfidf);
     let x_train: Vec<_> = train_docs.iter().map(|d| vectorizer.transform(d)).collect();
     let y_train: Vec<usize> = train_idx.iter().map(|&i| data.labels[i]).collect();
     let (weights, fit) = LogisticModel::fit(&x_train, &y_train, vectorizer.len(), LABELS.len(), &opts.optimizer);
-
-    let metrics = evaluate_on(&vectorizer, &weights, &tokens, &data.labels, &test_idx);
     let training = TrainingInfo {
         data_sha256: data.sha256.clone(),
         n_samples: data.texts.len(),
@@ -50,25 +62,24 @@ pub fn train(data: &Dataset, opts: &TrainOptions) -> Result<SentimentModel, Mode
         optimizer: opts.optimizer,
         fit,
     };
-    let labels = LABELS.iter().map(|s| (*s).to_owned()).collect();
-    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Ok(SentimentModel::new(labels, vectorizer, weights, training, metrics, created_at))
+    Ok(Fitted { vectorizer, weights, training, test_idx })
 }
 
-fn evaluate_on(
-    v: &Vectorizer,
-    w: &LogisticModel,
-    tokens: &[Vec<String>],
-    labels: &[usize],
-    idx: &[usize],
-) -> Evaluation {
-    let y_true: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-    let y_pred: Vec<usize> = idx
-        .iter()
-        .map(|&i| {
-            let p = w.predict_proba(&v.transform(&tokens[i]));
-            (0..p.len()).fold(0, |b, k| if p[k] > p[b] { k } else { b })
-        })
-        .collect();
-    evaluate(&y_true, &y_pred, &LABELS)
+/// Trains a model and evaluates it on the held-out split. Deterministic: the same data and
+/// options give the same weights and `model_version`; only `created_at` differs.
+pub fn train(data: &Dataset, opts: &TrainOptions) -> Result<SentimentModel, ModelError> {
+    let fitted = fit(data, opts)?;
+    build(data, &fitted)
+}
+
+/// Stores fitted weights as a model and evaluates it, as it will be served (its stored
+/// weights, not the optimiser's), on the held-out split.
+pub fn build(data: &Dataset, f: &Fitted) -> Result<SentimentModel, ModelError> {
+    let labels = LABELS.iter().map(|s| (*s).to_owned()).collect();
+    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let unevaluated = evaluate(&[], &[], &LABELS);
+    let model = SentimentModel::new(labels, &f.vectorizer, &f.weights, f.training.clone(), unevaluated, created_at)?;
+    let y_true: Vec<usize> = f.test_idx.iter().map(|&i| data.labels[i]).collect();
+    let y_pred: Vec<usize> = f.test_idx.iter().map(|&i| model.predict(&data.texts[i]).class).collect();
+    model.with_metrics(evaluate(&y_true, &y_pred, &LABELS))
 }

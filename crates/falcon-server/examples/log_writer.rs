@@ -61,7 +61,13 @@ async fn main() {
             batch_window: Duration::from_millis(20),
             op_timeout: Duration::from_secs(30),
         };
-        let (log, writer) = request_log::start(sink.clone(), Arc::clone(&breaker), config, None);
+        let (log, writer, _probe) = request_log::start(
+            sink.clone(),
+            Arc::clone(&breaker),
+            config,
+            None,
+            falcon_server::tasks::Stopping::never(),
+        );
         let records: Vec<LogRecord> = (0..rows).map(record).collect();
         let started = Instant::now();
         for r in records {

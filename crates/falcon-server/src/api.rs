@@ -2,11 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use falcon_model::Prediction;
+use falcon_backend::Prediction;
 use serde::{Deserialize, Serialize};
-
-/// Longest accepted text, in characters (not bytes).
-pub const MAX_TEXT_CHARS: usize = 10_000;
 
 /// POST /infer body. Unknown fields are ignored.
 #[derive(Debug, Deserialize)]
@@ -44,18 +41,6 @@ impl InferResponse {
     }
 }
 
-/// Checks a text against the API's rules; the error says what is wrong.
-pub fn validate_text(text: &str) -> Result<(), String> {
-    if text.trim().is_empty() {
-        return Err("text must not be empty or only whitespace".into());
-    }
-    let chars = text.chars().count();
-    if chars > MAX_TEXT_CHARS {
-        return Err(format!("text has {chars} characters; the limit is {MAX_TEXT_CHARS}"));
-    }
-    Ok(())
-}
-
 /// A fresh request id (UUID v4).
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -70,15 +55,6 @@ pub fn is_sane_request_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_limits_count_characters_not_bytes() {
-        assert!(validate_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok(), "10000 two-byte characters fit");
-        assert!(validate_text(&"a".repeat(MAX_TEXT_CHARS + 1)).is_err());
-        assert!(validate_text("").is_err());
-        assert!(validate_text(" \n\t ").is_err());
-        assert!(validate_text("x").is_ok());
-    }
 
     #[test]
     fn request_id_sanity() {

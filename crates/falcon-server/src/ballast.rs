@@ -6,10 +6,8 @@
 
 use std::sync::Mutex;
 
+use crate::telemetry::metrics::{MEMORY_GROWTH_BYTES, MEMORY_GROWTH_ENABLED};
 use metrics::gauge;
-
-pub const ENABLED_GAUGE: &str = "debug_memory_growth_enabled";
-pub const BYTES_GAUGE: &str = "debug_memory_growth_bytes";
 
 const MIB: usize = 1024 * 1024;
 
@@ -28,7 +26,7 @@ impl MemoryBallast {
             "DEBUG_MEMORY_GROWTH is on: every /infer request keeps {mb_per_request} MiB until the worker exits. \
              This is the memory-leak drill of runbook incident #6; never run it in production"
         );
-        gauge!(ENABLED_GAUGE).set(1.0);
+        gauge!(MEMORY_GROWTH_ENABLED).set(1.0);
         Self { bytes_per_request: mb_per_request as usize * MIB, held: Mutex::default() }
     }
 
@@ -41,7 +39,7 @@ impl MemoryBallast {
         let chunk = vec![0xA5u8; self.bytes_per_request].into_boxed_slice();
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         held.push(chunk);
-        gauge!(BYTES_GAUGE).set((held.len() * self.bytes_per_request) as f64);
+        gauge!(MEMORY_GROWTH_BYTES).set((held.len() * self.bytes_per_request) as f64);
     }
 
     pub fn held_bytes(&self) -> usize {

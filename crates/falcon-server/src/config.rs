@@ -77,9 +77,12 @@ pub struct ServerConfig {
     /// TRACE, DEBUG, INFO, WARN or ERROR.
     #[arg(long, env = "LOG_LEVEL", default_value = "INFO", value_parser = log_level)]
     pub log_level: String,
-    /// Model file to serve.
-    #[arg(long, env = "MODEL_PATH", default_value = "models/classifier.json")]
-    pub model_path: PathBuf,
+    /// Which model implementation serves (`tfidf`).
+    #[arg(long, env = "MODEL_BACKEND", default_value = "tfidf")]
+    pub model_backend: String,
+    /// Model file to serve [default: the model built into the binary].
+    #[arg(long, env = "MODEL_PATH")]
+    pub model_path: Option<PathBuf>,
     /// Whole-request deadline; past it the client gets 504 `request_timeout`.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub request_timeout_seconds: f64,

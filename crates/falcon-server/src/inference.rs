@@ -1,10 +1,10 @@
 //! Model inference off the async reactor: a bounded queue drained by dedicated threads.
 //!
 //! Each thread takes one job, then whatever else is already waiting (up to `max_batch`),
-//! and answers them all before it sleeps again. Under load one wake-up serves many
-//! requests; with `spawn_blocking` every request paid a thread hand-off, which cost more
-//! CPU than the model itself (see docs/benchmarks.md). A full queue is refused at once
-//! (503 `overloaded`), never buffered without bound.
+//! and runs them through the backend as one `predict_batch` call before it sleeps again.
+//! Under load one wake-up serves many requests; with `spawn_blocking` every request paid a
+//! thread hand-off, which cost more CPU than the model itself (see docs/benchmarks.md). A
+//! full queue is refused at once, never buffered without bound.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -12,19 +12,34 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use falcon_model::Prediction;
+use falcon_backend::{Backend, BackendError, Prediction};
 use tokio::sync::oneshot;
 
-use crate::classifier::Classifier;
-use crate::http::error::ApiError;
 use crate::telemetry::metrics;
+
+/// Why the queue gave no prediction.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueueError {
+    #[error("inference queue is full")]
+    Full,
+    #[error("inference threads stopped")]
+    Stopped,
+    #[error("inference did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("model panicked on this input")]
+    Panicked,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+type Reply = oneshot::Sender<Result<Prediction, BackendError>>;
 
 struct Job {
     text: String,
-    reply: oneshot::Sender<Prediction>,
+    reply: Reply,
 }
 
-/// Handle to the inference threads. Dropping the last handle stops and joins them.
+/// Handle to the inference threads. Dropping it stops and joins them.
 pub struct InferenceQueue {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
@@ -33,7 +48,7 @@ pub struct InferenceQueue {
 impl InferenceQueue {
     /// Starts `threads` inference threads sharing a queue of `capacity` jobs.
     pub fn start(
-        classifier: Arc<dyn Classifier>,
+        backend: Arc<dyn Backend>,
         threads: usize,
         capacity: usize,
         max_batch: usize,
@@ -43,29 +58,29 @@ impl InferenceQueue {
         let threads = (0..threads.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
-                let classifier = Arc::clone(&classifier);
+                let backend = Arc::clone(&backend);
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || run_thread(&rx, classifier.as_ref(), max_batch.max(1)))
+                    .spawn(move || run_thread(&rx, backend.as_ref(), max_batch.max(1)))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self { tx: Some(tx), threads })
     }
 
     /// Classifies `text`, waiting at most `timeout` for the answer.
-    pub async fn predict(&self, text: String, timeout: Duration) -> Result<Prediction, ApiError> {
+    pub async fn predict(&self, text: String, timeout: Duration) -> Result<Prediction, QueueError> {
         let (reply, answer) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(ApiError::NotReady("inference threads stopped"))?;
+        let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
         match tx.try_send(Job { text, reply }) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ApiError::Overloaded("inference queue is full")),
-            Err(TrySendError::Disconnected(_)) => return Err(ApiError::NotReady("inference threads stopped")),
+            Err(TrySendError::Full(_)) => return Err(QueueError::Full),
+            Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
         }
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(answer)) => Ok(answer?),
             // The thread dropped the reply: the model panicked on this input.
-            Ok(Err(_)) => Err(ApiError::Internal("inference failed (model panicked)".into())),
-            Err(_) => Err(ApiError::InferenceTimeout(timeout.as_secs_f64())),
+            Ok(Err(_)) => Err(QueueError::Panicked),
+            Err(_) => Err(QueueError::Timeout(timeout)),
         }
     }
 }
@@ -97,7 +112,7 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-fn run_thread(rx: &Mutex<Receiver<Job>>, classifier: &dyn Classifier, max_batch: usize) {
+fn run_thread(rx: &Mutex<Receiver<Job>>, backend: &dyn Backend, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -116,15 +131,41 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, classifier: &dyn Classifier, max_batch:
             }
         }
         metrics::record_batch(batch.len());
-        for job in batch.drain(..) {
-            if job.reply.is_closed() {
-                continue; // The request already timed out or went away.
+        // Requests that already timed out or went away are not computed.
+        batch.retain(|job| !job.reply.is_closed());
+        run_batch(backend, &mut batch);
+    }
+}
+
+/// One `predict_batch` call for the batch. If it fails as a whole (or panics), each job
+/// is run alone, so one bad input fails only its own request.
+fn run_batch(backend: &dyn Backend, batch: &mut Vec<Job>) {
+    if batch.is_empty() {
+        return;
+    }
+    let texts: Vec<&str> = batch.iter().map(|j| j.text.as_str()).collect();
+    let answers = std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&texts)));
+    drop(texts);
+    match answers {
+        Ok(Ok(predictions)) if predictions.len() == batch.len() => {
+            for (job, p) in batch.drain(..).zip(predictions) {
+                let _ = job.reply.send(Ok(p));
             }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| classifier.predict(&job.text))) {
-                Ok(p) => {
-                    let _ = job.reply.send(p);
-                }
-                Err(_) => tracing::error!(text_chars = job.text.chars().count(), "Model panicked during inference"),
+        }
+        _ if batch.len() > 1 => {
+            for job in batch.drain(..) {
+                run_batch(backend, &mut vec![job]);
+            }
+        }
+        Ok(Ok(predictions)) => {
+            let wrong = BackendError::Failed(format!("{} predictions for 1 text", predictions.len()));
+            batch.drain(..).for_each(|job| drop(job.reply.send(Err(wrong.clone()))));
+        }
+        Ok(Err(error)) => batch.drain(..).for_each(|job| drop(job.reply.send(Err(error.clone())))),
+        Err(_) => {
+            // Dropping the reply tells the request the model panicked on its input.
+            for job in batch.drain(..) {
+                tracing::error!(text_chars = job.text.chars().count(), "Model panicked during inference");
             }
         }
     }
@@ -136,19 +177,36 @@ mod tests {
 
     struct Echo(Vec<String>);
 
-    impl Classifier for Echo {
-        fn predict(&self, text: &str) -> Prediction {
-            assert!(text != "boom", "bad input");
-            if text == "slow" {
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Prediction { class: text.len() % 2, confidence: 1.0, probabilities: vec![0.0, 1.0] }
+    impl Backend for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            texts
+                .iter()
+                .map(|text| {
+                    assert!(*text != "boom", "bad input");
+                    if *text == "refused" {
+                        return Err(BackendError::InvalidInput("refused".into()));
+                    }
+                    if *text == "slow" {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Ok(Prediction { class: text.len() % 2, confidence: 1.0, probabilities: vec![0.0, 1.0] })
+                })
+                .collect()
         }
         fn model_version(&self) -> &str {
             "echo"
         }
         fn labels(&self) -> &[String] {
             &self.0
+        }
+        fn normalize(&self, text: &str) -> String {
+            text.to_owned()
+        }
+        fn max_input_chars(&self) -> usize {
+            100
         }
     }
 
@@ -171,19 +229,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_input_fails_alone_and_the_threads_survive() {
-        let q = queue(16);
-        assert!(matches!(q.predict("boom".into(), Duration::from_secs(5)).await, Err(ApiError::Internal(_))));
+    async fn a_panicking_or_refused_input_fails_alone_and_the_threads_survive() {
+        let q = Arc::new(queue(64));
+        let mut tasks = Vec::new();
+        for text in ["boom", "ok", "refused", "fine", "boom", "good"] {
+            let q = Arc::clone(&q);
+            tasks.push(tokio::spawn(async move { q.predict(text.into(), Duration::from_secs(5)).await }));
+        }
+        let results: Vec<_> = futures_join(tasks).await;
+        assert_eq!(results[0], Err(QueueError::Panicked));
+        assert_eq!(results[2], Err(QueueError::Backend(BackendError::InvalidInput("refused".into()))));
+        for i in [1, 3, 5] {
+            assert!(results[i].is_ok(), "{i}: {:?}", results[i]);
+        }
         for _ in 0..4 {
             assert!(q.predict("ok".into(), Duration::from_secs(5)).await.is_ok());
         }
+    }
+
+    async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
     }
 
     #[tokio::test]
     async fn slow_inference_times_out() {
         let q = queue(16);
         let r = q.predict("slow".into(), Duration::from_millis(50)).await;
-        assert!(matches!(r, Err(ApiError::InferenceTimeout(_))));
+        assert!(matches!(r, Err(QueueError::Timeout(_))));
     }
 
     #[tokio::test]
@@ -197,7 +273,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         let r = q.predict("x".into(), Duration::from_secs(5)).await;
-        assert!(matches!(r, Err(ApiError::Overloaded(_))), "{r:?}");
+        assert_eq!(r, Err(QueueError::Full));
         for p in pending {
             assert!(p.await.unwrap().is_ok());
         }

@@ -1,21 +1,22 @@
-//! Falcon's inference worker: configuration, HTTP API, request pipeline, response cache
-//! and telemetry. The `falcon` binary (crate `falcon-cli`) is a thin shell around it.
+//! Falcon's inference worker: configuration, the HTTP API, the application layer that runs
+//! each request (`app`), its adapters (cache, idempotency, request log, resilience) and
+//! telemetry. Models come in through `falcon_backend::Backend`; the `falcon` binary
+//! (crate `falcon-cli`) picks one and is a thin shell around this crate.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod ballast;
 pub mod cache;
-pub mod classifier;
 pub mod config;
 pub mod http;
 pub mod idempotency;
 pub mod inference;
-pub mod pipeline;
 pub mod request_log;
 pub mod resilience;
 pub mod startup;
-pub mod state;
+pub mod tasks;
 pub mod telemetry;
 
 pub use config::Config;
-pub use startup::{Application, shutdown_signal};
+pub use startup::{Application, LoadedBackend, build_state, shutdown_signal};

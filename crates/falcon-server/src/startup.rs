@@ -1,108 +1,66 @@
-//! Building and running a worker: load the model, bind the listener, serve until a
-//! shutdown signal, drain within the grace period.
+//! Building and running a worker: assemble the pipeline from the configuration, bind the
+//! listener, serve until a shutdown signal, drain within the grace period, then stop every
+//! background task in order.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use falcon_model::SentimentModel;
+use falcon_backend::Backend;
 use tokio::net::TcpListener;
 
+use crate::app::{Parts, Pipeline, Readiness};
 use crate::ballast::MemoryBallast;
 use crate::cache::redis::{RedisCache, RedisStore};
 use crate::cache::{MemoryCache, ResponseCache};
-use crate::classifier::Classifier;
 use crate::config::Config;
-use crate::http::router;
+use crate::http::{AppState, router};
 use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
-use crate::pipeline::Pipeline;
-use crate::request_log::{self, RequestLog, Sink, Spool, Writer, WriterConfig};
+use crate::request_log::{self, RequestLog, Sink, Spool, WriterConfig};
+use crate::resilience::retry::RETRY_WARNING_INTERVAL;
 use crate::resilience::{CircuitBreaker, RetryPolicy};
-use crate::state::{AppState, HttpSettings, Readiness};
+use crate::tasks::Background;
 use crate::telemetry::metrics;
+use crate::telemetry::throttle::Throttle;
+
+/// A loaded model, with where it came from and how long it took.
+pub struct LoadedBackend {
+    pub backend: Arc<dyn Backend>,
+    /// `MODEL_PATH`, or `built-in` for the model compiled into the binary.
+    pub source: String,
+    pub load_time: Duration,
+}
 
 /// A worker with its listener bound, ready to run.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
-    writer: Option<Writer>,
-}
-
-/// Loads and validates the model file, timing it.
-pub fn load_model(path: &Path) -> anyhow::Result<(SentimentModel, Duration)> {
-    let started = Instant::now();
-    let model = SentimentModel::load(path)
-        .context("cannot load the model (set MODEL_PATH to a model file made by `falcon train`)")?;
-    Ok((model, started.elapsed()))
+    background: Background,
 }
 
 impl Application {
-    /// Loads the model from `MODEL_PATH` and binds `HOST:PORT`. Fails, with the cause,
-    /// on a missing or broken model or an address in use: there is no fallback model.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        // The recorder first, so the model's load time and version are recorded.
-        metrics::install(&config.worker_id());
-        let path = config.server.model_path.clone();
-        let (model, took) = tokio::task::spawn_blocking(move || load_model(&path)).await??;
+    /// Installs the metrics recorder (once per process), assembles the worker around
+    /// `model` and binds `HOST:PORT`. Fails, with the cause, on bad dependency settings or
+    /// an address in use.
+    pub async fn build(config: &Config, model: LoadedBackend) -> anyhow::Result<Self> {
+        let handle = metrics::install(&config.worker_id());
+        let backend = &model.backend;
         tracing::info!(
-            model_path = %config.server.model_path.display(),
-            model_version = model.model_version(),
-            features = model.n_features(),
-            load_ms = took.as_secs_f64() * 1000.0,
+            model_path = %model.source,
+            backend = backend.name(),
+            model_version = backend.model_version(),
+            load_ms = model.load_time.as_secs_f64() * 1000.0,
             "Model loaded"
         );
-        metrics::record_model_loaded(took, model.model_version());
-        Self::build_with_classifier(config, Arc::new(model)).await
-    }
-
-    /// Like `build`, with a given classifier (tests use slow or failing ones).
-    pub async fn build_with_classifier(config: &Config, classifier: Arc<dyn Classifier>) -> anyhow::Result<Self> {
-        let worker_id = config.worker_id();
-        let handle = metrics::install(&worker_id);
-        for (variable, consequence) in config.planned.inert_requests() {
-            tracing::warn!(variable, "{variable} is set, but {consequence}");
-        }
-        let (redis, cache, idempotency) = build_stores(config)?;
-        let (request_log, writer) = build_request_log(config).await?;
-        let queue = Arc::new(
-            InferenceQueue::start(
-                Arc::clone(&classifier),
-                config.inference_threads(),
-                config.server.inference_queue_capacity as usize,
-                config.server.inference_max_batch as usize,
-            )
-            .context("cannot start the inference threads")?,
-        );
+        metrics::record_model_loaded(model.load_time, backend.model_version());
+        let (state, background) = build_state(config, model.backend, handle).await?;
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
-        let readiness = Arc::new(Readiness::default());
-        readiness.set_model_loaded(true);
-        let state = AppState {
-            settings: Arc::new(HttpSettings {
-                worker_id,
-                max_body_bytes: config.server.max_request_body_bytes as usize,
-                request_timeout: config.request_timeout(),
-                idempotency_wait: config.inference_timeout() + 2 * config.redis_operation_timeout(),
-            }),
-            pipeline: Pipeline::new(classifier, queue, cache, config.inference_timeout()),
-            idempotency,
-            redis,
-            request_log,
-            database_available: writer.as_ref().map(Writer::availability),
-            readiness,
-            started: Instant::now(),
-            ballast: config
-                .debug
-                .debug_memory_growth
-                .then(|| Arc::new(MemoryBallast::start(config.debug.debug_memory_growth_mb_per_request))),
-            metrics: Some(handle),
-        };
-        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), writer })
+        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), background })
     }
 
     /// The bound address (tests bind port 0 and read the real port here).
@@ -115,16 +73,13 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains: `/readyz` turns 503, the listener
-    /// closes, in-flight requests finish. Waits at most the grace period for them.
-    pub async fn run_until_stopped(
-        mut self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    /// closes, in-flight requests finish. Waits at most the grace period for them, then
+    /// stops the background tasks (the request log flushes last).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let writer = self.writer.take();
-        let readiness = Arc::clone(&self.state.readiness);
+        let Self { listener, state, shutdown_timeout: grace, background } = self;
+        let readiness = Arc::clone(state.pipeline.readiness());
         let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
-        let grace = self.shutdown_timeout;
         let signal = async move {
             shutdown.await;
             readiness.start_draining();
@@ -134,16 +89,14 @@ impl Application {
             );
             let _ = drain_tx.send(true);
         };
-        let upkeep = self.state.metrics.clone().map(|h| tokio::spawn(metrics::run_upkeep(h, Duration::from_secs(5))));
-        let probe = self.state.redis.clone().map(|r| tokio::spawn(r.run_health_probe(Duration::from_secs(1))));
         tracing::info!(
             address = %addr,
-            cache = self.state.pipeline.cache_backend(),
-            model_version = self.state.pipeline.classifier().model_version(),
+            cache = state.pipeline.cache_backend(),
+            model_version = state.pipeline.backend().model_version(),
             "Worker listening"
         );
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(signal).into_future();
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(signal).into_future();
         let grace_expired = async move {
             let _ = drain_rx.wait_for(|draining| *draining).await;
             tokio::time::sleep(grace).await;
@@ -155,20 +108,74 @@ impl Application {
                 Ok(())
             }
         };
-        for task in [upkeep, probe].into_iter().flatten() {
-            task.abort();
-        }
-        // The server and every request-log handle are gone: let the writer flush.
-        if let Some(writer) = writer {
-            writer.finish(grace).await;
-        }
+        // The server and its handles on the pipeline are gone: the cache writer sees its
+        // queue close, the probes see the stop signal, the request log flushes.
+        background.shutdown(grace).await;
         tracing::info!("Worker stopped");
         result
     }
 }
 
+/// Assembles the pipeline and its background tasks from the configuration: the one
+/// builder for the binary and for tests (which pass their own backend and no metrics).
+pub async fn build_state(
+    config: &Config,
+    backend: Arc<dyn Backend>,
+    metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<(AppState, Background)> {
+    let worker_id = config.worker_id();
+    for (variable, consequence) in config.planned.inert_requests() {
+        tracing::warn!(variable, "{variable} is set, but {consequence}");
+    }
+    let mut background = Background::new();
+    let metrics_handle = metrics_handle.map(Arc::new);
+    if let Some(h) = &metrics_handle {
+        background
+            .spawn("metrics_upkeep", metrics::run_upkeep(Arc::clone(h), Duration::from_secs(5), background.stopping()));
+    }
+    let (redis, cache, idempotency) = build_stores(config, &mut background)?;
+    let (request_log, database_available) = build_request_log(config, &mut background).await?;
+    let queue = InferenceQueue::start(
+        Arc::clone(&backend),
+        config.inference_threads(),
+        config.server.inference_queue_capacity as usize,
+        config.server.inference_max_batch as usize,
+    )
+    .context("cannot start the inference threads")?;
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_model_loaded(true);
+    let pipeline = Pipeline::new(Parts {
+        worker_id,
+        backend,
+        queue,
+        cache,
+        idempotency,
+        request_log,
+        database_available,
+        redis,
+        ballast: config
+            .debug
+            .debug_memory_growth
+            .then(|| MemoryBallast::start(config.debug.debug_memory_growth_mb_per_request)),
+        readiness,
+        inference_timeout: config.inference_timeout(),
+        request_timeout: config.request_timeout(),
+        idempotency_wait: config.inference_timeout() + 2 * config.redis_operation_timeout(),
+    });
+    let state = AppState {
+        pipeline,
+        max_body_bytes: config.server.max_request_body_bytes as usize,
+        started: Instant::now(),
+        metrics: metrics_handle,
+    };
+    Ok((state, background))
+}
+
 /// The request-log writer: Postgres when configured, else the embedded SQLite file.
-async fn build_request_log(config: &Config) -> anyhow::Result<(Option<RequestLog>, Option<Writer>)> {
+async fn build_request_log(
+    config: &Config,
+    background: &mut Background,
+) -> anyhow::Result<(Option<RequestLog>, Option<Arc<std::sync::atomic::AtomicBool>>)> {
     let d = &config.database;
     if !d.request_log_enabled {
         return Ok((None, None));
@@ -199,16 +206,19 @@ async fn build_request_log(config: &Config) -> anyhow::Result<(Option<RequestLog
     if let Some(s) = spool.as_ref().filter(|s| !s.is_empty()) {
         tracing::info!(path = %s.path().display(), bytes = s.bytes(), "Log spool from an earlier run will be replayed");
     }
-    let (log, writer) = request_log::start(sink, breaker, writer_config, spool);
+    let (log, writer, probe) = request_log::start(sink, breaker, writer_config, spool, background.stopping());
+    let available = writer.availability();
+    background.spawn("database_probe", probe);
+    background.set_writer(writer);
     tracing::info!(backend, buffer_size = d.log_buffer_size, "Request log enabled");
-    Ok((Some(log), Some(writer)))
+    Ok((Some(log), Some(available)))
 }
 
 type Stores = (Option<Arc<RedisStore>>, Option<Arc<dyn ResponseCache>>, Option<Arc<IdempotencyStore>>);
 
 /// Redis when configured (shared cache and idempotency, breaker, retries), else the
 /// in-process cache and idempotency store.
-fn build_stores(config: &Config) -> anyhow::Result<Stores> {
+fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<Stores> {
     let ttl = Duration::from_secs(config.cache.cache_ttl_seconds);
     let idem_ttl = Duration::from_secs(config.idempotency.idempotency_ttl_seconds);
     let Some(url) = config.redis_url() else {
@@ -228,15 +238,19 @@ fn build_stores(config: &Config) -> anyhow::Result<Stores> {
         base_delay: Duration::from_millis(r.retry_base_delay_ms),
         max_delay: Duration::from_millis(r.retry_max_delay_ms),
         jitter: true,
+        warnings: Arc::new(Throttle::new(RETRY_WARNING_INTERVAL)),
     };
     let store = Arc::new(
         RedisStore::new(url.expose(), breaker, retry, config.redis_operation_timeout())
             .context("invalid Redis settings (REDIS_URL / REDIS_HOST)")?,
     );
+    background.spawn("redis_probe", Arc::clone(&store).run_health_probe(Duration::from_secs(1), background.stopping()));
     let l1_ttl = Duration::from_secs(config.redis.cache_l1_ttl_seconds.min(config.cache.cache_ttl_seconds));
     let cache = config.cache.cache_enabled.then(|| {
         let l1 = (!l1_ttl.is_zero()).then(|| MemoryCache::new(config.redis.cache_l1_max_entries, l1_ttl));
-        Arc::new(RedisCache::new(Arc::clone(&store), ttl, l1)) as Arc<dyn ResponseCache>
+        let (cache, writer) = RedisCache::new(Arc::clone(&store), ttl, l1);
+        background.spawn("redis_cache_writer", writer);
+        Arc::new(cache) as Arc<dyn ResponseCache>
     });
     let lock_ttl = config.inference_timeout() + Duration::from_secs(5);
     let idem = config

@@ -1,5 +1,6 @@
 pub mod healthcheck;
 pub mod load;
+pub mod model;
 pub mod predict;
 pub mod serve;
 pub mod train;

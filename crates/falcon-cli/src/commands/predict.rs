@@ -3,31 +3,52 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use falcon_server::api::{InferResponse, new_request_id, validate_text};
+use falcon_server::api::{InferResponse, new_request_id};
+use falcon_server::app::validate_text;
+
+use crate::backends;
 
 #[derive(Args)]
 pub struct PredictArgs {
     /// The text to classify.
     text: String,
-    /// Model file to use.
-    #[arg(long, env = "MODEL_PATH", default_value = "models/classifier.json")]
-    model_path: PathBuf,
+    /// Which model implementation to use (`tfidf`).
+    #[arg(long, env = "MODEL_BACKEND", default_value = "tfidf")]
+    model_backend: String,
+    /// Model file to use [default: the model built into the binary].
+    #[arg(long, env = "MODEL_PATH")]
+    model_path: Option<PathBuf>,
 }
 
 pub fn run(args: &PredictArgs) -> ExitCode {
-    if let Err(e) = validate_text(&args.text) {
-        eprintln!("error: {e}");
-        return ExitCode::from(super::EXIT_CONFIG);
-    }
-    let (model, _) = match falcon_server::startup::load_model(&args.model_path) {
+    let loaded = match backends::load(&args.model_backend, args.model_path.as_deref()) {
         Ok(m) => m,
+        Err(e @ backends::LoadError::UnknownBackend(_)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
+    let model = loaded.backend;
+    if let Err(e) = validate_text(&args.text, model.max_input_chars()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
     let started = Instant::now();
-    let p = model.predict(&args.text);
+    let p = match model.predict_batch(&[args.text.as_str()]).map(|mut v| v.pop()) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            eprintln!("error: the model gave no prediction");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let worker_id = std::env::var("WORKER_ID").unwrap_or_else(|_| "cli".into());
     let mut resp = InferResponse::new(&p, model.labels(), model.model_version(), &worker_id, &new_request_id());
     resp.processing_time_ms = started.elapsed().as_secs_f64() * 1000.0;

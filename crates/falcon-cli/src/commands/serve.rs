@@ -2,7 +2,10 @@ use std::process::ExitCode;
 
 use falcon_server::{Application, Config, shutdown_signal};
 
-/// Runs a worker until SIGTERM/SIGINT. Exit 0 after a clean drain, 1 when start-up fails.
+use crate::backends::{self, LoadError};
+
+/// Runs a worker until SIGTERM/SIGINT. Exit 0 after a clean drain, 1 when start-up fails,
+/// 2 for an unknown `MODEL_BACKEND`.
 pub fn run(config: Config) -> ExitCode {
     let worker_id = config.worker_id();
     falcon_server::telemetry::logging::init(&worker_id, &config.server.log_level);
@@ -14,7 +17,23 @@ pub fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let app = match Application::build(&config).await {
+        let (name, path) = (config.server.model_backend.clone(), config.server.model_path.clone());
+        let model = match tokio::task::spawn_blocking(move || backends::load(&name, path.as_deref())).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e @ LoadError::UnknownBackend(_))) => {
+                tracing::error!(error = %e, variable = "MODEL_BACKEND", "Invalid configuration");
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = format!("{e:#}"), "Startup failed");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Startup failed");
+                return ExitCode::FAILURE;
+            }
+        };
+        let app = match Application::build(&config, model).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "Startup failed");

@@ -20,7 +20,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "data/vader")]
     data: PathBuf,
     /// Where to write the model file.
-    #[arg(long, default_value = "models/classifier.json")]
+    #[arg(long, default_value = "models/classifier.bin")]
     out: PathBuf,
     /// Seed of the stratified 80/20 split.
     #[arg(long, default_value_t = 42)]

@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use falcon_model::Prediction;
+use falcon_backend::Prediction;
 
 use super::{BoxFuture, ResponseCache};
 

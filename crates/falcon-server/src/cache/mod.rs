@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use falcon_model::Prediction;
+use falcon_backend::Prediction;
 use sha2::{Digest, Sha256};
 
 pub use memory::MemoryCache;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use falcon_model::Prediction;
+use falcon_backend::Prediction;
 use metrics::counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue};
@@ -13,6 +13,7 @@ use redis::{Cmd, FromRedisValue};
 use super::memory::MemoryCache;
 use super::{BoxFuture, ResponseCache};
 use crate::resilience::{CircuitBreaker, RetryPolicy};
+use crate::telemetry::metrics::{CACHE_ERRORS, FALLBACK_TRIGGERED};
 use crate::telemetry::throttle::Throttle;
 
 /// Why a Redis operation did not happen.
@@ -30,7 +31,7 @@ pub enum StoreError {
 
 /// Counts a degradation: the request goes on without Redis.
 pub fn record_fallback(fallback_type: &'static str) {
-    counter!("fallback_triggered_total", "dependency" => "redis", "fallback_type" => fallback_type).increment(1);
+    counter!(FALLBACK_TRIGGERED, "dependency" => "redis", "fallback_type" => fallback_type).increment(1);
 }
 
 /// A shared Redis connection with resilience around every call.
@@ -129,7 +130,7 @@ impl RedisStore {
     }
 
     fn failed(&self, operation: &'static str, error: &dyn std::error::Error) {
-        counter!("cache_errors_total", "operation" => operation).increment(1);
+        counter!(CACHE_ERRORS, "operation" => operation).increment(1);
         if self.warnings.ready() {
             tracing::warn!(operation, error = %error, "Redis unavailable; serving without cache and idempotency");
         }
@@ -137,11 +138,14 @@ impl RedisStore {
 
     /// PINGs Redis every `every`; a success closes the breaker at once, so the cache is
     /// back as soon as Redis is, not after the breaker's open period.
-    pub async fn run_health_probe(self: Arc<Self>, every: Duration) {
+    pub async fn run_health_probe(self: Arc<Self>, every: Duration, mut stopping: crate::tasks::Stopping) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stopping.wait() => return,
+            }
             let mut conn = self.conn.clone();
             let ping = tokio::time::timeout(self.op_timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
             let ok = matches!(ping, Ok(Ok(_)));
@@ -158,7 +162,7 @@ impl RedisStore {
     }
 }
 
-/// Drains the write queue in batches until every sender is gone.
+/// Drains the write queue in batches until every sender is gone (the cache is dropped).
 async fn write_behind(store: Arc<RedisStore>, ttl: Duration, mut queue: tokio::sync::mpsc::Receiver<(String, String)>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
@@ -190,15 +194,20 @@ pub struct RedisCache {
     store: Arc<RedisStore>,
     l1: Option<MemoryCache>,
     writes: tokio::sync::mpsc::Sender<(String, String)>,
-    _writer: tokio::task::JoinHandle<()>,
 }
 
 impl RedisCache {
-    /// `l1`: `None` disables the in-process layer. Must be called inside the runtime.
-    pub fn new(store: Arc<RedisStore>, ttl: Duration, l1: Option<MemoryCache>) -> Self {
+    /// `l1`: `None` disables the in-process layer. Returns the cache and its writer task,
+    /// for the caller to run; the writer ends once the cache is dropped and its queue is
+    /// written.
+    pub fn new(
+        store: Arc<RedisStore>,
+        ttl: Duration,
+        l1: Option<MemoryCache>,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(write_behind(Arc::clone(&store), ttl, queue));
-        Self { store, l1, writes, _writer: writer }
+        let writer = write_behind(Arc::clone(&store), ttl, queue);
+        (Self { store, l1, writes }, writer)
     }
 
     async fn get_remote(&self, key: &str) -> Option<Arc<Prediction>> {
@@ -206,7 +215,7 @@ impl RedisCache {
             Ok(Some(json)) => match serde_json::from_str::<Prediction>(&json) {
                 Ok(p) => Some(Arc::new(p)),
                 Err(e) => {
-                    counter!("cache_errors_total", "operation" => "decode").increment(1);
+                    counter!(CACHE_ERRORS, "operation" => "decode").increment(1);
                     tracing::warn!(key, error = %e, "Unreadable cache entry ignored");
                     None
                 }

@@ -6,67 +6,45 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// Every way a request can fail. `error_type` strings are a contract: clients, metrics
-/// (`inference_errors_total{error_type}`) and alerts key on them.
+use crate::app::InferError;
+
+/// Every way an HTTP request can fail: the application's errors, and the two that only
+/// exist at the HTTP layer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
-    #[error("request body is not valid JSON: {0}")]
-    InvalidJson(String),
-    #[error("request body exceeds the limit of {limit} bytes")]
-    PayloadTooLarge { limit: usize },
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
-    #[error("{0}")]
-    Validation(String),
+    #[error(transparent)]
+    Infer(#[from] InferError),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("worker is not ready: {0}")]
-    NotReady(&'static str),
-    #[error("X-Idempotency-Key was already used with a different request body")]
-    IdempotencyConflict,
-    #[error("worker is overloaded: {0}")]
-    Overloaded(&'static str),
-    #[error("inference did not finish within {0:.3} s")]
-    InferenceTimeout(f64),
-    #[error("request did not finish within {0:.3} s")]
-    RequestTimeout(f64),
-    /// The cause goes to the log; the client sees only a generic message.
-    #[error("internal error")]
-    Internal(String),
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Infer(e) => match e {
+                InferError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+                InferError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                InferError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                InferError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                InferError::IdempotencyConflict => StatusCode::CONFLICT,
+                InferError::NotReady(_) | InferError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+                InferError::InferenceTimeout(_) | InferError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::IdempotencyConflict => StatusCode::CONFLICT,
-            Self::NotReady(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::InferenceTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
+    /// The stable name clients, metrics (`inference_errors_total{error_type}`) and alerts
+    /// key on.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Self::InvalidJson(_) => "invalid_json",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::Validation(_) => "validation_error",
+            Self::Infer(e) => e.error_type(),
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::IdempotencyConflict => "idempotency_conflict",
-            Self::NotReady(_) => "not_ready",
-            Self::Overloaded(_) => "overloaded",
-            Self::InferenceTimeout(_) => "inference_timeout",
-            Self::RequestTimeout(_) => "request_timeout",
-            Self::Internal(_) => "internal_error",
         }
     }
 }
@@ -93,7 +71,7 @@ impl IntoResponse for ErrorResponse<'_> {
         let error_type = self.error.error_type();
         crate::telemetry::metrics::record_error(error_type);
         let message = self.error.to_string();
-        if let ApiError::Internal(cause) = &self.error {
+        if let ApiError::Infer(InferError::Internal(cause)) = &self.error {
             tracing::error!(request_id = self.request_id, error_type, status = status.as_u16(), cause = %cause, "Internal error");
         } else if status.is_server_error() {
             tracing::error!(request_id = self.request_id, error_type, status = status.as_u16(), "{message}");
@@ -107,30 +85,32 @@ impl IntoResponse for ErrorResponse<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {
-        let e = ApiError::Internal("connection string postgres://secret".into());
+        let e = ApiError::from(InferError::Internal("connection string postgres://secret".into()));
         assert_eq!(e.to_string(), "internal error");
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
     fn every_error_type_is_registered_as_a_metric_series() {
-        let all = [
-            ApiError::InvalidJson(String::new()),
-            ApiError::PayloadTooLarge { limit: 1 },
-            ApiError::UnsupportedMediaType,
-            ApiError::Validation(String::new()),
+        let all: Vec<ApiError> = vec![
+            InferError::InvalidJson(String::new()).into(),
+            InferError::PayloadTooLarge { limit: 1 }.into(),
+            InferError::UnsupportedMediaType.into(),
+            InferError::Validation(String::new()).into(),
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed,
-            ApiError::IdempotencyConflict,
-            ApiError::NotReady(""),
-            ApiError::Overloaded(""),
-            ApiError::InferenceTimeout(1.0),
-            ApiError::RequestTimeout(1.0),
-            ApiError::Internal(String::new()),
+            InferError::IdempotencyConflict.into(),
+            InferError::NotReady("").into(),
+            InferError::Overloaded("").into(),
+            InferError::InferenceTimeout(Duration::from_secs(1)).into(),
+            InferError::RequestTimeout(Duration::from_secs(1)).into(),
+            InferError::Internal(String::new()).into(),
         ];
         for e in &all {
             assert!(crate::telemetry::metrics::ERROR_TYPES.contains(&e.error_type()), "{}", e.error_type());

@@ -1,22 +1,17 @@
-//! Handlers.
-
-use std::time::Instant;
+//! Handlers: extract, validate the wire format, call the pipeline, answer.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
+use super::AppState;
 use super::error::{ApiError, ErrorResponse};
-use super::{ClientIp, RequestId};
-use crate::api::{InferRequest, InferResponse, validate_text};
-use crate::idempotency::{Claim, Record, fingerprint, validate_key};
-use crate::pipeline::Outcome;
-use crate::request_log::LogRecord;
-use crate::state::AppState;
+use crate::api::InferRequest;
+use crate::app::{InferCommand, InferError, RequestMeta, within_deadline};
 use crate::telemetry::metrics;
 
 fn now() -> String {
@@ -24,9 +19,10 @@ fn now() -> String {
 }
 
 pub async fn root(State(s): State<AppState>) -> Json<serde_json::Value> {
-    let status = if s.readiness.ready() {
+    let h = s.pipeline.health();
+    let status = if h.ready {
         "ready"
-    } else if s.readiness.draining() {
+    } else if h.draining {
         "draining"
     } else {
         "starting"
@@ -36,7 +32,7 @@ pub async fn root(State(s): State<AppState>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "worker_id": s.worker_id(),
         "status": status,
-        "model_version": s.pipeline.classifier().model_version(),
+        "model_version": h.model_version,
     }))
 }
 
@@ -52,28 +48,28 @@ pub async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
 
 /// Readiness: 200 only while the model is loaded and the worker is not draining.
 pub async fn readyz(State(s): State<AppState>) -> Response {
-    let ready = s.readiness.ready();
+    let h = s.pipeline.health();
     let body = json!({
-        "ready": ready,
+        "ready": h.ready,
         "worker_id": s.worker_id(),
-        "draining": s.readiness.draining(),
+        "draining": h.draining,
         "checks": {
-            "model_loaded": s.readiness.model_loaded(),
+            "model_loaded": h.model_loaded,
             // Redis down degrades (no shared cache) but never makes the worker unready.
             // Without Redis configured this is false and `backends` says what serves instead.
-            "redis_available": s.redis.as_ref().is_some_and(|r| r.reachable()),
+            "redis_available": h.redis_available,
             // The request-log database (Postgres, or the embedded SQLite file).
-            "database_available": s.database_available.as_ref().is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)),
+            "database_available": h.database_available,
         },
         "backends": {
-            "cache": s.pipeline.cache_backend(),
-            "idempotency": s.idempotency.as_ref().map_or("disabled", |i| i.backend()),
-            "request_log": if s.request_log.is_some() { "enabled" } else { "disabled" },
+            "cache": h.cache_backend,
+            "idempotency": h.idempotency_backend,
+            "request_log": h.request_log,
         },
-        "model_version": s.pipeline.classifier().model_version(),
+        "model_version": h.model_version,
         "timestamp": now(),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if h.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
@@ -83,13 +79,31 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-pub async fn not_found(State(s): State<AppState>, Extension(id): Extension<RequestId>, uri: Uri) -> Response {
-    ErrorResponse { error: ApiError::NotFound(uri.path().to_owned()), request_id: &id.0, worker_id: s.worker_id() }
+pub async fn not_found(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>, uri: Uri) -> Response {
+    let error = ApiError::NotFound(uri.path().to_owned());
+    ErrorResponse { error, request_id: &meta.request_id, worker_id: s.worker_id() }.into_response()
+}
+
+pub async fn method_not_allowed(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>) -> Response {
+    ErrorResponse { error: ApiError::MethodNotAllowed, request_id: &meta.request_id, worker_id: s.worker_id() }
         .into_response()
 }
 
-pub async fn method_not_allowed(State(s): State<AppState>, Extension(id): Extension<RequestId>) -> Response {
-    ErrorResponse { error: ApiError::MethodNotAllowed, request_id: &id.0, worker_id: s.worker_id() }.into_response()
+pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
+
+pub async fn infer(
+    State(s): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let command = read_command(&s, &meta, &headers, body).await;
+    match s.pipeline.infer(&meta, command).await {
+        Ok(response) => Json(response).into_response(),
+        Err(e) => {
+            ErrorResponse { error: e.into(), request_id: &meta.request_id, worker_id: s.worker_id() }.into_response()
+        }
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -100,183 +114,34 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-fn parse(s: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge { limit: s.settings.max_body_bytes }
-        } else {
-            ApiError::InvalidJson(r.body_text())
-        }
-    })?;
+/// The wire format of POST /infer: a JSON body `{"text": …}` of at most
+/// `MAX_REQUEST_BODY_BYTES`, read within the request's deadline, and an optional
+/// `X-Idempotency-Key` header.
+async fn read_command(
+    s: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<InferCommand, InferError> {
+    let limit = s.max_body_bytes;
+    let read = within_deadline(meta, s.pipeline.request_timeout(), Limited::new(body, limit).collect()).await?;
+    let body = read
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                InferError::PayloadTooLarge { limit }
+            } else {
+                InferError::InvalidJson(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
     if !is_json(headers) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(InferError::UnsupportedMediaType);
     }
     let req: InferRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
-        _ => ApiError::InvalidJson(e.to_string()),
+        serde_json::error::Category::Data => InferError::Validation(e.to_string()),
+        _ => InferError::InvalidJson(e.to_string()),
     })?;
-    validate_text(&req.text).map_err(ApiError::Validation)?;
-    Ok(req.text)
-}
-
-pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
-    let key = v.to_str().map_err(|_| ApiError::Validation("X-Idempotency-Key must be visible ASCII".into()))?;
-    validate_key(key).map_err(ApiError::Validation)?;
-    Ok(Some(key.to_owned()))
-}
-
-/// What the request log needs to know about a request besides its answer.
-#[derive(Default)]
-struct Facts {
-    text_hash: Option<String>,
-    text_length: Option<i32>,
-    idempotency_key: Option<String>,
-    inference_ms: Option<f64>,
-}
-
-/// Validates, applies idempotency, runs the pipeline. Returns the response and whether it
-/// was replayed; fills `facts` as it learns them.
-async fn handle(
-    s: &AppState,
-    id: &str,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    facts: &mut Facts,
-) -> Result<(InferResponse, bool), ApiError> {
-    if !s.readiness.model_loaded() {
-        return Err(ApiError::NotReady("model not loaded"));
-    }
-    let text = parse(s, headers, body)?;
-    let fp = fingerprint(&text);
-    facts.text_hash = Some(fp.clone());
-    facts.text_length = Some(i32::try_from(text.chars().count()).unwrap_or(i32::MAX));
-    let key = idempotency_key(headers)?;
-    facts.idempotency_key.clone_from(&key);
-    let (Some(store), Some(key)) = (&s.idempotency, key) else {
-        return Ok((compute(s, id, text, facts).await?, false));
-    };
-    match store.claim(&key, &fp, s.settings.idempotency_wait).await {
-        Claim::Replay(stored) => Ok((stored, true)),
-        Claim::Conflict => Err(ApiError::IdempotencyConflict),
-        Claim::Unavailable => Ok((compute(s, id, text, facts).await?, false)),
-        Claim::Fresh => match compute(s, id, text, facts).await {
-            Ok(resp) => {
-                store.complete(&key, Record { fingerprint: fp, response: resp.clone() }).await;
-                Ok((resp, false))
-            }
-            Err(e) => {
-                store.release(&key).await;
-                Err(e)
-            }
-        },
-    }
-}
-
-/// Runs the pipeline for `text` and builds the answer; notes the model time in `facts`.
-async fn compute(s: &AppState, id: &str, text: String, facts: &mut Facts) -> Result<InferResponse, ApiError> {
-    let outcome = s.pipeline.infer(text).await?;
-    facts.inference_ms = outcome.inference_ms;
-    Ok(respond(s, id, outcome))
-}
-
-fn respond(s: &AppState, id: &str, outcome: Outcome) -> InferResponse {
-    let c = s.pipeline.classifier();
-    let mut resp = InferResponse::new(&outcome.prediction, c.labels(), c.model_version(), s.worker_id(), id);
-    resp.cache_hit = outcome.cache_hit;
-    resp
-}
-
-/// A request-log row with the fields every outcome shares.
-fn base_record(s: &AppState, id: &str, client_ip: Option<String>, elapsed: std::time::Duration) -> LogRecord {
-    LogRecord {
-        request_id: id.to_owned(),
-        worker_id: s.worker_id().to_owned(),
-        text_hash: None,
-        text_length: None,
-        prediction: None,
-        confidence: None,
-        probabilities: None,
-        cache_hit: false,
-        idempotency_hit: false,
-        success: false,
-        processing_time_ms: elapsed.as_secs_f64() * 1000.0,
-        inference_time_ms: None,
-        error_type: None,
-        error_message: None,
-        idempotency_key: None,
-        client_ip,
-        model_version: s.pipeline.classifier().model_version().to_owned(),
-        created_at: chrono::Utc::now(),
-    }
-}
-
-/// The row of a request that failed outside the handler (deadline, panic).
-pub fn log_failure(s: &AppState, id: &str, client_ip: Option<String>, error: &ApiError, elapsed: std::time::Duration) {
-    if let Some(log) = &s.request_log {
-        let mut r = base_record(s, id, client_ip, elapsed);
-        r.error_type = Some(error.error_type().to_owned());
-        r.error_message = Some(error.to_string());
-        log.record(r);
-    }
-}
-
-pub async fn infer(
-    State(s): State<AppState>,
-    Extension(id): Extension<RequestId>,
-    Extension(ip): Extension<ClientIp>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    if let Some(ballast) = &s.ballast {
-        ballast.grow();
-    }
-    let mut facts = Facts::default();
-    let result = handle(&s, &id.0, &headers, body, &mut facts).await;
-    let elapsed = started.elapsed();
-    let mut record = s.request_log.as_ref().map(|_| {
-        let mut r = base_record(&s, &id.0, ip.0, elapsed);
-        r.text_hash = facts.text_hash;
-        r.text_length = facts.text_length;
-        r.idempotency_key = facts.idempotency_key;
-        r.inference_time_ms = facts.inference_ms;
-        r
-    });
-    let response = match result {
-        Ok((mut resp, replayed)) => {
-            if replayed {
-                // The stored answer, marked as a replay, under this request's own id.
-                resp.idempotency_hit = true;
-                resp.request_id.clone_from(&id.0);
-                s.worker_id().clone_into(&mut resp.worker_id);
-            }
-            resp.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
-            metrics::record_request(true, resp.cache_hit, elapsed);
-            tracing::debug!(request_id = %id.0, prediction = %resp.prediction, cache_hit = resp.cache_hit, idempotency_hit = resp.idempotency_hit, "Inference served");
-            if let Some(r) = &mut record {
-                r.success = true;
-                r.prediction = Some(resp.prediction.clone());
-                r.confidence = Some(resp.confidence);
-                r.probabilities = serde_json::to_value(&resp.probabilities).ok();
-                r.cache_hit = resp.cache_hit;
-                r.idempotency_hit = resp.idempotency_hit;
-            }
-            Json(resp).into_response()
-        }
-        Err(error) => {
-            metrics::record_request(false, false, elapsed);
-            if let Some(r) = &mut record {
-                r.error_type = Some(error.error_type().to_owned());
-                r.error_message = Some(error.to_string());
-            }
-            ErrorResponse { error, request_id: &id.0, worker_id: s.worker_id() }.into_response()
-        }
-    };
-    if let (Some(log), Some(r)) = (&s.request_log, record) {
-        log.record(r);
-    }
-    response
+    let idempotency_key =
+        headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    Ok(InferCommand { text: req.text, idempotency_key })
 }

@@ -9,6 +9,7 @@
 //! itself once writes succeed again ("Flushed N logs"); a health probe notices recovery
 //! within a second. On shutdown the writer writes what it holds before the process exits.
 
+mod record;
 pub mod sink;
 pub mod spool;
 
@@ -18,38 +19,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
 
+pub use record::{COLUMNS, LogRecord, Value};
 pub use sink::Sink;
 pub use spool::Spool;
 
 use crate::resilience::CircuitBreaker;
+use crate::telemetry::metrics::{
+    DB_DURATION, DB_OPERATIONS, DB_POOL_AVAILABLE, DB_POOL_SIZE, DROPPED_LOGS, LOG_BUFFER_SIZE, LOG_SPOOL_BYTES,
+};
 use crate::telemetry::throttle::Throttle;
-
-/// One row of `inference_logs`. The raw text is never stored, only its SHA-256 and length.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LogRecord {
-    pub request_id: String,
-    pub worker_id: String,
-    pub text_hash: Option<String>,
-    pub text_length: Option<i32>,
-    pub prediction: Option<String>,
-    pub confidence: Option<f64>,
-    pub probabilities: Option<serde_json::Value>,
-    pub cache_hit: bool,
-    pub idempotency_hit: bool,
-    pub success: bool,
-    pub processing_time_ms: f64,
-    pub inference_time_ms: Option<f64>,
-    pub error_type: Option<String>,
-    pub error_message: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub client_ip: Option<String>,
-    pub model_version: String,
-    pub created_at: DateTime<Utc>,
-}
 
 /// The one bounded queue between requests and the writer. While the database is down it
 /// is the outage buffer: at most `LOG_BUFFER_SIZE` records, oldest dropped (and counted)
@@ -102,7 +83,7 @@ impl Queue {
                 dropped += 1;
             }
         }
-        gauge!("log_buffer_size").set(q.items.len() as f64);
+        gauge!(LOG_BUFFER_SIZE).set(q.items.len() as f64);
         drop(q);
         if !evicted.is_empty() {
             dropped += self.spill(&evicted);
@@ -119,7 +100,7 @@ impl Queue {
         let Ok(mut spool) = spool.lock() else { return records.len() as u64 };
         match spool.append(records, false) {
             Ok(rejected) => {
-                gauge!("log_spool_bytes").set(spool.bytes() as f64);
+                gauge!(LOG_SPOOL_BYTES).set(spool.bytes() as f64);
                 rejected as u64
             }
             Err(error) => {
@@ -130,7 +111,7 @@ impl Queue {
     }
 
     fn count_dropped(&self, n: u64) {
-        counter!("dropped_logs_total").increment(n);
+        counter!(DROPPED_LOGS).increment(n);
         if self.full_warning.ready() {
             tracing::warn!(buffer_size = self.capacity, "Log buffer full, dropping oldest entry");
         }
@@ -154,7 +135,7 @@ impl Queue {
             }
         }
         q.trimmed_in_flight = 0;
-        gauge!("log_buffer_size").set(q.items.len() as f64);
+        gauge!(LOG_BUFFER_SIZE).set(q.items.len() as f64);
     }
 
     /// The batch was not written: it stays queued; records trimmed meanwhile are lost.
@@ -198,13 +179,15 @@ pub struct WriterConfig {
     pub op_timeout: Duration,
 }
 
-/// Starts the writer; returns the request path's handle and the writer.
+/// Starts the writer; returns the request path's handle, the writer, and the database
+/// health probe for the caller to run until `stopping` fires.
 pub fn start(
     sink: Sink,
     breaker: Arc<CircuitBreaker>,
     config: WriterConfig,
     spool: Option<Spool>,
-) -> (RequestLog, Writer) {
+    stopping: crate::tasks::Stopping,
+) -> (RequestLog, Writer, impl std::future::Future<Output = ()> + Send + 'static) {
     let spool = spool.map(|s| Arc::new(Mutex::new(s)));
     let queue = Arc::new(Queue {
         inner: Mutex::new(QueueInner::default()),
@@ -229,14 +212,13 @@ pub fn start(
         spool,
     };
     let task = tokio::spawn(state.run());
-    let probe = tokio::spawn(probe(sink, breaker, Arc::clone(&available), config.op_timeout));
-    (RequestLog { queue: Arc::clone(&queue) }, Writer { task, probe, available, queue })
+    let probe = probe(sink, breaker, Arc::clone(&available), config.op_timeout, stopping);
+    (RequestLog { queue: Arc::clone(&queue) }, Writer { task, available, queue }, probe)
 }
 
 /// The running writer.
 pub struct Writer {
     task: tokio::task::JoinHandle<()>,
-    probe: tokio::task::JoinHandle<()>,
     available: Arc<AtomicBool>,
     queue: Arc<Queue>,
 }
@@ -252,11 +234,16 @@ impl Writer {
     pub async fn finish(self, within: Duration) {
         self.queue.closed.store(true, Ordering::SeqCst);
         self.queue.wake.notify_one();
+        let abort = self.task.abort_handle();
         let finished = tokio::time::timeout(within, self.task).await.is_ok();
-        self.probe.abort();
+        if !finished {
+            abort.abort();
+        }
         let lost = self.queue.len();
+        let outcome = if finished { "finished" } else { "aborted" };
+        tracing::info!(task = "request_log_writer", outcome, unwritten = lost, "Background task stopped");
         if !finished || lost > 0 {
-            counter!("dropped_logs_total").increment(lost as u64);
+            counter!(DROPPED_LOGS).increment(lost as u64);
             tracing::error!(lost, "Database unavailable at shutdown; request-log records not written");
         }
     }
@@ -264,19 +251,28 @@ impl Writer {
 
 /// Checks the database every second; success closes the breaker at once so the buffer
 /// flushes without waiting out the breaker's open period.
-async fn probe(sink: Sink, breaker: Arc<CircuitBreaker>, available: Arc<AtomicBool>, timeout: Duration) {
+async fn probe(
+    sink: Sink,
+    breaker: Arc<CircuitBreaker>,
+    available: Arc<AtomicBool>,
+    timeout: Duration,
+    mut stopping: crate::tasks::Stopping,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopping.wait() => return,
+        }
         let ok = matches!(tokio::time::timeout(timeout, sink.ping()).await, Ok(Ok(())));
         available.store(ok, Ordering::Relaxed);
         if ok {
             breaker.probe_succeeded();
         }
         let (size, idle) = sink.pool_stats();
-        gauge!("db_connection_pool_size").set(f64::from(size));
-        gauge!("db_connection_pool_available").set(idle as f64);
+        gauge!(DB_POOL_SIZE).set(f64::from(size));
+        gauge!(DB_POOL_AVAILABLE).set(idle as f64);
     }
 }
 
@@ -364,9 +360,9 @@ impl WriterState {
         let Ok(mut spool) = spool.lock() else { return false };
         match spool.append(batch, true) {
             Ok(rejected) => {
-                gauge!("log_spool_bytes").set(spool.bytes() as f64);
+                gauge!(LOG_SPOOL_BYTES).set(spool.bytes() as f64);
                 if rejected > 0 {
-                    counter!("dropped_logs_total").increment(rejected as u64);
+                    counter!(DROPPED_LOGS).increment(rejected as u64);
                     if self.spool_full_warning.ready() {
                         tracing::warn!(path = %spool.path().display(), "Log spool full (LOG_SPOOL_MAX_BYTES), dropping entries");
                     }
@@ -414,9 +410,9 @@ impl WriterState {
             return false;
         }
         drop(spool);
-        gauge!("log_spool_bytes").set(0.0);
+        gauge!(LOG_SPOOL_BYTES).set(0.0);
         if corrupt > 0 {
-            counter!("dropped_logs_total").increment(corrupt as u64);
+            counter!(DROPPED_LOGS).increment(corrupt as u64);
             tracing::warn!(corrupt, "Skipped unreadable log spool records (torn or corrupt lines)");
         }
         let flushed = records.len();
@@ -447,16 +443,16 @@ impl WriterState {
         })
         .await
         .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.config.op_timeout)));
-        histogram!("db_operation_duration_seconds", "operation" => "insert").record(started.elapsed().as_secs_f64());
+        histogram!(DB_DURATION, "operation" => "insert").record(started.elapsed().as_secs_f64());
         match result {
             Ok(_) => {
-                counter!("db_operations_total", "operation" => "insert", "status" => "success").increment(1);
+                counter!(DB_OPERATIONS, "operation" => "insert", "status" => "success").increment(1);
                 self.breaker.record_success();
                 self.available.store(true, Ordering::Relaxed);
                 true
             }
             Err(error) => {
-                counter!("db_operations_total", "operation" => "insert", "status" => "error").increment(1);
+                counter!(DB_OPERATIONS, "operation" => "insert", "status" => "error").increment(1);
                 self.breaker.record_failure();
                 self.available.store(false, Ordering::Relaxed);
                 self.outage = true;

@@ -4,9 +4,10 @@
 //! (one text buffer, no per-column arrays) and the server (no executor per row, no
 //! speculative insertion). A batch is atomic, so if one of its request ids is already in
 //! the table (a spool replayed after a crash, a request nginx retried on another worker),
-//! the COPY fails as a whole and the batch goes again as `INSERT … SELECT FROM UNNEST(arrays)
-//! … ON CONFLICT (request_id) DO NOTHING`: a retried row is never duplicated, and never lost.
-//! SQLite: one transaction of prepared single-row inserts, `ON CONFLICT DO NOTHING`.
+//! the COPY fails as a whole and the batch goes again, copied into a scratch table and moved
+//! with `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`: a retried row is never
+//! duplicated, and never lost. SQLite: one transaction of prepared single-row inserts,
+//! `ON CONFLICT DO NOTHING`. Every statement derives its columns from `COLUMNS`.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -14,30 +15,38 @@ use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::types::Json;
 use sqlx::{PgPool, SqlitePool};
 
-use super::LogRecord;
+use super::{COLUMNS, LogRecord, Value};
 
-const SQLITE_INSERT: &str = "INSERT INTO inference_logs (request_id, worker_id, text_hash, text_length, \
-     prediction, confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, \
-     inference_time_ms, error_type, error_message, idempotency_key, client_ip, model_version, created_at) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING";
+/// `COPY inference_logs (…) FROM STDIN` into `table`.
+fn copy_into(table: &str) -> String {
+    format!("COPY {table} ({}) FROM STDIN", COLUMNS.join(", "))
+}
 
-const UNNEST_INSERT: &str = "INSERT INTO inference_logs (request_id, worker_id, text_hash, text_length, \
-     prediction, confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, \
-     inference_time_ms, error_type, error_message, idempotency_key, client_ip, model_version, created_at) \
-     SELECT r, w, th, tl, p, c, pr::jsonb, ch, ih, s, pt, it, et, em, ik, ci, mv, ca FROM UNNEST(\
-     $1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::float8[], $7::text[], $8::bool[], \
-     $9::bool[], $10::bool[], $11::float8[], $12::float8[], $13::text[], $14::text[], $15::text[], \
-     $16::text[], $17::text[], $18::timestamptz[]) \
-     AS t(r, w, th, tl, p, c, pr, ch, ih, s, pt, it, et, em, ik, ci, mv, ca) \
-     ON CONFLICT (request_id) DO NOTHING";
+/// The fallback when a batch holds a request id that is already stored: the batch is
+/// copied into a scratch table, then moved over skipping the ids already there.
+const STAGE: &str = "inference_logs_incoming";
 
-const COPY_IN: &str = "COPY inference_logs (request_id, worker_id, text_hash, text_length, \
-     prediction, confidence, probabilities, cache_hit, idempotency_hit, success, processing_time_ms, \
-     inference_time_ms, error_type, error_message, idempotency_key, client_ip, model_version, created_at) \
-     FROM STDIN";
+fn stage_table() -> String {
+    format!(
+        "CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {} FROM inference_logs WITH NO DATA",
+        COLUMNS.join(", ")
+    )
+}
+
+fn insert_from_stage() -> String {
+    let cols = COLUMNS.join(", ");
+    format!("INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (request_id) DO NOTHING")
+}
+
+fn sqlite_insert() -> String {
+    format!(
+        "INSERT INTO inference_logs ({}) VALUES ({}) ON CONFLICT (request_id) DO NOTHING",
+        COLUMNS.join(", "),
+        ["?"; COLUMNS.len()].join(", ")
+    )
+}
 
 /// A batch in COPY's text format: tab-separated, one row a line, `\N` for NULL.
 fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
@@ -54,10 +63,6 @@ fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
                 c => out.push(c),
             }
         }
-        out.push('\t');
-    }
-    fn int(out: &mut String, v: i32) {
-        let _ = write!(out, "{v}\t");
     }
     fn float(out: &mut String, v: f64) {
         if v.is_nan() {
@@ -67,38 +72,26 @@ fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
         } else {
             let _ = write!(out, "{v}");
         }
-        out.push('\t');
     }
-    /// A nullable column: the value as `field` writes it, or `\N`.
-    fn opt<T>(out: &mut String, v: Option<T>, field: impl FnOnce(&mut String, T)) {
-        match v {
-            Some(v) => field(out, v),
-            None => out.push_str("\\N\t"),
-        }
-    }
-    fn flag(out: &mut String, v: bool) {
-        out.push_str(if v { "t\t" } else { "f\t" });
-    }
+    const NULL: &str = "\\N";
     let mut out = String::with_capacity(batch.len() * 320);
     for r in batch {
-        text(&mut out, &r.request_id);
-        text(&mut out, &r.worker_id);
-        opt(&mut out, r.text_hash.as_deref(), text);
-        opt(&mut out, r.text_length, int);
-        opt(&mut out, r.prediction.as_deref(), text);
-        opt(&mut out, r.confidence, float);
-        opt(&mut out, r.probabilities.as_ref().map(ToString::to_string).as_deref(), text);
-        flag(&mut out, r.cache_hit);
-        flag(&mut out, r.idempotency_hit);
-        flag(&mut out, r.success);
-        float(&mut out, r.processing_time_ms);
-        opt(&mut out, r.inference_time_ms, float);
-        opt(&mut out, r.error_type.as_deref(), text);
-        opt(&mut out, r.error_message.as_deref(), text);
-        opt(&mut out, r.idempotency_key.as_deref(), text);
-        opt(&mut out, r.client_ip.as_deref(), text);
-        text(&mut out, &r.model_version);
-        out.push_str(&r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        for (i, value) in r.values().into_iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            match value {
+                Value::Text(Some(v)) => text(&mut out, v),
+                Value::Int(Some(v)) => {
+                    let _ = write!(out, "{v}");
+                }
+                Value::Float(Some(v)) => float(&mut out, v),
+                Value::Bool(v) => out.push(if v { 't' } else { 'f' }),
+                Value::Json(Some(v)) => text(&mut out, &v.to_string()),
+                Value::Time(v) => out.push_str(&v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                Value::Text(None) | Value::Int(None) | Value::Float(None) | Value::Json(None) => out.push_str(NULL),
+            }
+        }
         out.push('\n');
     }
     out
@@ -170,31 +163,22 @@ impl Sink {
             // cached), stepped per row inside one transaction. Measured faster here than a
             // multi-row VALUES statement, whose parse cost grows with the batch.
             Self::Sqlite(pool) => {
+                let sql = sqlite_insert();
                 let mut tx = pool.begin().await?;
                 let mut inserted = 0;
                 for r in batch {
-                    inserted += sqlx::query(SQLITE_INSERT)
-                        .bind(&r.request_id)
-                        .bind(&r.worker_id)
-                        .bind(&r.text_hash)
-                        .bind(r.text_length)
-                        .bind(&r.prediction)
-                        .bind(r.confidence)
-                        .bind(r.probabilities.as_ref().map(Json))
-                        .bind(r.cache_hit)
-                        .bind(r.idempotency_hit)
-                        .bind(r.success)
-                        .bind(r.processing_time_ms)
-                        .bind(r.inference_time_ms)
-                        .bind(&r.error_type)
-                        .bind(&r.error_message)
-                        .bind(&r.idempotency_key)
-                        .bind(&r.client_ip)
-                        .bind(&r.model_version)
-                        .bind(r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                    for value in r.values() {
+                        q = match value {
+                            Value::Text(v) => q.bind(v),
+                            Value::Int(v) => q.bind(v),
+                            Value::Float(v) => q.bind(v),
+                            Value::Bool(v) => q.bind(v),
+                            Value::Json(v) => q.bind(v.map(ToString::to_string)),
+                            Value::Time(v) => q.bind(v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                        };
+                    }
+                    inserted += q.execute(&mut *tx).await?.rows_affected();
                 }
                 tx.commit().await?;
                 Ok(inserted)
@@ -207,7 +191,7 @@ impl Sink {
         let data = copy_text(batch);
         let mut conn = pool.acquire().await?;
         let copied = async {
-            let mut copy = conn.copy_in_raw(COPY_IN).await?;
+            let mut copy = conn.copy_in_raw(&copy_into("inference_logs")).await?;
             copy.send(data.as_bytes()).await?;
             copy.finish().await
         }
@@ -219,36 +203,20 @@ impl Sink {
         copied
     }
 
-    /// The batch as one prepared statement with 18 array parameters, skipping request ids
-    /// already in the table.
+    /// The batch through a scratch table, skipping request ids already in the table.
     async fn insert_skipping_duplicates(
         pool: &PgPool,
         batch: &[std::sync::Arc<LogRecord>],
     ) -> Result<u64, sqlx::Error> {
-        fn col<'a, T>(batch: &'a [std::sync::Arc<LogRecord>], f: impl Fn(&'a LogRecord) -> T) -> Vec<T> {
-            batch.iter().map(|r| f(r)).collect()
-        }
-        let probabilities = col(batch, |r| r.probabilities.as_ref().map(|p| p.to_string()));
-        let q = sqlx::query(UNNEST_INSERT)
-            .bind(col(batch, |r| r.request_id.as_str()))
-            .bind(col(batch, |r| r.worker_id.as_str()))
-            .bind(col(batch, |r| r.text_hash.as_deref()))
-            .bind(col(batch, |r| r.text_length))
-            .bind(col(batch, |r| r.prediction.as_deref()))
-            .bind(col(batch, |r| r.confidence))
-            .bind(probabilities)
-            .bind(col(batch, |r| r.cache_hit))
-            .bind(col(batch, |r| r.idempotency_hit))
-            .bind(col(batch, |r| r.success))
-            .bind(col(batch, |r| r.processing_time_ms))
-            .bind(col(batch, |r| r.inference_time_ms))
-            .bind(col(batch, |r| r.error_type.as_deref()))
-            .bind(col(batch, |r| r.error_message.as_deref()))
-            .bind(col(batch, |r| r.idempotency_key.as_deref()))
-            .bind(col(batch, |r| r.client_ip.as_deref()))
-            .bind(col(batch, |r| r.model_version.as_str()))
-            .bind(col(batch, |r| r.created_at));
-        Ok(q.execute(pool).await?.rows_affected())
+        let data = copy_text(batch);
+        let mut tx = pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(stage_table())).execute(&mut *tx).await?;
+        let mut copy = (*tx).copy_in_raw(&copy_into(STAGE)).await?;
+        copy.send(data.as_bytes()).await?;
+        copy.finish().await?;
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(insert_from_stage())).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     /// A cheap round trip, for the health probe.

@@ -12,6 +12,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::telemetry::metrics::{BREAKER_FAILURES, BREAKER_STATE, BREAKER_SUCCESSES};
 use metrics::{counter, gauge};
 use tokio::time::Instant;
 
@@ -61,9 +62,9 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(dependency: &'static str, config: BreakerConfig) -> Self {
-        gauge!("circuit_breaker_state", "dependency" => dependency).set(0.0);
-        counter!("circuit_breaker_failures_total", "dependency" => dependency).absolute(0);
-        counter!("circuit_breaker_successes_total", "dependency" => dependency).absolute(0);
+        gauge!(BREAKER_STATE, "dependency" => dependency).set(0.0);
+        counter!(BREAKER_FAILURES, "dependency" => dependency).absolute(0);
+        counter!(BREAKER_SUCCESSES, "dependency" => dependency).absolute(0);
         let inner = Inner {
             state: BreakerState::Closed,
             consecutive_failures: 0,
@@ -112,7 +113,7 @@ impl CircuitBreaker {
     }
 
     pub fn record_success(&self) {
-        counter!("circuit_breaker_successes_total", "dependency" => self.dependency).increment(1);
+        counter!(BREAKER_SUCCESSES, "dependency" => self.dependency).increment(1);
         if !self.config.enabled {
             return;
         }
@@ -132,7 +133,7 @@ impl CircuitBreaker {
     }
 
     pub fn record_failure(&self) {
-        counter!("circuit_breaker_failures_total", "dependency" => self.dependency).increment(1);
+        counter!(BREAKER_FAILURES, "dependency" => self.dependency).increment(1);
         if !self.config.enabled {
             return;
         }
@@ -167,7 +168,7 @@ impl CircuitBreaker {
         if to == BreakerState::Open {
             inner.opened_at = Instant::now();
         }
-        gauge!("circuit_breaker_state", "dependency" => self.dependency).set(to as u8 as f64);
+        gauge!(BREAKER_STATE, "dependency" => self.dependency).set(to as u8 as f64);
         if to == BreakerState::Open {
             tracing::warn!(
                 dependency = self.dependency,

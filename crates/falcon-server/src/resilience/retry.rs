@@ -1,18 +1,19 @@
 //! Retries with exponential backoff and jitter, for transient errors only.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use metrics::counter;
 
+use crate::telemetry::metrics::RETRY_ATTEMPTS;
 use crate::telemetry::throttle::Throttle;
 
-/// Retries are logged at most once every few seconds, however many requests retry.
-static RETRY_WARNINGS: LazyLock<Throttle> = LazyLock::new(|| Throttle::new(Duration::from_secs(5)));
+/// How often a retry may be logged, however many requests retry.
+pub const RETRY_WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// `false`: one attempt (`RETRY_ENABLED=false`).
     pub enabled: bool,
@@ -22,6 +23,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Zero jitter makes delays exact (tests).
     pub jitter: bool,
+    /// Shared by every user of the policy, so retries are logged at most once per interval.
+    pub warnings: Arc<Throttle>,
 }
 
 impl RetryPolicy {
@@ -50,8 +53,8 @@ impl RetryPolicy {
             .sleep(tokio::time::sleep)
             .when(is_transient)
             .notify(|error, delay| {
-                counter!("retry_attempts_total", "operation" => operation).increment(1);
-                if RETRY_WARNINGS.ready() {
+                counter!(RETRY_ATTEMPTS, "operation" => operation).increment(1);
+                if self.warnings.ready() {
                     tracing::warn!(
                         operation,
                         error = %error,
@@ -77,6 +80,7 @@ mod tests {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             jitter: false,
+            warnings: Arc::new(Throttle::new(RETRY_WARNING_INTERVAL)),
         }
     }
 

@@ -1,10 +1,11 @@
 //! The Prometheus metric contract (names and labels are used by the runbook, the alerts
 //! and the dashboard), the recorder, and its upkeep.
 //!
-//! The `metrics` facade has one recorder per process; it is installed once, on the first
-//! `install` call, and every worker in the process shares it.
+//! Every metric name is a constant here, described and registered once by `install`;
+//! the rest of the code records through these constants only. The `metrics` facade has
+//! one recorder per process: `install` sets it, once, at start-up, and the handle that
+//! renders `/metrics` travels in the application state.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -23,6 +24,22 @@ pub const MODEL_INFERENCE_BATCH_SIZE: &str = "model_inference_batch_size";
 pub const MODEL_LOAD_DURATION: &str = "model_load_duration_seconds";
 pub const MEMORY_USAGE: &str = "memory_usage_bytes";
 pub const BUILD_INFO: &str = "falcon_build_info";
+pub const CACHE_ERRORS: &str = "cache_errors_total";
+pub const IDEMPOTENCY_HITS: &str = "idempotency_hits_total";
+pub const IDEMPOTENCY_MISSES: &str = "idempotency_misses_total";
+pub const RETRY_ATTEMPTS: &str = "retry_attempts_total";
+pub const FALLBACK_TRIGGERED: &str = "fallback_triggered_total";
+pub const BREAKER_STATE: &str = "circuit_breaker_state";
+pub const BREAKER_FAILURES: &str = "circuit_breaker_failures_total";
+pub const BREAKER_SUCCESSES: &str = "circuit_breaker_successes_total";
+pub const DB_OPERATIONS: &str = "db_operations_total";
+pub const DB_POOL_SIZE: &str = "db_connection_pool_size";
+pub const DB_POOL_AVAILABLE: &str = "db_connection_pool_available";
+pub const LOG_BUFFER_SIZE: &str = "log_buffer_size";
+pub const LOG_SPOOL_BYTES: &str = "log_spool_bytes";
+pub const DROPPED_LOGS: &str = "dropped_logs_total";
+pub const MEMORY_GROWTH_ENABLED: &str = "debug_memory_growth_enabled";
+pub const MEMORY_GROWTH_BYTES: &str = "debug_memory_growth_bytes";
 
 /// Histogram buckets from 100 µs to 10 s.
 pub const DURATION_BUCKETS: [f64; 16] =
@@ -55,37 +72,31 @@ pub const ERROR_TYPES: [&str; 12] = [
 pub const REDIS_OPERATIONS: [&str; 7] =
     ["get", "set", "decode", "idempotency_get", "idempotency_lock", "idempotency_set", "idempotency_unlock"];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Installs the process's recorder (once), labels every series with `worker_id`, and
-/// registers and describes every metric so each exists at 0 from boot.
-pub fn install(worker_id: &str) -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .add_global_label("worker_id", worker_id)
-                .set_buckets_for_metric(Matcher::Full(INFERENCE_DURATION.into()), &DURATION_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DB_DURATION.into()), &DB_DURATION_BUCKETS))
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(MODEL_INFERENCE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS)
-                })
-                // Histograms without buckets of their own render as summaries: that is
-                // `inference_duration_seconds_summary` alone.
-                .and_then(|b| b.set_quantiles(&[0.5, 0.95, 0.99]));
-            let builder = match builder {
-                Ok(b) => b,
-                // The bucket and quantile lists are constants; this cannot fail.
-                Err(_) => PrometheusBuilder::new(),
-            };
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
-            }
-            register_all();
-            handle
-        })
-        .clone()
+/// Installs the process's recorder, labels every series with `worker_id`, and registers
+/// and describes every metric so each exists at 0 from boot. `None` if a recorder was
+/// already installed in this process (then `/metrics` of this worker stays empty).
+pub fn install(worker_id: &str) -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .add_global_label("worker_id", worker_id)
+        .set_buckets_for_metric(Matcher::Full(INFERENCE_DURATION.into()), &DURATION_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DB_DURATION.into()), &DB_DURATION_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_INFERENCE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS))
+        // Histograms without buckets of their own render as summaries: that is
+        // `inference_duration_seconds_summary` alone.
+        .and_then(|b| b.set_quantiles(&[0.5, 0.95, 0.99]));
+    let builder = match builder {
+        Ok(b) => b,
+        // The bucket and quantile lists are constants; this cannot fail.
+        Err(_) => PrometheusBuilder::new(),
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        return None;
+    }
+    register_all();
+    Some(handle)
 }
 
 fn register_all() {
@@ -113,63 +124,60 @@ fn register_all() {
     }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
-    describe_counter!("cache_errors_total", "Failed cache/idempotency operations against Redis, by operation.");
-    describe_counter!("idempotency_hits_total", "Requests answered by replaying a stored idempotent response.");
-    describe_counter!("idempotency_misses_total", "Requests with an idempotency key that computed a new response.");
-    describe_counter!(
-        "retry_attempts_total",
-        "Retries of dependency operations (first attempts not counted), by operation."
-    );
-    describe_counter!("fallback_triggered_total", "Requests served in a degraded way because a dependency failed.");
-    describe_gauge!("circuit_breaker_state", "Circuit breaker per dependency: 0 closed, 1 open, 2 half-open.");
-    describe_counter!("circuit_breaker_failures_total", "Dependency calls that failed, per breaker.");
-    describe_counter!("circuit_breaker_successes_total", "Dependency calls that succeeded, per breaker.");
+    describe_counter!(CACHE_ERRORS, "Failed cache/idempotency operations against Redis, by operation.");
+    describe_counter!(IDEMPOTENCY_HITS, "Requests answered by replaying a stored idempotent response.");
+    describe_counter!(IDEMPOTENCY_MISSES, "Requests with an idempotency key that computed a new response.");
+    describe_counter!(RETRY_ATTEMPTS, "Retries of dependency operations (first attempts not counted), by operation.");
+    describe_counter!(FALLBACK_TRIGGERED, "Requests served in a degraded way because a dependency failed.");
+    describe_gauge!(BREAKER_STATE, "Circuit breaker per dependency: 0 closed, 1 open, 2 half-open.");
+    describe_counter!(BREAKER_FAILURES, "Dependency calls that failed, per breaker.");
+    describe_counter!(BREAKER_SUCCESSES, "Dependency calls that succeeded, per breaker.");
     for operation in REDIS_OPERATIONS {
-        counter!("cache_errors_total", "operation" => operation).absolute(0);
-        counter!("retry_attempts_total", "operation" => operation).absolute(0);
+        counter!(CACHE_ERRORS, "operation" => operation).absolute(0);
+        counter!(RETRY_ATTEMPTS, "operation" => operation).absolute(0);
     }
-    counter!("idempotency_hits_total").absolute(0);
-    counter!("idempotency_misses_total").absolute(0);
+    counter!(IDEMPOTENCY_HITS).absolute(0);
+    counter!(IDEMPOTENCY_MISSES).absolute(0);
     for fallback_type in ["cache_bypass", "cache_write_dropped", "idempotency_bypass"] {
-        counter!("fallback_triggered_total", "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
+        counter!(FALLBACK_TRIGGERED, "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
     }
-    describe_counter!("db_operations_total", "Request-log database operations, by operation and status.");
+    describe_counter!(DB_OPERATIONS, "Request-log database operations, by operation and status.");
     describe_histogram!(DB_DURATION, Unit::Seconds, "Request-log database operation time.");
-    describe_gauge!("db_connection_pool_size", "Connections open in the request-log pool.");
-    describe_gauge!("db_connection_pool_available", "Idle connections in the request-log pool.");
-    describe_gauge!("log_buffer_size", "Request-log records waiting for the database.");
+    describe_gauge!(DB_POOL_SIZE, "Connections open in the request-log pool.");
+    describe_gauge!(DB_POOL_AVAILABLE, "Idle connections in the request-log pool.");
+    describe_gauge!(LOG_BUFFER_SIZE, "Request-log records waiting for the database.");
     describe_counter!(
-        "dropped_logs_total",
+        DROPPED_LOGS,
         "Request-log records lost: buffer or spool full, unwritable at shutdown, or unreadable in the spool."
     );
     for status in ["success", "error"] {
-        counter!("db_operations_total", "operation" => "insert", "status" => status).absolute(0);
+        counter!(DB_OPERATIONS, "operation" => "insert", "status" => status).absolute(0);
     }
     let _ = histogram!(DB_DURATION, "operation" => "insert");
-    gauge!("db_connection_pool_size").set(0.0);
-    gauge!("db_connection_pool_available").set(0.0);
-    gauge!("log_buffer_size").set(0.0);
-    describe_gauge!("log_spool_bytes", Unit::Bytes, "Size of the request-log spool on disk (LOG_SPOOL_DIR).");
-    gauge!("log_spool_bytes").set(0.0);
-    counter!("dropped_logs_total").absolute(0);
-    gauge!("circuit_breaker_state", "dependency" => "postgres").set(0.0);
-    counter!("circuit_breaker_failures_total", "dependency" => "postgres").absolute(0);
-    counter!("circuit_breaker_successes_total", "dependency" => "postgres").absolute(0);
-    gauge!("circuit_breaker_state", "dependency" => "redis").set(0.0);
-    counter!("circuit_breaker_failures_total", "dependency" => "redis").absolute(0);
-    counter!("circuit_breaker_successes_total", "dependency" => "redis").absolute(0);
+    gauge!(DB_POOL_SIZE).set(0.0);
+    gauge!(DB_POOL_AVAILABLE).set(0.0);
+    gauge!(LOG_BUFFER_SIZE).set(0.0);
+    describe_gauge!(LOG_SPOOL_BYTES, Unit::Bytes, "Size of the request-log spool on disk (LOG_SPOOL_DIR).");
+    gauge!(LOG_SPOOL_BYTES).set(0.0);
+    counter!(DROPPED_LOGS).absolute(0);
+    gauge!(BREAKER_STATE, "dependency" => "postgres").set(0.0);
+    counter!(BREAKER_FAILURES, "dependency" => "postgres").absolute(0);
+    counter!(BREAKER_SUCCESSES, "dependency" => "postgres").absolute(0);
+    gauge!(BREAKER_STATE, "dependency" => "redis").set(0.0);
+    counter!(BREAKER_FAILURES, "dependency" => "redis").absolute(0);
+    counter!(BREAKER_SUCCESSES, "dependency" => "redis").absolute(0);
     for hit in ["true", "false"] {
         let _ = histogram!(INFERENCE_DURATION, "cache_hit" => hit);
         let _ = histogram!(INFERENCE_DURATION_SUMMARY, "cache_hit" => hit);
     }
     let _ = histogram!(MODEL_INFERENCE_BATCH_SIZE);
     describe_gauge!(
-        crate::ballast::ENABLED_GAUGE,
+        MEMORY_GROWTH_ENABLED,
         "1 while the memory-growth drill (DEBUG_MEMORY_GROWTH) is on: memory grows with every request."
     );
-    describe_gauge!(crate::ballast::BYTES_GAUGE, Unit::Bytes, "Memory kept by the memory-growth drill.");
-    gauge!(crate::ballast::ENABLED_GAUGE).set(0.0);
-    gauge!(crate::ballast::BYTES_GAUGE).set(0.0);
+    describe_gauge!(MEMORY_GROWTH_BYTES, Unit::Bytes, "Memory kept by the memory-growth drill.");
+    gauge!(MEMORY_GROWTH_ENABLED).set(0.0);
+    gauge!(MEMORY_GROWTH_BYTES).set(0.0);
     update_memory_usage();
 }
 
@@ -219,12 +227,19 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Keeps the summary quantiles current: without upkeep they go stale (see CRATES.md).
-pub async fn run_upkeep(handle: PrometheusHandle, every: Duration) {
+/// Keeps the summary quantiles current (without upkeep the exporter's quantiles go
+/// stale), until the worker stops.
+pub async fn run_upkeep(
+    handle: std::sync::Arc<PrometheusHandle>,
+    every: Duration,
+    mut stopping: crate::tasks::Stopping,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
-        tick.tick().await;
-        handle.run_upkeep();
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = stopping.wait() => return,
+        }
     }
 }
 

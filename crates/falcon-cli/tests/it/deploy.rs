@@ -5,12 +5,10 @@
 //! names and numbers the runbook and the drain depend on. (No Docker engine or cluster
 //! here: what is not run is said in the README.)
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Worker, assert_ok, repo};
+use crate::common::{Worker, assert_ok, repo};
 use serde_json::Value;
 
 fn read(path: &str) -> String {
@@ -58,7 +56,7 @@ fn compose_file_follows_the_compose_spec_and_the_runbook_names() {
         assert_eq!(s["depends_on"]["redis"]["condition"], "service_healthy");
         assert_eq!(s["depends_on"]["postgres"]["condition"], "service_healthy");
         assert_eq!(s["environment"]["DEBUG_MEMORY_GROWTH"], "${DEBUG_MEMORY_GROWTH:-false}");
-        assert_eq!(s["environment"]["MODEL_PATH"], "/app/models/classifier.json");
+        assert!(s["environment"]["MODEL_PATH"].is_null(), "workers serve the built-in model");
         // The drain (30 s) must finish before Docker's SIGKILL.
         assert_eq!(s["stop_grace_period"], "35s");
         assert!(s["healthcheck"]["test"].to_string().contains("healthcheck"));
@@ -85,7 +83,7 @@ fn compose_file_follows_the_compose_spec_and_the_runbook_names() {
 
 #[test]
 fn env_example_lists_every_setting_and_works_as_a_dot_env() {
-    let help = common::falcon().args(["serve", "--help"]).output().unwrap();
+    let help = crate::common::falcon().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     let example = read(".env.example");
     let vars: Vec<&str> = help.split("[env: ").skip(1).map(|s| s.split(['=', ']']).next().unwrap()).collect();
@@ -95,10 +93,8 @@ fn env_example_lists_every_setting_and_works_as_a_dot_env() {
         assert!(listed, "{v} is not in .env.example");
     }
     // Copied to .env as it is, a worker starts with it.
-    let dir = common::fresh_dir();
+    let dir = crate::common::fresh_dir();
     std::fs::write(dir.join(".env"), &example).unwrap();
-    std::fs::create_dir_all(dir.join("models")).unwrap();
-    std::fs::copy(common::shipped_model(), dir.join("models/classifier.json")).unwrap();
     let w = Worker::start_in(&dir, &[("PORT", "0"), ("HOST", "127.0.0.1")]);
     assert!(w.log_messages().iter().any(|m| m == "Worker listening"));
 }
@@ -108,10 +104,10 @@ fn dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_the_model_baked_in(
     let d = read("deploy/Dockerfile");
     assert_eq!(d.lines().filter(|l| l.starts_with("FROM ")).count(), 2, "build and runtime stages");
     assert!(d.contains("cargo build --release --locked"));
-    assert!(d.contains("COPY models/classifier.json /app/models/classifier.json"));
+    assert!(d.contains("COPY models ./models"), "the build stage has the model to embed");
     assert!(d.lines().any(|l| l.starts_with("USER ") && !l.contains("root") && !l.contains(" 0")));
     assert!(d.contains("HEALTHCHECK") && d.contains("\"healthcheck\""));
-    assert!(d.contains("MODEL_PATH=/app/models/classifier.json"));
+    assert!(!d.contains("MODEL_PATH"), "the image serves the built-in model");
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l == "target"), "the build context skips target/");
 }
@@ -120,7 +116,7 @@ fn dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_the_model_baked_in(
 fn falcon_healthcheck_exits_0_on_a_healthy_worker_and_1_otherwise() {
     let w = Worker::start(&[]);
     let port = w.addr.port().to_string();
-    let status = |args: &[&str]| common::falcon().arg("healthcheck").args(args).status().unwrap().code();
+    let status = |args: &[&str]| crate::common::falcon().arg("healthcheck").args(args).status().unwrap().code();
     assert_eq!(status(&["--port", &port]), Some(0));
     assert_eq!(status(&["--port", &port, "--path", "/readyz"]), Some(0));
     assert_eq!(status(&["--port", &port, "--path", "/no-such-page"]), Some(1));
@@ -262,7 +258,7 @@ fn kubernetes_manifests_validate_against_the_schemas_and_agree_with_the_drain() 
         by_kind("ConfigMap")["data"]["GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS"].as_str().unwrap().parse().unwrap();
     assert!(grace > pre_stop + drain, "terminationGracePeriodSeconds {grace} <= {pre_stop} + {drain}");
     // Every ConfigMap key is a setting the worker knows.
-    let help = common::falcon().args(["serve", "--help"]).output().unwrap();
+    let help = crate::common::falcon().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for key in by_kind("ConfigMap")["data"].as_object().unwrap().keys() {
         assert!(help.contains(&format!("[env: {key}")), "ConfigMap key {key} is not a worker setting");

@@ -2,12 +2,10 @@
 //! The Postgres request log with a real, throwaway PostgreSQL that the tests stop and
 //! start: one row per request, nothing lost across an outage, drops counted exactly.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::postgres::Postgres;
-use common::{Worker, infer, metric};
+use crate::common::postgres::Postgres;
+use crate::common::{Worker, infer, metric};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -242,7 +240,7 @@ async fn sigterm_flushes_the_request_log_before_exit() {
 #[tokio::test]
 async fn with_a_spool_an_overflowing_outage_loses_nothing() {
     let mut pg = Postgres::start();
-    let spool = common::fresh_dir();
+    let spool = crate::common::fresh_dir();
     let w = worker(&pg, "w-spool", &[("LOG_BUFFER_SIZE", "100"), ("LOG_SPOOL_DIR", spool.to_str().unwrap())]);
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
@@ -265,7 +263,7 @@ async fn with_a_spool_an_overflowing_outage_loses_nothing() {
 #[tokio::test]
 async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() {
     let mut pg = Postgres::start();
-    let spool = common::fresh_dir();
+    let spool = crate::common::fresh_dir();
     let spool_env = [("LOG_SPOOL_DIR", spool.to_str().unwrap())];
     let mut w = worker(&pg, "w-kill", &spool_env);
     let c = reqwest::Client::new();

@@ -3,15 +3,13 @@
 //! workers, a throwaway Redis and Postgres. A worker killed with SIGKILL or stopped with
 //! SIGTERM under steady load costs the client nothing; the request log's rows match.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::repo;
+use crate::common::repo;
 use serde_json::Value;
 
 fn free_port() -> u16 {

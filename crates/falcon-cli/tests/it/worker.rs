@@ -2,13 +2,11 @@
 //! errors, start-up failures and the SIGTERM drain.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Worker, falcon, falcon_in, fresh_dir, shipped_model};
+use crate::common::{Worker, falcon, falcon_in, fresh_dir, shipped_model};
 use serde_json::{Value, json};
 
 async fn post(client: &reqwest::Client, w: &Worker, body: Value) -> (u16, Value) {
@@ -139,12 +137,41 @@ fn bad_configuration_exits_2_naming_the_variable() {
 }
 
 #[test]
+fn an_unknown_model_backend_exits_2_naming_the_variable() {
+    let out = falcon().args(["serve"]).env("MODEL_BACKEND", "onnx").env("PORT", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line: Value =
+        stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).find(|l: &Value| l["level"] == "ERROR").unwrap();
+    assert_eq!(line["variable"], "MODEL_BACKEND", "{line}");
+    assert!(line["error"].as_str().unwrap().contains("tfidf"), "names the backends this build has: {line}");
+}
+
+#[tokio::test]
+async fn the_built_in_model_serves_from_any_directory_and_model_path_overrides_it() {
+    // `Worker::start` runs in an empty directory with no MODEL_PATH: the built-in model.
+    let built_in = Worker::start(&[]);
+    let from_file = Worker::start(&[("MODEL_PATH", shipped_model().to_str().unwrap())]);
+    let c = reqwest::Client::new();
+    let (_, a) = post(&c, &built_in, json!({"text": "what a lovely day"})).await;
+    let (_, b) = post(&c, &from_file, json!({"text": "what a lovely day"})).await;
+    assert_eq!(a["model_version"], b["model_version"], "models/classifier.bin is the built-in model");
+    assert_eq!(a["probabilities"], b["probabilities"]);
+    let loaded = |w: &Worker| {
+        w.logs.lock().unwrap().iter().find(|l| l["message"] == "Model loaded").map(|l| l["model_path"].clone())
+    };
+    assert_eq!(loaded(&built_in).unwrap(), "built-in");
+    assert_eq!(loaded(&from_file).unwrap(), shipped_model().to_str().unwrap());
+}
+
+#[test]
 fn missing_or_corrupt_model_fails_start_up_with_a_json_error() {
     let dir = tempfile::tempdir().unwrap();
-    let corrupt = dir.path().join("corrupt.json");
+    let corrupt = dir.path().join("corrupt.bin");
     let bytes = std::fs::read(shipped_model()).unwrap();
     std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
-    for path in [dir.path().join("absent.json"), corrupt] {
+    let endless = std::path::PathBuf::from("/dev/zero");
+    for path in [dir.path().join("absent.bin"), corrupt, endless] {
         let out = falcon().arg("serve").env("MODEL_PATH", &path).env("PORT", "0").output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         let stdout = String::from_utf8_lossy(&out.stdout);

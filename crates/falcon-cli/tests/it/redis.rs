@@ -2,12 +2,10 @@
 //! Redis as the shared cache and idempotency store, with real `redis-server` processes
 //! that the tests kill, restart and pause.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
-use common::{Worker, infer, metric};
+use crate::common::redis::RedisServer;
+use crate::common::{Worker, infer, metric};
 use serde_json::{Value, json};
 
 fn worker(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Worker {

@@ -45,8 +45,9 @@ pub fn assert_ok(out: &std::process::Output, what: &str) {
     );
 }
 
+/// The shipped model file (the binary embeds the same bytes).
 pub fn shipped_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.bin")
 }
 
 /// A running worker; killed when dropped.
@@ -57,7 +58,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts `falcon serve` on 127.0.0.1 with a free port and the shipped model, plus
+    /// Starts `falcon serve` on 127.0.0.1 with a free port and the built-in model, plus
     /// `env`, and waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Worker {
         Self::start_in(&fresh_dir(), env)
@@ -70,7 +71,6 @@ impl Worker {
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("WORKER_ID", "it-worker")
-            .env("MODEL_PATH", shipped_model())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -1,0 +1,81 @@
+//! The seam between the worker and its models.
+//!
+//! The worker runs every model through [`Backend`]: batched, fallible, and honest about
+//! what it sees of a text (`normalize`, which the response cache keys on). A model lives
+//! in its own crate and implements this trait; the worker depends on this crate alone, so
+//! a new model is one new crate plus one arm in the factory that `MODEL_BACKEND` selects
+//! from (`falcon-cli`'s `backends` module).
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// One prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Index into [`Backend::labels`].
+    pub class: usize,
+    /// Probability of the predicted class.
+    pub confidence: f64,
+    /// Probabilities in label order; they sum to 1.
+    pub probabilities: Vec<f64>,
+}
+
+impl Prediction {
+    /// The prediction for these probabilities: the most probable class (the first on a tie).
+    pub fn from_probabilities(probabilities: Vec<f64>) -> Self {
+        let (class, confidence) = probabilities
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+        Self { class, confidence, probabilities }
+    }
+}
+
+/// Why a backend could not answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The batch was malformed for this model (the caller's mistake, not the model's).
+    #[error("input rejected by the model: {0}")]
+    InvalidInput(String),
+    /// The model failed to compute an answer.
+    #[error("model failed: {0}")]
+    Failed(String),
+}
+
+/// A loaded model, ready to serve. Calls are synchronous and CPU-bound: the worker makes
+/// them on its inference threads, never on the async reactor.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's name, as `MODEL_BACKEND` spells it (`tfidf`).
+    fn name(&self) -> &'static str;
+
+    /// Classifies a batch; the answer has one prediction per text, in order. The worker
+    /// calls this once per batch its inference threads gather.
+    fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError>;
+
+    /// Label names, in class-index order.
+    fn labels(&self) -> &[String];
+
+    /// Identifies the weights; derived from the model's content, so equal weights have
+    /// equal versions. Part of every cache key.
+    fn model_version(&self) -> &str;
+
+    /// What the model sees of `text`: two texts with the same normal form get the same
+    /// prediction, so the response cache keys on it.
+    fn normalize(&self, text: &str) -> String;
+
+    /// Longest text, in characters, that the model accepts.
+    fn max_input_chars(&self) -> usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_probable_class_wins_and_ties_go_to_the_first() {
+        let p = Prediction::from_probabilities(vec![0.2, 0.5, 0.3]);
+        assert_eq!((p.class, p.confidence), (1, 0.5));
+        assert_eq!(Prediction::from_probabilities(vec![0.5, 0.5]).class, 0);
+    }
+}

@@ -1,0 +1,11 @@
+//! The `falcon` binary's integration tests, as one test binary so the shared harness in
+//! `common` compiles once: the real binary on real sockets, with throwaway Redis, Postgres,
+//! nginx and Prometheus where a test needs them.
+
+mod common;
+mod deploy;
+mod observability;
+mod postgres;
+mod redis;
+mod stack;
+mod worker;

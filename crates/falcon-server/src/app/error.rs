@@ -1,0 +1,77 @@
+//! Every way an inference request can fail, in the application's own terms.
+//!
+//! The `error_type` strings are a product contract, not an HTTP detail: they label
+//! `inference_errors_total`, fill `inference_logs.error_type`, and clients and alerts key
+//! on them. `http/error.rs` maps each variant to a status code, once.
+
+use std::time::Duration;
+
+use crate::inference::QueueError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferError {
+    /// The request body could not be parsed as the request format.
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// A well-formed request whose content breaks a rule (text, idempotency key).
+    #[error("{0}")]
+    Validation(String),
+    #[error("worker is not ready: {0}")]
+    NotReady(&'static str),
+    #[error("X-Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
+    #[error("worker is overloaded: {0}")]
+    Overloaded(&'static str),
+    #[error("inference did not finish within {:.3} s", .0.as_secs_f64())]
+    InferenceTimeout(Duration),
+    #[error("request did not finish within {:.3} s", .0.as_secs_f64())]
+    RequestTimeout(Duration),
+    /// The cause goes to the log; clients see only a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl InferError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Validation(_) => "validation_error",
+            Self::NotReady(_) => "not_ready",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::Overloaded(_) => "overloaded",
+            Self::InferenceTimeout(_) => "inference_timeout",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<QueueError> for InferError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Full => Self::Overloaded("inference queue is full"),
+            QueueError::Stopped => Self::NotReady("inference threads stopped"),
+            QueueError::Timeout(after) => Self::InferenceTimeout(after),
+            QueueError::Panicked => Self::Internal("inference failed (model panicked)".into()),
+            QueueError::Backend(falcon_backend::BackendError::InvalidInput(why)) => Self::Validation(why),
+            QueueError::Backend(e @ falcon_backend::BackendError::Failed(_)) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let e = InferError::Internal("connection string postgres://secret".into());
+        assert_eq!(e.to_string(), "internal error");
+    }
+}

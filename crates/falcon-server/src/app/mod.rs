@@ -1,0 +1,388 @@
+//! The application layer: the whole story of one inference request, and nothing of HTTP.
+//!
+//! `Pipeline::infer` takes what the transport made of a request (a command, or why it
+//! could not make one) and runs it: readiness, validation, the idempotency protocol
+//! (claim, replay, release), the response cache, the model, the response, the request-log
+//! row and the request metrics. Each of those happens here and only here; the HTTP layer
+//! extracts, calls, and maps the error.
+
+mod error;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use falcon_backend::{Backend, Prediction};
+use futures_util::FutureExt;
+use tokio::time::Instant;
+
+pub use self::error::InferError;
+use crate::api::InferResponse;
+use crate::ballast::MemoryBallast;
+use crate::cache::redis::RedisStore;
+use crate::cache::{ResponseCache, cache_key};
+use crate::idempotency::{Claim, IdempotencyStore, Record, fingerprint};
+use crate::inference::InferenceQueue;
+use crate::request_log::{LogRecord, RequestLog};
+use crate::telemetry::metrics;
+
+/// What identifies a request, whatever it asks.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+    /// The client's address, as the transport saw it (or as a trusted proxy reported it).
+    pub client_ip: Option<String>,
+    /// When the request arrived; the whole-request deadline counts from here.
+    pub received: Instant,
+}
+
+/// A request to classify one text.
+#[derive(Debug, Clone)]
+pub struct InferCommand {
+    pub text: String,
+    /// The client's idempotency key, unchecked (the pipeline validates it).
+    pub idempotency_key: Option<String>,
+}
+
+/// Whether this worker should receive traffic.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    model_loaded: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_model_loaded(&self, loaded: bool) {
+        self.model_loaded.store(loaded, Ordering::SeqCst);
+    }
+
+    pub fn model_loaded(&self) -> bool {
+        self.model_loaded.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown has begun: readiness turns false from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.model_loaded() && !self.draining()
+    }
+}
+
+/// What `/readyz` and `/` report.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub ready: bool,
+    pub model_loaded: bool,
+    pub draining: bool,
+    pub redis_available: bool,
+    pub database_available: bool,
+    pub cache_backend: &'static str,
+    pub idempotency_backend: &'static str,
+    pub request_log: &'static str,
+    pub model_version: String,
+}
+
+/// Checks a text against the API's rules; the error says what is wrong.
+pub fn validate_text(text: &str, max_chars: usize) -> Result<(), InferError> {
+    if text.trim().is_empty() {
+        return Err(InferError::Validation("text must not be empty or only whitespace".into()));
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(InferError::Validation(format!("text has {chars} characters; the limit is {max_chars}")));
+    }
+    Ok(())
+}
+
+/// Checks a client's idempotency key: 1–128 visible ASCII characters.
+pub fn validate_key(key: &str) -> Result<(), InferError> {
+    if (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(InferError::Validation("X-Idempotency-Key must be 1-128 visible ASCII characters".into()))
+    }
+}
+
+/// Everything the pipeline runs on; `startup` assembles it from the configuration.
+pub struct Parts {
+    pub worker_id: String,
+    pub backend: Arc<dyn Backend>,
+    pub queue: InferenceQueue,
+    /// `None`: `CACHE_ENABLED=false`.
+    pub cache: Option<Arc<dyn ResponseCache>>,
+    /// `None`: `IDEMPOTENCY_ENABLED=false`.
+    pub idempotency: Option<Arc<IdempotencyStore>>,
+    /// `None`: `REQUEST_LOG_ENABLED=false`.
+    pub request_log: Option<RequestLog>,
+    /// Whether the request-log database answered last time.
+    pub database_available: Option<Arc<AtomicBool>>,
+    /// `None`: Redis not configured.
+    pub redis: Option<Arc<RedisStore>>,
+    /// `Some` only during the memory-growth drill (`DEBUG_MEMORY_GROWTH=true`).
+    pub ballast: Option<MemoryBallast>,
+    pub readiness: Arc<Readiness>,
+    pub inference_timeout: Duration,
+    pub request_timeout: Duration,
+    /// How long a request waits for a concurrent one with the same idempotency key.
+    pub idempotency_wait: Duration,
+}
+
+/// The application layer. Cheap to clone: everything inside is shared.
+#[derive(Clone)]
+pub struct Pipeline(Arc<Parts>);
+
+/// What serving a request produced.
+struct Served {
+    response: InferResponse,
+    /// Time in the model, queue wait included; `None` when it did not run.
+    inference_ms: Option<f64>,
+}
+
+/// What the request log keeps of the request's text: never the text itself.
+#[derive(Default)]
+struct Subject {
+    text_hash: Option<String>,
+    text_length: Option<i32>,
+    idempotency_key: Option<String>,
+}
+
+impl Pipeline {
+    pub fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.0.worker_id
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.0.backend.as_ref()
+    }
+
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.0.readiness
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.0.request_timeout
+    }
+
+    pub fn cache_backend(&self) -> &'static str {
+        self.0.cache.as_ref().map_or("disabled", |c| c.backend())
+    }
+
+    pub fn health(&self) -> Health {
+        let p = &self.0;
+        Health {
+            ready: p.readiness.ready(),
+            model_loaded: p.readiness.model_loaded(),
+            draining: p.readiness.draining(),
+            redis_available: p.redis.as_ref().is_some_and(|r| r.reachable()),
+            database_available: p.database_available.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)),
+            cache_backend: self.cache_backend(),
+            idempotency_backend: p.idempotency.as_ref().map_or("disabled", |i| i.backend()),
+            request_log: if p.request_log.is_some() { "enabled" } else { "disabled" },
+            model_version: p.backend.model_version().to_owned(),
+        }
+    }
+
+    /// Runs one inference request. `command` is what the transport made of the request:
+    /// the command, or why it could not read one (that outcome is logged and counted too).
+    /// Every call ends in exactly one request-log row and one `inference_requests_total`.
+    pub async fn infer(
+        &self,
+        meta: &RequestMeta,
+        command: Result<InferCommand, InferError>,
+    ) -> Result<InferResponse, InferError> {
+        if let Some(ballast) = &self.0.ballast {
+            ballast.grow();
+        }
+        let mut subject = Subject::default();
+        let result = self.run(meta, command, &mut subject).await;
+        self.finish(meta, subject, result)
+    }
+
+    async fn run(
+        &self,
+        meta: &RequestMeta,
+        command: Result<InferCommand, InferError>,
+        subject: &mut Subject,
+    ) -> Result<Served, InferError> {
+        if !self.0.readiness.model_loaded() {
+            return Err(InferError::NotReady("model not loaded"));
+        }
+        let InferCommand { text, idempotency_key } = command?;
+        validate_text(&text, self.0.backend.max_input_chars())?;
+        let fp = fingerprint(&text);
+        subject.text_hash = Some(fp.clone());
+        subject.text_length = Some(i32::try_from(text.chars().count()).unwrap_or(i32::MAX));
+        if let Some(key) = &idempotency_key {
+            validate_key(key)?;
+        }
+        subject.idempotency_key.clone_from(&idempotency_key);
+        let deadline = meta.received + self.0.request_timeout;
+        let serve = AssertUnwindSafe(self.serve(meta, text, idempotency_key, fp)).catch_unwind();
+        match tokio::time::timeout_at(deadline, serve).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(_)) => Err(InferError::Internal("request handling panicked".into())),
+            Err(_) => Err(InferError::RequestTimeout(self.0.request_timeout)),
+        }
+    }
+
+    /// The idempotency protocol around `compute`.
+    async fn serve(
+        &self,
+        meta: &RequestMeta,
+        text: String,
+        key: Option<String>,
+        fp: String,
+    ) -> Result<Served, InferError> {
+        let (Some(store), Some(key)) = (&self.0.idempotency, key) else {
+            return self.compute(meta, text).await;
+        };
+        match store.claim(&key, &fp, self.0.idempotency_wait).await {
+            Claim::Replay(mut response) => {
+                // The stored answer, marked as a replay, under this request's own id.
+                response.idempotency_hit = true;
+                response.request_id.clone_from(&meta.request_id);
+                self.0.worker_id.clone_into(&mut response.worker_id);
+                Ok(Served { response, inference_ms: None })
+            }
+            Claim::Conflict => Err(InferError::IdempotencyConflict),
+            Claim::Unavailable => self.compute(meta, text).await,
+            Claim::Fresh => {
+                let served = self.compute(meta, text).await;
+                match &served {
+                    Ok(s) => store.complete(&key, Record { fingerprint: fp, response: s.response.clone() }).await,
+                    Err(_) => store.release(&key).await,
+                }
+                served
+            }
+        }
+    }
+
+    /// Cache, then the model, then the cache again.
+    async fn compute(&self, meta: &RequestMeta, text: String) -> Result<Served, InferError> {
+        let backend = &self.0.backend;
+        let key = self.0.cache.as_ref().map(|_| cache_key(backend.model_version(), &backend.normalize(&text)));
+        if let (Some(cache), Some(key)) = (&self.0.cache, &key) {
+            let hit = cache.get(key).await;
+            metrics::record_cache(hit.is_some());
+            if let Some(prediction) = hit {
+                let mut response = self.respond(meta, &prediction);
+                response.cache_hit = true;
+                return Ok(Served { response, inference_ms: None });
+            }
+        }
+        let started = Instant::now();
+        let prediction = Arc::new(self.0.queue.predict(text, self.0.inference_timeout).await?);
+        let inference_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        if let (Some(cache), Some(key)) = (&self.0.cache, key) {
+            cache.put(key, Arc::clone(&prediction)).await;
+        }
+        Ok(Served { response: self.respond(meta, &prediction), inference_ms })
+    }
+
+    fn respond(&self, meta: &RequestMeta, p: &Prediction) -> InferResponse {
+        let b = &self.0.backend;
+        InferResponse::new(p, b.labels(), b.model_version(), &self.0.worker_id, &meta.request_id)
+    }
+
+    /// Stamps the time taken, writes the one row, counts the one request.
+    fn finish(
+        &self,
+        meta: &RequestMeta,
+        subject: Subject,
+        result: Result<Served, InferError>,
+    ) -> Result<InferResponse, InferError> {
+        let elapsed = meta.received.elapsed();
+        let (cache_hit, success) = match &result {
+            Ok(s) => (s.response.cache_hit, true),
+            Err(_) => (false, false),
+        };
+        metrics::record_request(success, cache_hit, elapsed);
+        if let Some(log) = &self.0.request_log {
+            let mut row = LogRecord {
+                request_id: meta.request_id.clone(),
+                worker_id: self.0.worker_id.clone(),
+                text_hash: subject.text_hash,
+                text_length: subject.text_length,
+                prediction: None,
+                confidence: None,
+                probabilities: None,
+                cache_hit: false,
+                idempotency_hit: false,
+                success,
+                processing_time_ms: elapsed.as_secs_f64() * 1000.0,
+                inference_time_ms: None,
+                error_type: None,
+                error_message: None,
+                idempotency_key: subject.idempotency_key,
+                client_ip: meta.client_ip.clone(),
+                model_version: self.0.backend.model_version().to_owned(),
+                created_at: chrono::Utc::now(),
+            };
+            match &result {
+                Ok(Served { response, inference_ms }) => {
+                    row.prediction = Some(response.prediction.clone());
+                    row.confidence = Some(response.confidence);
+                    row.probabilities = serde_json::to_value(&response.probabilities).ok();
+                    row.cache_hit = response.cache_hit;
+                    row.idempotency_hit = response.idempotency_hit;
+                    row.inference_time_ms = *inference_ms;
+                }
+                Err(e) => {
+                    row.error_type = Some(e.error_type().to_owned());
+                    row.error_message = Some(e.to_string());
+                }
+            }
+            log.record(row);
+        }
+        result.map(|Served { mut response, .. }| {
+            response.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
+            tracing::debug!(request_id = %meta.request_id, prediction = %response.prediction, cache_hit = response.cache_hit, idempotency_hit = response.idempotency_hit, "Inference served");
+            response
+        })
+    }
+}
+
+/// A future's output, or `InferError::RequestTimeout` once the request's deadline passes.
+pub async fn within_deadline<T>(
+    meta: &RequestMeta,
+    limit: Duration,
+    f: impl Future<Output = T>,
+) -> Result<T, InferError> {
+    tokio::time::timeout_at(meta.received + limit, f).await.map_err(|_| InferError::RequestTimeout(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_limits_count_characters_not_bytes() {
+        assert!(validate_text(&"é".repeat(10_000), 10_000).is_ok(), "10000 two-byte characters fit");
+        assert!(validate_text(&"a".repeat(10_001), 10_000).is_err());
+        assert!(validate_text("", 10).is_err());
+        assert!(validate_text(" \n\t ", 10).is_err());
+        assert!(validate_text("x", 10).is_ok());
+    }
+
+    #[test]
+    fn keys_are_visible_ascii_up_to_128() {
+        assert!(validate_key("order-42_x:y/z").is_ok());
+        assert!(validate_key(&"k".repeat(128)).is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"k".repeat(129)).is_err());
+        assert!(validate_key("has space").is_err());
+        assert!(validate_key("é").is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! The request-log row, defined once.
+//!
+//! `COLUMNS` names the 18 columns every sink writes, in order, and `LogRecord::values`
+//! gives a record's values in that order: the COPY text, the INSERT fallback, the SQLite
+//! statement and the spool (serde, field for field) all derive from these two.
+
+use chrono::{DateTime, Utc};
+
+/// One row of `inference_logs`. The raw text is never stored, only its SHA-256 and length.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogRecord {
+    pub request_id: String,
+    pub worker_id: String,
+    pub text_hash: Option<String>,
+    pub text_length: Option<i32>,
+    pub prediction: Option<String>,
+    pub confidence: Option<f64>,
+    pub probabilities: Option<serde_json::Value>,
+    pub cache_hit: bool,
+    pub idempotency_hit: bool,
+    pub success: bool,
+    pub processing_time_ms: f64,
+    pub inference_time_ms: Option<f64>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub client_ip: Option<String>,
+    pub model_version: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The columns a sink writes, in the order of `LogRecord::values` (the table's `id` is the
+/// database's own).
+pub const COLUMNS: [&str; 18] = [
+    "request_id",
+    "worker_id",
+    "text_hash",
+    "text_length",
+    "prediction",
+    "confidence",
+    "probabilities",
+    "cache_hit",
+    "idempotency_hit",
+    "success",
+    "processing_time_ms",
+    "inference_time_ms",
+    "error_type",
+    "error_message",
+    "idempotency_key",
+    "client_ip",
+    "model_version",
+    "created_at",
+];
+
+/// One column's value, typed as the column is. `None` is SQL NULL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i32>),
+    Float(Option<f64>),
+    Bool(bool),
+    Json(Option<&'a serde_json::Value>),
+    Time(&'a DateTime<Utc>),
+}
+
+impl LogRecord {
+    /// The record's values, in `COLUMNS` order.
+    pub fn values(&self) -> [Value<'_>; 18] {
+        use Value::{Bool, Float, Int, Json, Text, Time};
+        [
+            Text(Some(&self.request_id)),
+            Text(Some(&self.worker_id)),
+            Text(self.text_hash.as_deref()),
+            Int(self.text_length),
+            Text(self.prediction.as_deref()),
+            Float(self.confidence),
+            Json(self.probabilities.as_ref()),
+            Bool(self.cache_hit),
+            Bool(self.idempotency_hit),
+            Bool(self.success),
+            Float(Some(self.processing_time_ms)),
+            Float(self.inference_time_ms),
+            Text(self.error_type.as_deref()),
+            Text(self.error_message.as_deref()),
+            Text(self.idempotency_key.as_deref()),
+            Text(self.client_ip.as_deref()),
+            Text(Some(&self.model_version)),
+            Time(&self.created_at),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_the_record_fields_in_order() {
+        let r = LogRecord {
+            request_id: "r".into(),
+            worker_id: "w".into(),
+            text_hash: None,
+            text_length: None,
+            prediction: None,
+            confidence: None,
+            probabilities: None,
+            cache_hit: false,
+            idempotency_hit: false,
+            success: true,
+            processing_time_ms: 1.0,
+            inference_time_ms: None,
+            error_type: None,
+            error_message: None,
+            idempotency_key: None,
+            client_ip: None,
+            model_version: "v".into(),
+            created_at: Utc::now(),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        let fields: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut sorted = COLUMNS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(fields, sorted, "serde (the spool) and COLUMNS name the same fields");
+        assert_eq!(r.values().len(), COLUMNS.len());
+    }
+
+    #[test]
+    fn both_migrations_create_every_column() {
+        for sql in [
+            include_str!("../../migrations/postgres/0001_inference_logs.sql"),
+            include_str!("../../migrations/sqlite/0001_inference_logs.sql"),
+        ] {
+            for c in COLUMNS {
+                assert!(sql.lines().any(|l| l.trim_start().starts_with(&format!("{c} "))), "{c}");
+            }
+        }
+    }
+}
