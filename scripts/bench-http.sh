@@ -12,17 +12,18 @@
 #   BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/throwaway.sh
+. scripts/lib/throwaway.sh
 duration=${BENCH_DURATION:-10}
 connections=${BENCH_CONNECTIONS:-50}
 cargo build --release --locked -q -p falcon-cli
 bin=target/release/falcon
 log=$(mktemp)
 pid=""
-redis_pid=""
 redis_dir=$(mktemp -d)
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  stop_throwaway_redis "$redis_dir/redis"
   rm -rf "$log" "$redis_dir"
 }
 trap cleanup EXIT
@@ -52,10 +53,7 @@ echo "worker at $addr ($(nproc) cores shared by worker and load generator), ${du
 stop_worker
 
 if [ "${BENCH_REDIS:-1}" = "1" ] && command -v redis-server >/dev/null; then
-  redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 16399)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" >/dev/null 2>&1 &
-  redis_pid=$!
-  sleep 0.5
+  redis_port=$(start_throwaway_redis "$redis_dir/redis")
   for l1 in 5 0; do
     echo "== throwaway Redis on :$redis_port, in-process L1 TTL ${l1}s =="
     start_worker REDIS_URL="redis://127.0.0.1:$redis_port/0" CACHE_L1_TTL_SECONDS="$l1"
@@ -89,17 +87,12 @@ fi
 # The same with Postgres on a core of its own (taskset), and the worker and the load
 # generator on the rest, for both runs.
 cores=$(nproc)
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-if [ "${BENCH_PG_ISOLATED:-1}" = "1" ] && [ "$cores" -ge 2 ] && [ -n "$pg_bin" ] && command -v taskset >/dev/null; then
+if [ "${BENCH_PG_ISOLATED:-1}" = "1" ] && [ "$cores" -ge 2 ] && [ -n "$(pg_bin)" ] && command -v taskset >/dev/null; then
   pg_dir=$(mktemp -d)
-  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  as_pg() { if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$pg_dir"; runuser -u postgres -- "$@"; else "$@"; fi; }
   last=$((cores - 1))
   rest="0-$((cores - 2))"
-  as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres --no-sync >/dev/null
-  as_pg taskset -c "$last" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1" start >/dev/null
-  stop_pg() { as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
+  pg_port=$(start_throwaway_postgres "$pg_dir" "$last")
+  stop_pg() { stop_throwaway_postgres "$pg_dir"; rm -rf "$pg_dir"; }
   trap 'stop_pg; cleanup' EXIT
   # Sets $out to the load report (not in a subshell: $pid must survive for stop_worker).
   run_pinned() { # env...

@@ -25,58 +25,27 @@ mkdir -p "$STACK_DIR"
 STACK_DIR=$(cd "$STACK_DIR" && pwd)
 ENV_FILE=$STACK_DIR/stack.env
 
+# shellcheck source=lib/throwaway.sh
+. "$ROOT/scripts/lib/throwaway.sh"
+
 die() { echo "stack: $*" >&2; exit 1; }
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# Waits until `curl` gets a 200 from $1, for at most $2 seconds.
-wait_http() {
-  local url=$1 secs=$2 i
-  for ((i = 0; i < secs * 10; i++)); do
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
-# Postgres refuses to run as root: run its tools as the postgres user then.
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 start_redis() {
   local port
-  port=$(free_port)
-  mkdir -p "$STACK_DIR/redis"
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-    --maxmemory 256mb --maxmemory-policy allkeys-lru \
-    --dir "$STACK_DIR/redis" --pidfile "$STACK_DIR/redis.pid" --logfile "$STACK_DIR/redis.log" >/dev/null
-  for _ in $(seq 1 50); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  redis-cli -p "$port" ping >/dev/null 2>&1 || die "throwaway redis-server did not start"
+  port=$(start_throwaway_redis "$STACK_DIR/redis" --maxmemory 256mb --maxmemory-policy allkeys-lru) \
+    || die "throwaway redis-server did not start"
   echo "redis://127.0.0.1:$port/0"
 }
 
 start_postgres() {
-  local port bin data
-  port=$(free_port)
-  bin=$(pg_bin)
-  [ -n "$bin" ] || die "PostgreSQL server binaries not found (scripts/ensure-test-deps.sh installs them)"
-  data=$STACK_DIR/postgres
-  mkdir -p "$data"
-  [ "$(id -u)" -ne 0 ] || chown -R postgres:postgres "$data"
-  as_pg "$bin/initdb" -D "$data/data" -A trust -U postgres --no-sync >/dev/null
-  as_pg "$bin/pg_ctl" -D "$data/data" -l "$data/server.log" -w \
-    -o "-p $port -k $data -c listen_addresses=127.0.0.1" start >/dev/null
+  local port
+  port=$(start_throwaway_postgres "$STACK_DIR/postgres") || die "throwaway Postgres did not start"
   echo "$port" >"$STACK_DIR/postgres.port"
   echo "postgres://postgres@127.0.0.1:$port/postgres"
 }
 
-stop_postgres() {
-  [ -d "$STACK_DIR/postgres/data" ] || return 0
-  as_pg "$(pg_bin)/pg_ctl" -D "$STACK_DIR/postgres/data" -m fast -w stop >/dev/null 2>&1 || true
-}
+stop_postgres() { stop_throwaway_postgres "$STACK_DIR/postgres"; }
 
 write_nginx_conf() {
   local nginx=$STACK_DIR/nginx ports=(${STACK_WORKER_PORTS:-8000 8001 8002}) user_line=""
@@ -127,7 +96,7 @@ start_worker() {
   port=${ports[$((n - 1))]}
   pid_alive "$STACK_DIR/$name.pid" && die "$name is already running"
   # Settings for this worker: the caller's environment, then the stack's own.
-  WORKER_ID=$name HOST=127.0.0.1 PORT=$port MODEL_PATH=${MODEL_PATH:-$ROOT/models/classifier.json} \
+  WORKER_ID=$name HOST=127.0.0.1 PORT=$port \
     REDIS_URL=$STACK_REDIS_URL DATABASE_URL=$STACK_DATABASE_URL \
     LOG_SPOOL_DIR=$STACK_DIR/spool-$name \
     setsid "$FALCON_BIN" serve >>"$STACK_DIR/$name.log" 2>&1 </dev/null &
@@ -197,7 +166,7 @@ cmd_down() {
     nginx -c "$STACK_DIR/nginx/nginx.conf" -p "$STACK_DIR/nginx" -s quit || true
   fi
   for w in worker-1 worker-2 worker-3; do stop_worker "$w"; done
-  if [ "$STACK_OWN_REDIS" = 1 ] && pid_alive "$STACK_DIR/redis.pid"; then kill "$(cat "$STACK_DIR/redis.pid")"; fi
+  if [ "$STACK_OWN_REDIS" = 1 ]; then stop_throwaway_redis "$STACK_DIR/redis"; fi
   [ "$STACK_OWN_POSTGRES" = 1 ] && stop_postgres
   rm -f "$ENV_FILE"
   echo "stack: down (logs kept in $STACK_DIR)"
