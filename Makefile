@@ -6,7 +6,7 @@ CARGO ?= cargo
 STACK ?= compose
 SERVICE ?= worker-1
 
-.PHONY: help run build test lint fmt bench bench-model bench-http bench-log train-model predict \
+.PHONY: help run build test lint fmt bench bench-model bench-memory bench-http bench-log train-model predict \
 	up down logs check-health demo db-shell redis-cli stack-up stack-down stack-status
 
 help: ## List targets
@@ -29,10 +29,13 @@ lint: ## Formatting and clippy, warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-model bench-http bench-log ## All benchmarks
+bench: bench-model bench-memory bench-http bench-log ## All benchmarks
 
 bench-model: ## criterion: prediction latency of the shipped model
 	$(CARGO) bench --locked -p falcon-model --bench predict
+
+bench-memory: ## Model load time and RSS of a release worker at start-up and after 100k unique-text requests
+	./scripts/bench-memory.sh
 
 bench-http: ## Load test of a release worker: /healthz vs /infer (same and unique text)
 	./scripts/bench-http.sh
@@ -40,7 +43,7 @@ bench-http: ## Load test of a release worker: /healthz vs /infer (same and uniqu
 bench-log: ## Request-log writer throughput into a scratch database on the local Postgres
 	./scripts/bench-log.sh
 
-train-model: ## Retrain models/classifier.json from data/vader (deterministic)
+train-model: ## Retrain models/classifier.bin from data/vader (deterministic; rebuild to embed it)
 	$(CARGO) run --release --locked -p falcon-cli -- train
 
 predict: ## Classify TEXT from the shell: make predict TEXT="what a day"
