@@ -18,9 +18,9 @@ run: ## Run one worker on :8000 with embedded defaults (shipped model, in-proces
 build: ## Release build of the `falcon` binary (target/release/falcon)
 	$(CARGO) build --release --locked -p falcon-cli
 
-test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, nginx and validators if missing)
+test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, nginx and validators if missing), then a check that it left no process or temp dir behind
 	./scripts/ensure-test-deps.sh
-	$(CARGO) test --workspace --locked
+	./scripts/test.sh
 
 lint: ## Formatting and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, when it is missing:
 # redis-server and the PostgreSQL server binaries (fault tests start their own throwaway
-# instances), psql, Prometheus with promtool (alert-rule tests and a real scrape), and
-# nginx (the native multi-worker stack).
+# instances), psql, Prometheus with promtool (alert-rule tests and a real scrape), nginx
+# (the native multi-worker stack), and systemd-analyze (the unit file check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -13,6 +13,8 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
 fi
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+# systemd-analyze verifies the systemd unit (the tests never start systemd itself).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}"
   sudo_cmd=""

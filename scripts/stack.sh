@@ -135,6 +135,8 @@ cmd_up() {
   fi
   local nginx_port=${STACK_NGINX_PORT:-8088} status_port=${STACK_STATUS_PORT:-8089}
   local worker_ports=${STACK_WORKER_PORTS:-8000 8001 8002}
+  # If any step below fails, stop whatever was started: nothing is left running.
+  trap 'echo "stack: up failed; stopping what was started" >&2; cmd_down >&2' EXIT
   local redis_url=${REDIS_URL:-} database_url=${DATABASE_URL:-} own_redis=0 own_pg=0
   [ -n "$redis_url" ] || { redis_url=$(start_redis); own_redis=1; }
   [ -n "$database_url" ] || { database_url=$(start_postgres); own_pg=1; }
@@ -155,19 +157,20 @@ EOF
   nginx -t -q -c "$STACK_DIR/nginx/nginx.conf" -p "$STACK_DIR/nginx" || die "nginx -t failed"
   nginx -c "$STACK_DIR/nginx/nginx.conf" -p "$STACK_DIR/nginx"
   wait_http "http://127.0.0.1:$nginx_port/nginx-health" 10 || die "nginx did not come up"
+  trap - EXIT
   cmd_status
 }
 
+# Stops everything this STACK_DIR started, also after an `up` that failed half-way: it
+# goes by pid files and data directories, not by what stack.env says.
 cmd_down() {
-  [ -f "$ENV_FILE" ] || { echo "stack: not up"; return 0; }
-  # shellcheck disable=SC1090
-  source "$ENV_FILE"
   if pid_alive "$STACK_DIR/nginx/nginx.pid"; then
     nginx -c "$STACK_DIR/nginx/nginx.conf" -p "$STACK_DIR/nginx" -s quit || true
+    for _ in $(seq 1 50); do pid_alive "$STACK_DIR/nginx/nginx.pid" || break; sleep 0.1; done
   fi
   for w in worker-1 worker-2 worker-3; do stop_worker "$w"; done
-  if [ "$STACK_OWN_REDIS" = 1 ]; then stop_throwaway_redis "$STACK_DIR/redis"; fi
-  [ "$STACK_OWN_POSTGRES" = 1 ] && stop_postgres
+  stop_throwaway_redis "$STACK_DIR/redis"
+  stop_postgres
   rm -f "$ENV_FILE"
   echo "stack: down (logs kept in $STACK_DIR)"
 }

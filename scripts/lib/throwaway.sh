@@ -30,7 +30,7 @@ start_throwaway_redis() {
   port=$(free_port)
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-    --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null
+    --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null || return 1
   for _ in $(seq 1 50); do
     redis-cli -p "$port" ping >/dev/null 2>&1 && break
     sleep 0.1
@@ -39,9 +39,13 @@ start_throwaway_redis() {
   echo "$port"
 }
 
-# stop_throwaway_redis DIR
+# stop_throwaway_redis DIR: stops it and waits until it is gone.
 stop_throwaway_redis() {
-  [ -f "$1/redis.pid" ] && kill "$(cat "$1/redis.pid")" 2>/dev/null
+  local pid
+  [ -f "$1/redis.pid" ] || return 0
+  pid=$(cat "$1/redis.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$1/redis.pid"
 }
 
@@ -55,9 +59,12 @@ start_throwaway_postgres() {
   mkdir -p "$dir"
   [ "$(id -u)" -ne 0 ] || chown -R postgres:postgres "$dir"
   [ -z "$cpu" ] || pin=(taskset -c "$cpu")
-  as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >/dev/null
+  # Each step checks itself: callers run this in $(...), where errexit does not reach.
+  as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >/dev/null \
+    || { echo "initdb failed in $dir" >&2; return 1; }
   as_pg "${pin[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null \
+    || { echo "pg_ctl start failed (see $dir/server.log)" >&2; return 1; }
   echo "$port"
 }
 

@@ -5,7 +5,6 @@
 //! and the JSON log lines the runbook greps across a dependency outage.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -435,7 +434,7 @@ struct Prometheus {
 impl Prometheus {
     fn start(target: &str, rules: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::common::free_port();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
@@ -509,6 +508,22 @@ async fn a_real_prometheus_scrapes_the_worker_and_answers_the_dashboard_queries(
     };
     assert!(requests >= 1.0 && requests <= f64::from(i));
     assert!(latency > 0.0 && latency < 1.0, "p95 {latency}");
+    // Traffic stops: within a few scrapes Prometheus holds exactly what the worker counted.
+    let counted =
+        metric(&c, &w, "inference_requests_total{worker_id=\"w-prom\",status=\"success\",cache_hit=\"false\"}").await;
+    assert_eq!(counted, f64::from(i), "the worker counted every request");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let scraped = prom
+            .query(&c, r#"sum(inference_requests_total{job="falcon-workers",status="success"})"#)
+            .await
+            .and_then(|v| v.first().and_then(|s| s["value"][1].as_str()).and_then(|s| s.parse::<f64>().ok()));
+        if scraped == Some(counted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Prometheus has {scraped:?}, the worker counted {counted}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let series = prom.query(&c, "inference_requests_total").await.unwrap();
     assert!(series.iter().all(|s| s["metric"]["worker_id"] == "w-prom"));
     // The alert rules load into a real Prometheus.
@@ -653,11 +668,15 @@ async fn log_lines_are_json_with_the_fields_and_messages_the_runbook_greps() {
     assert_eq!(r.status().as_u16(), 422);
     let bad_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     // Redis stalls (timeouts), then dies (retries, then the breaker).
-    redis.command("CLIENT PAUSE 1500");
+    assert_eq!(redis.command("CLIENT PAUSE 1500").as_deref(), Some("+OK"));
     for i in 0..3 {
         assert_eq!(infer(&c, &w, &format!("paused {i}"), None).await.0, 200);
     }
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // The pause ends by itself; kill only once Redis answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command_within("PING", Duration::from_millis(200)).as_deref() != Some("+PONG") {
+        assert!(Instant::now() < deadline, "Redis still paused after 10 s");
+    }
     redis.kill();
     for i in 0..10 {
         assert_eq!(infer(&c, &w, &format!("no redis {i}"), None).await.0, 200);

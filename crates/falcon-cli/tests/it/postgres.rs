@@ -129,7 +129,12 @@ async fn a_repeated_request_id_makes_one_row_and_its_batch_is_not_lost() {
         assert_eq!(r.unwrap().status(), 200);
     }
     wait_for_rows(&pg, &w, 3, Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is left to write: the duplicate did not become a fourth row later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &w, "log_buffer_size{").await != 0.0 {
+        assert!(Instant::now() < deadline, "the writer still holds records");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(pg.count_rows(), 3);
     assert_eq!(
         pg.psql("SELECT text_length FROM inference_logs WHERE request_id = 'dup-0001'"),
@@ -226,14 +231,15 @@ async fn a_full_buffer_drops_the_oldest_and_counts_every_drop() {
 #[tokio::test]
 async fn sigterm_flushes_the_request_log_before_exit() {
     let pg = Postgres::start();
-    let mut w = worker(&pg, "w-term", &[("LOG_BATCH_WINDOW_MS", "2000"), ("LOG_BATCH_SIZE", "10000")]);
+    // A batch window far longer than the test: nothing is written until shutdown.
+    let mut w = worker(&pg, "w-term", &[("LOG_BATCH_WINDOW_MS", "600000"), ("LOG_BATCH_SIZE", "10000")]);
     let c = reqwest::Client::new();
     for i in 0..50 {
         infer(&c, &w, &format!("flush me {i}"), None).await;
     }
-    // The 2 s batch window has not passed: the rows are still in the writer.
+    assert_eq!(pg.count_rows(), 0, "the rows are still in the writer when TERM arrives");
     w.signal("TERM");
-    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0), "shutdown does not wait out the batch window");
     assert_eq!(pg.count_rows(), 50);
 }
 
@@ -241,7 +247,7 @@ async fn sigterm_flushes_the_request_log_before_exit() {
 async fn with_a_spool_an_overflowing_outage_loses_nothing() {
     let mut pg = Postgres::start();
     let spool = crate::common::fresh_dir();
-    let w = worker(&pg, "w-spool", &[("LOG_BUFFER_SIZE", "100"), ("LOG_SPOOL_DIR", spool.to_str().unwrap())]);
+    let w = worker(&pg, "w-spool", &[("LOG_BUFFER_SIZE", "100"), ("LOG_SPOOL_DIR", spool.path().to_str().unwrap())]);
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
     wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
@@ -264,7 +270,7 @@ async fn with_a_spool_an_overflowing_outage_loses_nothing() {
 async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() {
     let mut pg = Postgres::start();
     let spool = crate::common::fresh_dir();
-    let spool_env = [("LOG_SPOOL_DIR", spool.to_str().unwrap())];
+    let spool_env = [("LOG_SPOOL_DIR", spool.path().to_str().unwrap())];
     let mut w = worker(&pg, "w-kill", &spool_env);
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
@@ -290,20 +296,29 @@ async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() 
 #[tokio::test]
 async fn a_stalled_postgres_does_not_slow_requests() {
     let pg = Postgres::start();
-    let w = worker(&pg, "w-stall", &[]);
+    // The writer waits on the lock as long as it is held (no operation timeout in between).
+    let w = worker(&pg, "w-stall", &[("POSTGRES_OPERATION_TIMEOUT_SECONDS", "60")]);
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
     wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
-    // Another session holds the table for 4 s: every INSERT blocks behind it.
+    // Another session holds the table for 20 s: every write blocks behind it.
     let port = pg.port;
     let locker = std::thread::spawn(move || {
         std::process::Command::new("psql")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
-            .arg("BEGIN; LOCK TABLE inference_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;")
+            .arg("BEGIN; LOCK TABLE inference_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(20); COMMIT;")
             .output()
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                WHERE c.relname = 'inference_logs' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql(held) != "1" {
+        assert!(Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let writes = "db_operations_total{worker_id=\"w-stall\",operation=\"insert\",status=\"success\"}";
+    let written_before = metric(&c, &w, writes).await;
     let mut slowest = Duration::ZERO;
     for i in 0..100 {
         let started = Instant::now();
@@ -311,7 +326,15 @@ async fn a_stalled_postgres_does_not_slow_requests() {
         assert_eq!(status, 200);
         slowest = slowest.max(started.elapsed());
     }
-    assert!(slowest < Duration::from_millis(500), "a request took {slowest:?} while Postgres stalled");
-    assert!(locker.join().unwrap().status.success());
+    // Every request was answered while the table was still locked and the writer was
+    // blocked behind the lock: none of them waited for the database.
+    assert_eq!(pg.psql(held), "1", "the lock was held through all 100 requests");
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                   WHERE c.relname = 'inference_logs' AND NOT l.granted";
+    assert_ne!(pg.psql(waiting), "0", "the request-log writer is waiting for the lock");
+    assert_eq!(metric(&c, &w, writes).await, written_before, "no batch was written while the table was locked");
+    assert!(slowest < Duration::from_secs(3), "a request took {slowest:?} while Postgres stalled");
+    pg.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(20)%' AND pid <> pg_backend_pid()");
+    let _ = locker.join().unwrap();
     wait_for_rows(&pg, &w, 101, Duration::from_secs(15));
 }

@@ -36,8 +36,11 @@ async fn two_workers_share_the_cache_and_entries_expire() {
     let ready: Value = c.get(b.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["redis_available"], true);
     assert_eq!(ready["backends"]["cache"], "redis");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(redis.count_keys("cache:*"), 0, "Redis expired the entry after CACHE_TTL_SECONDS");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.count_keys("cache:*") != 0 {
+        assert!(Instant::now() < deadline, "Redis never expired the entry after CACHE_TTL_SECONDS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (_, third) = infer(&c, &b, "The food was great", None).await;
     assert_eq!(third["cache_hit"], false);
 }
@@ -90,10 +93,14 @@ async fn concurrent_duplicates_across_workers_compute_once() {
         computed += usize::from(body["idempotency_hit"] == false);
         predictions.insert(body["prediction"].as_str().unwrap().to_owned());
     }
-    assert_eq!(computed, 1, "exactly one request ran the model");
+    assert_eq!(computed, 1, "exactly one answer was computed, the others replayed it");
     assert_eq!(predictions.len(), 1);
     let misses = metric(&c, &a, "idempotency_misses_total{").await + metric(&c, &b, "idempotency_misses_total{").await;
     assert_eq!(misses, 1.0);
+    // The model itself ran once (the cache is off, so every computation is a model job).
+    let jobs = metric(&c, &a, "model_inference_batch_size_sum{").await
+        + metric(&c, &b, "model_inference_batch_size_sum{").await;
+    assert_eq!(jobs, 1.0, "texts the model classified across both workers");
 }
 
 #[tokio::test]
@@ -117,11 +124,21 @@ async fn redis_outage_serves_uncached_opens_the_breaker_and_recovers() {
         assert!(started.elapsed() < Duration::from_secs(2), "request {i} took {:?}", started.elapsed());
     }
     assert_eq!(metric(&c, &w, "circuit_breaker_state{worker_id=\"w-out\",dependency=\"redis\"}").await, 1.0);
-    // Open: no more network attempts, so no more failures are counted. (Calls already in
-    // flight when it opened may still fail for up to one operation timeout: let them settle.)
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Open: no more network attempts, so no more failures are counted. Calls already in
+    // flight when it opened may still fail for up to one operation timeout (0.5 s): wait
+    // until the count holds still for longer than that.
     let series = "circuit_breaker_failures_total{worker_id=\"w-out\",dependency=\"redis\"}";
-    let failures = metric(&c, &w, series).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut failures = metric(&c, &w, series).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = metric(&c, &w, series).await;
+        if now == failures {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis failures still being counted 10 s after the breaker opened");
+        failures = now;
+    }
     for i in 0..10 {
         infer(&c, &w, &format!("still down {i}"), None).await;
     }
@@ -173,21 +190,65 @@ async fn hanging_redis_never_holds_a_request_past_the_operation_timeout() {
     );
     let c = reqwest::Client::new();
     infer(&c, &w, "warm up the connection", None).await;
-    for pause in ["CLIENT PAUSE 3000 ALL", "DEBUG SLEEP 2"] {
+    let cache_errors = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("cache_errors_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Each hang lasts 6 s. A request makes at most five Redis calls (cache get, idempotency
+    // get, lock, get, set), each cut off at 0.3 s, so it answers within ~1.5 s: far less
+    // than a request that waited for Redis would take.
+    for pause in ["CLIENT PAUSE 6000 ALL", "DEBUG SLEEP 6"] {
+        // The previous hang is over before the next begins.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while redis.command_within("PING", Duration::from_millis(200)).as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "Redis still hung before {pause}");
+        }
+        let before = cache_errors(&c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap());
         let r = RedisServer::attach(redis.port);
         let cmd = pause.to_owned();
-        let pauser = std::thread::spawn(move || r.command(&cmd));
-        std::thread::sleep(Duration::from_millis(100));
-        for i in 0..5 {
-            let started = Instant::now();
-            let (status, _) =
-                infer(&c, &w, &format!("{pause} {i}"), Some(&format!("{}-{i}", pause.replace(' ', "_")))).await;
-            assert_eq!(status, 200);
-            // Cache get + set and idempotency get + lock + set: each bounded by 0.3 s.
-            assert!(started.elapsed() < Duration::from_millis(2000), "{pause}: request took {:?}", started.elapsed());
+        let hang_started = Instant::now();
+        let pauser = std::thread::spawn(move || r.command_within(&cmd, Duration::from_secs(30)));
+        // The hang is in effect once a PING from another connection goes unanswered.
+        let probe = RedisServer::attach(redis.port);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while probe.command_within("PING", Duration::from_millis(200)).is_some() {
+            assert!(Instant::now() < deadline, "{pause} did not take effect");
         }
-        pauser.join().unwrap();
+        let requests: Vec<_> = (0..5)
+            .map(|i| {
+                let (c, url) = (c.clone(), w.url("/infer"));
+                let key = format!("{}-{i}", pause.replace(' ', "_"));
+                let text = format!("{pause} {i}");
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let r = c
+                        .post(url)
+                        .header("x-idempotency-key", key)
+                        .json(&json!({ "text": text }))
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await
+                        .unwrap();
+                    (r.status().as_u16(), started.elapsed())
+                })
+            })
+            .collect();
+        for r in requests {
+            let (status, took) = r.await.unwrap();
+            assert_eq!(status, 200, "{pause}");
+            assert!(took < Duration::from_secs(4), "{pause}: request took {took:?}");
+        }
+        assert!(hang_started.elapsed() < Duration::from_secs(6), "every request was answered while Redis hung");
+        let after = cache_errors(&c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap());
+        assert!(after >= before + 5.0, "{pause}: timeouts were counted in cache_errors_total ({before} -> {after})");
+        assert_eq!(pauser.join().unwrap().as_deref(), Some("+OK"), "{pause} was accepted by Redis");
     }
+    let timeouts =
+        w.logs.lock().unwrap().iter().filter(|l| l["error"].as_str().is_some_and(|e| e.contains("timeout"))).count();
+    assert!(timeouts > 0, "the log says why Redis was skipped");
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 //! SIGTERM under steady load costs the client nothing; the request log's rows match.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use crate::common::repo;
 use serde_json::Value;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::common::free_port()
 }
 
 /// Where a native stack lives and listens: enough to drive scripts/stack.sh, and cheap to
@@ -29,15 +28,17 @@ impl StackCtl {
     /// Runs scripts/stack.sh with this stack's settings; (success, stdout + stderr).
     fn script(&self, args: &[&str]) -> (bool, String) {
         let ports = self.worker_ports.map(|p| p.to_string()).join(" ");
+        // Only what stack.sh needs: the caller's settings must not reach the workers.
         let out = Command::new(repo().join("scripts/stack.sh"))
             .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
             .env("STACK_DIR", &self.dir)
             .env("STACK_NGINX_PORT", self.nginx_port.to_string())
             .env("STACK_STATUS_PORT", free_port().to_string())
             .env("STACK_WORKER_PORTS", ports)
             .env("FALCON_BIN", env!("CARGO_BIN_EXE_falcon"))
-            .env_remove("REDIS_URL")
-            .env_remove("DATABASE_URL")
             .output()
             .unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -65,8 +66,10 @@ impl Stack {
             nginx_port: free_port(),
             worker_ports: [free_port(), free_port(), free_port()],
         };
-        ctl.run(&["up"]);
-        Self { _dir: dir, ctl }
+        // The guard exists before `up` runs: a failed `up` is torn down too.
+        let stack = Self { _dir: dir, ctl };
+        stack.ctl.run(&["up"]);
+        stack
     }
 
     fn url(&self, path: &str) -> String {
@@ -91,17 +94,35 @@ impl Stack {
         self.psql("SELECT count(*) FROM inference_logs").parse().unwrap()
     }
 
-    /// Waits until the row count stops changing (every live worker has flushed).
+    /// Waits until the row count holds still for 2 s (every live worker has flushed), at
+    /// most 60 s; fails loudly if it never does.
     fn settled_rows(&self) -> i64 {
-        let mut last = -1;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = self.rows();
+        let mut still_since = Instant::now();
         loop {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(250));
             let n = self.rows();
-            if n == last || Instant::now() > deadline {
+            if n != last {
+                (last, still_since) = (n, Instant::now());
+            } else if still_since.elapsed() >= Duration::from_secs(2) {
                 return n;
             }
-            last = n;
+            assert!(Instant::now() < deadline, "the row count was still changing after 60 s ({n})");
+        }
+    }
+
+    /// Waits until there are exactly `expected` rows, at most 60 s.
+    fn wait_rows(&self, expected: i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = self.rows();
+            assert!(n <= expected, "{n} rows, more than the {expected} expected");
+            if n == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} rows after 60 s, expected {expected}");
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
@@ -234,8 +255,8 @@ async fn native_stack_spreads_load_and_loses_no_request_when_a_worker_dies_or_dr
     let (ok, said) = helper("demo.sh");
     assert!(ok && said.contains("\"idempotency_hit\": true") && said.contains("validation_error"), "{said}");
     // The demo's 7 requests (one a validation error, one a replay) made one row each.
-    let demo_rows = stack.settled_rows() - sent_ok.len() as i64;
-    assert_eq!(demo_rows, 7);
+    let demo_rows = 7;
+    stack.wait_rows(sent_ok.len() as i64 + demo_rows);
     let before_drills: BTreeSet<String> =
         stack.psql("SELECT request_id FROM inference_logs").lines().map(str::to_owned).collect();
 
@@ -250,6 +271,7 @@ async fn native_stack_spreads_load_and_loses_no_request_when_a_worker_dies_or_dr
     .await;
     assert_no_failures(&answers, "SIGTERM drill");
     sent_ok.extend(answers.iter().map(|a| a.request_id.clone()));
+    stack.wait_rows(sent_ok.len() as i64 + demo_rows);
     let sigterm_rows = stack.settled_rows() - demo_rows;
     println!(
         "SIGTERM drill: {} requests at 100/s, 0 failed, per worker {:?}; rows {sigterm_rows} = successful responses {}",
@@ -269,15 +291,31 @@ async fn native_stack_spreads_load_and_loses_no_request_when_a_worker_dies_or_dr
     })
     .await;
     assert_no_failures(&answers, "kill -9 drill");
-    let back = answers.iter().filter(|a| a.worker_id == "worker-2" && a.at > Duration::from_secs(14)).count();
-    assert!(back > 0, "worker-2 took no traffic after its restart: {:?}", per_worker(&answers));
+    sent_ok.extend(answers.iter().map(|a| a.request_id.clone()));
+    // nginx tries a failed upstream again only after its fail_timeout (5 s): keep asking,
+    // up to 30 s, until the restarted worker-2 answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut back = answers.iter().any(|a| a.worker_id == "worker-2" && a.at > Duration::from_secs(12));
+    while !back {
+        assert!(Instant::now() < deadline, "worker-2 took no traffic after its restart: {:?}", per_worker(&answers));
+        let r = client
+            .post(stack.url("/infer"))
+            .json(&serde_json::json!({ "text": "is worker-2 back" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        sent_ok.push(body["request_id"].as_str().unwrap().to_owned());
+        back = body["worker_id"] == "worker-2";
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let port2 = format!("127.0.0.1:{}", stack.ctl.worker_ports[1]);
     let errors = stack.nginx_error_log();
     assert!(
         errors.lines().any(|l| l.contains(&port2) && l.contains("upstream")),
         "nginx logged no failure for worker-2 ({port2}):\n{errors}"
     );
-    sent_ok.extend(answers.iter().map(|a| a.request_id.clone()));
     let rows = stack.settled_rows() - demo_rows;
     let lost = sent_ok.len() as i64 - rows;
     println!(

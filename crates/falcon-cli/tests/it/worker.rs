@@ -268,17 +268,41 @@ impl SlowClient {
     }
 }
 
+/// Sockets the process holds open (the listener, accepted connections, database files are not).
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+        .count()
+}
+
+/// Waits until the worker has accepted `n` more connections than `baseline` sockets.
+fn wait_accepted(w: &Worker, baseline: usize, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sockets(w.child.id()) < baseline + n {
+        assert!(std::time::Instant::now() < deadline, "the worker did not accept {n} connections");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "10")]);
+    let baseline = sockets(w.child.id());
     let clients: Vec<SlowClient> = (0..5).map(|i| SlowClient::start(&w, &format!("in flight number {i}"))).collect();
-    // Let the worker accept the connections and start the requests.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_accepted(&w, baseline, 5);
     w.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    w.wait_for_log("Shutdown signal received", Duration::from_secs(10), |l| {
+        l["message"].as_str().is_some_and(|m| m.starts_with("Shutdown signal received"))
+    });
+    // New connections are refused while draining, and the worker stays for the five.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(w.addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "listener still accepting 5 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(w.child.try_wait().unwrap().is_none(), "worker exited with requests in flight");
-    // New connections are refused while draining.
-    assert!(TcpStream::connect(w.addr).is_err(), "listener still accepting after SIGTERM");
     for c in clients {
         let response = c.finish();
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -293,8 +317,9 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
 #[test]
 fn drain_is_bounded_by_the_grace_period() {
     let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "1")]);
+    let baseline = sockets(w.child.id());
     let _stuck = SlowClient::start(&w, "this request never completes");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_accepted(&w, baseline, 1);
     w.signal("TERM");
     let started = std::time::Instant::now();
     assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
@@ -305,11 +330,12 @@ fn drain_is_bounded_by_the_grace_period() {
 #[test]
 fn dotenv_file_is_read_and_real_environment_wins() {
     let dir = fresh_dir();
+    let dir = dir.path();
     std::fs::write(dir.join(".env"), "CACHE_TTL_SECONDS=not-a-number\nWORKER_ID=from-dotenv\n").unwrap();
-    let out = falcon_in(&dir).arg("serve").output().unwrap();
+    let out = falcon_in(dir).arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "the bad value in .env was read");
     assert!(String::from_utf8_lossy(&out.stdout).contains("CACHE_TTL_SECONDS"));
-    let out = falcon_in(&dir).arg("serve").env("CACHE_TTL_SECONDS", "0").output().unwrap();
+    let out = falcon_in(dir).arg("serve").env("CACHE_TTL_SECONDS", "0").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("invalid value '0'"), "the environment's value is the one used: {stdout}");
     assert!(!stdout.contains("not-a-number"));
@@ -318,6 +344,7 @@ fn dotenv_file_is_read_and_real_environment_wins() {
 #[tokio::test]
 async fn zero_config_writes_the_request_log_to_sqlite() {
     let dir = fresh_dir();
+    let dir = dir.path();
     let db = dir.join("request_log.db");
     let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
     let c = reqwest::Client::new();

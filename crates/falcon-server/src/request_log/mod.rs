@@ -47,6 +47,8 @@ struct Queue {
     capacity: usize,
     wake: Notify,
     closed: AtomicBool,
+    /// Fired once by `finish`: cuts short a batch window so shutdown never waits it out.
+    closing: Notify,
     full_warning: Throttle,
 }
 
@@ -195,6 +197,7 @@ pub fn start(
         capacity: config.buffer_size.max(1),
         wake: Notify::new(),
         closed: AtomicBool::new(false),
+        closing: Notify::new(),
         full_warning: Throttle::new(Duration::from_secs(10)),
     });
     let available = Arc::new(AtomicBool::new(false));
@@ -234,6 +237,7 @@ impl Writer {
     pub async fn finish(self, within: Duration) {
         self.queue.closed.store(true, Ordering::SeqCst);
         self.queue.wake.notify_one();
+        self.queue.closing.notify_one();
         let abort = self.task.abort_handle();
         let finished = tokio::time::timeout(within, self.task).await.is_ok();
         if !finished {
@@ -316,7 +320,10 @@ impl WriterState {
             }
             // Give a burst the batch window to fill the batch (not while shutting down).
             if waiting < self.config.batch_size && !closing {
-                tokio::time::sleep(self.config.batch_window).await;
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.batch_window) => {}
+                    () = self.queue.closing.notified() => {}
+                }
             }
             let batch = self.queue.peek(self.config.batch_size);
             let n = batch.len();

@@ -19,7 +19,12 @@ impl Throttle {
 
     /// True at most once per interval (the first call is always true).
     pub fn ready(&self) -> bool {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.ready_at(Instant::now())
+    }
+
+    /// `ready` as of `now` (tests drive the clock).
+    pub fn ready_at(&self, now: Instant) -> bool {
+        let now = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
         let last = self.last.load(Ordering::Relaxed);
         (last == 0 || now.saturating_sub(last) >= self.every.as_millis() as u64)
             && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
@@ -32,11 +37,12 @@ mod tests {
 
     #[test]
     fn says_yes_once_per_interval() {
-        let t = Throttle::new(Duration::from_millis(50));
-        assert!(t.ready());
-        assert!(!t.ready());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(t.ready());
-        assert!(!t.ready());
+        let t = Throttle::new(Duration::from_secs(10));
+        let t0 = t.epoch;
+        assert!(t.ready_at(t0));
+        assert!(!t.ready_at(t0 + Duration::from_millis(9_999)));
+        assert!(t.ready_at(t0 + Duration::from_secs(10)));
+        assert!(!t.ready_at(t0 + Duration::from_secs(15)));
+        assert!(t.ready_at(t0 + Duration::from_secs(20)));
     }
 }

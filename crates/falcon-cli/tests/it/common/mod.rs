@@ -13,9 +13,31 @@ use serde_json::Value;
 pub mod postgres;
 pub mod redis;
 
-/// `falcon` in a fresh empty directory (so no `.env` leaks in) with only `PATH` set.
-pub fn falcon() -> Command {
-    falcon_in(&fresh_dir())
+/// `falcon` in a fresh empty directory (so no `.env` leaks in) with only `PATH` set. The
+/// directory lives as long as the returned value (a temporary in one statement is enough).
+pub fn falcon() -> Falcon {
+    let dir = fresh_dir();
+    let cmd = falcon_in(dir.path());
+    Falcon { cmd, _dir: dir }
+}
+
+/// A `falcon` command and the empty directory it runs in.
+pub struct Falcon {
+    cmd: Command,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Falcon {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.cmd
+    }
+}
+
+impl std::ops::DerefMut for Falcon {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
 }
 
 /// `falcon` run in `dir`, with only `PATH` set.
@@ -25,9 +47,25 @@ pub fn falcon_in(dir: &std::path::Path) -> Command {
     cmd
 }
 
-/// A new empty directory that outlives the test process's use of it.
-pub fn fresh_dir() -> PathBuf {
-    tempfile::tempdir().unwrap().keep()
+/// A new empty directory, removed when the returned value is dropped.
+pub fn fresh_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// A free TCP port on 127.0.0.1, outside the kernel's ephemeral range (32768–60999 here),
+/// so no outgoing connection of this suite takes it while a test restarts a server on it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Start from a per-process offset so parallel test binaries spread over the range.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % 64) as u16 * 150;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (offset + n) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The repository root.
@@ -50,18 +88,25 @@ pub fn shipped_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.bin")
 }
 
-/// A running worker; killed when dropped.
+/// A running worker; killed when dropped. Every line it writes to stdout must be JSON:
+/// dropping a worker that wrote another line fails the test.
 pub struct Worker {
     pub child: Child,
     pub addr: SocketAddr,
     pub logs: Arc<Mutex<Vec<Value>>>,
+    not_json: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Worker {
     /// Starts `falcon serve` on 127.0.0.1 with a free port and the built-in model, plus
-    /// `env`, and waits until it listens.
+    /// `env`, in an empty directory of its own, and waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Worker {
-        Self::start_in(&fresh_dir(), env)
+        let dir = fresh_dir();
+        let mut w = Self::start_in(dir.path(), env);
+        w._dir = Some(dir);
+        w
     }
 
     /// Like `start`, in `dir` (where a `.env` would be read).
@@ -79,26 +124,40 @@ impl Worker {
         let mut child = cmd.spawn().expect("spawn falcon");
         let stdout = child.stdout.take().expect("stdout");
         let logs: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
+        let not_json: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+        let (sink, bad) = (logs.clone(), not_json.clone());
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
-                sink.lock().unwrap().push(v);
+                match serde_json::from_str(&line) {
+                    Ok(v) => sink.lock().unwrap().push(v),
+                    Err(_) => bad.lock().unwrap().push(line),
+                }
             }
         });
+        // From here on the child is owned by a Worker, so any failure below kills it.
+        let mut w = Worker {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+            not_json,
+            reader: Some(reader),
+            _dir: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let found = logs
+            let found = w
+                .logs
                 .lock()
                 .unwrap()
                 .iter()
                 .find(|l| l["message"] == "Worker listening")
                 .and_then(|l| l["address"].as_str().map(str::to_owned));
             if let Some(addr) = found {
-                return Worker { child, addr: addr.parse().unwrap(), logs };
+                w.addr = addr.parse().unwrap();
+                return w;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("worker exited with {status} before listening: {:?}", logs.lock().unwrap());
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("worker exited with {status} before listening: {:?}", w.logs.lock().unwrap());
             }
             assert!(Instant::now() < deadline, "worker did not start listening within 30 s");
             std::thread::sleep(Duration::from_millis(20));
@@ -129,12 +188,31 @@ impl Worker {
     pub fn log_messages(&self) -> Vec<String> {
         self.logs.lock().unwrap().iter().filter_map(|l| l["message"].as_str().map(str::to_owned)).collect()
     }
+
+    /// Waits until a log line satisfies `pred`, at most `within`; fails loudly otherwise.
+    pub fn wait_for_log(&self, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.logs.lock().unwrap().iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line {what} within {within:?}: {:?}", self.log_messages());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let bad = std::mem::take(&mut *self.not_json.lock().unwrap());
+        if !bad.is_empty() && !std::thread::panicking() {
+            panic!("the worker wrote {} log lines that are not JSON, e.g. {:?}", bad.len(), bad[0]);
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free loopback port in a temp
 //! dir: tests stop and start it without touching the machine's shared Postgres.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -44,7 +43,7 @@ fn run(bin: &Path, args: &[&str]) -> Output {
 
 impl Postgres {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::common::free_port();
         let dir = tempfile::tempdir().unwrap();
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).output();
         let bin = bin_dir();
@@ -71,12 +70,13 @@ impl Postgres {
             self.port,
             self.dir.path().display()
         );
+        // Set first: a start that fails half-way is still stopped on drop.
+        self.running = true;
         let out = run(
             &self.bin.join("pg_ctl"),
             &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"],
         );
         assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
-        self.running = true;
     }
 
     /// Immediate shutdown: connections drop as in a crash.

@@ -2,7 +2,7 @@
 //! and pause it without touching the machine's shared Redis.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::common::free_port();
         let mut s = Self { port, dir: tempfile::tempdir().unwrap(), child: None };
         s.restart();
         s
@@ -33,6 +33,8 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // DEBUG SLEEP is refused without it (Redis 7), and the hang tests need it.
+            .args(["--enable-debug-command", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -57,18 +59,24 @@ impl RedisServer {
 
     /// Sends one inline command and returns the first reply line (`None` if unreachable).
     pub fn command(&self, cmd: &str) -> Option<String> {
+        self.command_within(cmd, Duration::from_secs(10))
+    }
+
+    /// Like `command`, giving up on the reply after `within`.
+    pub fn command_within(&self, cmd: &str, within: Duration) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.set_read_timeout(Some(within)).ok()?;
         s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).ok()?;
         Some(line.trim_end().to_owned())
     }
 
-    /// Number of keys matching a pattern (`KEYS pattern`).
+    /// Number of keys matching a pattern (`KEYS pattern`). Fails if Redis does not answer:
+    /// an unreachable server must never read as "no keys".
     pub fn count_keys(&self, pattern: &str) -> usize {
-        let reply = self.command(&format!("KEYS {pattern}")).unwrap_or_default();
-        reply.strip_prefix('*').and_then(|n| n.parse().ok()).unwrap_or(0)
+        let reply = self.command(&format!("KEYS {pattern}")).expect("redis-server is not answering");
+        reply.strip_prefix('*').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("KEYS replied {reply:?}"))
     }
 }
 
