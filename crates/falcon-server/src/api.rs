@@ -5,10 +5,38 @@ use std::collections::BTreeMap;
 use falcon_backend::Prediction;
 use serde::{Deserialize, Serialize};
 
-/// POST /infer body. Unknown fields are ignored.
-#[derive(Debug, Deserialize)]
+/// POST /infer body: a JSON object with a string `text`. Unknown fields are ignored. Only
+/// an object is accepted: serde would otherwise read `["some text"]` as this struct too.
+#[derive(Debug)]
 pub struct InferRequest {
     pub text: String,
+}
+
+impl<'de> Deserialize<'de> for InferRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = InferRequest;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object with a string field \"text\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<InferRequest, A::Error> {
+                let mut text = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "text" {
+                        if text.is_some() {
+                            return Err(serde::de::Error::duplicate_field("text"));
+                        }
+                        text = Some(map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                text.map(|text| InferRequest { text }).ok_or_else(|| serde::de::Error::missing_field("text"))
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
 /// POST /infer answer.
@@ -55,6 +83,24 @@ pub fn is_sane_request_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_object_with_a_string_text_is_a_request() {
+        let ok: InferRequest = serde_json::from_str(r#"{"text": "hi", "other": [1, {"a": 2}]}"#).unwrap();
+        assert_eq!(ok.text, "hi");
+        for bad in [
+            r#"["I love this"]"#,
+            r#""I love this""#,
+            r#"{"text": 5}"#,
+            r#"{}"#,
+            r#"{"text":"a","text":"b"}"#,
+            "null",
+            "7",
+        ] {
+            let e = serde_json::from_str::<InferRequest>(bad).unwrap_err();
+            assert_eq!(e.classify(), serde_json::error::Category::Data, "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn request_id_sanity() {

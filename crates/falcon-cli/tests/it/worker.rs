@@ -201,6 +201,23 @@ fn port_in_use_fails_start_up() {
 }
 
 #[test]
+fn model_inspect_prints_the_built_in_and_a_file_model_alike() {
+    let built_in = falcon().args(["model", "inspect", "--json"]).output().unwrap();
+    assert!(built_in.status.success(), "{}", String::from_utf8_lossy(&built_in.stderr));
+    let meta: Value = serde_json::from_slice(&built_in.stdout).unwrap();
+    assert_eq!(meta["labels"], json!(["negative", "neutral", "positive"]));
+    assert_eq!(meta["metrics"]["n"], 4741);
+    let file = falcon().args(["model", "inspect", "--json"]).arg(shipped_model()).output().unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&file.stdout).unwrap(), meta, "the binary embeds models/classifier.bin");
+    let text = falcon().args(["model", "inspect"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(meta["model_version"].as_str().unwrap()) && text.contains("macro-F1"), "{text}");
+    let bad = falcon().args(["model", "inspect", "/dev/null"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/dev/null"));
+}
+
+#[test]
 fn predict_prints_the_infer_fields() {
     let out = falcon().args(["predict", "what a lovely day"]).env("MODEL_PATH", shipped_model()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -312,6 +329,18 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     let messages = w.log_messages();
     assert!(messages.iter().any(|m| m.starts_with("Shutdown signal received")), "{messages:?}");
     assert!(messages.iter().any(|m| m == "Worker stopped"));
+    // Every background task was stopped and awaited, and said how it ended.
+    let stopped: Vec<(String, String)> = w
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["message"] == "Background task stopped")
+        .map(|l| (l["task"].as_str().unwrap().to_owned(), l["outcome"].as_str().unwrap().to_owned()))
+        .collect();
+    let names: Vec<&str> = stopped.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, ["metrics_upkeep", "database_probe", "request_log_writer"], "{stopped:?}");
+    assert!(stopped.iter().all(|(_, outcome)| outcome == "finished"), "{stopped:?}");
 }
 
 #[test]
