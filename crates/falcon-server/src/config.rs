@@ -275,6 +275,14 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// A setting that parses but cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct InvalidSetting {
+    pub variable: &'static str,
+    pub message: String,
+}
+
 /// Everything `falcon serve` needs.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -374,6 +382,38 @@ impl Config {
         Duration::from_secs_f64(self.server.graceful_shutdown_timeout_seconds)
     }
 
+    /// Checks what parses but cannot work (a dependency URL of the wrong form or scheme),
+    /// so start-up refuses it at once, naming the variable, instead of degrading forever.
+    /// Messages never repeat the value: URLs carry passwords.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if let Some(url) = self.redis_url() {
+            let variable = if self.redis.redis_url.is_some() { "REDIS_URL" } else { "REDIS_HOST" };
+            if redis::Client::open(url.expose()).is_err() {
+                return Err(InvalidSetting {
+                    variable,
+                    message: "not a valid Redis URL (redis://[:password@]host[:port][/db])".into(),
+                });
+            }
+        }
+        if let Some(url) = self.postgres_url() {
+            let variable = if self.database.database_url.is_some() { "DATABASE_URL" } else { "POSTGRES_HOST" };
+            let scheme = url.expose().split_once("://").map_or("", |(scheme, _)| scheme);
+            if !matches!(scheme, "postgres" | "postgresql") {
+                return Err(InvalidSetting {
+                    variable,
+                    message: "the request log needs a postgres:// URL (unset it for the embedded SQLite log)".into(),
+                });
+            }
+            if <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url.expose()).is_err() {
+                return Err(InvalidSetting {
+                    variable,
+                    message: "not a valid Postgres URL (postgres://user[:password]@host[:port]/database)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A configuration with every default and the given overrides, for tests and tools.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where
@@ -466,6 +506,23 @@ mod tests {
         let c = Config::from_args(["--redis-host", "localhost", "--rate-limit-enabled", "true"]).unwrap();
         let names: Vec<_> = c.planned.inert_requests().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["RATE_LIMIT_ENABLED"]);
+    }
+
+    #[test]
+    fn dependency_urls_of_the_wrong_form_are_refused_naming_the_variable_and_never_the_value() {
+        assert_eq!(Config::from_args(Vec::<String>::new()).unwrap().validate(), Ok(()));
+        for (args, variable) in [
+            (vec!["--redis-url", "localhost:6379"], "REDIS_URL"),
+            (vec!["--database-url", "mysql://u:hunter2@db/x"], "DATABASE_URL"),
+            (vec!["--database-url", "postgres://u:hunter2@db:notaport/x"], "DATABASE_URL"),
+        ] {
+            let e = Config::from_args(args).unwrap().validate().unwrap_err();
+            assert_eq!(e.variable, variable);
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let ok =
+            Config::from_args(["--redis-url", "redis://:pw@cache:6379/0", "--database-url", "postgresql://u@db/x"]);
+        assert_eq!(ok.unwrap().validate(), Ok(()));
     }
 
     #[test]

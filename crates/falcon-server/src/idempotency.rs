@@ -2,7 +2,7 @@
 //! it; the same key with a different body is a conflict; concurrent requests with one key
 //! run the model once. In-process without Redis; across workers with it.
 //!
-//! Across workers the claim is a Redis lock, `SET idempotency:<key>:lock <fingerprint> NX PX`,
+//! Across workers the claim is a Redis lock, `SET idempotency-lock:<key> <fingerprint> NX PX`,
 //! so exactly one request computes. The others poll `idempotency:<key>` until the response is
 //! there. If the lock expires or is released without a response (the owner failed), the
 //! next poll claims it.
@@ -141,8 +141,10 @@ fn record_key(key: &str) -> String {
     format!("idempotency:{key}")
 }
 
+/// Locks live under their own prefix: no client key can name another key's lock (with
+/// `idempotency:<key>:lock`, the key `K:lock` stored its record on the lock of `K`).
 fn lock_key(key: &str) -> String {
-    format!("idempotency:{key}:lock")
+    format!("idempotency-lock:{key}")
 }
 
 async fn claim_memory(

@@ -24,7 +24,7 @@ use crate::resilience::retry::RETRY_WARNING_INTERVAL;
 use crate::resilience::{CircuitBreaker, RetryPolicy};
 use crate::tasks::Background;
 use crate::telemetry::metrics;
-use crate::telemetry::throttle::Throttle;
+use crate::telemetry::throttle::{LogLimiter, Throttle};
 
 /// A loaded model, with where it came from and how long it took.
 pub struct LoadedBackend {
@@ -167,6 +167,7 @@ pub async fn build_state(
         max_body_bytes: config.server.max_request_body_bytes as usize,
         started: Instant::now(),
         metrics: metrics_handle,
+        error_log: Arc::new(LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1))),
     };
     Ok((state, background))
 }

@@ -5,7 +5,7 @@ use falcon_server::{Application, Config, shutdown_signal};
 use crate::backends::{self, LoadError};
 
 /// Runs a worker until SIGTERM/SIGINT. Exit 0 after a clean drain, 1 when start-up fails,
-/// 2 for an unknown `MODEL_BACKEND`.
+/// 2 for a setting that cannot work (an unknown `MODEL_BACKEND`, a malformed dependency URL).
 pub fn run(config: Config) -> ExitCode {
     let worker_id = config.worker_id();
     falcon_server::telemetry::logging::init(&worker_id, &config.server.log_level);
@@ -16,6 +16,10 @@ pub fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = config.validate() {
+        tracing::error!(error = %e.message, variable = e.variable, "Invalid configuration");
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
     runtime.block_on(async {
         let (name, path) = (config.server.model_backend.clone(), config.server.model_path.clone());
         let model = match tokio::task::spawn_blocking(move || backends::load(&name, path.as_deref())).await {

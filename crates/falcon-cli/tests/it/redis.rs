@@ -272,3 +272,18 @@ async fn worker_starts_and_serves_while_redis_is_down_from_the_start() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A client's key can never reach another key's lock or record.
+#[tokio::test]
+async fn an_idempotency_key_that_looks_like_a_lock_does_not_clash() {
+    let redis = RedisServer::start();
+    let w = worker(&redis, "w-clash", &[]);
+    let c = reqwest::Client::new();
+    let (status, first) = infer(&c, &w, "first body", Some("order:lock")).await;
+    assert_eq!((status, &first["idempotency_hit"]), (200, &json!(false)));
+    let (status, second) = infer(&c, &w, "second body", Some("order")).await;
+    assert_eq!(status, 200, "a different key: not a conflict ({second})");
+    assert_eq!(second["idempotency_hit"], false);
+    assert_eq!(redis.count_keys("idempotency:*"), 2, "two records, one per key");
+    assert_eq!(redis.count_keys("idempotency-lock:*"), 0, "locks are released");
+}

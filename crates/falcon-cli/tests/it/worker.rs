@@ -137,6 +137,20 @@ fn bad_configuration_exits_2_naming_the_variable() {
 }
 
 #[test]
+fn malformed_dependency_urls_exit_2_naming_the_variable() {
+    for (var, value) in [("REDIS_URL", "localhost:6379"), ("DATABASE_URL", "mysql://user:hunter2@db/app")] {
+        let out = falcon().arg("serve").env(var, value).env("PORT", "0").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let error = lines.iter().find(|l| l["level"] == "ERROR").unwrap();
+        assert_eq!(error["variable"], var, "{error}");
+        assert_eq!(lines.iter().filter(|l| l["level"] == "ERROR").count(), 1, "one message: {stdout}");
+        assert!(!stdout.contains("hunter2"), "the password is never printed");
+    }
+}
+
+#[test]
 fn an_unknown_model_backend_exits_2_naming_the_variable() {
     let out = falcon().args(["serve"]).env("MODEL_BACKEND", "onnx").env("PORT", "0").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -400,4 +414,98 @@ async fn zero_config_writes_the_request_log_to_sqlite() {
     assert_eq!(stored, ids);
     let ready: Value = c.get(w.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["database_available"], true);
+}
+
+/// Raw input never comes back: not in an error body, not in a log line, not in a row.
+#[tokio::test]
+async fn raw_text_never_reaches_an_error_body_a_log_line_or_a_row() {
+    let dir = fresh_dir();
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
+    let c = reqwest::Client::new();
+    let secret = format!("card 4111-1111-1111-1111 {}", "x".repeat(100_000));
+    let bodies = [
+        serde_json::to_string(&secret).unwrap(), // a JSON string, not an object
+        json!([secret.clone()]).to_string(),     // an array
+        json!({ "text": 5, "note": secret.clone() }).to_string(), // the wrong type
+        format!("{{\"text\": \"{}", &secret[..50]), // cut short
+    ];
+    for body in &bodies {
+        let r =
+            c.post(w.url("/infer")).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(status == 422 || status == 400, "{status}");
+        assert!(!text.contains("4111"), "the error body repeats the input: {text}");
+        assert!(text.len() < 400, "a short, fixed message: {text}");
+    }
+    // Long paths are cut short in 404 bodies.
+    let long = format!("/{}", "p".repeat(500));
+    let r = c.get(w.url(&long)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().len() < 300);
+    // The rows (one per /infer) and the log lines.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rows: Vec<(Option<String>,)> = loop {
+        let rows =
+            sqlx::query_as("SELECT error_message FROM inference_logs").fetch_all(&pool).await.unwrap_or_default();
+        if rows.len() == bodies.len() {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} rows, expected {}", rows.len(), bodies.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rows.iter().all(|(m,)| m.as_deref().is_some_and(|m| !m.contains("4111"))), "{rows:?}");
+    let logs = serde_json::to_string(&*w.logs.lock().unwrap()).unwrap();
+    assert!(!logs.contains("4111") && !logs.contains(&"p".repeat(100)), "a log line repeats the input");
+}
+
+#[tokio::test]
+async fn blank_looking_texts_are_rejected() {
+    let w = Worker::start(&[]);
+    let c = reqwest::Client::new();
+    for text in ["\u{200B}\u{200B}\u{200B}", "\u{0}\u{0}", "\u{FEFF}\u{2060} \t"] {
+        let (status, body) = post(&c, &w, json!({ "text": text })).await;
+        assert_eq!(status, 422, "{text:?}: {body}");
+        assert_eq!(body["error_type"], "validation_error");
+    }
+}
+
+/// A flood of rejected requests is counted in full but logged at a bounded rate, and the
+/// next line says how many were held back.
+#[tokio::test]
+async fn a_flood_of_errors_is_counted_in_full_and_logged_at_a_bounded_rate() {
+    let w = Worker::start(&[]);
+    let c = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let r = c.post(w.url("/infer")).header("content-type", "application/json").body("{").send().await.unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    let sent_within = started.elapsed();
+    let counted =
+        crate::common::metric(&c, &w, "inference_errors_total{worker_id=\"it-worker\",error_type=\"invalid_json\"}")
+            .await;
+    assert_eq!(counted, 200.0, "the metric counts every error");
+    let logged = |w: &Worker| w.logs.lock().unwrap().iter().filter(|l| l["error_type"] == "invalid_json").count();
+    let windows = sent_within.as_secs() as usize + 1;
+    assert!(logged(&w) <= 20 * windows, "{} lines for 200 errors in {sent_within:?}", logged(&w));
+    assert!(logged(&w) < 200);
+    // A later error reports what was held back before it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.post(w.url("/infer")).header("content-type", "application/json").body("{").send().await.unwrap();
+    w.wait_for_log("an error line after the flood", Duration::from_secs(5), |l| {
+        l["error_type"] == "invalid_json" && l["suppressed"].as_u64().is_some_and(|n| n > 0)
+    });
+    let lines: Vec<u64> = w
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["error_type"] == "invalid_json")
+        .map(|l| l["suppressed"].as_u64().unwrap())
+        .collect();
+    let accounted = lines.len() as u64 + lines.iter().sum::<u64>();
+    assert_eq!(accounted, 201, "every error is a line or counted in the next line's `suppressed`");
 }

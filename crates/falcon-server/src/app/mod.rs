@@ -92,14 +92,25 @@ pub struct Health {
 
 /// Checks a text against the API's rules; the error says what is wrong.
 pub fn validate_text(text: &str, max_chars: usize) -> Result<(), InferError> {
-    if text.trim().is_empty() {
-        return Err(InferError::Validation("text must not be empty or only whitespace".into()));
+    if text.chars().all(invisible) {
+        return Err(InferError::Validation(
+            "text must not be empty or only whitespace, control or invisible format characters".into(),
+        ));
     }
     let chars = text.chars().count();
     if chars > max_chars {
         return Err(InferError::Validation(format!("text has {chars} characters; the limit is {max_chars}")));
     }
     Ok(())
+}
+
+/// Characters that show nothing: whitespace, control characters (NUL included) and the
+/// Unicode format characters a text can be padded with (zero-width space and joiners,
+/// soft hyphen, bidirectional marks, word joiner, byte-order mark).
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{206A}'..='\u{206F}' | '\u{FEFF}')
 }
 
 /// Checks a client's idempotency key: 1–128 visible ASCII characters.
@@ -373,6 +384,10 @@ mod tests {
         assert!(validate_text(&"a".repeat(10_001), 10_000).is_err());
         assert!(validate_text("", 10).is_err());
         assert!(validate_text(" \n\t ", 10).is_err());
+        for blank in ["\u{200B}\u{200B}", "\0\0", "\u{FEFF} \u{2060}", "\u{202E}\u{00AD}"] {
+            assert!(validate_text(blank, 10).is_err(), "{blank:?} looks blank");
+        }
+        assert!(validate_text("\u{200B}ok", 10).is_ok());
         assert!(validate_text("x", 10).is_ok());
     }
 

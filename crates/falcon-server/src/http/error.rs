@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::app::InferError;
+use crate::telemetry::throttle::LogLimiter;
 
 /// Every way an HTTP request can fail: the application's errors, and the two that only
 /// exist at the HTTP layer.
@@ -58,12 +59,17 @@ struct ErrorBody<'a> {
 }
 
 /// An `ApiError` with the context its body needs. Logging and counting happen here,
-/// once, for every error response.
+/// once, for every error response: every error is counted, and its log line is
+/// rate-limited per `error_type` (a flood of rejected requests does not flood the log).
 pub struct ErrorResponse<'a> {
     pub error: ApiError,
     pub request_id: &'a str,
     pub worker_id: &'a str,
+    pub log: &'a LogLimiter,
 }
+
+/// Error log lines of one `error_type` per second before the rest are only counted.
+pub const ERROR_LINES_PER_SECOND: u32 = 20;
 
 impl IntoResponse for ErrorResponse<'_> {
     fn into_response(self) -> Response {
@@ -71,12 +77,16 @@ impl IntoResponse for ErrorResponse<'_> {
         let error_type = self.error.error_type();
         crate::telemetry::metrics::record_error(error_type);
         let message = self.error.to_string();
-        if let ApiError::Infer(InferError::Internal(cause)) = &self.error {
-            tracing::error!(request_id = self.request_id, error_type, status = status.as_u16(), cause = %cause, "Internal error");
-        } else if status.is_server_error() {
-            tracing::error!(request_id = self.request_id, error_type, status = status.as_u16(), "{message}");
-        } else {
-            tracing::warn!(request_id = self.request_id, error_type, status = status.as_u16(), "{message}");
+        if let Some(suppressed) = self.log.admit(error_type) {
+            let status = status.as_u16();
+            let id = self.request_id;
+            if let ApiError::Infer(InferError::Internal(cause)) = &self.error {
+                tracing::error!(request_id = id, error_type, status, suppressed, cause = %cause, "Internal error");
+            } else if status >= 500 {
+                tracing::error!(request_id = id, error_type, status, suppressed, "{message}");
+            } else {
+                tracing::warn!(request_id = id, error_type, status, suppressed, "{message}");
+            }
         }
         let body = ErrorBody { error: message, error_type, request_id: self.request_id, worker_id: self.worker_id };
         (status, Json(body)).into_response()

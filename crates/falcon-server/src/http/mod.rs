@@ -18,6 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::{is_sane_request_id, new_request_id};
 use crate::app::{InferError, Pipeline, RequestMeta};
+use crate::telemetry::throttle::LogLimiter;
 use error::{ApiError, ErrorResponse};
 
 /// Cloned into every request; everything inside is shared.
@@ -28,6 +29,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// `None` renders an empty /metrics (socket-less handler tests).
     pub metrics: Option<Arc<PrometheusHandle>>,
+    /// Rate limit of error log lines, per `error_type`.
+    pub error_log: Arc<LogLimiter>,
 }
 
 impl AppState {
@@ -100,7 +103,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         Err(_) => Err(InferError::RequestTimeout(deadline)),
     };
     let mut response = failure.unwrap_or_else(|e| {
-        ErrorResponse { error: ApiError::Infer(e), request_id: &id, worker_id: state.worker_id() }.into_response()
+        let log = &state.error_log;
+        ErrorResponse { error: ApiError::Infer(e), request_id: &id, worker_id: state.worker_id(), log }.into_response()
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);

@@ -79,14 +79,22 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
+/// How much of an unknown path a 404 body and its log line repeat.
+const PATH_ECHO_CHARS: usize = 64;
+
 pub async fn not_found(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>, uri: Uri) -> Response {
-    let error = ApiError::NotFound(uri.path().to_owned());
-    ErrorResponse { error, request_id: &meta.request_id, worker_id: s.worker_id() }.into_response()
+    let path = uri.path();
+    let shown = match path.char_indices().nth(PATH_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_owned(),
+    };
+    let error = ApiError::NotFound(shown);
+    ErrorResponse { error, request_id: &meta.request_id, worker_id: s.worker_id(), log: &s.error_log }.into_response()
 }
 
 pub async fn method_not_allowed(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>) -> Response {
-    ErrorResponse { error: ApiError::MethodNotAllowed, request_id: &meta.request_id, worker_id: s.worker_id() }
-        .into_response()
+    let error = ApiError::MethodNotAllowed;
+    ErrorResponse { error, request_id: &meta.request_id, worker_id: s.worker_id(), log: &s.error_log }.into_response()
 }
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
@@ -101,7 +109,9 @@ pub async fn infer(
     match s.pipeline.infer(&meta, command).await {
         Ok(response) => Json(response).into_response(),
         Err(e) => {
-            ErrorResponse { error: e.into(), request_id: &meta.request_id, worker_id: s.worker_id() }.into_response()
+            let log = &s.error_log;
+            ErrorResponse { error: e.into(), request_id: &meta.request_id, worker_id: s.worker_id(), log }
+                .into_response()
         }
     }
 }
@@ -137,9 +147,18 @@ async fn read_command(
     if !is_json(headers) {
         return Err(InferError::UnsupportedMediaType);
     }
-    let req: InferRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => InferError::Validation(e.to_string()),
-        _ => InferError::InvalidJson(e.to_string()),
+    // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
+    // text never reaches an error body, a log line or a row.
+    let req: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        let at = format!("at line {} column {}", e.line(), e.column());
+        match e.classify() {
+            Category::Data => {
+                InferError::Validation(format!("the body must be a JSON object with a string field \"text\" ({at})"))
+            }
+            Category::Eof => InferError::InvalidJson(format!("unexpected end of input {at}")),
+            Category::Syntax | Category::Io => InferError::InvalidJson(format!("syntax error {at}")),
+        }
     })?;
     let idempotency_key =
         headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
