@@ -158,6 +158,11 @@ pub struct IdempotencyConfig {
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_seconds: u64,
+    /// Keys the in-process store holds (without Redis); beyond it the oldest stored records
+    /// are evicted (in-progress claims never). About 1 KiB of memory each.
+    #[arg(long, env = "IDEMPOTENCY_MAX_ENTRIES", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub idempotency_max_entries: u64,
 }
 
 /// Circuit breakers and retries for the dependencies.

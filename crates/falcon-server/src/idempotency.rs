@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::api::InferResponse;
 use crate::cache::redis::{RedisStore, record_fallback};
-use crate::telemetry::metrics::{IDEMPOTENCY_HITS, IDEMPOTENCY_MISSES};
+use crate::telemetry::metrics::{FALLBACK_TRIGGERED, IDEMPOTENCY_EVICTIONS, IDEMPOTENCY_HITS, IDEMPOTENCY_MISSES};
 
 /// What identifies "the same request": a hash of the exact text.
 pub fn fingerprint(text: &str) -> String {
@@ -47,23 +47,64 @@ pub enum Claim {
 }
 
 enum Slot {
-    InFlight { fingerprint: String, done: Arc<Notify> },
-    Done { record: Record, expires: Instant },
+    /// A request is computing. Past `expires` the claim is abandoned (its owner is gone
+    /// without releasing it) and the next request takes it over, as the Redis lock expires.
+    InFlight {
+        fingerprint: String,
+        done: Arc<Notify>,
+        expires: Instant,
+    },
+    Done {
+        record: Record,
+        expires: Instant,
+    },
+}
+
+/// The in-process store: slots by key, and the stored records in the order they expire
+/// (every record lives for the same TTL), so the oldest can be evicted first.
+#[derive(Default)]
+struct Slots {
+    map: HashMap<String, Slot>,
+    records: std::collections::VecDeque<(String, Instant)>,
+}
+
+impl Slots {
+    /// Makes room for one more slot: drops expired records, then evicts the oldest stored
+    /// records. In-progress claims are never evicted. False if every slot is one.
+    fn make_room(&mut self, max_entries: usize, now: Instant) -> bool {
+        while self.map.len() >= max_entries {
+            let Some((key, expires)) = self.records.pop_front() else {
+                self.map.retain(|_, s| !matches!(s, Slot::InFlight { expires, .. } if *expires <= now));
+                return self.map.len() < max_entries;
+            };
+            // The queue entry may be stale (the key was claimed again since).
+            if matches!(self.map.get(&key), Some(Slot::Done { expires: e, .. }) if *e == expires) {
+                self.map.remove(&key);
+                if expires > now {
+                    counter!(IDEMPOTENCY_EVICTIONS).increment(1);
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Where records live: in this process, or in Redis (shared by every worker).
 pub struct IdempotencyStore(Backend);
 
 enum Backend {
-    Memory { slots: Mutex<HashMap<String, Slot>>, ttl: Duration, max_entries: usize },
+    Memory { slots: Mutex<Slots>, ttl: Duration, max_entries: usize, claim_ttl: Duration },
     Redis { store: Arc<RedisStore>, ttl: Duration, lock_ttl: Duration },
 }
 
 const POLL: Duration = Duration::from_millis(10);
 
 impl IdempotencyStore {
-    pub fn memory(ttl: Duration, max_entries: usize) -> Self {
-        Self(Backend::Memory { slots: Mutex::new(HashMap::new()), ttl, max_entries })
+    /// The in-process store: at most `max_entries` keys (stored records are evicted oldest
+    /// first beyond it, in-progress claims never); a claim whose owner vanished without
+    /// releasing it is taken over after `claim_ttl`.
+    pub fn memory(ttl: Duration, max_entries: usize, claim_ttl: Duration) -> Self {
+        Self(Backend::Memory { slots: Mutex::default(), ttl, max_entries, claim_ttl })
     }
 
     /// `lock_ttl` bounds how long a crashed owner can hold a key.
@@ -84,14 +125,22 @@ impl IdempotencyStore {
     pub async fn claim(&self, key: &str, fp: &str, wait: Duration) -> Claim {
         let deadline = Instant::now() + wait;
         let claim = match &self.0 {
-            Backend::Memory { slots, max_entries, .. } => claim_memory(slots, *max_entries, key, fp, deadline).await,
+            Backend::Memory { slots, max_entries, claim_ttl, .. } => {
+                claim_memory(slots, *max_entries, *claim_ttl, key, fp, deadline).await
+            }
             Backend::Redis { store, lock_ttl, .. } => claim_redis(store, *lock_ttl, key, fp, deadline).await,
         };
-        match &claim {
-            Claim::Replay(_) => counter!(IDEMPOTENCY_HITS).increment(1),
-            Claim::Fresh => counter!(IDEMPOTENCY_MISSES).increment(1),
-            Claim::Unavailable => record_fallback("idempotency_bypass"),
-            Claim::Conflict => {}
+        match (&claim, &self.0) {
+            (Claim::Replay(_), _) => counter!(IDEMPOTENCY_HITS).increment(1),
+            (Claim::Fresh, _) => counter!(IDEMPOTENCY_MISSES).increment(1),
+            (Claim::Unavailable, Backend::Redis { .. }) => record_fallback("idempotency_bypass"),
+            // The in-process store is never "down": it was full of in-progress claims, or
+            // the wait for a concurrent owner ran out.
+            (Claim::Unavailable, Backend::Memory { .. }) => {
+                counter!(FALLBACK_TRIGGERED, "dependency" => "memory", "fallback_type" => "idempotency_bypass")
+                    .increment(1);
+            }
+            (Claim::Conflict, _) => {}
         }
         claim
     }
@@ -102,7 +151,9 @@ impl IdempotencyStore {
             Backend::Memory { slots, ttl, .. } => {
                 let Ok(mut slots) = slots.lock() else { return };
                 let expires = Instant::now() + *ttl;
-                if let Some(Slot::InFlight { done, .. }) = slots.insert(key.to_owned(), Slot::Done { record, expires })
+                slots.records.push_back((key.to_owned(), expires));
+                if let Some(Slot::InFlight { done, .. }) =
+                    slots.map.insert(key.to_owned(), Slot::Done { record, expires })
                 {
                     done.notify_waiters();
                 }
@@ -122,17 +173,60 @@ impl IdempotencyStore {
     /// Gives up a `Fresh` claim without a response (the request failed), so a retry computes.
     pub async fn release(&self, key: &str) {
         match &self.0 {
-            Backend::Memory { slots, .. } => {
-                let Ok(mut slots) = slots.lock() else { return };
-                if matches!(slots.get(key), Some(Slot::InFlight { .. }))
-                    && let Some(Slot::InFlight { done, .. }) = slots.remove(key)
-                {
-                    done.notify_waiters();
-                }
-            }
+            Backend::Memory { slots, .. } => release_memory(slots, key),
             Backend::Redis { store, .. } => {
                 let _ = store.call::<()>("idempotency_unlock", redis::cmd("DEL").arg(lock_key(key))).await;
             }
+        }
+    }
+
+    /// Gives up a `Fresh` claim from a request that was cancelled (its client went away):
+    /// at once in this process; in Redis with one `DEL` sent from a short task (a drop
+    /// cannot wait for it), and the lock's TTL still bounds the claim if that fails.
+    pub fn abandon(self: &Arc<Self>, key: &str) {
+        match &self.0 {
+            Backend::Memory { slots, .. } => release_memory(slots, key),
+            Backend::Redis { .. } => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (store, key) = (Arc::clone(self), key.to_owned());
+                    runtime.spawn(async move { store.release(&key).await });
+                }
+            }
+        }
+    }
+}
+
+fn release_memory(slots: &Mutex<Slots>, key: &str) {
+    let Ok(mut slots) = slots.lock() else { return };
+    if matches!(slots.map.get(key), Some(Slot::InFlight { .. }))
+        && let Some(Slot::InFlight { done, .. }) = slots.map.remove(key)
+    {
+        done.notify_waiters();
+    }
+}
+
+/// Releases a `Fresh` claim if the request never settles it: dropped with its future when
+/// the client goes away, or when the handler panics.
+pub struct ClaimGuard {
+    store: Arc<IdempotencyStore>,
+    key: Option<String>,
+}
+
+impl ClaimGuard {
+    pub fn new(store: Arc<IdempotencyStore>, key: &str) -> Self {
+        Self { store, key: Some(key.to_owned()) }
+    }
+
+    /// The claim was completed or released: nothing to do on drop.
+    pub fn settled(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.store.abandon(&key);
         }
     }
 }
@@ -148,17 +242,18 @@ fn lock_key(key: &str) -> String {
 }
 
 async fn claim_memory(
-    slots: &Mutex<HashMap<String, Slot>>,
+    slots: &Mutex<Slots>,
     max_entries: usize,
+    claim_ttl: Duration,
     key: &str,
     fp: &str,
     deadline: Instant,
 ) -> Claim {
     loop {
         let waiter = {
-            let Ok(mut map) = slots.lock() else { return Claim::Unavailable };
+            let Ok(mut slots) = slots.lock() else { return Claim::Unavailable };
             let now = Instant::now();
-            match map.get(key) {
+            match slots.map.get(key) {
                 Some(Slot::Done { record, expires }) if *expires > now => {
                     return if record.fingerprint == fp {
                         Claim::Replay(record.response.clone())
@@ -166,24 +261,26 @@ async fn claim_memory(
                         Claim::Conflict
                     };
                 }
-                Some(Slot::InFlight { fingerprint, done }) => {
+                Some(Slot::InFlight { fingerprint, done, expires }) if *expires > now => {
                     if fingerprint != fp {
                         return Claim::Conflict;
                     }
                     Arc::clone(done)
                 }
-                _ => {
-                    if map.len() >= max_entries {
-                        map.retain(|_, s| !matches!(s, Slot::Done { expires, .. } if *expires <= now));
-                    }
-                    if map.len() >= max_entries {
-                        tracing::warn!(max_entries, "Idempotency store full; request served without idempotency");
+                // No slot, an expired record, or an abandoned claim: this request owns it.
+                existing => {
+                    if existing.is_none() && !slots.make_room(max_entries, now) {
+                        tracing::warn!(
+                            max_entries,
+                            "Idempotency store full of in-progress claims; request served without idempotency"
+                        );
                         return Claim::Unavailable;
                     }
-                    map.insert(
-                        key.to_owned(),
-                        Slot::InFlight { fingerprint: fp.to_owned(), done: Arc::new(Notify::new()) },
-                    );
+                    let done = Arc::new(Notify::new());
+                    let slot = Slot::InFlight { fingerprint: fp.to_owned(), done, expires: now + claim_ttl };
+                    if let Some(Slot::InFlight { done, .. }) = slots.map.insert(key.to_owned(), slot) {
+                        done.notify_waiters();
+                    }
                     return Claim::Fresh;
                 }
             }
@@ -281,7 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_replays_and_detects_conflicts() {
-        let s = IdempotencyStore::memory(Duration::from_secs(60), 100);
+        let s = IdempotencyStore::memory(Duration::from_secs(60), 100, Duration::from_secs(10));
         assert!(matches!(s.claim("k", "fp1", Duration::from_secs(1)).await, Claim::Fresh));
         s.complete("k", Record { fingerprint: "fp1".into(), response: response("positive") }).await;
         match s.claim("k", "fp1", Duration::from_secs(1)).await {
@@ -293,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_claims_compute_once_and_waiters_replay() {
-        let s = Arc::new(IdempotencyStore::memory(Duration::from_secs(60), 100));
+        let s = Arc::new(IdempotencyStore::memory(Duration::from_secs(60), 100, Duration::from_secs(10)));
         assert!(matches!(s.claim("k", "fp", Duration::from_secs(1)).await, Claim::Fresh));
         let waiters: Vec<_> = (0..5)
             .map(|_| {
@@ -310,7 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_released_claim_lets_the_next_request_compute() {
-        let s = IdempotencyStore::memory(Duration::from_secs(60), 100);
+        let s = IdempotencyStore::memory(Duration::from_secs(60), 100, Duration::from_secs(10));
         assert!(matches!(s.claim("k", "fp", Duration::from_secs(1)).await, Claim::Fresh));
         s.release("k").await;
         assert!(matches!(s.claim("k", "fp", Duration::from_secs(1)).await, Claim::Fresh));
@@ -318,10 +415,51 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn records_expire_after_the_ttl() {
-        let s = IdempotencyStore::memory(Duration::from_secs(60), 100);
+        let s = IdempotencyStore::memory(Duration::from_secs(60), 100, Duration::from_secs(10));
         assert!(matches!(s.claim("k", "fp", Duration::from_secs(1)).await, Claim::Fresh));
         s.complete("k", Record { fingerprint: "fp".into(), response: response("neutral") }).await;
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(matches!(s.claim("k", "fp", Duration::from_secs(1)).await, Claim::Fresh));
+    }
+
+    #[tokio::test]
+    async fn the_oldest_records_are_evicted_and_in_progress_claims_never() {
+        let s = IdempotencyStore::memory(Duration::from_secs(60), 3, Duration::from_secs(10));
+        for k in ["a", "b", "c"] {
+            assert!(matches!(s.claim(k, "fp", Duration::from_secs(1)).await, Claim::Fresh));
+            s.complete(k, Record { fingerprint: "fp".into(), response: response(k) }).await;
+        }
+        // Full: a new key evicts the oldest record ("a"), the others stay.
+        assert!(matches!(s.claim("d", "fp", Duration::from_secs(1)).await, Claim::Fresh));
+        assert!(matches!(s.claim("b", "fp", Duration::from_secs(1)).await, Claim::Replay(_)));
+        assert!(matches!(s.claim("a", "fp", Duration::from_secs(1)).await, Claim::Fresh), "a was evicted");
+        // Now "d" and "a" are in progress and "c" is evicted for the next key, "b" after it;
+        // with three claims in progress, a fourth key is not honoured rather than evict one.
+        assert!(matches!(s.claim("e", "fp", Duration::from_secs(1)).await, Claim::Fresh));
+        assert!(matches!(s.claim("f", "fp", Duration::from_millis(10)).await, Claim::Unavailable));
+        for k in ["d", "a", "e"] {
+            assert!(matches!(s.claim(k, "other", Duration::from_millis(10)).await, Claim::Conflict), "{k} kept");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_claim_expires_like_the_redis_lock() {
+        let s = IdempotencyStore::memory(Duration::from_secs(60), 100, Duration::from_secs(10));
+        assert!(matches!(s.claim("k", "fp1", Duration::from_secs(1)).await, Claim::Fresh));
+        // Its owner never completes nor releases it.
+        assert!(matches!(s.claim("k", "fp2", Duration::from_secs(1)).await, Claim::Conflict));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(matches!(s.claim("k", "fp2", Duration::from_secs(1)).await, Claim::Fresh));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_guard_releases_the_claim_at_once() {
+        let s = Arc::new(IdempotencyStore::memory(Duration::from_secs(60), 100, Duration::from_secs(600)));
+        assert!(matches!(s.claim("k", "fp1", Duration::from_secs(1)).await, Claim::Fresh));
+        drop(ClaimGuard::new(Arc::clone(&s), "k"));
+        assert!(matches!(s.claim("k", "fp2", Duration::from_secs(1)).await, Claim::Fresh), "not a conflict");
+        let settled = ClaimGuard::new(Arc::clone(&s), "k");
+        settled.settled();
+        assert!(matches!(s.claim("k", "fp2", Duration::from_millis(10)).await, Claim::Unavailable), "still claimed");
     }
 }

@@ -227,8 +227,12 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
             .cache
             .cache_enabled
             .then(|| Arc::new(MemoryCache::new(config.cache.cache_max_entries, ttl)) as Arc<dyn ResponseCache>);
-        let idem =
-            config.idempotency.idempotency_enabled.then(|| Arc::new(IdempotencyStore::memory(idem_ttl, 100_000)));
+        let max = config.idempotency.idempotency_max_entries as usize;
+        let claim_ttl = config.inference_timeout() + Duration::from_secs(5);
+        let idem = config
+            .idempotency
+            .idempotency_enabled
+            .then(|| Arc::new(IdempotencyStore::memory(idem_ttl, max, claim_ttl)));
         return Ok((None, cache, idem));
     };
     let r = &config.resilience;

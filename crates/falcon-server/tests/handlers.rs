@@ -410,3 +410,26 @@ async fn idempotency_can_be_switched_off() {
     }
     assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_keyed_request_cancelled_while_the_model_runs_releases_its_key() {
+    let fake = Arc::new(Fake { delay: Duration::from_millis(400), slow_calls: 1, ..Fake::new() });
+    let s = state_with(fake.clone(), false, Duration::from_secs(5), Duration::from_secs(30)).await;
+    let first = {
+        let s = s.clone();
+        tokio::spawn(async move { send(&s, infer_with_key(r#"{"text":"good one"}"#, "gone")).await })
+    };
+    // The client goes away while the model is still computing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the first request never reached the model");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // Its claim is gone at once: another body is no conflict, and the retry does not wait.
+    let started = Instant::now();
+    let (status, _, body) = send(&s, infer_with_key(r#"{"text":"another"}"#, "gone")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} on a dead claim", started.elapsed());
+}

@@ -23,7 +23,7 @@ use crate::api::InferResponse;
 use crate::ballast::MemoryBallast;
 use crate::cache::redis::RedisStore;
 use crate::cache::{ResponseCache, cache_key};
-use crate::idempotency::{Claim, IdempotencyStore, Record, fingerprint};
+use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, fingerprint};
 use crate::inference::InferenceQueue;
 use crate::request_log::{LogRecord, RequestLog};
 use crate::telemetry::metrics;
@@ -270,11 +270,15 @@ impl Pipeline {
             Claim::Conflict => Err(InferError::IdempotencyConflict),
             Claim::Unavailable => self.compute(meta, text).await,
             Claim::Fresh => {
+                // Released on drop if this future never gets to settle the claim (the
+                // client went away, or the handler panicked).
+                let guard = ClaimGuard::new(Arc::clone(store), &key);
                 let served = self.compute(meta, text).await;
                 match &served {
                     Ok(s) => store.complete(&key, Record { fingerprint: fp, response: s.response.clone() }).await,
                     Err(_) => store.release(&key).await,
                 }
+                guard.settled();
                 served
             }
         }

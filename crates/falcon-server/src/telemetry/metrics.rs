@@ -27,6 +27,7 @@ pub const BUILD_INFO: &str = "falcon_build_info";
 pub const CACHE_ERRORS: &str = "cache_errors_total";
 pub const IDEMPOTENCY_HITS: &str = "idempotency_hits_total";
 pub const IDEMPOTENCY_MISSES: &str = "idempotency_misses_total";
+pub const IDEMPOTENCY_EVICTIONS: &str = "idempotency_evictions_total";
 pub const RETRY_ATTEMPTS: &str = "retry_attempts_total";
 pub const FALLBACK_TRIGGERED: &str = "fallback_triggered_total";
 pub const BREAKER_STATE: &str = "circuit_breaker_state";
@@ -137,6 +138,12 @@ fn register_all() {
         counter!(RETRY_ATTEMPTS, "operation" => operation).absolute(0);
     }
     counter!(IDEMPOTENCY_HITS).absolute(0);
+    describe_counter!(
+        IDEMPOTENCY_EVICTIONS,
+        "Unexpired idempotency records the in-process store evicted to stay within IDEMPOTENCY_MAX_ENTRIES."
+    );
+    counter!(IDEMPOTENCY_EVICTIONS).absolute(0);
+    counter!(FALLBACK_TRIGGERED, "dependency" => "memory", "fallback_type" => "idempotency_bypass").absolute(0);
     counter!(IDEMPOTENCY_MISSES).absolute(0);
     for fallback_type in ["cache_bypass", "cache_write_dropped", "idempotency_bypass"] {
         counter!(FALLBACK_TRIGGERED, "dependency" => "redis", "fallback_type" => fallback_type).absolute(0);
