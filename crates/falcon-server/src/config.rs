@@ -103,6 +103,14 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub graceful_shutdown_timeout_seconds: f64,
+    /// Time a client has to send a whole request head; also the longest a keep-alive
+    /// connection may stay idle before the worker closes it.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECONDS", default_value = "10", value_parser = positive_seconds)]
+    pub http_header_read_timeout_seconds: f64,
+    /// Connections open at once; more are closed as soon as they arrive [default: the
+    /// open-files limit less 64 for the worker's own files].
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: Option<u32>,
     /// Largest accepted request body; larger gets 413.
     #[arg(long, env = "MAX_REQUEST_BODY_BYTES", default_value_t = 256 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
@@ -280,6 +288,22 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Per-connection limits (`HTTP_HEADER_READ_TIMEOUT_SECONDS`, `HTTP_MAX_CONNECTIONS`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time a client has to send a whole request head, and the longest a keep-alive
+    /// connection may sit idle.
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// The soft limit on open files of this process (from /proc/self/limits), if known.
+pub fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// A setting that parses but cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{variable}: {message}")]
@@ -381,6 +405,19 @@ impl Config {
 
     pub fn inference_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.server.inference_timeout_seconds)
+    }
+
+    /// Header-read timeout and connection cap for the listener.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let max_connections = self
+            .server
+            .http_max_connections
+            .map(|n| n as usize)
+            .unwrap_or_else(|| open_files_limit().map_or(1024, |files| files.saturating_sub(64).max(16)));
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs_f64(self.server.http_header_read_timeout_seconds),
+            max_connections,
+        }
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -528,6 +565,16 @@ mod tests {
         let ok =
             Config::from_args(["--redis-url", "redis://:pw@cache:6379/0", "--database-url", "postgresql://u@db/x"]);
         assert_eq!(ok.unwrap().validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_connection_cap_defaults_below_the_open_files_limit() {
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+        let c = Config::from_args(Vec::<String>::new()).unwrap().connection_limits();
+        assert!(open_files_limit().is_some_and(|files| c.max_connections < files));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        let c = Config::from_args(["--http-max-connections", "7"]).unwrap().connection_limits();
+        assert_eq!(c.max_connections, 7);
     }
 
     #[test]

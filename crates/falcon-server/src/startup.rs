@@ -2,7 +2,7 @@
 //! listener, serve until a shutdown signal, drain within the grace period, then stop every
 //! background task in order.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use crate::ballast::MemoryBallast;
 use crate::cache::redis::{RedisCache, RedisStore};
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::config::Config;
+use crate::config::ConnectionLimits;
+use crate::http::server;
 use crate::http::{AppState, router};
 use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
@@ -39,6 +41,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
+    limits: ConnectionLimits,
     background: Background,
 }
 
@@ -60,7 +63,8 @@ impl Application {
         let (state, background) = build_state(config, model.backend, handle).await?;
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
-        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), background })
+        let limits = config.connection_limits();
+        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), limits, background })
     }
 
     /// The bound address (tests bind port 0 and read the real port here).
@@ -77,7 +81,7 @@ impl Application {
     /// stops the background tasks (the request log flushes last).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let Self { listener, state, shutdown_timeout: grace, background } = self;
+        let Self { listener, state, shutdown_timeout: grace, limits, background } = self;
         let readiness = Arc::clone(state.pipeline.readiness());
         let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
         let signal = async move {
@@ -91,28 +95,28 @@ impl Application {
         };
         tracing::info!(
             address = %addr,
+            max_connections = limits.max_connections,
+            header_read_timeout_seconds = limits.header_read_timeout.as_secs_f64(),
             cache = state.pipeline.cache_backend(),
             model_version = state.pipeline.backend().model_version(),
             "Worker listening"
         );
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(signal).into_future();
+        let server = server::serve(listener, router(state), limits, signal);
         let grace_expired = async move {
             let _ = drain_rx.wait_for(|draining| *draining).await;
             tokio::time::sleep(grace).await;
         };
-        let result = tokio::select! {
-            r = server => r.context("HTTP server failed"),
+        tokio::select! {
+            () = server => {}
             () = grace_expired => {
                 tracing::warn!(grace_seconds = grace.as_secs_f64(), "Graceful shutdown timed out; exiting with requests still in flight");
-                Ok(())
             }
-        };
+        }
         // The server and its handles on the pipeline are gone: the cache writer sees its
         // queue close, the probes see the stop signal, the request log flushes.
         background.shutdown(grace).await;
         tracing::info!("Worker stopped");
-        result
+        Ok(())
     }
 }
 

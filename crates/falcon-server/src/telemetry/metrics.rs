@@ -28,6 +28,9 @@ pub const CACHE_ERRORS: &str = "cache_errors_total";
 pub const IDEMPOTENCY_HITS: &str = "idempotency_hits_total";
 pub const IDEMPOTENCY_MISSES: &str = "idempotency_misses_total";
 pub const IDEMPOTENCY_EVICTIONS: &str = "idempotency_evictions_total";
+pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
+pub const HTTP_ACCEPT_ERRORS: &str = "http_accept_errors_total";
 pub const RETRY_ATTEMPTS: &str = "retry_attempts_total";
 pub const FALLBACK_TRIGGERED: &str = "fallback_triggered_total";
 pub const BREAKER_STATE: &str = "circuit_breaker_state";
@@ -143,6 +146,12 @@ fn register_all() {
         "Unexpired idempotency records the in-process store evicted to stay within IDEMPOTENCY_MAX_ENTRIES."
     );
     counter!(IDEMPOTENCY_EVICTIONS).absolute(0);
+    describe_gauge!(HTTP_CONNECTIONS_OPEN, "HTTP connections open now.");
+    describe_counter!(HTTP_CONNECTIONS_REFUSED, "Connections closed at once because HTTP_MAX_CONNECTIONS were open.");
+    describe_counter!(HTTP_ACCEPT_ERRORS, "Failed accept() calls (e.g. out of file descriptors); each backs off.");
+    gauge!(HTTP_CONNECTIONS_OPEN).set(0.0);
+    counter!(HTTP_CONNECTIONS_REFUSED).absolute(0);
+    counter!(HTTP_ACCEPT_ERRORS).absolute(0);
     counter!(FALLBACK_TRIGGERED, "dependency" => "memory", "fallback_type" => "idempotency_bypass").absolute(0);
     counter!(IDEMPOTENCY_MISSES).absolute(0);
     for fallback_type in ["cache_bypass", "cache_write_dropped", "idempotency_bypass"] {

@@ -112,7 +112,16 @@ impl Worker {
     /// Like `start`, in `dir` (where a `.env` would be read).
     pub fn start_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
         let mut cmd = falcon_in(dir);
-        cmd.arg("serve")
+        cmd.arg("serve");
+        Self::start_with(cmd, dir, env)
+    }
+
+    /// Starts `cmd` (a `falcon serve`, perhaps behind a wrapper such as `sh -c 'ulimit …'`)
+    /// in `dir` with only `PATH`, the worker defaults and `env`, and waits until it listens.
+    pub fn start_with(mut cmd: Command, dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
+        cmd.current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("WORKER_ID", "it-worker")

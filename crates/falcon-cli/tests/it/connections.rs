@@ -1,0 +1,135 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+//! Slow, silent and too many clients: the header-read timeout closes them, the connection
+//! cap bounds them, and `accept` failures (out of file descriptors) back off and are counted
+//! while the worker keeps serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::common::Worker;
+
+/// Reads until the server closes the connection; how long that took (`None`: still open
+/// after `within`).
+fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < within {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// One request on its own connection (`Connection: close`); the response text, if any.
+fn raw_get(w: &Worker, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(w.addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[test]
+fn a_slow_header_and_an_idle_keep_alive_connection_are_closed_after_the_header_timeout() {
+    let w = Worker::start(&[("HTTP_HEADER_READ_TIMEOUT_SECONDS", "1")]);
+    // A head sent one piece and then nothing more.
+    let mut slow = TcpStream::connect(w.addr).unwrap();
+    slow.write_all(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+    let took = closed_within(&mut slow, Duration::from_secs(10)).expect("a slow head is closed");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // A keep-alive connection that answered one request and then sits idle.
+    let mut idle = TcpStream::connect(w.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let took = closed_within(&mut idle, Duration::from_secs(10)).expect("an idle keep-alive connection is closed");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // The worker serves on.
+    assert!(raw_get(&w, "/healthz").unwrap().starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn past_the_connection_cap_new_connections_are_closed_at_once_and_counted() {
+    let w = Worker::start(&[("HTTP_MAX_CONNECTIONS", "3"), ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "3")]);
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(w.addr).unwrap()).collect();
+    // Once the three are accepted (the worker holds their sockets), a fourth is closed at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut extra = loop {
+        let mut s = TcpStream::connect(w.addr).unwrap();
+        if let Some(took) = closed_within(&mut s, Duration::from_millis(500)) {
+            assert!(took < Duration::from_millis(500));
+            break s;
+        }
+        assert!(Instant::now() < deadline, "a connection past the cap was never closed");
+    };
+    assert!(closed_within(&mut extra, Duration::from_millis(100)).is_some());
+    // The silent ones time out, and the worker answers again, having counted the refusals.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        if let Some(m) = raw_get(&w, "/metrics").filter(|m| m.starts_with("HTTP/1.1 200")) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the worker never answered again");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metric_value(&metrics, "http_connections_refused_total{") >= 1.0);
+    drop(silent);
+}
+
+#[test]
+fn out_of_file_descriptors_accept_backs_off_is_counted_and_the_worker_recovers() {
+    // A worker with 64 open files at most, and no cap of its own below that.
+    let dir = crate::common::fresh_dir();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!("ulimit -n 64 && exec {} serve", env!("CARGO_BIN_EXE_falcon")));
+    let w = Worker::start_with(
+        cmd,
+        dir.path(),
+        &[
+            ("HTTP_MAX_CONNECTIONS", "1000"),
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "4"),
+            ("REQUEST_LOG_ENABLED", "false"),
+        ],
+    );
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = TcpStream::connect(w.addr) {
+            held.push(s);
+        }
+    }
+    // Past the descriptor limit accept() fails; the worker logs it (at a bounded rate) and waits.
+    w.wait_for_log("Cannot accept connections", Duration::from_secs(10), |l| {
+        l["message"] == "Cannot accept connections"
+    });
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Some(m) = raw_get(&w, "/metrics").filter(|m| m.starts_with("HTTP/1.1 200")) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the worker never served again after running out of descriptors");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metric_value(&metrics, "http_accept_errors_total{") >= 1.0);
+    let warnings = w.log_messages().iter().filter(|m| *m == "Cannot accept connections").count();
+    let allowed = started.elapsed().as_secs() as usize / 10 + 1;
+    assert!(warnings <= allowed, "{warnings} warnings in {:?}: not one per failed accept", started.elapsed());
+}
