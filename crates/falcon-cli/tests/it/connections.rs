@@ -133,3 +133,54 @@ fn out_of_file_descriptors_accept_backs_off_is_counted_and_the_worker_recovers()
     let allowed = started.elapsed().as_secs() as usize / 10 + 1;
     assert!(warnings <= allowed, "{warnings} warnings in {:?}: not one per failed accept", started.elapsed());
 }
+
+/// A body that never finishes is the client's delay (408), not a server error; a client
+/// that leaves mid-body is `client_closed`. Both are one count and one log line, at WARN.
+#[test]
+fn a_stalled_body_is_408_and_a_vanished_client_is_client_closed() {
+    let w = Worker::start(&[("REQUEST_TIMEOUT_SECONDS", "1")]);
+    let head = |len: usize| {
+        format!("POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+    };
+    let mut slow = TcpStream::connect(w.addr).unwrap();
+    write!(slow, "{}{{\"text\": \"slo", head(40)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut response = String::new();
+    let _ = slow.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"error_type\":\"request_body_timeout\""), "{response}");
+
+    let mut gone = TcpStream::connect(w.addr).unwrap();
+    write!(gone, "{}{{\"text\": \"bye", head(40)).unwrap();
+    gone.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = raw_get(&w, "/metrics").unwrap_or_default();
+        let closed = m.lines().any(|l| l.contains("error_type=\"client_closed\"") && l.ends_with(" 1"));
+        if closed {
+            assert!(m.lines().any(|l| l.contains("error_type=\"request_body_timeout\"") && l.ends_with(" 1")));
+            let errors = m
+                .lines()
+                .find(|l| {
+                    l.starts_with("inference_requests_total")
+                        && l.contains("status=\"error\"")
+                        && l.contains("cache_hit=\"false\"")
+                })
+                .unwrap();
+            assert!(errors.ends_with(" 2"), "each is one request: {errors}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the vanished client was never counted: {}",
+            m.lines().filter(|l| l.starts_with("inference_")).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = w.logs.lock().unwrap().clone();
+    for kind in ["request_body_timeout", "client_closed"] {
+        let line = lines.iter().find(|l| l["error_type"] == kind).unwrap_or_else(|| panic!("no {kind} line"));
+        assert_eq!(line["level"], "WARN", "a client's doing is not an ERROR: {line}");
+    }
+}

@@ -30,6 +30,13 @@ pub enum InferError {
     InferenceTimeout(Duration),
     #[error("request did not finish within {:.3} s", .0.as_secs_f64())]
     RequestTimeout(Duration),
+    /// The client did not send its whole body within the request's deadline: its delay,
+    /// not the worker's.
+    #[error("the request body did not arrive within {:.3} s", .0.as_secs_f64())]
+    BodyTimeout(Duration),
+    /// The client went away before its request was read.
+    #[error("the client closed the connection before sending the whole request")]
+    ClientClosed,
     /// The cause goes to the log; clients see only a generic message.
     #[error("internal error")]
     Internal(String),
@@ -47,6 +54,8 @@ impl InferError {
             Self::Overloaded(_) => "overloaded",
             Self::InferenceTimeout(_) => "inference_timeout",
             Self::RequestTimeout(_) => "request_timeout",
+            Self::BodyTimeout(_) => "request_body_timeout",
+            Self::ClientClosed => "client_closed",
             Self::Internal(_) => "internal_error",
         }
     }

@@ -8,7 +8,6 @@
 
 mod error;
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -367,15 +366,6 @@ impl Pipeline {
             response
         })
     }
-}
-
-/// A future's output, or `InferError::RequestTimeout` once the request's deadline passes.
-pub async fn within_deadline<T>(
-    meta: &RequestMeta,
-    limit: Duration,
-    f: impl Future<Output = T>,
-) -> Result<T, InferError> {
-    tokio::time::timeout_at(meta.received + limit, f).await.map_err(|_| InferError::RequestTimeout(limit))
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ impl ApiError {
                 InferError::IdempotencyConflict => StatusCode::CONFLICT,
                 InferError::NotReady(_) | InferError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
                 InferError::InferenceTimeout(_) | InferError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                InferError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+                // nginx's "client closed request": nobody reads it, but logs and rows say it.
+                InferError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
                 InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -120,6 +123,8 @@ mod tests {
             InferError::Overloaded("").into(),
             InferError::InferenceTimeout(Duration::from_secs(1)).into(),
             InferError::RequestTimeout(Duration::from_secs(1)).into(),
+            InferError::BodyTimeout(Duration::from_secs(1)).into(),
+            InferError::ClientClosed.into(),
             InferError::Internal(String::new()).into(),
         ];
         for e in &all {

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use crate::api::InferRequest;
-use crate::app::{InferCommand, InferError, RequestMeta, within_deadline};
+use crate::app::{InferCommand, InferError, RequestMeta};
 use crate::telemetry::metrics;
 
 fn now() -> String {
@@ -116,6 +116,32 @@ pub async fn infer(
     }
 }
 
+/// Why a body could not be read: too large, the client gone, or not HTTP we understand.
+fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.is::<LengthLimitError>() {
+            return InferError::PayloadTooLarge { limit };
+        }
+        // hyper reports a body cut short (EOF, reset) as a body error, not a parse error.
+        if err.downcast_ref::<hyper::Error>().is_some_and(|h| !h.is_parse()) {
+            return InferError::ClientClosed;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return InferError::ClientClosed;
+        }
+        source = err.source();
+    }
+    InferError::InvalidJson("the request body could not be read".into())
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -134,16 +160,11 @@ async fn read_command(
     body: Body,
 ) -> Result<InferCommand, InferError> {
     let limit = s.max_body_bytes;
-    let read = within_deadline(meta, s.pipeline.request_timeout(), Limited::new(body, limit).collect()).await?;
-    let body = read
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                InferError::PayloadTooLarge { limit }
-            } else {
-                InferError::InvalidJson(format!("cannot read the request body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let deadline = meta.received + s.pipeline.request_timeout();
+    let read = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
+    let body = read.map_err(|e| body_error(e.as_ref(), limit))?.to_bytes();
     if !is_json(headers) {
         return Err(InferError::UnsupportedMediaType);
     }

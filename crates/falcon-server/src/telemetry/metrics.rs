@@ -57,7 +57,7 @@ pub const DB_DURATION_BUCKETS: [f64; 13] =
 pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 12] = [
+pub const ERROR_TYPES: [&str; 14] = [
     "invalid_json",
     "payload_too_large",
     "unsupported_media_type",
@@ -69,6 +69,8 @@ pub const ERROR_TYPES: [&str; 12] = [
     "overloaded",
     "inference_timeout",
     "request_timeout",
+    "request_body_timeout",
+    "client_closed",
     "internal_error",
 ];
 
