@@ -12,7 +12,7 @@ use crate::eval::Evaluation;
 pub use crate::format::{Bytes, FORMAT_VERSION, MAX_FILE_BYTES, ModelMeta};
 use crate::format::{Decoded, F32s, FormatError, Parts, Vocab, decode, encode};
 use crate::logistic::{FitReport, LogisticModel, TrainConfig};
-use crate::tfidf::{TfidfConfig, Vectorizer};
+use crate::tfidf::{TfidfConfig, Vectorizer, weigh};
 use crate::tokenize::{for_each_ngram, tokenize};
 
 /// How a model was trained; stored in the model file.
@@ -102,27 +102,7 @@ impl SentimentModel {
                 hits.push(i);
             }
         });
-        hits.sort_unstable();
-        // The TF-IDF vector, exactly as `Vectorizer::transform` builds it at training time.
-        let mut x: Vec<(u32, f64)> = Vec::with_capacity(hits.len());
-        for i in hits {
-            match x.last_mut() {
-                Some((last, count)) if *last == i => *count += 1.0,
-                _ => x.push((i, 1.0)),
-            }
-        }
-        let mut norm = 0.0;
-        for (i, v) in &mut x {
-            let tf = if self.tfidf.sublinear_tf { 1.0 + v.ln() } else { *v };
-            *v = tf * self.idf.get(*i as usize);
-            norm += *v * *v;
-        }
-        if norm > 0.0 {
-            let norm = norm.sqrt();
-            for (_, v) in &mut x {
-                *v /= norm;
-            }
-        }
+        let x = weigh(hits, self.tfidf.sublinear_tf, |i| self.idf.get(i as usize));
         let k = self.intercept.len();
         let mut z = self.intercept.clone();
         for (j, v) in x {

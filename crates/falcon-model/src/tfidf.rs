@@ -10,6 +10,33 @@ use crate::tokenize::for_each_ngram;
 /// A sparse vector: `(feature index, value)` pairs sorted by index, indices unique.
 pub type SparseVec = Vec<(u32, f64)>;
 
+/// The L2-normalised TF-IDF vector of a document from the feature indices of its n-grams
+/// (one per occurrence, any order). The one definition of the weighting: training
+/// (`Vectorizer::transform`) and serving (`SentimentModel::predict`) both call it.
+pub fn weigh(mut hits: Vec<u32>, sublinear_tf: bool, idf: impl Fn(u32) -> f64) -> SparseVec {
+    hits.sort_unstable();
+    let mut out: SparseVec = Vec::with_capacity(hits.len());
+    for i in hits {
+        match out.last_mut() {
+            Some((last, count)) if *last == i => *count += 1.0,
+            _ => out.push((i, 1.0)),
+        }
+    }
+    let mut norm = 0.0;
+    for (i, v) in &mut out {
+        let tf = if sublinear_tf { 1.0 + v.ln() } else { *v };
+        *v = tf * idf(*i);
+        norm += *v * *v;
+    }
+    if norm > 0.0 {
+        let norm = norm.sqrt();
+        for (_, v) in &mut out {
+            *v /= norm;
+        }
+    }
+    out
+}
+
 /// How the vectoriser builds features.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TfidfConfig {
@@ -96,27 +123,7 @@ impl Vectorizer {
                 hits.push(i);
             }
         });
-        hits.sort_unstable();
-        let mut out: SparseVec = Vec::with_capacity(hits.len());
-        for i in hits {
-            match out.last_mut() {
-                Some((last, count)) if *last == i => *count += 1.0,
-                _ => out.push((i, 1.0)),
-            }
-        }
-        let mut norm = 0.0;
-        for (i, v) in &mut out {
-            let tf = if self.config.sublinear_tf { 1.0 + v.ln() } else { *v };
-            *v = tf * self.idf[*i as usize];
-            norm += *v * *v;
-        }
-        if norm > 0.0 {
-            let norm = norm.sqrt();
-            for (_, v) in &mut out {
-                *v /= norm;
-            }
-        }
-        out
+        weigh(hits, self.config.sublinear_tf, |i| self.idf[i as usize])
     }
 
     /// Number of features.

@@ -36,6 +36,18 @@ fn raw_get(w: &Worker, path: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// `/metrics`, as soon as the worker answers again (at most `within`).
+fn metrics_once_answering(w: &Worker, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(m) = raw_get(w, "/metrics").filter(|m| m.starts_with("HTTP/1.1 200")) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "the worker did not answer again within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(name))
@@ -81,14 +93,7 @@ fn past_the_connection_cap_new_connections_are_closed_at_once_and_counted() {
     };
     assert!(closed_within(&mut extra, Duration::from_millis(100)).is_some());
     // The silent ones time out, and the worker answers again, having counted the refusals.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let metrics = loop {
-        if let Some(m) = raw_get(&w, "/metrics").filter(|m| m.starts_with("HTTP/1.1 200")) {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "the worker never answered again");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metrics = metrics_once_answering(&w, Duration::from_secs(15));
     assert!(metric_value(&metrics, "http_connections_refused_total{") >= 1.0);
     drop(silent);
 }
@@ -120,14 +125,7 @@ fn out_of_file_descriptors_accept_backs_off_is_counted_and_the_worker_recovers()
         l["message"] == "Cannot accept connections"
     });
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        if let Some(m) = raw_get(&w, "/metrics").filter(|m| m.starts_with("HTTP/1.1 200")) {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "the worker never served again after running out of descriptors");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metrics = metrics_once_answering(&w, Duration::from_secs(20));
     assert!(metric_value(&metrics, "http_accept_errors_total{") >= 1.0);
     let warnings = w.log_messages().iter().filter(|m| *m == "Cannot accept connections").count();
     let allowed = started.elapsed().as_secs() as usize / 10 + 1;
