@@ -588,17 +588,44 @@ fn served(w: &Worker, rt: &tokio::runtime::Runtime, c: &reqwest::Client) -> f64 
 /// Sends unique-text load with `falcon load`, 4 s at a time, until the worker has answered
 /// `total` requests; returns the worker's RSS after each round.
 fn load_until(w: &Worker, total: f64, rt: &tokio::runtime::Runtime, c: &reqwest::Client) -> Vec<f64> {
-    let mut rss = Vec::new();
-    while served(w, rt, c) < total {
+    load_sampled(w, total, rt, c).into_iter().map(|(_, rss, _)| rss).collect()
+}
+
+/// Like `load_until`, keeping (requests served, RSS, anonymous RSS) after each round.
+fn load_sampled(w: &Worker, total: f64, rt: &tokio::runtime::Runtime, c: &reqwest::Client) -> Vec<(f64, f64, f64)> {
+    let mut samples = Vec::new();
+    loop {
+        let n = served(w, rt, c);
+        if n >= total {
+            return samples;
+        }
         let out = crate::common::falcon()
             .args(["load", "--addr", &w.addr.to_string(), "--scenario", "unique-text", "--connections", "8"])
             .args(["--duration", "4", "--warmup", "0", "--rounds", "1"])
             .output()
             .unwrap();
         assert_ok(&out, "falcon load");
-        rss.push(proc_rss(w.child.id()));
+        samples.push((served(w, rt, c), proc_rss(w.child.id()), proc_status_kb(w.child.id(), "RssAnon:") * 1024.0));
     }
-    rss
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Least-squares slope of `y` over `x`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let cov: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    cov / var
 }
 
 /// Median of the last five samples: one sample can catch the allocator mid-swing (seen:
@@ -610,7 +637,7 @@ fn settled(samples: &[f64]) -> f64 {
 }
 
 #[test]
-fn without_the_drill_rss_stays_flat_over_100k_requests() {
+fn without_the_drill_rss_stays_flat_over_200k_requests() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // A small cache so warm-up fills it; every cache and buffer is bounded.
     let w = Worker::start(&[("CACHE_MAX_ENTRIES", "2000")]);
@@ -622,11 +649,18 @@ fn without_the_drill_rss_stays_flat_over_100k_requests() {
     // later, so the warm-up is 100k.
     let warm_samples = load_until(&w, 100_000.0, &rt, &c);
     let warm = served(&w, &rt, &c);
-    let measured = load_until(&w, warm + 100_000.0, &rt, &c);
+    let sampled = load_sampled(&w, warm + 200_000.0, &rt, &c);
+    let measured: Vec<f64> = sampled.iter().map(|s| s.1).collect();
+    // The trend of anonymous memory (the heap: file pages of the binary and the model come
+    // and go with the page cache) over 200k requests, fitted over every sample so that no
+    // single allocator swing decides it.
+    let per_request = slope(&sampled.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
+    println!("anonymous RSS trend over {} samples: {per_request:+.1} bytes per request", sampled.len());
+    assert!(per_request < 15.0, "anonymous memory grows {per_request:.1} bytes per request");
     let (before, after) = (settled(&warm_samples), settled(&measured));
     let change = after / before - 1.0;
     println!(
-        "RSS after {warm} requests: {:.1} MB; 100,000 requests later: {:.1} MB ({:+.1} %); samples (MB): {:.0?} then {:.0?}",
+        "RSS after {warm} requests: {:.1} MB; 200,000 requests later: {:.1} MB ({:+.1} %); samples (MB): {:.0?} then {:.0?}",
         before / 1e6,
         after / 1e6,
         change * 100.0,
