@@ -182,3 +182,29 @@ fn a_stalled_body_is_408_and_a_vanished_client_is_client_closed() {
         assert_eq!(line["level"], "WARN", "a client's doing is not an ERROR: {line}");
     }
 }
+
+/// Oversized request lines and headers get the JSON error shape like every other error.
+#[test]
+fn an_oversized_target_or_header_block_gets_a_json_error() {
+    let w = Worker::start(&[]);
+    let ask = |request: String| -> String {
+        let mut s = TcpStream::connect(w.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let long_target = ask(format!("GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(10_000)));
+    assert!(long_target.starts_with("HTTP/1.1 414"), "{}", &long_target[..long_target.len().min(200)]);
+    assert!(long_target.contains("\"error_type\":\"uri_too_long\""));
+    let many: String = (0..150).map(|i| format!("X-Filler-{i}: {i}\r\n")).collect();
+    let many_headers = ask(format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n"));
+    assert!(many_headers.starts_with("HTTP/1.1 431"), "{many_headers}");
+    assert!(many_headers.contains("\"error_type\":\"headers_too_large\"") && many_headers.contains("\"request_id\""));
+    let big =
+        ask(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(40_000)));
+    assert!(big.starts_with("HTTP/1.1 431") && big.contains("headers_too_large"), "{}", &big[..big.len().min(200)]);
+    // Within the limits, the same requests are served.
+    assert!(ask("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).starts_with("HTTP/1.1 200"));
+}

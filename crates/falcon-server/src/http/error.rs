@@ -19,6 +19,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("the request has more than {count} headers or {bytes} bytes of them")]
+    HeadersTooLarge { count: usize, bytes: usize },
 }
 
 impl ApiError {
@@ -39,6 +43,8 @@ impl ApiError {
             },
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -49,6 +55,8 @@ impl ApiError {
             Self::Infer(e) => e.error_type(),
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UriTooLong { .. } => "uri_too_long",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
         }
     }
 }
@@ -118,6 +126,8 @@ mod tests {
             InferError::Validation(String::new()).into(),
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed,
+            ApiError::UriTooLong { limit: 1 },
+            ApiError::HeadersTooLarge { count: 1, bytes: 1 },
             InferError::IdempotencyConflict.into(),
             InferError::NotReady("").into(),
             InferError::Overloaded("").into(),

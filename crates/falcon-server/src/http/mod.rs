@@ -61,6 +61,24 @@ struct Panicked;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Longest request target answered with a route; longer gets 414 `uri_too_long`.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most headers, and header bytes, a request may carry; more gets 431 `headers_too_large`.
+/// (The HTTP parser's own limits sit far above these, so these answers are JSON.)
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The request's size limits, checked before anything else reads it.
+fn oversized(req: &Request) -> Option<ApiError> {
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return Some(ApiError::UriTooLong { limit: MAX_URI_BYTES });
+    }
+    let headers = req.headers();
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES)
+        .then_some(ApiError::HeadersTooLarge { count: MAX_HEADERS, bytes: MAX_HEADER_BYTES })
+}
+
 /// Builds the router. No socket needed: tests drive it with `oneshot`.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -96,6 +114,14 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         received: tokio::time::Instant::now(),
     };
     let id = meta.request_id.clone();
+    if let Some(error) = oversized(&req) {
+        let log = &state.error_log;
+        let mut response = ErrorResponse { error, request_id: &id, worker_id: state.worker_id(), log }.into_response();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        return response;
+    }
     req.extensions_mut().insert(meta);
     let deadline = state.pipeline.request_timeout();
     let failure = match tokio::time::timeout(deadline, next.run(req)).await {

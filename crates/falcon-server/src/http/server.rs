@@ -38,7 +38,15 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        // Far above the router's own limits (100 headers, 32 KiB, 8 KiB target), so an
+        // oversized request reaches it and gets the JSON error body; beyond these, hyper
+        // answers on its own.
+        .max_headers(1000)
+        .max_buf_size(1024 * 1024);
     let refused_warning = Throttle::new(Duration::from_secs(10));
     let accept_warning = Throttle::new(Duration::from_secs(10));
     let mut backoff = Duration::ZERO;

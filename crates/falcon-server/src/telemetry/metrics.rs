@@ -57,13 +57,15 @@ pub const DB_DURATION_BUCKETS: [f64; 13] =
 pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 14] = [
+pub const ERROR_TYPES: [&str; 16] = [
     "invalid_json",
     "payload_too_large",
     "unsupported_media_type",
     "validation_error",
     "not_found",
     "method_not_allowed",
+    "uri_too_long",
+    "headers_too_large",
     "idempotency_conflict",
     "not_ready",
     "overloaded",
