@@ -13,6 +13,7 @@ use falcon_server::resilience::{BreakerConfig, CircuitBreaker};
 
 fn record(i: usize) -> LogRecord {
     LogRecord {
+        log_id: LogRecord::new_log_id(),
         request_id: format!("bench-{i}"),
         worker_id: "bench".into(),
         text_hash: Some(format!("{i:064x}")),

@@ -165,6 +165,7 @@ pub async fn build_state(
         inference_timeout: config.inference_timeout(),
         request_timeout: config.request_timeout(),
         idempotency_wait: config.inference_timeout() + 2 * config.redis_operation_timeout(),
+        closed_log: LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1)),
     });
     let state = AppState {
         pipeline,

@@ -100,7 +100,9 @@ async fn every_request_makes_exactly_one_row_with_the_right_fields() {
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'inference_logs'",
     );
     assert!(
-        indexes.contains("inference_logs_request_id_key") && indexes.contains("inference_logs_created_at_idx"),
+        indexes.contains("inference_logs_log_id_key")
+            && indexes.contains("inference_logs_request_id_idx")
+            && indexes.contains("inference_logs_created_at_idx"),
         "{indexes}"
     );
     assert_eq!(
@@ -109,41 +111,75 @@ async fn every_request_makes_exactly_one_row_with_the_right_fields() {
     );
 }
 
-/// The COPY fast path fails as a whole on a request id already in the table; the batch is
-/// then inserted skipping it. A request id is never stored twice, and nothing else is lost.
+/// A client that reuses an `X-Request-ID` makes one row per request: different requests
+/// never collapse into one (a success after a 422 under the same id keeps both rows).
 #[tokio::test]
-async fn a_repeated_request_id_makes_one_row_and_its_batch_is_not_lost() {
+async fn a_reused_request_id_makes_one_row_per_request() {
     let pg = Postgres::start();
     let w = worker(&pg, "w-dup", &[]);
     let c = reqwest::Client::new();
-    let send = |id: &'static str, text: &'static str| {
-        c.post(w.url("/infer")).header("x-request-id", id).json(&serde_json::json!({ "text": text })).send()
+    let send = |text: &'static str| {
+        c.post(w.url("/infer")).header("x-request-id", "reused-1").json(&serde_json::json!({ "text": text })).send()
     };
-    assert_eq!(send("dup-0001", "first time").await.unwrap().status(), 200);
-    wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
-    // Same id again (as when nginx retries a request another worker had answered), in one
-    // batch with two new ids.
-    let (a, b, d) =
-        tokio::join!(send("dup-0002", "new one"), send("dup-0001", "second time"), send("dup-0003", "another"));
-    for r in [a, b, d] {
+    assert_eq!(send("").await.unwrap().status(), 422);
+    for r in futures_join(vec![send("first"), send("second"), send("third")]).await {
         assert_eq!(r.unwrap().status(), 200);
     }
-    wait_for_rows(&pg, &w, 3, Duration::from_secs(10));
-    // Nothing is left to write: the duplicate did not become a fourth row later.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c, &w, "log_buffer_size{").await != 0.0 {
-        assert!(Instant::now() < deadline, "the writer still holds records");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(pg.count_rows(), 3);
-    assert_eq!(
-        pg.psql("SELECT text_length FROM inference_logs WHERE request_id = 'dup-0001'"),
-        "10",
-        "the first row stays"
-    );
-    let errors = "db_operations_total{worker_id=\"w-dup\",operation=\"insert\",status=\"error\"}";
-    assert_eq!(metric(&c, &w, errors).await, 0.0, "a duplicate is not a database failure");
+    wait_for_rows(&pg, &w, 4, Duration::from_secs(10));
+    assert_eq!(pg.psql("SELECT count(*) FROM inference_logs WHERE request_id = 'reused-1'"), "4");
+    assert_eq!(pg.psql("SELECT count(*) FROM inference_logs WHERE request_id = 'reused-1' AND success"), "3");
+    assert_eq!(pg.psql("SELECT count(DISTINCT log_id) FROM inference_logs"), "4");
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
+}
+
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+/// The same record written twice (a batch retried after its acknowledgement was lost, a
+/// spool replayed after a crash) is one row: the COPY fails as a whole on the unique
+/// `log_id`, and the batch goes again skipping what is already there, losing nothing.
+#[tokio::test]
+async fn a_batch_written_twice_is_one_row_per_record_and_its_new_records_are_kept() {
+    use std::sync::Arc;
+
+    use falcon_server::request_log::{LogRecord, Sink};
+    let pg = Postgres::start();
+    let sink = Sink::postgres(&pg.url(), 2, Duration::from_secs(10)).unwrap();
+    sink.migrate().await.unwrap();
+    let record = |i: usize| {
+        Arc::new(LogRecord {
+            log_id: LogRecord::new_log_id(),
+            request_id: format!("same-client-id-{}", i % 2),
+            worker_id: "w".into(),
+            text_hash: None,
+            text_length: Some(3),
+            prediction: Some("neutral".into()),
+            confidence: Some(0.5),
+            probabilities: None,
+            cache_hit: false,
+            idempotency_hit: false,
+            success: true,
+            processing_time_ms: 1.0,
+            inference_time_ms: None,
+            error_type: None,
+            error_message: None,
+            idempotency_key: None,
+            client_ip: None,
+            model_version: "v".into(),
+            created_at: chrono::Utc::now(),
+        })
+    };
+    let first: Vec<_> = (0..3).map(record).collect();
+    assert_eq!(sink.write(&first).await.unwrap(), 3);
+    let mut again = first.clone();
+    again.push(record(3));
+    assert_eq!(sink.write(&again).await.unwrap(), 1, "only the new record is inserted");
+    assert_eq!(pg.count_rows(), 4);
 }
 
 #[tokio::test]

@@ -509,3 +509,52 @@ async fn a_flood_of_errors_is_counted_in_full_and_logged_at_a_bounded_rate() {
     let accounted = lines.len() as u64 + lines.iter().sum::<u64>();
     assert_eq!(accounted, 201, "every error is a line or counted in the next line's `suppressed`");
 }
+
+/// A client that hangs up right after sending still makes one row and one count: the
+/// request is answered, or recorded as `client_closed` when the worker saw it leave first.
+#[tokio::test]
+async fn clients_that_hang_up_right_after_sending_are_each_one_row_and_one_count() {
+    let dir = fresh_dir();
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap()), ("CACHE_ENABLED", "false")]);
+    for i in 0..200 {
+        let body = serde_json::to_string(&json!({ "text": format!("hang up {i}") })).unwrap();
+        let mut s = TcpStream::connect(w.addr).unwrap();
+        write!(
+            s,
+            "POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        drop(s);
+    }
+    let c = reqwest::Client::new();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let counted = crate::common::metric(
+            &c,
+            &w,
+            "inference_requests_total{worker_id=\"it-worker\",status=\"success\",cache_hit=\"false\"}",
+        )
+        .await
+            + crate::common::metric(
+                &c,
+                &w,
+                "inference_requests_total{worker_id=\"it-worker\",status=\"error\",cache_hit=\"false\"}",
+            )
+            .await;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap_or(0);
+        if counted == 200.0 && rows == 200 {
+            break;
+        }
+        assert!(counted <= 200.0 && rows <= 200, "{counted} counted, {rows} rows");
+        assert!(std::time::Instant::now() < deadline, "after 200 hang-ups: {counted} counted, {rows} rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs WHERE error_type = 'client_closed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    println!("200 hang-ups: {closed} recorded as client_closed, the rest answered");
+}

@@ -8,6 +8,7 @@
 
 mod error;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, fingerprin
 use crate::inference::InferenceQueue;
 use crate::request_log::{LogRecord, RequestLog};
 use crate::telemetry::metrics;
+use crate::telemetry::throttle::LogLimiter;
 
 /// What identifies a request, whatever it asks.
 #[derive(Debug, Clone)]
@@ -143,6 +145,8 @@ pub struct Parts {
     pub request_timeout: Duration,
     /// How long a request waits for a concurrent one with the same idempotency key.
     pub idempotency_wait: Duration,
+    /// Rate limit of "client closed" log lines.
+    pub closed_log: LogLimiter,
 }
 
 /// The application layer. Cheap to clone: everything inside is shared.
@@ -154,6 +158,33 @@ struct Served {
     response: InferResponse,
     /// Time in the model, queue wait included; `None` when it did not run.
     inference_ms: Option<f64>,
+}
+
+/// Records a request whose future was dropped before it finished.
+struct Unfinished<'a> {
+    pipeline: &'a Pipeline,
+    meta: &'a RequestMeta,
+    armed: bool,
+}
+
+impl Unfinished<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let error = InferError::ClientClosed;
+        metrics::record_error(error.error_type());
+        if let Some(suppressed) = self.pipeline.0.closed_log.admit(error.error_type()) {
+            tracing::warn!(request_id = %self.meta.request_id, error_type = error.error_type(), suppressed, "Client closed the connection before the answer");
+        }
+        let _ = self.pipeline.finish(self.meta, Subject::default(), Err(error));
+    }
 }
 
 /// What the request log keeps of the request's text: never the text itself.
@@ -204,19 +235,23 @@ impl Pipeline {
         }
     }
 
-    /// Runs one inference request. `command` is what the transport made of the request:
-    /// the command, or why it could not read one (that outcome is logged and counted too).
-    /// Every call ends in exactly one request-log row and one `inference_requests_total`.
+    /// Runs one inference request. `command` is how the transport reads it: it yields the
+    /// command, or why it could not read one (that outcome is logged and counted too).
+    /// Every call ends in exactly one request-log row and one `inference_requests_total`,
+    /// also when the call is dropped half-way (the client hung up): then as `client_closed`.
     pub async fn infer(
         &self,
         meta: &RequestMeta,
-        command: Result<InferCommand, InferError>,
+        command: impl Future<Output = Result<InferCommand, InferError>>,
     ) -> Result<InferResponse, InferError> {
+        let unfinished = Unfinished { pipeline: self, meta, armed: true };
         if let Some(ballast) = &self.0.ballast {
             ballast.grow();
         }
+        let command = command.await;
         let mut subject = Subject::default();
         let result = self.run(meta, command, &mut subject).await;
+        unfinished.disarm();
         self.finish(meta, subject, result)
     }
 
@@ -325,6 +360,7 @@ impl Pipeline {
         metrics::record_request(success, cache_hit, elapsed);
         if let Some(log) = &self.0.request_log {
             let mut row = LogRecord {
+                log_id: LogRecord::new_log_id(),
                 request_id: meta.request_id.clone(),
                 worker_id: self.0.worker_id.clone(),
                 text_hash: subject.text_hash,

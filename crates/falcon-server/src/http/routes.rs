@@ -105,8 +105,7 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let command = read_command(&s, &meta, &headers, body).await;
-    match s.pipeline.infer(&meta, command).await {
+    match s.pipeline.infer(&meta, read_command(&s, &meta, &headers, body)).await {
         Ok(response) => Json(response).into_response(),
         Err(e) => {
             let log = &s.error_log;

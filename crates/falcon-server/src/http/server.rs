@@ -42,6 +42,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
+        // A client that sends its request and closes its side at once still gets the
+        // request run (and counted, and logged): without this, hyper dropped most such
+        // requests unseen on the EOF.
+        .half_close(true)
         // Far above the router's own limits (100 headers, 32 KiB, 8 KiB target), so an
         // oversized request reaches it and gets the JSON error body; beyond these, hyper
         // answers on its own.

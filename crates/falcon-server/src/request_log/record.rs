@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 /// One row of `inference_logs`. The raw text is never stored, only its SHA-256 and length.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogRecord {
+    /// This record's own id: the same record written twice is one row, two requests that
+    /// share a `request_id` are two. (Spooled by older builds without it: see `log_id()`.)
+    #[serde(default)]
+    pub log_id: String,
     pub request_id: String,
     pub worker_id: String,
     pub text_hash: Option<String>,
@@ -31,7 +35,8 @@ pub struct LogRecord {
 
 /// The columns a sink writes, in the order of `LogRecord::values` (the table's `id` is the
 /// database's own).
-pub const COLUMNS: [&str; 18] = [
+pub const COLUMNS: [&str; 19] = [
+    "log_id",
     "request_id",
     "worker_id",
     "text_hash",
@@ -64,10 +69,21 @@ pub enum Value<'a> {
 }
 
 impl LogRecord {
+    /// A fresh record id.
+    pub fn new_log_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// The record's id; a record spooled before log ids existed is known by its request id.
+    pub fn log_id(&self) -> &str {
+        if self.log_id.is_empty() { &self.request_id } else { &self.log_id }
+    }
+
     /// The record's values, in `COLUMNS` order.
-    pub fn values(&self) -> [Value<'_>; 18] {
+    pub fn values(&self) -> [Value<'_>; 19] {
         use Value::{Bool, Float, Int, Json, Text, Time};
         [
+            Text(Some(self.log_id())),
             Text(Some(&self.request_id)),
             Text(Some(&self.worker_id)),
             Text(self.text_hash.as_deref()),
@@ -97,6 +113,7 @@ mod tests {
     #[test]
     fn columns_are_the_record_fields_in_order() {
         let r = LogRecord {
+            log_id: "l".into(),
             request_id: "r".into(),
             worker_id: "w".into(),
             text_hash: None,
@@ -127,12 +144,32 @@ mod tests {
     #[test]
     fn both_migrations_create_every_column() {
         for sql in [
-            include_str!("../../migrations/postgres/0001_inference_logs.sql"),
-            include_str!("../../migrations/sqlite/0001_inference_logs.sql"),
+            concat!(
+                include_str!("../../migrations/postgres/0001_inference_logs.sql"),
+                include_str!("../../migrations/postgres/0002_log_id.sql")
+            ),
+            concat!(
+                include_str!("../../migrations/sqlite/0001_inference_logs.sql"),
+                include_str!("../../migrations/sqlite/0002_log_id.sql")
+            ),
         ] {
             for c in COLUMNS {
-                assert!(sql.lines().any(|l| l.trim_start().starts_with(&format!("{c} "))), "{c}");
+                let created = sql.lines().any(|l| l.trim_start().starts_with(&format!("{c} ")));
+                let added = sql.contains(&format!("ADD COLUMN {c} "))
+                    || sql.contains(&format!("ADD COLUMN IF NOT EXISTS {c} "));
+                assert!(created || added, "{c}");
             }
         }
+    }
+
+    #[test]
+    fn a_record_spooled_without_a_log_id_is_known_by_its_request_id() {
+        let json = r#"{"request_id":"req-9","worker_id":"w","text_hash":null,"text_length":null,"prediction":null,
+            "confidence":null,"probabilities":null,"cache_hit":false,"idempotency_hit":false,"success":true,
+            "processing_time_ms":1.0,"inference_time_ms":null,"error_type":null,"error_message":null,
+            "idempotency_key":null,"client_ip":null,"model_version":"v","created_at":"2026-11-28T12:00:00Z"}"#;
+        let r: LogRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(r.log_id(), "req-9");
+        assert!(matches!(r.values()[0], Value::Text(Some("req-9"))));
     }
 }

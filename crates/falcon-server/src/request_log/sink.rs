@@ -2,11 +2,12 @@
 //!
 //! Postgres: one `COPY … FROM STDIN` per batch, the cheapest way in for both the worker
 //! (one text buffer, no per-column arrays) and the server (no executor per row, no
-//! speculative insertion). A batch is atomic, so if one of its request ids is already in
-//! the table (a spool replayed after a crash, a request nginx retried on another worker),
-//! the COPY fails as a whole and the batch goes again, copied into a scratch table and moved
-//! with `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`: a retried row is never
-//! duplicated, and never lost. SQLite: one transaction of prepared single-row inserts,
+//! speculative insertion). A batch is atomic, so if one of its records is already in the
+//! table (a batch retried after a lost acknowledgement, a spool replayed after a crash),
+//! the COPY fails as a whole on the unique `log_id` and the batch goes again, copied into a
+//! scratch table and moved with `INSERT … SELECT … ON CONFLICT (log_id) DO NOTHING`: a
+//! record written twice is one row, and nothing is lost. Requests that share a client's
+//! `request_id` are different records and each keeps its row. SQLite: one transaction of prepared single-row inserts,
 //! `ON CONFLICT DO NOTHING`. Every statement derives its columns from `COLUMNS`.
 
 use std::path::Path;
@@ -37,12 +38,12 @@ fn stage_table() -> String {
 
 fn insert_from_stage() -> String {
     let cols = COLUMNS.join(", ");
-    format!("INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (request_id) DO NOTHING")
+    format!("INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (log_id) DO NOTHING")
 }
 
 fn sqlite_insert() -> String {
     format!(
-        "INSERT INTO inference_logs ({}) VALUES ({}) ON CONFLICT (request_id) DO NOTHING",
+        "INSERT INTO inference_logs ({}) VALUES ({}) ON CONFLICT (log_id) DO NOTHING",
         COLUMNS.join(", "),
         ["?"; COLUMNS.len()].join(", ")
     )
@@ -244,6 +245,7 @@ mod tests {
 
     fn record() -> LogRecord {
         LogRecord {
+            log_id: "log-1".into(),
             request_id: "req-1".into(),
             worker_id: "w\t1".into(),
             text_hash: None,
@@ -268,10 +270,10 @@ mod tests {
     #[test]
     fn copy_text_escapes_and_marks_nulls() {
         let text = copy_text(&[Arc::new(record()), Arc::new(record())]);
-        let line = "req-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
+        let line = "log-1\treq-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
                     line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\n";
         assert_eq!(text, format!("{line}{line}"));
         assert_eq!(text.lines().count(), 2, "escaped newlines never split a row");
-        assert!(text.lines().all(|l| l.split('\t').count() == 18));
+        assert!(text.lines().all(|l| l.split('\t').count() == COLUMNS.len()));
     }
 }

@@ -103,6 +103,7 @@ mod tests {
 
     fn record(i: usize) -> LogRecord {
         LogRecord {
+            log_id: LogRecord::new_log_id(),
             request_id: format!("req-{i}"),
             worker_id: "w".into(),
             text_hash: Some("h".into()),
