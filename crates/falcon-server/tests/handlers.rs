@@ -433,3 +433,72 @@ async fn a_keyed_request_cancelled_while_the_model_runs_releases_its_key() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} on a dead claim", started.elapsed());
 }
+
+/// A whole worker in-process around a slow backend, on a real socket: a request already in
+/// the model when shutdown begins is answered within the grace period; one that would
+/// outlast it does not hold the worker past it.
+async fn drain_with(model_delay: Duration, grace: &str) -> (tokio::task::JoinHandle<Option<StatusCode>>, Duration) {
+    use falcon_server::{Application, LoadedBackend};
+    let fake = Arc::new(Fake { delay: model_delay, ..Fake::new() });
+    let config = Config::from_args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--request-log-enabled",
+        "false",
+        "--graceful-shutdown-timeout-seconds",
+        grace,
+        "--inference-timeout-seconds",
+        "30",
+    ])
+    .unwrap();
+    let model = LoadedBackend { backend: fake.clone(), source: "fake".into(), load_time: Duration::ZERO };
+    let app = Application::build(&config, model).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let request = tokio::spawn(async move { reqwest_free_post(addr, r#"{"text":"good"}"#).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the model");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let began = Instant::now();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    (request, began.elapsed())
+}
+
+/// POST /infer over a plain TCP connection; the status, or `None` if the connection closed
+/// first.
+async fn reqwest_free_post(addr: std::net::SocketAddr, body: &str) -> Option<StatusCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let head = format!(
+        "POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).and_then(|c| StatusCode::from_u16(c).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_the_model_finishes_within_the_grace_period_and_none_outlasts_it() {
+    let (request, took) = drain_with(Duration::from_millis(800), "10").await;
+    assert_eq!(request.await.unwrap(), Some(StatusCode::OK), "answered during the drain");
+    assert!(took < Duration::from_secs(5), "the drain ended with the request, not the grace period: {took:?}");
+    // In a process, returning from `run_until_stopped` ends it; in this test the connection
+    // task lives on, so only the time to return is checked.
+    let (request, took) = drain_with(Duration::from_secs(4), "1").await;
+    request.abort();
+    assert!(
+        took < Duration::from_millis(3500),
+        "the worker stopped at its 1 s grace period, not after the 4 s model: {took:?}"
+    );
+}

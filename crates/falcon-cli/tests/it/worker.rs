@@ -255,11 +255,10 @@ fn predict_prints_the_infer_fields() {
     assert_eq!(body["prediction"], "positive");
 }
 
-/// Opens a raw connection and sends an /infer request's headers and half its body, so the
-/// request is in flight until `finish` sends the rest.
+/// Opens a raw connection and sends an /infer request's headers and half its body, and no
+/// more.
 struct SlowClient {
     stream: TcpStream,
-    rest: Vec<u8>,
 }
 
 impl SlowClient {
@@ -273,13 +272,16 @@ impl SlowClient {
             body.len()
         );
         stream.write_all(head.as_bytes()).unwrap();
-        let (first, rest) = body.split_at(body.len() / 2);
-        stream.write_all(first).unwrap();
-        Self { stream, rest: rest.to_vec() }
+        stream.write_all(&body[..body.len() / 2]).unwrap();
+        Self { stream }
     }
 
-    fn finish(mut self) -> String {
-        self.stream.write_all(&self.rest).unwrap();
+    /// Reads the answer without sending the rest of the body.
+    fn response(mut self) -> String {
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> String {
         let mut response = Vec::new();
         let mut buf = [0u8; 4096];
         // Read until the full JSON body has arrived (the server closes after draining).
@@ -318,29 +320,25 @@ fn wait_accepted(w: &Worker, baseline: usize, n: usize) {
 }
 
 #[test]
-fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "10")]);
+fn sigterm_answers_half_sent_requests_at_once_and_exits_0() {
+    let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "30")]);
     let baseline = sockets(w.child.id());
     let clients: Vec<SlowClient> = (0..5).map(|i| SlowClient::start(&w, &format!("in flight number {i}"))).collect();
     wait_accepted(&w, baseline, 5);
+    let term = std::time::Instant::now();
     w.signal("TERM");
-    w.wait_for_log("Shutdown signal received", Duration::from_secs(10), |l| {
-        l["message"].as_str().is_some_and(|m| m.starts_with("Shutdown signal received"))
-    });
-    // New connections are refused while draining, and the worker stays for the five.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(w.addr).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "listener still accepting 5 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(w.child.try_wait().unwrap().is_none(), "worker exited with requests in flight");
+    // A body still arriving is not waited for: 503 at once, which a load balancer retries
+    // elsewhere; the drain is not held for the 30 s grace period.
     for c in clients {
-        let response = c.finish();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        assert!(response.contains("\"prediction\""));
+        let response = c.response();
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(response.contains("\"error_type\":\"not_ready\"") && response.contains("draining"), "{response}");
     }
+    assert!(TcpStream::connect(w.addr).is_err(), "listener still accepting after SIGTERM");
     assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(term.elapsed() < Duration::from_secs(10), "the drain took {:?}", term.elapsed());
     let messages = w.log_messages();
+    assert!(!messages.iter().any(|m| m.starts_with("Graceful shutdown timed out")), "{messages:?}");
     assert!(messages.iter().any(|m| m.starts_with("Shutdown signal received")), "{messages:?}");
     assert!(messages.iter().any(|m| m == "Worker stopped"));
     // Every background task was stopped and awaited, and said how it ended.
@@ -355,19 +353,6 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     let names: Vec<&str> = stopped.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(names, ["metrics_upkeep", "database_probe", "request_log_writer"], "{stopped:?}");
     assert!(stopped.iter().all(|(_, outcome)| outcome == "finished"), "{stopped:?}");
-}
-
-#[test]
-fn drain_is_bounded_by_the_grace_period() {
-    let mut w = Worker::start(&[("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "1")]);
-    let baseline = sockets(w.child.id());
-    let _stuck = SlowClient::start(&w, "this request never completes");
-    wait_accepted(&w, baseline, 1);
-    w.signal("TERM");
-    let started = std::time::Instant::now();
-    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(w.log_messages().iter().any(|m| m.starts_with("Graceful shutdown timed out")));
 }
 
 #[test]

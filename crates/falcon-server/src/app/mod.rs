@@ -52,6 +52,8 @@ pub struct InferCommand {
 pub struct Readiness {
     model_loaded: AtomicBool,
     draining: AtomicBool,
+    /// Fires once when draining starts, for whoever waits on a client (a half-sent body).
+    drain_started: tokio::sync::Notify,
 }
 
 impl Readiness {
@@ -66,6 +68,19 @@ impl Readiness {
     /// Shutdown has begun: readiness turns false from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.drain_started.notify_waiters();
+    }
+
+    /// Completes once draining has begun (at once if it already has).
+    pub async fn drained(&self) {
+        let started = self.drain_started.notified();
+        tokio::pin!(started);
+        // Registered before the check, so a drain that starts in between still wakes it.
+        started.as_mut().enable();
+        if self.draining() {
+            return;
+        }
+        started.await;
     }
 
     pub fn draining(&self) -> bool {

@@ -160,9 +160,14 @@ async fn read_command(
 ) -> Result<InferCommand, InferError> {
     let limit = s.max_body_bytes;
     let deadline = meta.received + s.pipeline.request_timeout();
-    let read = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
+    // A body still arriving when the worker starts to drain is not waited for: the client
+    // gets 503 at once (a load balancer retries it elsewhere), and shutdown is not held up.
+    let read = tokio::select! {
+        biased;
+        read = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()) => read,
+        () = s.pipeline.readiness().drained() => return Err(InferError::NotReady("draining; send the request again")),
+    };
+    let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
     let body = read.map_err(|e| body_error(e.as_ref(), limit))?.to_bytes();
     if !is_json(headers) {
         return Err(InferError::UnsupportedMediaType);
