@@ -13,25 +13,17 @@ use falcon_server::resilience::{BreakerConfig, CircuitBreaker};
 
 fn record(i: usize) -> LogRecord {
     LogRecord {
-        log_id: LogRecord::new_log_id(),
-        request_id: format!("bench-{i}"),
-        worker_id: "bench".into(),
         text_hash: Some(format!("{i:064x}")),
         text_length: Some(120),
         prediction: Some("positive".into()),
         confidence: Some(0.91),
         probabilities: Some(serde_json::json!({"negative": 0.04, "neutral": 0.05, "positive": 0.91})),
         cache_hit: i.is_multiple_of(3),
-        idempotency_hit: false,
         success: true,
         processing_time_ms: 0.4,
         inference_time_ms: Some(0.01),
-        error_type: None,
-        error_message: None,
-        idempotency_key: None,
         client_ip: Some("127.0.0.1".into()),
-        model_version: "bench".into(),
-        created_at: chrono::Utc::now(),
+        ..LogRecord::new(format!("bench-{i}"), "bench", "bench")
     }
 }
 

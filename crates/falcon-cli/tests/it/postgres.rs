@@ -122,7 +122,8 @@ async fn a_reused_request_id_makes_one_row_per_request() {
         c.post(w.url("/infer")).header("x-request-id", "reused-1").json(&serde_json::json!({ "text": text })).send()
     };
     assert_eq!(send("").await.unwrap().status(), 422);
-    for r in futures_join(vec![send("first"), send("second"), send("third")]).await {
+    let (a, b, d) = tokio::join!(send("first"), send("second"), send("third"));
+    for r in [a, b, d] {
         assert_eq!(r.unwrap().status(), 200);
     }
     wait_for_rows(&pg, &w, 4, Duration::from_secs(10));
@@ -130,14 +131,6 @@ async fn a_reused_request_id_makes_one_row_per_request() {
     assert_eq!(pg.psql("SELECT count(*) FROM inference_logs WHERE request_id = 'reused-1' AND success"), "3");
     assert_eq!(pg.psql("SELECT count(DISTINCT log_id) FROM inference_logs"), "4");
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
-}
-
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut out = Vec::new();
-    for f in futures {
-        out.push(f.await);
-    }
-    out
 }
 
 /// The same record written twice (a batch retried after its acknowledgement was lost, a
@@ -153,25 +146,12 @@ async fn a_batch_written_twice_is_one_row_per_record_and_its_new_records_are_kep
     sink.migrate().await.unwrap();
     let record = |i: usize| {
         Arc::new(LogRecord {
-            log_id: LogRecord::new_log_id(),
-            request_id: format!("same-client-id-{}", i % 2),
-            worker_id: "w".into(),
-            text_hash: None,
             text_length: Some(3),
             prediction: Some("neutral".into()),
             confidence: Some(0.5),
-            probabilities: None,
-            cache_hit: false,
-            idempotency_hit: false,
             success: true,
             processing_time_ms: 1.0,
-            inference_time_ms: None,
-            error_type: None,
-            error_message: None,
-            idempotency_key: None,
-            client_ip: None,
-            model_version: "v".into(),
-            created_at: chrono::Utc::now(),
+            ..LogRecord::new(format!("same-client-id-{}", i % 2), "w", "v")
         })
     };
     let first: Vec<_> = (0..3).map(record).collect();

@@ -382,25 +382,13 @@ impl Pipeline {
         metrics::record_request(success, cache_hit, elapsed);
         if let Some(log) = &self.0.request_log {
             let mut row = LogRecord {
-                log_id: LogRecord::new_log_id(),
-                request_id: meta.request_id.clone(),
-                worker_id: self.0.worker_id.clone(),
                 text_hash: subject.text_hash,
                 text_length: subject.text_length,
-                prediction: None,
-                confidence: None,
-                probabilities: None,
-                cache_hit: false,
-                idempotency_hit: false,
                 success,
                 processing_time_ms: elapsed.as_secs_f64() * 1000.0,
-                inference_time_ms: None,
-                error_type: None,
-                error_message: None,
                 idempotency_key: subject.idempotency_key,
                 client_ip: meta.client_ip.clone(),
-                model_version: self.0.backend.model_version().to_owned(),
-                created_at: chrono::Utc::now(),
+                ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, self.0.backend.model_version())
             };
             match &result {
                 Ok(Served { response, inference_ms }) => {

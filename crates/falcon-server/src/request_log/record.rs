@@ -69,6 +69,32 @@ pub enum Value<'a> {
 }
 
 impl LogRecord {
+    /// A record of a request that has not succeeded (yet): a fresh `log_id`, the time now,
+    /// every optional column empty. Callers fill in what they know.
+    pub fn new(request_id: impl Into<String>, worker_id: impl Into<String>, model_version: impl Into<String>) -> Self {
+        Self {
+            log_id: Self::new_log_id(),
+            request_id: request_id.into(),
+            worker_id: worker_id.into(),
+            text_hash: None,
+            text_length: None,
+            prediction: None,
+            confidence: None,
+            probabilities: None,
+            cache_hit: false,
+            idempotency_hit: false,
+            success: false,
+            processing_time_ms: 0.0,
+            inference_time_ms: None,
+            error_type: None,
+            error_message: None,
+            idempotency_key: None,
+            client_ip: None,
+            model_version: model_version.into(),
+            created_at: Utc::now(),
+        }
+    }
+
     /// A fresh record id.
     pub fn new_log_id() -> String {
         uuid::Uuid::new_v4().simple().to_string()
@@ -112,27 +138,7 @@ mod tests {
 
     #[test]
     fn columns_are_the_record_fields_in_order() {
-        let r = LogRecord {
-            log_id: "l".into(),
-            request_id: "r".into(),
-            worker_id: "w".into(),
-            text_hash: None,
-            text_length: None,
-            prediction: None,
-            confidence: None,
-            probabilities: None,
-            cache_hit: false,
-            idempotency_hit: false,
-            success: true,
-            processing_time_ms: 1.0,
-            inference_time_ms: None,
-            error_type: None,
-            error_message: None,
-            idempotency_key: None,
-            client_ip: None,
-            model_version: "v".into(),
-            created_at: Utc::now(),
-        };
+        let r = LogRecord::new("r", "w", "v");
         let json = serde_json::to_value(&r).unwrap();
         let fields: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
         let mut sorted = COLUMNS.to_vec();

@@ -246,24 +246,17 @@ mod tests {
     fn record() -> LogRecord {
         LogRecord {
             log_id: "log-1".into(),
-            request_id: "req-1".into(),
-            worker_id: "w\t1".into(),
-            text_hash: None,
             text_length: Some(12),
             prediction: Some("positive".into()),
             confidence: Some(0.25),
             probabilities: Some(serde_json::json!({"positive": 0.25})),
             cache_hit: true,
-            idempotency_hit: false,
             success: true,
             processing_time_ms: f64::INFINITY,
-            inference_time_ms: None,
-            error_type: None,
             error_message: Some("line\nback\\slash\r\0".into()),
-            idempotency_key: None,
             client_ip: Some("10.0.0.1".into()),
-            model_version: "v1".into(),
             created_at: chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00.5Z").unwrap().into(),
+            ..LogRecord::new("req-1", "w\t1", "v1")
         }
     }
 

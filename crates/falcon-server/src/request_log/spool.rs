@@ -103,25 +103,16 @@ mod tests {
 
     fn record(i: usize) -> LogRecord {
         LogRecord {
-            log_id: LogRecord::new_log_id(),
-            request_id: format!("req-{i}"),
-            worker_id: "w".into(),
             text_hash: Some("h".into()),
             text_length: Some(5),
             prediction: Some("positive".into()),
             confidence: Some(0.9),
             probabilities: Some(serde_json::json!({"positive": 0.9})),
-            cache_hit: false,
-            idempotency_hit: false,
             success: true,
             processing_time_ms: 1.5,
             inference_time_ms: Some(0.5),
-            error_type: None,
-            error_message: None,
-            idempotency_key: None,
             client_ip: Some("127.0.0.1".into()),
-            model_version: "v1".into(),
-            created_at: chrono::Utc::now(),
+            ..LogRecord::new(format!("req-{i}"), "w", "v1")
         }
     }
 
