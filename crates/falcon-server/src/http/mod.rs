@@ -38,6 +38,12 @@ impl AppState {
     pub fn worker_id(&self) -> &str {
         self.pipeline.worker_id()
     }
+
+    /// The standard error response for `error` (counted and logged, see `ErrorResponse`).
+    pub fn error_response(&self, request_id: &str, error: impl Into<ApiError>) -> Response {
+        let error = error.into();
+        ErrorResponse { error, request_id, worker_id: self.worker_id(), log: &self.error_log }.into_response()
+    }
 }
 
 /// The client's address: the first `X-Forwarded-For` hop (set by our nginx), else the peer.
@@ -70,7 +76,9 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The request's size limits, checked before anything else reads it.
 fn oversized(req: &Request) -> Option<ApiError> {
-    if req.uri().to_string().len() > MAX_URI_BYTES {
+    let uri = req.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len()) + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
         return Some(ApiError::UriTooLong { limit: MAX_URI_BYTES });
     }
     let headers = req.headers();
@@ -114,25 +122,17 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         received: tokio::time::Instant::now(),
     };
     let id = meta.request_id.clone();
-    if let Some(error) = oversized(&req) {
-        let log = &state.error_log;
-        let mut response = ErrorResponse { error, request_id: &id, worker_id: state.worker_id(), log }.into_response();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    let mut response = if let Some(error) = oversized(&req) {
+        state.error_response(&id, error)
+    } else {
+        req.extensions_mut().insert(meta);
+        let deadline = state.pipeline.request_timeout();
+        match tokio::time::timeout(deadline, next.run(req)).await {
+            Ok(r) if r.extensions().get::<Panicked>().is_none() => r,
+            Ok(_) => state.error_response(&id, InferError::Internal("handler panicked".into())),
+            Err(_) => state.error_response(&id, InferError::RequestTimeout(deadline)),
         }
-        return response;
-    }
-    req.extensions_mut().insert(meta);
-    let deadline = state.pipeline.request_timeout();
-    let failure = match tokio::time::timeout(deadline, next.run(req)).await {
-        Ok(r) if r.extensions().get::<Panicked>().is_none() => Ok(r),
-        Ok(_) => Err(InferError::Internal("handler panicked".into())),
-        Err(_) => Err(InferError::RequestTimeout(deadline)),
     };
-    let mut response = failure.unwrap_or_else(|e| {
-        let log = &state.error_log;
-        ErrorResponse { error: ApiError::Infer(e), request_id: &id, worker_id: state.worker_id(), log }.into_response()
-    });
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use super::AppState;
-use super::error::{ApiError, ErrorResponse};
+use super::error::ApiError;
 use crate::api::InferRequest;
 use crate::app::{InferCommand, InferError, RequestMeta};
 use crate::telemetry::metrics;
@@ -88,13 +88,11 @@ pub async fn not_found(State(s): State<AppState>, Extension(meta): Extension<Req
         Some((cut, _)) => format!("{}…", &path[..cut]),
         None => path.to_owned(),
     };
-    let error = ApiError::NotFound(shown);
-    ErrorResponse { error, request_id: &meta.request_id, worker_id: s.worker_id(), log: &s.error_log }.into_response()
+    s.error_response(&meta.request_id, ApiError::NotFound(shown))
 }
 
 pub async fn method_not_allowed(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>) -> Response {
-    let error = ApiError::MethodNotAllowed;
-    ErrorResponse { error, request_id: &meta.request_id, worker_id: s.worker_id(), log: &s.error_log }.into_response()
+    s.error_response(&meta.request_id, ApiError::MethodNotAllowed)
 }
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
@@ -107,11 +105,7 @@ pub async fn infer(
 ) -> Response {
     match s.pipeline.infer(&meta, read_command(&s, &meta, &headers, body)).await {
         Ok(response) => Json(response).into_response(),
-        Err(e) => {
-            let log = &s.error_log;
-            ErrorResponse { error: e.into(), request_id: &meta.request_id, worker_id: s.worker_id(), log }
-                .into_response()
-        }
+        Err(e) => s.error_response(&meta.request_id, e),
     }
 }
 
