@@ -420,6 +420,12 @@ impl Config {
         }
     }
 
+    /// How long an idempotency claim lives if its owner vanishes without releasing it (the
+    /// Redis lock's TTL, and the in-process claim's): the inference deadline plus a margin.
+    pub fn idempotency_claim_ttl(&self) -> Duration {
+        self.inference_timeout() + Duration::from_secs(5)
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.server.graceful_shutdown_timeout_seconds)
     }

@@ -233,11 +233,10 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
             .cache_enabled
             .then(|| Arc::new(MemoryCache::new(config.cache.cache_max_entries, ttl)) as Arc<dyn ResponseCache>);
         let max = config.idempotency.idempotency_max_entries as usize;
-        let claim_ttl = config.inference_timeout() + Duration::from_secs(5);
         let idem = config
             .idempotency
             .idempotency_enabled
-            .then(|| Arc::new(IdempotencyStore::memory(idem_ttl, max, claim_ttl)));
+            .then(|| Arc::new(IdempotencyStore::memory(idem_ttl, max, config.idempotency_claim_ttl())));
         return Ok((None, cache, idem));
     };
     let r = &config.resilience;
@@ -262,11 +261,10 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
         background.spawn("redis_cache_writer", writer);
         Arc::new(cache) as Arc<dyn ResponseCache>
     });
-    let lock_ttl = config.inference_timeout() + Duration::from_secs(5);
     let idem = config
         .idempotency
         .idempotency_enabled
-        .then(|| Arc::new(IdempotencyStore::redis(Arc::clone(&store), idem_ttl, lock_ttl)));
+        .then(|| Arc::new(IdempotencyStore::redis(Arc::clone(&store), idem_ttl, config.idempotency_claim_ttl())));
     tracing::info!(l1_ttl_seconds = l1_ttl.as_secs(), "Using Redis for the response cache and idempotency keys");
     Ok((Some(store), cache, idem))
 }

@@ -193,13 +193,6 @@ impl Drop for Unfinished<'_> {
         if !self.armed {
             return;
         }
-        if std::thread::panicking() {
-            // The HTTP layer answers the panic with a 500 and counts its error; the row and
-            // the request count are this layer's.
-            let error = InferError::Internal("request handling panicked".into());
-            let _ = self.pipeline.finish(self.meta, Subject::default(), Err(error));
-            return;
-        }
         let error = InferError::ClientClosed;
         metrics::record_error(error.error_type());
         if let Some(suppressed) = self.pipeline.0.closed_log.admit(error.error_type()) {
