@@ -42,7 +42,11 @@ impl std::ops::DerefMut for Falcon {
 
 /// `falcon` run in `dir`, with only `PATH` set.
 pub fn falcon_in(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
+    isolated(Command::new(env!("CARGO_BIN_EXE_falcon")), dir)
+}
+
+/// `cmd` run in `dir` with only `PATH` of this process's environment.
+fn isolated(mut cmd: Command, dir: &std::path::Path) -> Command {
     cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd
 }
@@ -111,18 +115,16 @@ impl Worker {
 
     /// Like `start`, in `dir` (where a `.env` would be read).
     pub fn start_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
-        let mut cmd = falcon_in(dir);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
         cmd.arg("serve");
         Self::start_with(cmd, dir, env)
     }
 
     /// Starts `cmd` (a `falcon serve`, perhaps behind a wrapper such as `sh -c 'ulimit …'`)
     /// in `dir` with only `PATH`, the worker defaults and `env`, and waits until it listens.
-    pub fn start_with(mut cmd: Command, dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
-        cmd.current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOST", "127.0.0.1")
+    pub fn start_with(cmd: Command, dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
+        let mut cmd = isolated(cmd, dir);
+        cmd.env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("WORKER_ID", "it-worker")
             .stdout(Stdio::piped())
