@@ -62,6 +62,11 @@ fn worker_id(s: &str) -> Result<String, String> {
     if ok { Ok(s.to_owned()) } else { Err("must be 1-64 characters of A-Z a-z 0-9 - _ . :".into()) }
 }
 
+/// `LOG_SPOOL_DIR`: a path, or empty for no spool.
+fn spool_dir(s: &str) -> Result<String, String> {
+    Ok(s.to_owned())
+}
+
 /// Worker settings.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
@@ -209,13 +214,19 @@ pub struct DatabaseConfig {
     /// Most rows in one INSERT.
     #[arg(long, env = "LOG_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub log_batch_size: u32,
-    /// Spill request-log records that cannot reach the database to a file here; replayed
-    /// when the database is back and at the next start. Unset: memory only.
-    #[arg(long, env = "LOG_SPOOL_DIR")]
-    pub log_spool_dir: Option<PathBuf>,
-    /// Bound on the spool file; records beyond it are dropped and counted.
-    #[arg(long, env = "LOG_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// The request-log spool: every record is journaled here before its response (so a
+    /// crash loses none) and waits here while the database is behind or away. Empty: off
+    /// (memory only, LOG_BUFFER_SIZE, drops counted).
+    #[arg(long, env = "LOG_SPOOL_DIR", default_value = "data/spool", value_parser = spool_dir)]
+    pub log_spool_dir: String,
+    /// Bound on the spool's files; past it records fall back to memory, then are dropped and counted.
+    #[arg(long, env = "LOG_SPOOL_MAX_BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub log_spool_max_bytes: u64,
+    /// Request-log batches written at once (each on its own connection).
+    #[arg(long, env = "LOG_WRITER_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub log_writer_concurrency: u32,
     /// How long the writer waits to fill a batch.
     #[arg(long, env = "LOG_BATCH_WINDOW_MS", default_value_t = 50)]
     pub log_batch_window_ms: u64,
@@ -378,6 +389,12 @@ impl Config {
             None => format!("{}@", percent_encode(&d.postgres_user)),
         };
         Some(Secret(format!("postgres://{auth}{host}:{}/{}", d.postgres_port, d.postgres_db)))
+    }
+
+    /// The spool directory, `None` when `LOG_SPOOL_DIR` is empty (spool off).
+    pub fn log_spool_dir(&self) -> Option<&std::path::Path> {
+        let dir = self.database.log_spool_dir.as_str();
+        (!dir.is_empty()).then_some(std::path::Path::new(dir))
     }
 
     pub fn postgres_operation_timeout(&self) -> Duration {

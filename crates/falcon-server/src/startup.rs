@@ -21,7 +21,7 @@ use crate::http::server;
 use crate::http::{AppState, router};
 use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
-use crate::request_log::{self, RequestLog, Sink, Spool, WriterConfig};
+use crate::request_log::{self, RequestLog, Sink, WriterConfig};
 use crate::resilience::retry::RETRY_WARNING_INTERVAL;
 use crate::resilience::{CircuitBreaker, RetryPolicy};
 use crate::tasks::Background;
@@ -201,23 +201,33 @@ async fn build_request_log(
         batch_size: d.log_batch_size as usize,
         batch_window: Duration::from_millis(d.log_batch_window_ms),
         op_timeout: timeout,
+        concurrency: d.log_writer_concurrency as usize,
     };
-    let spool = match &d.log_spool_dir {
-        Some(dir) => Some(
-            Spool::open(dir, &config.worker_id(), d.log_spool_max_bytes)
-                .with_context(|| format!("cannot open the log spool in {} (LOG_SPOOL_DIR)", dir.display()))?,
-        ),
-        None => None,
-    };
-    if let Some(s) = spool.as_ref().filter(|s| !s.is_empty()) {
-        tracing::info!(path = %s.path().display(), bytes = s.bytes(), "Log spool from an earlier run will be replayed");
-    }
+    let spool = config.log_spool_dir().and_then(|dir| open_spool(dir, config));
+    let spooled = spool.is_some();
     let (log, writer, probe) = request_log::start(sink, breaker, writer_config, spool, background.stopping());
     let available = writer.availability();
     background.spawn("database_probe", probe);
     background.set_writer(writer);
-    tracing::info!(backend, buffer_size = d.log_buffer_size, "Request log enabled");
+    tracing::info!(backend, buffer_size = d.log_buffer_size, spool = spooled, "Request log enabled");
     Ok((Some(log), Some(available)))
+}
+
+/// Opens the request-log spool. A worker serves without one rather than not at all: an
+/// unusable directory is an `ERROR` line, and records then wait in memory.
+fn open_spool(dir: &std::path::Path, config: &Config) -> Option<request_log::Spooling> {
+    match request_log::open_spool(dir, &config.worker_id(), config.database.log_spool_max_bytes) {
+        Ok((spooling, leftover)) => {
+            if leftover.journal_bytes > 0 || leftover.imported > 0 {
+                tracing::info!(path = %dir.display(), bytes = leftover.journal_bytes, imported = leftover.imported, "Log spool from an earlier run will be replayed");
+            }
+            Some(spooling)
+        }
+        Err(error) => {
+            tracing::error!(path = %dir.display(), error = %error, "Cannot open the log spool (LOG_SPOOL_DIR); request-log records wait in memory only (LOG_BUFFER_SIZE) and a crash loses them");
+            None
+        }
+    }
 }
 
 type Stores = (Option<Arc<RedisStore>>, Option<Arc<dyn ResponseCache>>, Option<Arc<IdempotencyStore>>);

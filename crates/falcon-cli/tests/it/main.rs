@@ -8,5 +8,6 @@ mod deploy;
 mod observability;
 mod postgres;
 mod redis;
+mod request_log;
 mod stack;
 mod worker;

@@ -102,9 +102,16 @@ async fn every_request_makes_exactly_one_row_with_the_right_fields() {
     assert!(
         indexes.contains("inference_logs_log_id_key")
             && indexes.contains("inference_logs_request_id_idx")
-            && indexes.contains("inference_logs_created_at_idx"),
+            && indexes.contains("inference_logs_created_at_brin")
+            && !indexes.contains("inference_logs_created_at_idx")
+            && !indexes.contains("worker_id_created_at"),
         "{indexes}"
     );
+    // The runbook's time queries can use the BRIN index (planner told to avoid scanning).
+    let plan = pg.psql(
+        "SET enable_seqscan = off; EXPLAIN SELECT COUNT(*) FROM inference_logs WHERE created_at > NOW() - INTERVAL '1 minute';",
+    );
+    assert!(plan.contains("inference_logs_created_at_brin"), "{plan}");
     assert_eq!(
         metric(&c, &w, "db_operations_total{worker_id=\"w-log\",operation=\"insert\",status=\"error\"}").await,
         0.0
@@ -138,21 +145,17 @@ async fn a_reused_request_id_makes_one_row_per_request() {
 /// `log_id`, and the batch goes again skipping what is already there, losing nothing.
 #[tokio::test]
 async fn a_batch_written_twice_is_one_row_per_record_and_its_new_records_are_kept() {
-    use std::sync::Arc;
-
     use falcon_server::request_log::{LogRecord, Sink};
     let pg = Postgres::start();
     let sink = Sink::postgres(&pg.url(), 2, Duration::from_secs(10)).unwrap();
     sink.migrate().await.unwrap();
-    let record = |i: usize| {
-        Arc::new(LogRecord {
-            text_length: Some(3),
-            prediction: Some("neutral".into()),
-            confidence: Some(0.5),
-            success: true,
-            processing_time_ms: 1.0,
-            ..LogRecord::new(format!("same-client-id-{}", i % 2), "w", "v")
-        })
+    let record = |i: usize| LogRecord {
+        text_length: Some(3),
+        prediction: Some("neutral".into()),
+        confidence: Some(0.5),
+        success: true,
+        processing_time_ms: 1.0,
+        ..LogRecord::new(format!("same-client-id-{}", i % 2), "w", "v")
     };
     let first: Vec<_> = (0..3).map(record).collect();
     assert_eq!(sink.write(&first).await.unwrap(), 3);
@@ -207,11 +210,21 @@ async fn a_postgres_outage_loses_nothing_and_flushes_by_itself() {
 }
 
 #[tokio::test]
-async fn a_full_buffer_drops_the_oldest_and_counts_every_drop() {
+async fn without_a_spool_a_full_buffer_drops_the_oldest_and_counts_every_drop() {
     let mut pg = Postgres::start();
-    // Threshold 1: the first failed write opens the breaker, so no write is in flight when
-    // Postgres comes back and the outcome is exact.
-    let w = worker(&pg, "w-drop", &[("LOG_BUFFER_SIZE", "100"), ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1")]);
+    // Threshold 1: the first failed write opens the breaker, so the writer holds one failed
+    // batch and takes no more until Postgres is back; the outcome is exact.
+    let w = worker(
+        &pg,
+        "w-drop",
+        &[
+            ("LOG_SPOOL_DIR", ""),
+            ("LOG_BUFFER_SIZE", "100"),
+            ("LOG_BATCH_SIZE", "10"),
+            ("LOG_WRITER_CONCURRENCY", "1"),
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1"),
+        ],
+    );
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
     wait_for_rows(&pg, &w, 1, Duration::from_secs(10));
@@ -225,16 +238,18 @@ async fn a_full_buffer_drops_the_oldest_and_counts_every_drop() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c, &w, "circuit_breaker_state{worker_id=\"w-drop\",dependency=\"postgres\"}").await != 1.0
-        || metric(&c, &w, "dropped_logs_total{").await != 200.0
-    {
-        assert!(Instant::now() < deadline, "breaker did not open / drops not counted during the outage");
+    while metric(&c, &w, "circuit_breaker_state{worker_id=\"w-drop\",dependency=\"postgres\"}").await != 1.0 {
+        assert!(Instant::now() < deadline, "breaker did not open during the outage");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&c, &w, "log_buffer_size{").await, 100.0);
+    // Memory holds the newest 100; the writer holds the batch that failed (the oldest few).
+    let dropped = metric(&c, &w, "dropped_logs_total{").await;
+    let held = 300.0 - 100.0 - dropped;
+    assert!((1.0..=10.0).contains(&held), "dropped {dropped}");
+    assert_eq!(metric(&c, &w, "log_buffer_size{").await, 100.0 + held);
     pg.start_again();
-    wait_for_rows(&pg, &w, 101, Duration::from_secs(10));
-    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 200.0);
+    wait_for_rows(&pg, &w, 1 + 100 + held as i64, Duration::from_secs(10));
+    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, dropped);
     // The newest 100 survived: the oldest were dropped.
     let kept = pg.psql(&format!(
         "SELECT count(*) FROM inference_logs WHERE request_id IN ({})",
@@ -295,12 +310,8 @@ async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() 
     for i in 0..200 {
         infer(&c, &w, &format!("survives kill -9 {i}"), None).await;
     }
-    // Everything has left memory for the spool (the batch window bounds what a kill loses).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c, &w, "log_buffer_size{").await != 0.0 || metric(&c, &w, "log_spool_bytes{").await == 0.0 {
-        assert!(Instant::now() < deadline, "records did not reach the spool");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Every answered request is in the spool already: kill at once.
+    assert!(metric(&c, &w, "log_spool_bytes{").await > 0.0);
     w.signal("KILL");
     w.wait_exit(Duration::from_secs(5));
     pg.start_again();

@@ -1,117 +1,123 @@
 //! The request log: one row per POST /infer in `inference_logs`, written by a background
-//! actor so the request path never waits for the database.
+//! writer so the request path never waits for the database.
 //!
-//! Requests put records in one bounded queue (`RequestLog::record`, never blocks). The
-//! writer takes batches from its front (up to `batch_size` rows, waiting up to
-//! `batch_window` for a burst to fill one) and writes each with one INSERT. While the
-//! database is unreachable the queue is the outage buffer: at most `LOG_BUFFER_SIZE`
-//! records, the oldest dropped and counted in `dropped_logs_total` when full. It flushes by
-//! itself once writes succeed again ("Flushed N logs"); a health probe notices recovery
-//! within a second. On shutdown the writer writes what it holds before the process exits.
+//! With the spool on (the default, `LOG_SPOOL_DIR`), `RequestLog::record` appends each
+//! record to a memory-mapped journal on disk before the response goes out: a copy, no
+//! system call, and a `kill -9` loses nothing the worker answered for. The writer reads
+//! the journal in order, writes batches (up to `LOG_WRITER_CONCURRENCY` at once) and
+//! commits the journal once the database has them. Overload and outages only make the
+//! journal longer; it is read back as soon as the database keeps up again, and at the next
+//! start. Nothing is dropped until the journal reaches `LOG_SPOOL_MAX_BYTES`; then the
+//! record falls back to the memory buffer, and what that cannot hold is counted in
+//! `dropped_logs_total`. Records beyond `LOG_BUFFER_SIZE` behind the writer count as
+//! spooled (`log_spooled_total`) and, once written, as replayed (`log_replayed_total`).
+//!
+//! With the spool off (`LOG_SPOOL_DIR=`), records wait in a memory buffer of
+//! `LOG_BUFFER_SIZE`, oldest dropped and counted when full.
+//!
+//! A batch the database rejects for a reason other than being away (a constraint, a bad
+//! value) is tried three times, then split in halves until the rejected rows are found:
+//! they go to the dead-letter file beside the spool (`log_dead_letter_total`), the rest
+//! are written. On shutdown the writer writes what it can; what is left stays in the
+//! journal for the next start.
 
 mod record;
 pub mod sink;
 pub mod spool;
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use falcon_journal::{Journal, Position, Reader};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
-pub use record::{COLUMNS, LogRecord, Value};
-pub use sink::Sink;
+pub use record::{COLUMNS, DecodeError, LogRecord, Value};
+pub use sink::{Sink, WriteError};
 pub use spool::Spool;
 
 use crate::resilience::CircuitBreaker;
 use crate::telemetry::metrics::{
-    DB_DURATION, DB_OPERATIONS, DB_POOL_AVAILABLE, DB_POOL_SIZE, DROPPED_LOGS, LOG_BUFFER_SIZE, LOG_SPOOL_BYTES,
+    DB_DURATION, DB_OPERATIONS, DB_POOL_AVAILABLE, DB_POOL_SIZE, DROPPED_LOGS, LOG_BUFFER_SIZE, LOG_DEAD_LETTER,
+    LOG_REPLAYED, LOG_SPOOL_BYTES, LOG_SPOOLED,
 };
 use crate::telemetry::throttle::Throttle;
 
-/// The one bounded queue between requests and the writer. While the database is down it
-/// is the outage buffer: at most `LOG_BUFFER_SIZE` records, oldest dropped (and counted)
-/// first, whatever the writer is doing.
-///
-/// The writer only *peeks* at a batch; the records stay queued (and count against the
-/// bound) until the write succeeds. A record trimmed while its write is in flight counts
-/// as dropped only if that write then fails, so rows + `dropped_logs_total` always equals
-/// the requests made.
-struct Queue {
-    inner: Mutex<QueueInner>,
-    /// With `LOG_SPOOL_DIR`: what overflows memory goes here instead of being dropped.
-    spool: Option<Arc<Mutex<Spool>>>,
+/// Flag in a journal record: appended while more than `LOG_BUFFER_SIZE` records waited.
+const SPOOLED: u8 = 1;
+/// Rejections of one batch before it is split to find the bad rows.
+const POISON_ATTEMPTS: u32 = 3;
+/// Pause between attempts while the database is failing.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// The disk side of the request log: the journal, its reader, and the dead-letter file.
+pub struct Spooling {
+    journal: Journal,
+    reader: Reader,
+    dead_letter: Spool,
+}
+
+/// What `open_spool` found left by an earlier run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Leftover {
+    /// Bytes of journal segments to replay.
+    pub journal_bytes: u64,
+    /// Records moved over from a spool file of an older build.
+    pub imported: usize,
+}
+
+/// Opens the spool of worker `worker_id` in `dir`, bounded by `max_bytes` on disk.
+pub fn open_spool(dir: &Path, worker_id: &str, max_bytes: u64) -> std::io::Result<(Spooling, Leftover)> {
+    let options = falcon_journal::Options::for_max_bytes(max_bytes);
+    let (journal, reader, recovered) = Journal::open(dir, &format!("request-log-{worker_id}"), options)?;
+    let dead_letter = Spool::open_file(dir.join(format!("dead-letter-{worker_id}.jsonl")), max_bytes)?;
+    // An older build spooled JSON lines: move them into the journal, then drop the file.
+    let mut legacy = Spool::open_file(dir.join(format!("request-log-{worker_id}.jsonl")), u64::MAX)?;
+    let mut imported = 0;
+    if !legacy.is_empty() {
+        let (records, corrupt) = legacy.read_all()?;
+        let mut buf = Vec::new();
+        for r in &records {
+            buf.clear();
+            r.encode(SPOOLED, &mut buf);
+            journal.append(&buf).map_err(std::io::Error::other)?;
+        }
+        legacy.clear()?;
+        imported = records.len();
+        if corrupt > 0 {
+            counter!(DROPPED_LOGS).increment(corrupt as u64);
+        }
+    }
+    Ok((Spooling { journal, reader, dead_letter }, Leftover { journal_bytes: recovered.bytes, imported }))
+}
+
+/// Shared by the request path and the writer.
+struct Shared {
+    journal: Option<Journal>,
+    /// Records waiting in memory: all of them with the spool off, else those the journal
+    /// refused (its bound reached, or the disk failing).
+    memory: Mutex<VecDeque<LogRecord>>,
     capacity: usize,
+    /// Records appended to the journal, and those the database has: their difference is
+    /// the backlog that marks a record as spooled.
+    appended: AtomicU64,
+    committed: AtomicU64,
+    /// Memory records the writer holds (in flight, or waiting to be retried).
+    held: AtomicUsize,
     wake: Notify,
     closed: AtomicBool,
-    /// Fired once by `finish`: cuts short a batch window so shutdown never waits it out.
+    /// Fired once by `finish`: cuts short waits so shutdown never sits them out.
     closing: Notify,
     full_warning: Throttle,
+    journal_warning: Throttle,
 }
 
-#[derive(Default)]
-struct QueueInner {
-    items: VecDeque<(u64, Arc<LogRecord>)>,
-    next_seq: u64,
-    /// Sequence number of the last record of the batch being written.
-    in_flight_upto: Option<u64>,
-    /// Records trimmed while their write was in flight: dropped only if it fails.
-    trimmed_in_flight: u64,
-}
-
-impl Queue {
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, QueueInner>> {
-        self.inner.lock().ok()
-    }
-
-    fn push(&self, record: LogRecord) {
-        let Some(mut q) = self.lock() else { return };
-        let seq = q.next_seq;
-        q.next_seq += 1;
-        q.items.push_back((seq, Arc::new(record)));
-        let mut evicted = Vec::new();
-        let mut dropped = 0u64;
-        while q.items.len() > self.capacity {
-            let Some((oldest, r)) = q.items.pop_front() else { break };
-            if self.spool.is_some() {
-                // Spilled to disk (even if its write is in flight: a replay never duplicates).
-                evicted.push(r);
-            } else if q.in_flight_upto.is_some_and(|upto| oldest <= upto) {
-                q.trimmed_in_flight += 1;
-            } else {
-                dropped += 1;
-            }
-        }
-        gauge!(LOG_BUFFER_SIZE).set(q.items.len() as f64);
-        drop(q);
-        if !evicted.is_empty() {
-            dropped += self.spill(&evicted);
-        }
-        if dropped > 0 {
-            self.count_dropped(dropped);
-        }
-    }
-
-    /// Appends overflow to the spool (no fsync: this is the request path). Returns the
-    /// records that did not fit or could not be written.
-    fn spill(&self, records: &[Arc<LogRecord>]) -> u64 {
-        let Some(spool) = &self.spool else { return records.len() as u64 };
-        let Ok(mut spool) = spool.lock() else { return records.len() as u64 };
-        match spool.append(records, false) {
-            Ok(rejected) => {
-                gauge!(LOG_SPOOL_BYTES).set(spool.bytes() as f64);
-                rejected as u64
-            }
-            Err(error) => {
-                tracing::error!(path = %spool.path().display(), error = %error, "Cannot write the log spool");
-                records.len() as u64
-            }
-        }
-    }
-
+impl Shared {
     fn count_dropped(&self, n: u64) {
         counter!(DROPPED_LOGS).increment(n);
         if self.full_warning.ready() {
@@ -119,66 +125,93 @@ impl Queue {
         }
     }
 
-    /// Shares up to `max` records from the front and marks them in flight.
-    fn peek(&self, max: usize) -> Vec<Arc<LogRecord>> {
-        let Some(mut q) = self.lock() else { return Vec::new() };
-        let batch: Vec<(u64, Arc<LogRecord>)> = q.items.iter().take(max).cloned().collect();
-        q.in_flight_upto = batch.last().map(|(seq, _)| *seq);
-        q.trimmed_in_flight = 0;
-        batch.into_iter().map(|(_, r)| r).collect()
-    }
-
-    /// The batch is in the database: remove what is left of it.
-    fn written(&self) {
-        let Some(mut q) = self.lock() else { return };
-        if let Some(upto) = q.in_flight_upto.take() {
-            while q.items.front().is_some_and(|(seq, _)| *seq <= upto) {
-                q.items.pop_front();
-            }
-        }
-        q.trimmed_in_flight = 0;
-        gauge!(LOG_BUFFER_SIZE).set(q.items.len() as f64);
-    }
-
-    /// The batch was not written: it stays queued; records trimmed meanwhile are lost.
-    fn failed(&self) {
-        let Some(mut q) = self.lock() else { return };
-        q.in_flight_upto = None;
-        let lost = std::mem::take(&mut q.trimmed_in_flight);
+    fn push_memory(&self, record: LogRecord) {
+        let Ok(mut q) = self.memory.lock() else { return self.count_dropped(1) };
+        q.push_back(record);
+        let over = q.len().saturating_sub(self.capacity);
+        q.drain(..over);
         drop(q);
-        if lost > 0 {
-            self.count_dropped(lost);
+        if over > 0 {
+            self.count_dropped(over as u64);
         }
     }
 
-    fn len(&self) -> usize {
-        self.lock().map_or(0, |q| q.items.len())
+    fn take_memory(&self, max: usize) -> Vec<LogRecord> {
+        let Ok(mut q) = self.memory.lock() else { return Vec::new() };
+        let n = q.len().min(max);
+        let taken: Vec<LogRecord> = q.drain(..n).collect();
+        self.held.fetch_add(taken.len(), Ordering::Relaxed);
+        taken
+    }
+
+    fn memory_len(&self) -> usize {
+        self.memory.lock().map_or(0, |q| q.len())
+    }
+
+    /// Records not yet in the database (journal backlog and memory).
+    fn waiting(&self) -> u64 {
+        let journal = self.appended.load(Ordering::Relaxed).saturating_sub(self.committed.load(Ordering::Relaxed));
+        journal + self.memory_len() as u64 + self.held.load(Ordering::Relaxed) as u64
     }
 }
 
-/// The request path's handle: cheap to clone, never blocks.
+thread_local! {
+    /// The request path's encoding buffer, reused.
+    static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The request path's handle: cheap to clone, never blocks on the database.
 #[derive(Clone)]
 pub struct RequestLog {
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
 }
 
 impl RequestLog {
-    /// Queues a record for the writer.
+    /// Keeps a record for the writer: in the journal when there is one (durable once this
+    /// returns), else in memory.
     pub fn record(&self, record: LogRecord) {
-        self.queue.push(record);
-        self.queue.wake.notify_one();
+        let shared = &self.shared;
+        if let Some(journal) = &shared.journal {
+            let backlog =
+                shared.appended.load(Ordering::Relaxed).saturating_sub(shared.committed.load(Ordering::Relaxed));
+            let flags = if backlog >= shared.capacity as u64 { SPOOLED } else { 0 };
+            let appended = ENCODED.with_borrow_mut(|buf| {
+                buf.clear();
+                record.encode(flags, buf);
+                journal.append(buf)
+            });
+            match appended {
+                Ok(()) => {
+                    shared.appended.fetch_add(1, Ordering::Relaxed);
+                    if flags == SPOOLED {
+                        counter!(LOG_SPOOLED).increment(1);
+                    }
+                    shared.wake.notify_one();
+                    return;
+                }
+                Err(error) => {
+                    if shared.journal_warning.ready() {
+                        tracing::warn!(path = %journal.dir().display(), error = %error, "Log spool refused a record (LOG_SPOOL_MAX_BYTES or disk); keeping it in memory");
+                    }
+                }
+            }
+        }
+        shared.push_memory(record);
+        shared.wake.notify_one();
     }
 }
 
 /// How the writer behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
-    /// Records held while the database is unreachable (`LOG_BUFFER_SIZE`).
+    /// Records held in memory (`LOG_BUFFER_SIZE`).
     pub buffer_size: usize,
     pub batch_size: usize,
     pub batch_window: Duration,
     /// Deadline for one database operation.
     pub op_timeout: Duration,
+    /// Batches written at once (`LOG_WRITER_CONCURRENCY`).
+    pub concurrency: usize,
 }
 
 /// Starts the writer; returns the request path's handle, the writer, and the database
@@ -187,43 +220,53 @@ pub fn start(
     sink: Sink,
     breaker: Arc<CircuitBreaker>,
     config: WriterConfig,
-    spool: Option<Spool>,
+    spooling: Option<Spooling>,
     stopping: crate::tasks::Stopping,
 ) -> (RequestLog, Writer, impl std::future::Future<Output = ()> + Send + 'static) {
-    let spool = spool.map(|s| Arc::new(Mutex::new(s)));
-    let queue = Arc::new(Queue {
-        inner: Mutex::new(QueueInner::default()),
-        spool: spool.clone(),
+    let (journal, reader, dead_letter) = match spooling {
+        Some(s) => (Some(s.journal), Some(s.reader), Some(s.dead_letter)),
+        None => (None, None, None),
+    };
+    let shared = Arc::new(Shared {
+        journal,
+        memory: Mutex::new(VecDeque::new()),
         capacity: config.buffer_size.max(1),
+        appended: AtomicU64::new(0),
+        committed: AtomicU64::new(0),
+        held: AtomicUsize::new(0),
         wake: Notify::new(),
         closed: AtomicBool::new(false),
         closing: Notify::new(),
         full_warning: Throttle::new(Duration::from_secs(10)),
+        journal_warning: Throttle::new(Duration::from_secs(10)),
     });
     let available = Arc::new(AtomicBool::new(false));
     let state = WriterState {
         sink: sink.clone(),
         breaker: Arc::clone(&breaker),
         config,
-        queue: Arc::clone(&queue),
+        shared: Arc::clone(&shared),
+        reader,
+        dead_letter,
+        commits: VecDeque::new(),
+        next_ticket: 0,
         migrated: false,
         outage: false,
         flushed_since_outage: 0,
         available: Arc::clone(&available),
         down_warning: Throttle::new(Duration::from_secs(10)),
-        spool_full_warning: Throttle::new(Duration::from_secs(10)),
-        spool,
+        read_warning: Throttle::new(Duration::from_secs(10)),
     };
     let task = tokio::spawn(state.run());
     let probe = probe(sink, breaker, Arc::clone(&available), config.op_timeout, stopping);
-    (RequestLog { queue: Arc::clone(&queue) }, Writer { task, available, queue }, probe)
+    (RequestLog { shared: Arc::clone(&shared) }, Writer { task, available, shared }, probe)
 }
 
 /// The running writer.
 pub struct Writer {
     task: tokio::task::JoinHandle<()>,
     available: Arc<AtomicBool>,
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
@@ -232,29 +275,45 @@ impl Writer {
         Arc::clone(&self.available)
     }
 
-    /// Stops the writer after it has written what it holds, waiting at most `within`.
-    /// Records still unwritten then are counted in `dropped_logs_total` and logged.
+    /// Stops the writer after it has written what it can, waiting at most `within`. What
+    /// the journal holds stays there for the next start; memory records not written are
+    /// counted in `dropped_logs_total` and logged.
     pub async fn finish(self, within: Duration) {
-        self.queue.closed.store(true, Ordering::SeqCst);
-        self.queue.wake.notify_one();
-        self.queue.closing.notify_one();
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        self.shared.closing.notify_one();
         let abort = self.task.abort_handle();
         let finished = tokio::time::timeout(within, self.task).await.is_ok();
         if !finished {
             abort.abort();
         }
-        let lost = self.queue.len();
+        let mut lost = self.shared.held.load(Ordering::Relaxed) as u64;
+        let mut kept = 0u64;
+        let leftover = self.shared.take_memory(usize::MAX);
+        lost = lost.saturating_sub(leftover.len() as u64);
+        for record in leftover {
+            let kept_on_disk = self.shared.journal.as_ref().is_some_and(|j| {
+                let mut buf = Vec::new();
+                record.encode(SPOOLED, &mut buf);
+                j.append(&buf).is_ok()
+            });
+            if kept_on_disk { kept += 1 } else { lost += 1 }
+        }
+        let spooled = self.shared.journal.as_ref().map_or(0, Journal::backlog_bytes);
         let outcome = if finished { "finished" } else { "aborted" };
         tracing::info!(task = "request_log_writer", outcome, unwritten = lost, "Background task stopped");
-        if !finished || lost > 0 {
-            counter!(DROPPED_LOGS).increment(lost as u64);
+        if spooled > 0 {
+            tracing::warn!(spool_bytes = spooled, moved_from_memory = kept, "Request-log records left in the spool; they are written at the next start");
+        }
+        if lost > 0 {
+            counter!(DROPPED_LOGS).increment(lost);
             tracing::error!(lost, "Database unavailable at shutdown; request-log records not written");
         }
     }
 }
 
-/// Checks the database every second; success closes the breaker at once so the buffer
-/// flushes without waiting out the breaker's open period.
+/// Checks the database every second; success closes the breaker at once so the backlog
+/// drains without waiting out the breaker's open period.
 async fn probe(
     sink: Sink,
     breaker: Arc<CircuitBreaker>,
@@ -280,194 +339,373 @@ async fn probe(
     }
 }
 
+/// Where a batch came from, so its success can be recorded there.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Journal records: commit ticket.
+    Journal(u64),
+    Memory,
+}
+
+/// Rows on their way to the database.
+struct Batch {
+    records: Vec<LogRecord>,
+    origin: Origin,
+    /// Records that count as replayed once written.
+    replayed: usize,
+    /// Times the database rejected it.
+    rejections: u32,
+}
+
+/// A journal read waiting for its rows to be written, in read order.
+struct Commit {
+    ticket: u64,
+    end: Position,
+    records: u64,
+    done: bool,
+}
+
+/// How one write went.
+enum Outcome {
+    Written,
+    /// The database is away (or slow, or the table missing): try again later.
+    Unavailable { error: String, remigrate: bool },
+    /// The database refused these rows: retrying as they are will not help.
+    Rejected(String),
+}
+
 struct WriterState {
     sink: Sink,
     breaker: Arc<CircuitBreaker>,
     config: WriterConfig,
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
+    reader: Option<Reader>,
+    dead_letter: Option<Spool>,
+    commits: VecDeque<Commit>,
+    next_ticket: u64,
     migrated: bool,
     outage: bool,
     flushed_since_outage: usize,
     available: Arc<AtomicBool>,
     down_warning: Throttle,
-    spool: Option<Arc<Mutex<Spool>>>,
-    spool_full_warning: Throttle,
+    read_warning: Throttle,
 }
 
-/// Pause between attempts while the database is failing.
-const RETRY_EVERY: Duration = Duration::from_millis(500);
+async fn write_batch(sink: Sink, batch: &[LogRecord], timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, sink.write(batch)).await;
+    histogram!(DB_DURATION, "operation" => "insert").record(started.elapsed().as_secs_f64());
+    let outcome = match result {
+        Ok(Ok(_)) => Outcome::Written,
+        Ok(Err(WriteError::Rejected(error))) => Outcome::Rejected(error),
+        Ok(Err(WriteError::Unavailable { error, table_missing })) => {
+            Outcome::Unavailable { error, remigrate: table_missing }
+        }
+        Err(_) => Outcome::Unavailable { error: format!("timed out after {timeout:?}"), remigrate: false },
+    };
+    let status = if matches!(outcome, Outcome::Unavailable { .. }) { "error" } else { "success" };
+    counter!(DB_OPERATIONS, "operation" => "insert", "status" => status).increment(1);
+    outcome
+}
 
 impl WriterState {
     async fn run(mut self) {
-        let mut next_replay = tokio::time::Instant::now();
+        let mut in_flight: JoinSet<(Batch, Outcome)> = JoinSet::new();
+        let mut retry: VecDeque<Batch> = VecDeque::new();
+        let mut paused_until: Option<tokio::time::Instant> = None;
+        let mut spare: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+        let mut idle = true;
         loop {
-            let closing = self.queue.closed.load(Ordering::SeqCst);
-            // Older records first: replay the spool whenever the database may be back.
-            if self.spooled() && tokio::time::Instant::now() >= next_replay && !self.replay_spool().await {
-                next_replay = tokio::time::Instant::now() + RETRY_EVERY;
+            let closing = self.shared.closed.load(Ordering::SeqCst);
+            self.keep_spare_ready(&mut spare);
+            self.update_gauges();
+            let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
+            if closing && paused && in_flight.is_empty() {
+                // The database failed during shutdown: stop; `finish` keeps or counts the rest.
+                self.release_held(&retry);
+                return;
             }
-            let waiting = self.queue.len();
-            if waiting == 0 {
-                if closing {
+            if idle && !closing && !paused {
+                // Give a burst the batch window to fill a batch.
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.batch_window) => {}
+                    () = self.shared.closing.notified() => {}
+                }
+            }
+            // Fill the writer's slots: retries first, then the journal, then memory.
+            while !paused && in_flight.len() < self.config.concurrency.max(1) {
+                let Some(batch) = retry.pop_front().or_else(|| self.next_batch()) else { break };
+                if !self.migrated && !self.migrate().await {
+                    retry.push_front(batch);
+                    paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                    break;
+                }
+                if !self.breaker.try_acquire() {
+                    retry.push_front(batch);
+                    paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                    break;
+                }
+                let sink = self.sink.clone();
+                let timeout = self.config.op_timeout;
+                in_flight.spawn(async move {
+                    let outcome = write_batch(sink, &batch.records, timeout).await;
+                    (batch, outcome)
+                });
+            }
+            if in_flight.is_empty() {
+                let nothing_left = retry.is_empty() && self.shared.waiting() == 0;
+                if closing && nothing_left {
                     return;
                 }
-                if self.spooled() {
-                    let _ = tokio::time::timeout(RETRY_EVERY, self.queue.wake.notified()).await;
-                } else {
-                    self.queue.wake.notified().await;
+                idle = nothing_left;
+                let pause = paused_until.map_or(RETRY_EVERY, |t| t.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::select! {
+                    () = self.shared.wake.notified(), if paused_until.is_none() => {}
+                    () = tokio::time::sleep(pause) => { paused_until = None; }
+                    () = self.shared.closing.notified() => {}
                 }
                 continue;
             }
-            // Give a burst the batch window to fill the batch (not while shutting down).
-            if waiting < self.config.batch_size && !closing {
-                tokio::select! {
-                    () = tokio::time::sleep(self.config.batch_window) => {}
-                    () = self.queue.closing.notified() => {}
+            idle = false;
+            let Some(joined) = in_flight.join_next().await else { continue };
+            let Ok((batch, outcome)) = joined else {
+                // A write task panicked: its rows are still in the journal (replayed at the
+                // next start) or, from memory, lost: say so.
+                tracing::error!("Request-log write task failed");
+                continue;
+            };
+            match outcome {
+                Outcome::Written => {
+                    self.breaker.record_success();
+                    self.available.store(true, Ordering::Relaxed);
+                    self.written(batch);
                 }
-            }
-            let batch = self.queue.peek(self.config.batch_size);
-            let n = batch.len();
-            if !self.spooled() && self.write(&batch).await {
-                self.queue.written();
-                if self.outage {
-                    self.flushed_since_outage += n;
-                    if self.queue.len() == 0 {
-                        let flushed = std::mem::take(&mut self.flushed_since_outage);
-                        self.outage = false;
-                        tracing::info!(flushed, backend = self.sink.backend(), "Flushed {flushed} logs");
+                Outcome::Unavailable { error, remigrate } => {
+                    self.breaker.record_failure();
+                    self.available.store(false, Ordering::Relaxed);
+                    self.migrated &= !remigrate;
+                    self.outage = true;
+                    if self.down_warning.ready() {
+                        tracing::warn!(error, rows = batch.records.len(), "Database unavailable; buffering request logs");
+                    }
+                    retry.push_back(batch);
+                    paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                }
+                Outcome::Rejected(error) => {
+                    // The database answered: not an outage.
+                    self.breaker.record_success();
+                    let mut batch = batch;
+                    batch.rejections += 1;
+                    if batch.rejections < POISON_ATTEMPTS {
+                        retry.push_back(batch);
+                        paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                    } else {
+                        match self.isolate(batch, error).await {
+                            Ok(batch) => self.written(batch),
+                            Err(rest) => {
+                                retry.push_back(rest);
+                                paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                            }
+                        }
                     }
                 }
-            } else if self.spool.is_some() {
-                // Unwritable now (or older records are still spooled): to disk, out of memory.
-                self.outage = true;
-                if self.spool_batch(&batch) {
-                    self.queue.written();
-                } else {
-                    self.queue.failed();
-                    tokio::time::sleep(RETRY_EVERY).await;
-                }
-            } else {
-                self.queue.failed();
-                if closing {
-                    // One last attempt per batch at shutdown; `finish` counts what is left.
-                    return;
-                }
-                tokio::time::sleep(RETRY_EVERY).await;
             }
         }
     }
 
-    fn spooled(&self) -> bool {
-        self.spool.as_ref().is_some_and(|s| s.lock().is_ok_and(|s| !s.is_empty()))
-    }
-
-    /// Appends a batch to the spool (synced); false if the disk refused it (it stays in memory).
-    fn spool_batch(&self, batch: &[Arc<LogRecord>]) -> bool {
-        let Some(spool) = &self.spool else { return false };
-        let Ok(mut spool) = spool.lock() else { return false };
-        match spool.append(batch, true) {
-            Ok(rejected) => {
-                gauge!(LOG_SPOOL_BYTES).set(spool.bytes() as f64);
-                if rejected > 0 {
-                    counter!(DROPPED_LOGS).increment(rejected as u64);
-                    if self.spool_full_warning.ready() {
-                        tracing::warn!(path = %spool.path().display(), "Log spool full (LOG_SPOOL_MAX_BYTES), dropping entries");
+    /// The next batch from the journal, else from memory.
+    fn next_batch(&mut self) -> Option<Batch> {
+        if let Some(reader) = &mut self.reader {
+            match reader.read(self.config.batch_size) {
+                Ok(read) if !read.frames.is_empty() || read.corrupt > 0 => {
+                    let mut records = Vec::with_capacity(read.frames.len());
+                    let mut replayed = 0;
+                    let mut corrupt = read.corrupt;
+                    for frame in &read.frames {
+                        match LogRecord::decode(read.payload(frame)) {
+                            Ok((record, flags)) => {
+                                replayed += usize::from(frame.recovered || flags & SPOOLED != 0);
+                                records.push(record);
+                            }
+                            Err(_) => corrupt += 1,
+                        }
+                    }
+                    if corrupt > 0 {
+                        counter!(DROPPED_LOGS).increment(corrupt as u64);
+                        tracing::warn!(corrupt, "Skipped unreadable log spool records (torn or corrupt)");
+                    }
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    let fresh = read.frames.iter().filter(|f| !f.recovered).count() as u64;
+                    self.commits.push_back(Commit { ticket, end: read.end, records: fresh, done: false });
+                    let batch = Batch { records, origin: Origin::Journal(ticket), replayed, rejections: 0 };
+                    if batch.records.is_empty() {
+                        self.written(batch);
+                        return self.next_batch();
+                    }
+                    return Some(batch);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    if self.read_warning.ready() {
+                        tracing::error!(error = %error, "Cannot read the log spool");
                     }
                 }
-                true
-            }
-            Err(error) => {
-                tracing::error!(path = %spool.path().display(), error = %error, "Cannot write the log spool");
-                false
             }
         }
+        let records = self.shared.take_memory(self.config.batch_size);
+        (!records.is_empty()).then_some(Batch { records, origin: Origin::Memory, replayed: 0, rejections: 0 })
     }
 
-    /// Writes everything spooled, oldest first, then empties the spool. False if the
-    /// database is still unreachable (the spool is kept; rows already written are not
-    /// duplicated on the next try, thanks to ON CONFLICT).
-    async fn replay_spool(&mut self) -> bool {
-        let Some(shared) = self.spool.clone() else { return true };
-        let read = match shared.lock() {
-            Ok(spool) => spool.read_all().map_err(|e| (spool.path().display().to_string(), e)),
-            Err(_) => return false,
-        };
-        let (records, corrupt) = match read {
-            Ok(r) => r,
-            Err((path, error)) => {
-                tracing::error!(path, error = %error, "Cannot read the log spool");
-                return false;
+    /// The batch's rows are in the database (or dead-lettered): record it where it came from.
+    fn written(&mut self, batch: Batch) {
+        let n = batch.records.len();
+        if batch.replayed > 0 {
+            counter!(LOG_REPLAYED).increment(batch.replayed as u64);
+        }
+        match batch.origin {
+            Origin::Memory => {
+                self.shared.held.fetch_sub(n, Ordering::Relaxed);
             }
-        };
-        let records: Vec<Arc<LogRecord>> = records.into_iter().map(Arc::new).collect();
-        for chunk in records.chunks(self.config.batch_size.max(1)) {
-            if !self.write(chunk).await {
-                return false;
-            }
-        }
-        let Ok(mut spool) = shared.lock() else { return false };
-        // Overflow spilled by requests while we replayed is in the file too: keep going
-        // next time rather than clear records we have not written.
-        let (now_in_file, _) = spool.read_all().unwrap_or_default();
-        if now_in_file.len() > records.len() + corrupt {
-            return false;
-        }
-        if let Err(error) = spool.clear() {
-            tracing::error!(path = %spool.path().display(), error = %error, "Cannot empty the log spool");
-            return false;
-        }
-        drop(spool);
-        gauge!(LOG_SPOOL_BYTES).set(0.0);
-        if corrupt > 0 {
-            counter!(DROPPED_LOGS).increment(corrupt as u64);
-            tracing::warn!(corrupt, "Skipped unreadable log spool records (torn or corrupt lines)");
-        }
-        let flushed = records.len();
-        tracing::info!(flushed, source = "spool", backend = self.sink.backend(), "Flushed {flushed} logs");
-        true
-    }
-
-    /// One INSERT through the breaker. True when the rows are in the database.
-    async fn write(&mut self, batch: &[Arc<LogRecord>]) -> bool {
-        if !self.breaker.try_acquire() {
-            return false;
-        }
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.config.op_timeout, async {
-            if !self.migrated {
-                self.sink.migrate().await.map_err(|e| e.to_string())?;
-                self.migrated = true;
-            }
-            self.sink.write(batch).await.map_err(|e| {
-                // The table is gone (database recreated or restored): migrate again next time.
-                if let sqlx::Error::Database(db) = &e
-                    && db.code().as_deref() == Some("42P01")
+            Origin::Journal(ticket) => {
+                if let Some(c) = self.commits.iter_mut().find(|c| c.ticket == ticket) {
+                    c.done = true;
+                }
+                let mut upto = None;
+                while self.commits.front().is_some_and(|c| c.done) {
+                    if let Some(c) = self.commits.pop_front() {
+                        self.shared.committed.fetch_add(c.records, Ordering::Relaxed);
+                        upto = Some(c.end);
+                    }
+                }
+                if let (Some(upto), Some(reader)) = (upto, &self.reader)
+                    && let Err(error) = reader.commit(upto)
                 {
-                    self.migrated = false;
+                    tracing::error!(error = %error, "Cannot record progress in the log spool");
                 }
-                e.to_string()
-            })
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.config.op_timeout)));
-        histogram!(DB_DURATION, "operation" => "insert").record(started.elapsed().as_secs_f64());
+            }
+        }
+        if self.outage {
+            self.flushed_since_outage += n;
+            if self.shared.waiting() == 0 {
+                let flushed = std::mem::take(&mut self.flushed_since_outage);
+                self.outage = false;
+                tracing::info!(flushed, backend = self.sink.backend(), "Flushed {flushed} logs");
+            }
+        }
+    }
+
+    /// Splits a batch the database keeps rejecting until the rejected rows are found; they
+    /// go to the dead-letter file, the rest to the database. `Err` with what is left when
+    /// the database goes away meanwhile.
+    async fn isolate(&mut self, batch: Batch, error: String) -> Result<Batch, Batch> {
+        let Batch { records, origin, replayed, rejections } = batch;
+        let mut parts = vec![records];
+        let mut dead = Vec::new();
+        let mut written = Vec::new();
+        while let Some(part) = parts.pop() {
+            match write_batch(self.sink.clone(), &part, self.config.op_timeout).await {
+                Outcome::Written => written.extend(part),
+                Outcome::Rejected(_) if part.len() == 1 => dead.extend(part),
+                Outcome::Rejected(_) => {
+                    let mut part = part;
+                    let half = part.split_off(part.len() / 2);
+                    parts.push(half);
+                    parts.push(part);
+                }
+                Outcome::Unavailable { .. } => {
+                    // Try again later, all of it: rows written meanwhile are not duplicated.
+                    let mut rest: Vec<LogRecord> = parts.into_iter().flatten().collect();
+                    rest.extend(part);
+                    rest.extend(written);
+                    rest.extend(dead);
+                    return Err(Batch { records: rest, origin, replayed, rejections });
+                }
+            }
+        }
+        self.dead_letter(&dead, &error);
+        written.extend(dead);
+        Ok(Batch { records: written, origin, replayed, rejections })
+    }
+
+    fn dead_letter(&mut self, rows: &[LogRecord], error: &str) {
+        if rows.is_empty() {
+            return;
+        }
+        counter!(LOG_DEAD_LETTER).increment(rows.len() as u64);
+        let kept = self.dead_letter.as_mut().map(|file| (file.path().to_path_buf(), file.append(rows, true)));
+        match kept {
+            Some((path, Ok(0))) => {
+                tracing::error!(rows = rows.len(), path = %path.display(), error, "Database rejected request-log rows; moved them to the dead-letter file");
+            }
+            Some((path, result)) => {
+                let lost = result.as_ref().map_or(rows.len(), |r| *r);
+                counter!(DROPPED_LOGS).increment(lost as u64);
+                tracing::error!(rows = rows.len(), lost, path = %path.display(), error, "Database rejected request-log rows; the dead-letter file could not take them all");
+            }
+            None => {
+                counter!(DROPPED_LOGS).increment(rows.len() as u64);
+                tracing::error!(rows = rows.len(), error, "Database rejected request-log rows; no spool directory for a dead-letter file, rows dropped");
+            }
+        }
+    }
+
+    /// Creates the schema; false (and an outage) when the database is away.
+    async fn migrate(&mut self) -> bool {
+        let result = tokio::time::timeout(self.config.op_timeout, self.sink.migrate()).await;
         match result {
-            Ok(_) => {
-                counter!(DB_OPERATIONS, "operation" => "insert", "status" => "success").increment(1);
-                self.breaker.record_success();
-                self.available.store(true, Ordering::Relaxed);
+            Ok(Ok(())) => {
+                self.migrated = true;
                 true
             }
-            Err(error) => {
-                counter!(DB_OPERATIONS, "operation" => "insert", "status" => "error").increment(1);
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("timed out after {:?}", self.config.op_timeout),
+                };
                 self.breaker.record_failure();
                 self.available.store(false, Ordering::Relaxed);
                 self.outage = true;
                 if self.down_warning.ready() {
-                    tracing::warn!(error, rows = batch.len(), "Database unavailable; buffering request logs");
+                    tracing::warn!(error, "Database unavailable; buffering request logs");
                 }
                 false
             }
+        }
+    }
+
+    /// Memory records held for a retry are handed back for `finish` to keep or count.
+    fn release_held(&self, retry: &VecDeque<Batch>) {
+        for batch in retry {
+            if matches!(batch.origin, Origin::Memory) {
+                self.shared.held.fetch_sub(batch.records.len(), Ordering::Relaxed);
+                if let Ok(mut q) = self.shared.memory.lock() {
+                    q.extend(batch.records.iter().cloned());
+                }
+            }
+        }
+    }
+
+    /// Allocates the journal's next segment in the background whenever it has none ready.
+    fn keep_spare_ready(&self, spare: &mut Option<tokio::task::JoinHandle<std::io::Result<()>>>) {
+        let Some(journal) = &self.shared.journal else { return };
+        if spare.as_ref().is_some_and(|h| !h.is_finished()) || !journal.wants_spare() {
+            return;
+        }
+        let journal = journal.clone();
+        *spare = Some(tokio::task::spawn_blocking(move || {
+            let made = journal.prepare_spare();
+            if let Err(error) = &made {
+                tracing::warn!(path = %journal.dir().display(), error = %error, "Cannot allocate the next log spool segment");
+            }
+            made
+        }));
+    }
+
+    fn update_gauges(&self) {
+        gauge!(LOG_BUFFER_SIZE).set(self.shared.waiting() as f64);
+        if let Some(journal) = &self.shared.journal {
+            gauge!(LOG_SPOOL_BYTES).set(journal.backlog_bytes() as f64);
         }
     }
 }

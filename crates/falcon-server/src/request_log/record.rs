@@ -95,9 +95,10 @@ impl LogRecord {
         }
     }
 
-    /// A fresh record id.
+    /// A fresh record id: a UUID v7 (time-ordered, so the unique index takes it at its
+    /// right edge).
     pub fn new_log_id() -> String {
-        uuid::Uuid::new_v4().simple().to_string()
+        uuid::Uuid::now_v7().simple().to_string()
     }
 
     /// The record's id; a record spooled before log ids existed is known by its request id.
@@ -129,6 +130,129 @@ impl LogRecord {
             Text(Some(&self.model_version)),
             Time(&self.created_at),
         ]
+    }
+}
+
+/// The journal's encoding of a record: a version byte, the caller's flags, then the values in
+/// `COLUMNS` order (text and JSON as a `u32` length and UTF-8, NULL as a zero tag). About a
+/// tenth of the cost of JSON both ways, and the request path pays the encoding.
+const ENCODING_VERSION: u8 = 1;
+
+/// A journal frame that does not decode as a record.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable request-log record: {0}")]
+pub struct DecodeError(&'static str);
+
+impl LogRecord {
+    /// Appends the record's encoding to `out`.
+    pub fn encode(&self, flags: u8, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, v: &str) {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.push(ENCODING_VERSION);
+        out.push(flags);
+        for value in self.values() {
+            match value {
+                Value::Text(None) | Value::Int(None) | Value::Float(None) | Value::Json(None) => out.push(0),
+                Value::Text(Some(v)) => {
+                    out.push(1);
+                    text(out, v);
+                }
+                Value::Int(Some(v)) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                Value::Float(Some(v)) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                Value::Bool(v) => out.push(u8::from(v)),
+                Value::Json(Some(v)) => {
+                    out.push(1);
+                    text(out, &v.to_string());
+                }
+                Value::Time(v) => {
+                    out.extend_from_slice(&v.timestamp().to_le_bytes());
+                    out.extend_from_slice(&v.timestamp_subsec_nanos().to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// Reads a record written by `encode`; returns it and its flags.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, u8), DecodeError> {
+        let mut d = Decoder(bytes);
+        if d.take(1)?[0] != ENCODING_VERSION {
+            return Err(DecodeError("unknown version"));
+        }
+        let flags = d.take(1)?[0];
+        let record = Self {
+            log_id: d.text()?.ok_or(DecodeError("no log_id"))?,
+            request_id: d.text()?.ok_or(DecodeError("no request_id"))?,
+            worker_id: d.text()?.ok_or(DecodeError("no worker_id"))?,
+            text_hash: d.text()?,
+            text_length: d.fixed::<4>()?.map(i32::from_le_bytes),
+            prediction: d.text()?,
+            confidence: d.fixed::<8>()?.map(f64::from_le_bytes),
+            probabilities: d.text()?.map(|t| serde_json::from_str(&t)).transpose().map_err(|_| DecodeError("bad JSON"))?,
+            cache_hit: d.flag()?,
+            idempotency_hit: d.flag()?,
+            success: d.flag()?,
+            processing_time_ms: d.fixed::<8>()?.map(f64::from_le_bytes).ok_or(DecodeError("no processing time"))?,
+            inference_time_ms: d.fixed::<8>()?.map(f64::from_le_bytes),
+            error_type: d.text()?,
+            error_message: d.text()?,
+            idempotency_key: d.text()?,
+            client_ip: d.text()?,
+            model_version: d.text()?.ok_or(DecodeError("no model_version"))?,
+            created_at: {
+                let secs = i64::from_le_bytes(d.array::<8>()?);
+                let nanos = u32::from_le_bytes(d.array::<4>()?);
+                DateTime::from_timestamp(secs, nanos).ok_or(DecodeError("bad time"))?
+            },
+        };
+        if !d.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok((record, flags))
+    }
+}
+
+struct Decoder<'a>(&'a [u8]);
+
+impl Decoder<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError("bad tag")),
+        }
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<Option<[u8; N]>, DecodeError> {
+        if self.flag()? { self.array::<N>().map(Some) } else { Ok(None) }
+    }
+
+    fn text(&mut self) -> Result<Option<String>, DecodeError> {
+        let Some(len) = self.fixed::<4>()? else { return Ok(None) };
+        let bytes = self.take(u32::from_le_bytes(len) as usize)?;
+        std::str::from_utf8(bytes).map(|s| Some(s.to_string())).map_err(|_| DecodeError("bad UTF-8"))
     }
 }
 
@@ -165,6 +289,35 @@ mod tests {
                     || sql.contains(&format!("ADD COLUMN IF NOT EXISTS {c} "));
                 assert!(created || added, "{c}");
             }
+        }
+    }
+
+    #[test]
+    fn the_journal_encoding_round_trips_every_field() {
+        let full = LogRecord {
+            text_hash: Some("abc".into()),
+            text_length: Some(-3),
+            prediction: Some("positive".into()),
+            confidence: Some(0.125),
+            probabilities: Some(serde_json::json!({"positive": 0.125, "negative": 0.875})),
+            cache_hit: true,
+            idempotency_hit: false,
+            success: true,
+            processing_time_ms: 1.5,
+            inference_time_ms: Some(f64::INFINITY),
+            error_type: Some("e".into()),
+            error_message: Some("tab\there ✓".into()),
+            idempotency_key: Some("k".into()),
+            client_ip: Some("::1".into()),
+            ..LogRecord::new("req", "w", "v")
+        };
+        for (record, flags) in [(full, 1u8), (LogRecord::new("r", "w", "v"), 0)] {
+            let mut bytes = Vec::new();
+            record.encode(flags, &mut bytes);
+            let (back, back_flags) = LogRecord::decode(&bytes).unwrap();
+            assert_eq!(back, record);
+            assert_eq!(back_flags, flags);
+            assert!(LogRecord::decode(&bytes[..bytes.len() - 1]).is_err(), "truncated");
         }
     }
 

@@ -41,16 +41,57 @@ fn insert_from_stage() -> String {
     format!("INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (log_id) DO NOTHING")
 }
 
-fn sqlite_insert() -> String {
+/// Rows in one SQLite INSERT: 128 × 19 values stays well below SQLite's limit on bound values.
+const SQLITE_ROWS_PER_STATEMENT: usize = 128;
+
+/// A SQLite INSERT of `rows` rows (prepared once per size and cached by the connection).
+fn sqlite_insert(rows: usize) -> String {
+    let row = format!("({})", ["?"; COLUMNS.len()].join(", "));
     format!(
-        "INSERT INTO inference_logs ({}) VALUES ({}) ON CONFLICT (log_id) DO NOTHING",
+        "INSERT INTO inference_logs ({}) VALUES {} ON CONFLICT (log_id) DO NOTHING",
         COLUMNS.join(", "),
-        ["?"; COLUMNS.len()].join(", ")
+        vec![row; rows].join(", ")
     )
 }
 
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The database is away, overloaded, or not ready (the table missing): try again later.
+    #[error("{error}")]
+    Unavailable { error: String, table_missing: bool },
+    /// The database refused the rows themselves (a constraint, a bad value): retrying
+    /// them as they are will not help.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl WriteError {
+    /// Sorts a database error: only errors the rows cause are `Rejected`.
+    fn classify(error: &sqlx::Error) -> Self {
+        let text = error.to_string();
+        let Some(db) = error.as_database_error() else {
+            return Self::Unavailable { error: text, table_missing: false };
+        };
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        let rows_at_fault = if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+            // 22: data exception, 23: integrity constraint, P0: raised by a trigger.
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("P0")
+        } else {
+            // SQLite primary codes: 18 too big, 19 constraint, 20 mismatch, 25 range.
+            code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25))
+        };
+        if rows_at_fault {
+            Self::Rejected(text)
+        } else {
+            let table_missing = code == "42P01" || text.contains("no such table");
+            Self::Unavailable { error: text, table_missing }
+        }
+    }
+}
+
 /// A batch in COPY's text format: tab-separated, one row a line, `\N` for NULL.
-fn copy_text(batch: &[std::sync::Arc<LogRecord>]) -> String {
+pub fn copy_text(batch: &[LogRecord]) -> String {
     use std::fmt::Write;
     fn text(out: &mut String, v: &str) {
         for ch in v.chars() {
@@ -148,47 +189,53 @@ impl Sink {
         }
     }
 
-    /// Inserts a batch in one statement; returns the rows actually inserted.
-    pub async fn write(&self, batch: &[std::sync::Arc<LogRecord>]) -> Result<u64, sqlx::Error> {
+    /// Writes a batch atomically; returns the rows actually inserted (a record already
+    /// there is skipped).
+    pub async fn write(&self, batch: &[LogRecord]) -> Result<u64, WriteError> {
         if batch.is_empty() {
             return Ok(0);
         }
-        match self {
+        let written = match self {
             Self::Postgres(pool) => match Self::copy(pool, batch).await {
                 Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                     Self::insert_skipping_duplicates(pool, batch).await
                 }
                 done => done,
             },
-            // SQLite: one prepared single-row INSERT (parsed once per connection, then
-            // cached), stepped per row inside one transaction. Measured faster here than a
-            // multi-row VALUES statement, whose parse cost grows with the batch.
-            Self::Sqlite(pool) => {
-                let sql = sqlite_insert();
-                let mut tx = pool.begin().await?;
-                let mut inserted = 0;
-                for r in batch {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                    for value in r.values() {
-                        q = match value {
-                            Value::Text(v) => q.bind(v),
-                            Value::Int(v) => q.bind(v),
-                            Value::Float(v) => q.bind(v),
-                            Value::Bool(v) => q.bind(v),
-                            Value::Json(v) => q.bind(v.map(ToString::to_string)),
-                            Value::Time(v) => q.bind(v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-                        };
-                    }
-                    inserted += q.execute(&mut *tx).await?.rows_affected();
+            Self::Sqlite(pool) => Self::sqlite_insert(pool, batch).await,
+        };
+        written.map_err(|e| WriteError::classify(&e))
+    }
+
+    /// SQLite: multi-row INSERTs of up to 128 rows, prepared once and cached, in one
+    /// transaction. Each statement is a round trip to SQLite's worker thread, so rows per
+    /// statement is what sets the rate.
+    async fn sqlite_insert(pool: &SqlitePool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let mut inserted = 0;
+        for rows in batch.chunks(SQLITE_ROWS_PER_STATEMENT) {
+            let sql = sqlite_insert(rows.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in rows {
+                for value in r.values() {
+                    q = match value {
+                        Value::Text(v) => q.bind(v),
+                        Value::Int(v) => q.bind(v),
+                        Value::Float(v) => q.bind(v),
+                        Value::Bool(v) => q.bind(v),
+                        Value::Json(v) => q.bind(v.map(ToString::to_string)),
+                        Value::Time(v) => q.bind(v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    };
                 }
-                tx.commit().await?;
-                Ok(inserted)
             }
+            inserted += q.execute(&mut *tx).await?.rows_affected();
         }
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     /// The fast path: the batch as one COPY. Any error leaves nothing written.
-    async fn copy(pool: &PgPool, batch: &[std::sync::Arc<LogRecord>]) -> Result<u64, sqlx::Error> {
+    async fn copy(pool: &PgPool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
         let data = copy_text(batch);
         let mut conn = pool.acquire().await?;
         let copied = async {
@@ -207,7 +254,7 @@ impl Sink {
     /// The batch through a scratch table, skipping request ids already in the table.
     async fn insert_skipping_duplicates(
         pool: &PgPool,
-        batch: &[std::sync::Arc<LogRecord>],
+        batch: &[LogRecord],
     ) -> Result<u64, sqlx::Error> {
         let data = copy_text(batch);
         let mut tx = pool.begin().await?;
@@ -239,8 +286,6 @@ impl Sink {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn record() -> LogRecord {
@@ -262,7 +307,7 @@ mod tests {
 
     #[test]
     fn copy_text_escapes_and_marks_nulls() {
-        let text = copy_text(&[Arc::new(record()), Arc::new(record())]);
+        let text = copy_text(&[record(), record()]);
         let line = "log-1\treq-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
                     line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\n";
         assert_eq!(text, format!("{line}{line}"));

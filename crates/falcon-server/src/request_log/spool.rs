@@ -1,6 +1,6 @@
-//! The disk spool: request-log records that cannot reach the database are appended to a
-//! JSON-lines file and replayed once the database is back, or at the next start. A torn
-//! or corrupt line (a crash mid-write) is skipped and counted, never fatal.
+//! A JSON-lines file of request-log records: the dead-letter file (rows the database
+//! rejected, for a person to look at), and the spool format of older builds, read once at
+//! start-up and moved into the journal. A torn or corrupt line is skipped and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -17,11 +17,11 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating the folder) the spool of one worker; records left by an earlier run
-    /// are kept for replay.
-    pub fn open(dir: &Path, worker_id: &str, max_bytes: u64) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("request-log-{worker_id}.jsonl"));
+    /// Opens the file at `path` (creating its folder); what it holds is kept.
+    pub fn open_file(path: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         Ok(Self { path, max_bytes, bytes })
     }
@@ -119,10 +119,10 @@ mod tests {
     #[test]
     fn records_survive_a_reopen_and_clear_empties_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::open(dir.path(), "w1", 1 << 20).unwrap();
+        let mut s = Spool::open_file(dir.path().join("w1.jsonl"), 1 << 20).unwrap();
         let written = vec![record(1), record(2)];
         assert_eq!(s.append(&written, true).unwrap(), 0);
-        let reopened = Spool::open(dir.path(), "w1", 1 << 20).unwrap();
+        let reopened = Spool::open_file(dir.path().join("w1.jsonl"), 1 << 20).unwrap();
         assert!(!reopened.is_empty());
         let (records, corrupt) = reopened.read_all().unwrap();
         assert_eq!(records, written, "every field round-trips exactly");
@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::open(dir.path(), "w1", 1 << 20).unwrap();
+        let mut s = Spool::open_file(dir.path().join("w1.jsonl"), 1 << 20).unwrap();
         s.append(&[record(1), record(2)], false).unwrap();
         let mut f = OpenOptions::new().append(true).open(s.path()).unwrap();
         f.write_all(br#"{"request_id":"req-3","worker"#).unwrap();
@@ -148,7 +148,7 @@ mod tests {
     fn max_bytes_bounds_the_spool_and_reports_what_did_not_fit() {
         let dir = tempfile::tempdir().unwrap();
         let one = serde_json::to_vec(&record(1)).unwrap().len() as u64 + 1;
-        let mut s = Spool::open(dir.path(), "w1", one * 3).unwrap();
+        let mut s = Spool::open_file(dir.path().join("w1.jsonl"), one * 3).unwrap();
         assert_eq!(s.append(&(0..5).map(record).collect::<Vec<_>>(), true).unwrap(), 2);
         assert_eq!(s.read_all().unwrap().0.len(), 3);
         assert!(s.bytes() <= one * 3);

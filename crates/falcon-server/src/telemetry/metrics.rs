@@ -41,6 +41,9 @@ pub const DB_POOL_SIZE: &str = "db_connection_pool_size";
 pub const DB_POOL_AVAILABLE: &str = "db_connection_pool_available";
 pub const LOG_BUFFER_SIZE: &str = "log_buffer_size";
 pub const LOG_SPOOL_BYTES: &str = "log_spool_bytes";
+pub const LOG_SPOOLED: &str = "log_spooled_total";
+pub const LOG_REPLAYED: &str = "log_replayed_total";
+pub const LOG_DEAD_LETTER: &str = "log_dead_letter_total";
 pub const DROPPED_LOGS: &str = "dropped_logs_total";
 pub const MEMORY_GROWTH_ENABLED: &str = "debug_memory_growth_enabled";
 pub const MEMORY_GROWTH_BYTES: &str = "debug_memory_growth_bytes";
@@ -165,11 +168,17 @@ fn register_all() {
     describe_histogram!(DB_DURATION, Unit::Seconds, "Request-log database operation time.");
     describe_gauge!(DB_POOL_SIZE, "Connections open in the request-log pool.");
     describe_gauge!(DB_POOL_AVAILABLE, "Idle connections in the request-log pool.");
-    describe_gauge!(LOG_BUFFER_SIZE, "Request-log records waiting for the database.");
+    describe_gauge!(LOG_BUFFER_SIZE, "Request-log records waiting for the database (spool and memory).");
     describe_counter!(
         DROPPED_LOGS,
-        "Request-log records lost: buffer or spool full, unwritable at shutdown, or unreadable in the spool."
+        "Request-log records lost: spool (LOG_SPOOL_MAX_BYTES) and memory buffer full, unwritable at shutdown without a spool, or unreadable in the spool."
     );
+    describe_counter!(LOG_SPOOLED, "Request-log records kept on disk beyond LOG_BUFFER_SIZE while the database fell behind or was away.");
+    describe_counter!(LOG_REPLAYED, "Spooled request-log records written to the database later (including those of an earlier run).");
+    describe_counter!(LOG_DEAD_LETTER, "Request-log rows the database rejected (a constraint, a bad value), moved to the dead-letter file.");
+    counter!(LOG_SPOOLED).absolute(0);
+    counter!(LOG_REPLAYED).absolute(0);
+    counter!(LOG_DEAD_LETTER).absolute(0);
     for status in ["success", "error"] {
         counter!(DB_OPERATIONS, "operation" => "insert", "status" => status).absolute(0);
     }
@@ -177,7 +186,7 @@ fn register_all() {
     gauge!(DB_POOL_SIZE).set(0.0);
     gauge!(DB_POOL_AVAILABLE).set(0.0);
     gauge!(LOG_BUFFER_SIZE).set(0.0);
-    describe_gauge!(LOG_SPOOL_BYTES, Unit::Bytes, "Size of the request-log spool on disk (LOG_SPOOL_DIR).");
+    describe_gauge!(LOG_SPOOL_BYTES, Unit::Bytes, "Request-log records in the spool (LOG_SPOOL_DIR) not yet in the database, in bytes.");
     gauge!(LOG_SPOOL_BYTES).set(0.0);
     counter!(DROPPED_LOGS).absolute(0);
     gauge!(BREAKER_STATE, "dependency" => "postgres").set(0.0);
