@@ -31,7 +31,7 @@ trap cleanup EXIT
 # Starts a worker with the given environment; sets $pid and $addr.
 start_worker() {
   : >"$log"
-  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench REQUEST_LOG_SQLITE_PATH="$redis_dir/request_log.db" "$@" "$bin" serve >"$log" 2>&1 &
+  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench REQUEST_LOG_SQLITE_PATH="$redis_dir/request_log.db" LOG_SPOOL_DIR="$redis_dir/spool" "$@" "$bin" serve >"$log" 2>&1 &
   pid=$!
   addr=""
   for _ in $(seq 1 200); do
@@ -46,11 +46,47 @@ stop_worker() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
-echo "== embedded defaults (in-process cache, SQLite request log) =="
+echo "== embedded defaults (in-process cache, SQLite request log, spool on) =="
 start_worker
 echo "worker at $addr ($(nproc) cores shared by worker and load generator), ${duration}s per scenario, $connections connections"
 "$bin" load --addr "$addr" --connections "$connections" --duration "$duration"
 stop_worker
+
+unique_rps() { sed -n 's/.*"scenario":"unique-text".*"rps":\([0-9.]*\).*/\1/p'; }
+unique_p99() { sed -n 's/.*"scenario":"unique-text".*"p99_ms":\([0-9.]*\).*/\1/p'; }
+metric_value() { curl -s "http://$addr/metrics" | sed -n "s/^$1{[^}]*} //p"; }
+
+# The request log's price on the embedded default: unique-text /infer at saturation with
+# the log on (SQLite, spool on) and off, then both at a fixed offered rate of half the
+# log-off maximum (open loop: latency from when each request was due).
+echo "== embedded request log on vs off, unique text =="
+rm -rf "$redis_dir/spool" "$redis_dir/request_log.db"*
+start_worker
+on_out=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario unique-text)
+on=$(echo "$on_out" | unique_rps)
+answered=$(( $(echo "$on_out" | sed -n 's/.*"scenario":"unique-text".*"ok":\([0-9]*\).*/\1/p') ))
+# Wait for the writer to catch up, then count: rows must equal every request made (warm-up included).
+for _ in $(seq 1 120); do
+  [ "$(metric_value log_buffer_size)" = "0" ] && break
+  sleep 0.5
+done
+dropped=$(metric_value dropped_logs_total)
+made=$(metric_value 'inference_requests_total' | awk '{ s += $1 } END { print s }')
+stop_worker
+rows=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from inference_logs').fetchone()[0])" "$redis_dir/request_log.db")
+start_worker REQUEST_LOG_ENABLED=false
+off=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --scenario unique-text | unique_rps)
+stop_worker
+half=$(awk -v r="$off" 'BEGIN { printf "%.0f", r / 2 }')
+rm -rf "$redis_dir/spool" "$redis_dir/request_log.db"*
+start_worker
+p99_on=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --rate "$half" --scenario unique-text | unique_p99)
+stop_worker
+start_worker REQUEST_LOG_ENABLED=false
+p99_off=$("$bin" load --addr "$addr" --connections "$connections" --duration "$duration" --rate "$half" --scenario unique-text | unique_p99)
+stop_worker
+echo "saturation: log on $on req/s, off $off req/s, on/off $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }') (target >= 0.85); $answered answered in the measured window, $made requests in all, $rows rows, ${dropped:-?} dropped"
+echo "open loop at $half req/s (half the log-off maximum): p99 log on $p99_on ms, off $p99_off ms, on/off $(awk -v a="$p99_on" -v b="$p99_off" 'BEGIN { printf "%.2f", a / b }') (target <= 1.2)"
 
 if [ "${BENCH_REDIS:-1}" = "1" ] && command -v redis-server >/dev/null; then
   redis_port=$(start_throwaway_redis "$redis_dir/redis")

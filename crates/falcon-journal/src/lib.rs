@@ -229,11 +229,17 @@ impl Journal {
     /// Opens the journal `name` in `dir` (created if missing), taking its lock. Segments an
     /// earlier run left uncommitted are kept for the reader; appends go to a new segment.
     pub fn open(dir: &Path, name: &str, options: Options) -> io::Result<(Journal, Reader, Recovered)> {
-        if options.segment_bytes < SEGMENT_HEADER + FRAME_HEADER as u64 + 1 || options.max_bytes < options.segment_bytes {
+        if options.segment_bytes < SEGMENT_HEADER + FRAME_HEADER as u64 + 1 || options.max_bytes < options.segment_bytes
+        {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "journal segment or bound too small"));
         }
         std::fs::create_dir_all(dir)?;
-        let lock_file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(format!("{name}.lock")))?;
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(format!("{name}.lock")))?;
         lock_file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => io::Error::new(
                 io::ErrorKind::WouldBlock,
@@ -285,7 +291,13 @@ impl Journal {
             first_seq_this_run,
             committed: reader_at,
         };
-        let shared = Shared { dir: dir.to_path_buf(), name: name.to_string(), options, state: Mutex::new(state), _lock: lock_file };
+        let shared = Shared {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            options,
+            state: Mutex::new(state),
+            _lock: lock_file,
+        };
         let _ = std::fs::remove_file(shared.spare_path());
         // An earlier run's segments may fill the bound; a restart still gets a segment.
         shared.rotate(&mut lock(&shared.state), false).map_err(|e| match e {
@@ -367,7 +379,13 @@ impl Journal {
         state
             .live
             .range(from.segment..)
-            .map(|(&seq, live)| if seq == from.segment { live.used.saturating_sub(from.offset) } else { live.used - SEGMENT_HEADER.min(live.used) })
+            .map(|(&seq, live)| {
+                if seq == from.segment {
+                    live.used.saturating_sub(from.offset)
+                } else {
+                    live.used - SEGMENT_HEADER.min(live.used)
+                }
+            })
             .sum()
     }
 
@@ -477,7 +495,14 @@ impl Reader {
 
     /// Parses frames from one read of the current segment. Returns whether the position
     /// moved and whether the segment has nothing more to give.
-    fn read_chunk(&mut self, limit: u64, sealed: bool, recovered: bool, max: usize, batch: &mut Batch) -> io::Result<(bool, bool)> {
+    fn read_chunk(
+        &mut self,
+        limit: u64,
+        sealed: bool,
+        recovered: bool,
+        max: usize,
+        batch: &mut Batch,
+    ) -> io::Result<(bool, bool)> {
         let seq = self.at.segment;
         if self.file.as_ref().is_none_or(|(s, _)| *s != seq) {
             match File::open(self.shared.segment_path(seq)) {
@@ -551,7 +576,8 @@ impl Reader {
         if upto > state.committed {
             state.committed = upto;
         }
-        let done: Vec<u64> = state.live.range(..upto.segment).map(|(&seq, _)| seq).filter(|&seq| seq != state.active.seq).collect();
+        let done: Vec<u64> =
+            state.live.range(..upto.segment).map(|(&seq, _)| seq).filter(|&seq| seq != state.active.seq).collect();
         for seq in done {
             match std::fs::remove_file(self.shared.segment_path(seq)) {
                 Ok(()) => {}
@@ -611,7 +637,10 @@ mod tests {
         assert_eq!(batch.corrupt, 0);
         assert!(!batch.frames.iter().any(|f| f.recovered));
         assert!(reader.read(10).unwrap().frames.is_empty(), "nothing more to read");
-        let segments = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg")).count();
+        let segments = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .count();
         assert!(segments > 3, "500 records of ~40 bytes span several 4 KiB segments ({segments})");
     }
 
@@ -655,7 +684,11 @@ mod tests {
                 journal.append(&record(i)).unwrap();
             }
         }
-        let seg = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "seg")).unwrap();
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
         // Flip a byte in the third record's payload: a page a machine crash left half written.
         let bytes = std::fs::read(&seg).unwrap();
         let third = SEGMENT_HEADER as usize + 2 * FRAME_HEADER + record(0).len() + record(1).len() + FRAME_HEADER;
@@ -670,7 +703,8 @@ mod tests {
     #[test]
     fn the_bound_refuses_appends_and_frees_up_after_a_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, mut reader, _) = Journal::open(dir.path(), "w1", Options { segment_bytes: 4096, max_bytes: 3 * 4096 }).unwrap();
+        let (journal, mut reader, _) =
+            Journal::open(dir.path(), "w1", Options { segment_bytes: 4096, max_bytes: 3 * 4096 }).unwrap();
         let mut stored = 0;
         let mut refused = 0;
         for i in 0..1000 {

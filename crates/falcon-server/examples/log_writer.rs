@@ -36,7 +36,12 @@ fn record(i: usize) -> LogRecord {
 fn breaker() -> Arc<CircuitBreaker> {
     Arc::new(CircuitBreaker::new(
         "postgres",
-        BreakerConfig { enabled: true, failure_threshold: 5, open_for: Duration::from_secs(60), half_open_successes: 3 },
+        BreakerConfig {
+            enabled: true,
+            failure_threshold: 5,
+            open_for: Duration::from_secs(60),
+            half_open_successes: 3,
+        },
     ))
 }
 
@@ -97,7 +102,9 @@ async fn main() {
     let sqlite = Sink::sqlite(&dir.path().join("bench.db")).await.unwrap();
     sqlite.migrate().await.unwrap();
     let (rate, record_us) = through_writer(&sqlite, rows, 1).await;
-    println!("{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}");
+    println!(
+        "{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
+    );
 
     // Postgres's own cost per row: a server-side COPY of a file (no client in the timing),
     // into the table as the migrations leave it, and into the previous schema (random v4
@@ -130,7 +137,9 @@ async fn main() {
                 sqlx::query(sqlx::AssertSqlSafe(copy.as_str())).execute(&pool).await.unwrap();
                 best = best.min(started.elapsed().as_secs_f64() * 1e6 / rows as f64);
             }
-            println!("{{\"bench\":\"postgres_row_cost\",\"schema\":\"{label}\",\"rows\":{rows},\"server_us_per_row\":{best:.2}}}");
+            println!(
+                "{{\"bench\":\"postgres_row_cost\",\"schema\":\"{label}\",\"rows\":{rows},\"server_us_per_row\":{best:.2}}}"
+            );
         }
     };
     server_cost("current (v7 ids, BRIN on created_at)", false).await;

@@ -1,6 +1,9 @@
-//! A closed-loop HTTP load generator: N keep-alive connections, each sending its next
-//! request as soon as the previous answer arrives, for a fixed duration. Loopback only in
-//! our tests and benchmarks.
+//! An HTTP load generator: N keep-alive connections, for a fixed duration. Closed loop by
+//! default (each connection sends its next request as soon as the previous answer
+//! arrives: the maximum rate). With `--rate`, open loop: requests are due on a fixed
+//! schedule whatever the answers do, and each latency is measured from when the request
+//! was due, so a stall shows in the percentiles instead of slowing the sender (no
+//! coordinated omission). Loopback only in our tests and benchmarks.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -49,6 +52,10 @@ pub struct LoadArgs {
     /// Interleave the scenarios in this many rounds (each gets `duration / rounds` a round).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Open loop: offer this many requests per second in all, on a fixed schedule, instead
+    /// of as many as the server answers.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 /// The figures of one run, printed as one JSON line.
@@ -96,8 +103,10 @@ struct ConnStats {
     failed: u64,
 }
 
-async fn connection(addr: SocketAddr, scenario: Scenario, until: Instant) -> ConnStats {
+/// One connection's requests: as fast as answered, or one every `interval` (open loop).
+async fn connection(addr: SocketAddr, scenario: Scenario, until: Instant, interval: Option<Duration>) -> ConnStats {
     let mut stats = ConnStats { latencies_us: Vec::with_capacity(100_000), ok: 0, failed: 0 };
+    let mut due = Instant::now();
     'reconnect: while Instant::now() < until {
         let Ok(stream) = TcpStream::connect(addr).await else {
             stats.failed += 1;
@@ -125,7 +134,26 @@ async fn connection(addr: SocketAddr, scenario: Scenario, until: Instant) -> Con
                 stats.failed += 1;
                 continue;
             };
-            let t = Instant::now();
+            let t = match interval {
+                Some(every) => {
+                    let this = due;
+                    due += every;
+                    if this >= until {
+                        driver.abort();
+                        return stats;
+                    }
+                    if Instant::now() < this {
+                        // Early: wait, and time from the send (the timer's own lateness,
+                        // up to a millisecond, is the generator's, not the server's).
+                        tokio::time::sleep_until(this.into()).await;
+                        Instant::now()
+                    } else {
+                        // Late because the last answer was: time from when it was due.
+                        this
+                    }
+                }
+                None => Instant::now(),
+            };
             let result = match sender.send_request(req).await {
                 Ok(resp) => {
                     let success = resp.status().is_success();
@@ -164,10 +192,37 @@ struct Raw {
     elapsed: f64,
 }
 
-async fn drive_raw(addr: SocketAddr, scenario: Scenario, connections: usize, duration: Duration, into: &mut Raw) {
+/// How the load is offered: closed loop, or a total rate in requests per second.
+#[derive(Debug, Clone, Copy)]
+pub enum Offered {
+    Closed,
+    Rate(f64),
+}
+
+async fn drive_raw(
+    addr: SocketAddr,
+    scenario: Scenario,
+    connections: usize,
+    offered: Offered,
+    duration: Duration,
+    into: &mut Raw,
+) {
     let started = Instant::now();
     let until = started + duration;
-    let tasks: Vec<_> = (0..connections).map(|_| tokio::spawn(connection(addr, scenario, until))).collect();
+    let interval = match offered {
+        Offered::Closed => None,
+        Offered::Rate(rps) => Some(Duration::from_secs_f64(connections as f64 / rps.max(0.001))),
+    };
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            // Spread the connections' schedules over one interval.
+            let stagger = interval.map_or(Duration::ZERO, |every| every.mul_f64(i as f64 / connections as f64));
+            tokio::spawn(async move {
+                tokio::time::sleep(stagger).await;
+                connection(addr, scenario, until, interval).await
+            })
+        })
+        .collect();
     for t in tasks {
         if let Ok(s) = t.await {
             into.latencies_us.extend_from_slice(&s.latencies_us);
@@ -201,6 +256,7 @@ pub async fn drive_interleaved(
     addr: SocketAddr,
     scenarios: &[Scenario],
     connections: usize,
+    offered: Offered,
     duration: Duration,
     warmup: Duration,
     rounds: u32,
@@ -208,13 +264,13 @@ pub async fn drive_interleaved(
     let mut raws: Vec<Raw> = scenarios.iter().map(|_| Raw::default()).collect();
     for &scenario in scenarios {
         if !warmup.is_zero() {
-            drive_raw(addr, scenario, connections, warmup, &mut Raw::default()).await;
+            drive_raw(addr, scenario, connections, offered, warmup, &mut Raw::default()).await;
         }
     }
     let slice = duration / rounds.max(1);
     for _ in 0..rounds.max(1) {
         for (raw, &scenario) in raws.iter_mut().zip(scenarios) {
-            drive_raw(addr, scenario, connections, slice, raw).await;
+            drive_raw(addr, scenario, connections, offered, slice, raw).await;
         }
     }
     scenarios.iter().zip(raws).map(|(&s, raw)| summarise(s, connections, raw)).collect()
@@ -233,6 +289,7 @@ pub fn run(args: &LoadArgs) -> ExitCode {
         args.addr,
         &args.scenarios,
         connections,
+        args.rate.map_or(Offered::Closed, Offered::Rate),
         Duration::from_secs_f64(args.duration),
         Duration::from_secs_f64(args.warmup),
         args.rounds,

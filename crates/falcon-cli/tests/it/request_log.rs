@@ -92,11 +92,13 @@ async fn at_saturation_through_a_30_s_postgres_outage_nothing_is_dropped_and_eve
     let answered = load.await.unwrap();
     assert!(answered.len() > 1000, "only {} requests answered", answered.len());
 
-    let pg = pg.lock().unwrap();
     let expected = answered.len() as i64;
-    wait_rows(&pg, Duration::from_secs(60), "every answered request a row", |n| n >= expected);
-    assert_eq!(pg.count_rows(), expected, "one row per answered request, no more");
-    assert_eq!(pg.psql("SELECT count(DISTINCT request_id) = count(*) FROM inference_logs"), "t");
+    {
+        let pg = pg.lock().unwrap();
+        wait_rows(&pg, Duration::from_secs(60), "every answered request a row", |n| n >= expected);
+        assert_eq!(pg.count_rows(), expected, "one row per answered request, no more");
+        assert_eq!(pg.psql("SELECT count(DISTINCT request_id) = count(*) FROM inference_logs"), "t");
+    }
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
     assert!(metric(&c, &w, "log_spooled_total{").await > 0.0, "the outage spooled records");
     assert!(metric(&c, &w, "log_replayed_total{").await > 0.0, "and replayed them");
@@ -139,7 +141,8 @@ async fn kill_9_at_saturation_loses_no_answered_request() {
 #[tokio::test]
 async fn past_the_disk_bound_every_drop_is_counted_exactly() {
     let mut pg = Postgres::start();
-    let env = [("LOG_SPOOL_MAX_BYTES", "1048576"), ("LOG_BUFFER_SIZE", "50"), ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1")];
+    let env =
+        [("LOG_SPOOL_MAX_BYTES", "1048576"), ("LOG_BUFFER_SIZE", "50"), ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1")];
     let w = pg_worker(&pg, "w-bound", &env);
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
@@ -180,7 +183,11 @@ async fn an_unusable_spool_directory_is_an_error_line_and_the_worker_serves() {
 async fn rows_the_database_rejects_go_to_the_dead_letter_file_and_the_rest_are_written() {
     let pg = Postgres::start();
     let spool = fresh_dir();
-    let w = pg_worker(&pg, "w-poison", &[("LOG_SPOOL_DIR", spool.path().to_str().unwrap()), ("LOG_BATCH_WINDOW_MS", "300")]);
+    let w = pg_worker(
+        &pg,
+        "w-poison",
+        &[("LOG_SPOOL_DIR", spool.path().to_str().unwrap()), ("LOG_BATCH_WINDOW_MS", "300")],
+    );
     let c = reqwest::Client::new();
     infer(&c, &w, "migrate first", None).await;
     wait_rows(&pg, Duration::from_secs(10), "first row", |n| n == 1);

@@ -257,14 +257,46 @@ pub fn start(
         down_warning: Throttle::new(Duration::from_secs(10)),
         read_warning: Throttle::new(Duration::from_secs(10)),
     };
-    let task = tokio::spawn(state.run());
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("request-log-writer".into()).spawn(move || {
+        // Its own thread and runtime: decoding, binding and encoding batches never hold up
+        // a thread that serves requests, and the kernel schedules it at a lower priority.
+        lower_priority();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(async {
+                tokio::select! {
+                    () = state.run() => {}
+                    _ = stop => {}
+                }
+            });
+        }
+        let _ = done_tx.send(());
+    });
+    if let Err(error) = spawned {
+        tracing::error!(error = %error, "Cannot start the request-log writer thread");
+    }
     let probe = probe(sink, breaker, Arc::clone(&available), config.op_timeout, stopping);
-    (RequestLog { shared: Arc::clone(&shared) }, Writer { task, available, shared }, probe)
+    (RequestLog { shared: Arc::clone(&shared) }, Writer { done, stop: stop_tx, available, shared }, probe)
+}
+
+/// How much less CPU the writer thread gets than a request thread when both want it
+/// (`nice` 5: about a third of a request thread's share). The spool absorbs what it
+/// cannot write at once.
+const WRITER_NICE: i32 = 5;
+
+pub(crate) fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(tid), WRITER_NICE) {
+        tracing::debug!(error = %error, "Cannot lower the request-log writer's priority");
+    }
 }
 
 /// The running writer.
 pub struct Writer {
-    task: tokio::task::JoinHandle<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
     available: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
@@ -279,31 +311,37 @@ impl Writer {
     /// the journal holds stays there for the next start; memory records not written are
     /// counted in `dropped_logs_total` and logged.
     pub async fn finish(self, within: Duration) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
-        self.shared.closing.notify_one();
-        let abort = self.task.abort_handle();
-        let finished = tokio::time::timeout(within, self.task).await.is_ok();
+        let Writer { mut done, stop, shared, .. } = self;
+        shared.closed.store(true, Ordering::SeqCst);
+        shared.wake.notify_one();
+        shared.closing.notify_one();
+        let finished = tokio::time::timeout(within, &mut done).await.is_ok();
         if !finished {
-            abort.abort();
+            // Cut the writer short and wait for it to let go of what it holds.
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         }
-        let mut lost = self.shared.held.load(Ordering::Relaxed) as u64;
+        // Memory records the writer held (a write cut short) are gone; those still queued
+        // go to the journal if there is one.
+        let mut lost = shared.held.load(Ordering::Relaxed) as u64;
         let mut kept = 0u64;
-        let leftover = self.shared.take_memory(usize::MAX);
-        lost = lost.saturating_sub(leftover.len() as u64);
-        for record in leftover {
-            let kept_on_disk = self.shared.journal.as_ref().is_some_and(|j| {
+        for record in shared.take_memory(usize::MAX) {
+            let kept_on_disk = shared.journal.as_ref().is_some_and(|j| {
                 let mut buf = Vec::new();
                 record.encode(SPOOLED, &mut buf);
                 j.append(&buf).is_ok()
             });
             if kept_on_disk { kept += 1 } else { lost += 1 }
         }
-        let spooled = self.shared.journal.as_ref().map_or(0, Journal::backlog_bytes);
+        let spooled = shared.journal.as_ref().map_or(0, Journal::backlog_bytes);
         let outcome = if finished { "finished" } else { "aborted" };
         tracing::info!(task = "request_log_writer", outcome, unwritten = lost, "Background task stopped");
         if spooled > 0 {
-            tracing::warn!(spool_bytes = spooled, moved_from_memory = kept, "Request-log records left in the spool; they are written at the next start");
+            tracing::warn!(
+                spool_bytes = spooled,
+                moved_from_memory = kept,
+                "Request-log records left in the spool; they are written at the next start"
+            );
         }
         if lost > 0 {
             counter!(DROPPED_LOGS).increment(lost);
@@ -369,7 +407,10 @@ struct Commit {
 enum Outcome {
     Written,
     /// The database is away (or slow, or the table missing): try again later.
-    Unavailable { error: String, remigrate: bool },
+    Unavailable {
+        error: String,
+        remigrate: bool,
+    },
     /// The database refused these rows: retrying as they are will not help.
     Rejected(String),
 }
@@ -458,7 +499,8 @@ impl WriterState {
                     return;
                 }
                 idle = nothing_left;
-                let pause = paused_until.map_or(RETRY_EVERY, |t| t.saturating_duration_since(tokio::time::Instant::now()));
+                let pause =
+                    paused_until.map_or(RETRY_EVERY, |t| t.saturating_duration_since(tokio::time::Instant::now()));
                 tokio::select! {
                     () = self.shared.wake.notified(), if paused_until.is_none() => {}
                     () = tokio::time::sleep(pause) => { paused_until = None; }
@@ -486,7 +528,11 @@ impl WriterState {
                     self.migrated &= !remigrate;
                     self.outage = true;
                     if self.down_warning.ready() {
-                        tracing::warn!(error, rows = batch.records.len(), "Database unavailable; buffering request logs");
+                        tracing::warn!(
+                            error,
+                            rows = batch.records.len(),
+                            "Database unavailable; buffering request logs"
+                        );
                     }
                     retry.push_back(batch);
                     paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
@@ -645,7 +691,11 @@ impl WriterState {
             }
             None => {
                 counter!(DROPPED_LOGS).increment(rows.len() as u64);
-                tracing::error!(rows = rows.len(), error, "Database rejected request-log rows; no spool directory for a dead-letter file, rows dropped");
+                tracing::error!(
+                    rows = rows.len(),
+                    error,
+                    "Database rejected request-log rows; no spool directory for a dead-letter file, rows dropped"
+                );
             }
         }
     }

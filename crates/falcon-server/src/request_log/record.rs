@@ -195,7 +195,11 @@ impl LogRecord {
             text_length: d.fixed::<4>()?.map(i32::from_le_bytes),
             prediction: d.text()?,
             confidence: d.fixed::<8>()?.map(f64::from_le_bytes),
-            probabilities: d.text()?.map(|t| serde_json::from_str(&t)).transpose().map_err(|_| DecodeError("bad JSON"))?,
+            probabilities: d
+                .text()?
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|_| DecodeError("bad JSON"))?,
             cache_hit: d.flag()?,
             idempotency_hit: d.flag()?,
             success: d.flag()?,

@@ -170,7 +170,22 @@ impl Sink {
             // WAL + NORMAL: durable across a process crash; only an OS crash can lose
             // the last commits. A full fsync per batch cost a third of /infer throughput.
             .synchronous(SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        // The connection lives for the process (no idle or lifetime limit), and it is opened
+        // from a thread at the writer's lower priority: sqlx runs SQLite on a thread of its
+        // own, which inherits that priority, so the inserts yield to request threads.
+        let pool_options = SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let opener = std::thread::Builder::new().name("request-log-open".into()).spawn(move || {
+            super::lower_priority();
+            let opened = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(sqlx::Error::Io)
+                .and_then(|rt| rt.block_on(pool_options.connect_with(options)));
+            let _ = tx.send(opened);
+        });
+        opener.map_err(sqlx::Error::Io)?;
+        let pool = rx.await.map_err(|_| sqlx::Error::PoolClosed)??;
         Ok(Self::Sqlite(pool))
     }
 
@@ -252,10 +267,7 @@ impl Sink {
     }
 
     /// The batch through a scratch table, skipping request ids already in the table.
-    async fn insert_skipping_duplicates(
-        pool: &PgPool,
-        batch: &[LogRecord],
-    ) -> Result<u64, sqlx::Error> {
+    async fn insert_skipping_duplicates(pool: &PgPool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
         let data = copy_text(batch);
         let mut tx = pool.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(stage_table())).execute(&mut *tx).await?;

@@ -173,9 +173,18 @@ fn register_all() {
         DROPPED_LOGS,
         "Request-log records lost: spool (LOG_SPOOL_MAX_BYTES) and memory buffer full, unwritable at shutdown without a spool, or unreadable in the spool."
     );
-    describe_counter!(LOG_SPOOLED, "Request-log records kept on disk beyond LOG_BUFFER_SIZE while the database fell behind or was away.");
-    describe_counter!(LOG_REPLAYED, "Spooled request-log records written to the database later (including those of an earlier run).");
-    describe_counter!(LOG_DEAD_LETTER, "Request-log rows the database rejected (a constraint, a bad value), moved to the dead-letter file.");
+    describe_counter!(
+        LOG_SPOOLED,
+        "Request-log records kept on disk beyond LOG_BUFFER_SIZE while the database fell behind or was away."
+    );
+    describe_counter!(
+        LOG_REPLAYED,
+        "Spooled request-log records written to the database later (including those of an earlier run)."
+    );
+    describe_counter!(
+        LOG_DEAD_LETTER,
+        "Request-log rows the database rejected (a constraint, a bad value), moved to the dead-letter file."
+    );
     counter!(LOG_SPOOLED).absolute(0);
     counter!(LOG_REPLAYED).absolute(0);
     counter!(LOG_DEAD_LETTER).absolute(0);
@@ -186,7 +195,11 @@ fn register_all() {
     gauge!(DB_POOL_SIZE).set(0.0);
     gauge!(DB_POOL_AVAILABLE).set(0.0);
     gauge!(LOG_BUFFER_SIZE).set(0.0);
-    describe_gauge!(LOG_SPOOL_BYTES, Unit::Bytes, "Request-log records in the spool (LOG_SPOOL_DIR) not yet in the database, in bytes.");
+    describe_gauge!(
+        LOG_SPOOL_BYTES,
+        Unit::Bytes,
+        "Request-log records in the spool (LOG_SPOOL_DIR) not yet in the database, in bytes."
+    );
     gauge!(LOG_SPOOL_BYTES).set(0.0);
     counter!(DROPPED_LOGS).absolute(0);
     gauge!(BREAKER_STATE, "dependency" => "postgres").set(0.0);
