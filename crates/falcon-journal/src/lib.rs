@@ -50,9 +50,11 @@ pub struct Options {
 }
 
 impl Options {
-    /// A segment size that suits `max_bytes`: an eighth of it, between 64 KiB and 16 MiB.
+    /// A segment size that suits `max_bytes`: an eighth of it, between 64 KiB and 2 MiB.
+    /// The active segment's pages count in the process's resident memory while it is
+    /// mapped, so segments stay small; rotating to a ready spare is a rename and a map.
     pub fn for_max_bytes(max_bytes: u64) -> Self {
-        let segment_bytes = (max_bytes / 8).clamp(64 << 10, 16 << 20);
+        let segment_bytes = (max_bytes / 8).clamp(64 << 10, 2 << 20);
         Self { segment_bytes, max_bytes }
     }
 }

@@ -27,7 +27,7 @@ async fn scrape(c: &reqwest::Client, w: &Worker) -> String {
     c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
-const ALERTS: [&str; 13] = [
+const ALERTS: [&str; 15] = [
     "HighP95Latency",
     "VeryHighP95Latency",
     "HighErrorRate",
@@ -37,6 +37,8 @@ const ALERTS: [&str; 13] = [
     "CircuitBreakerOpen",
     "HighRetryRate",
     "DatabaseLogsDropped",
+    "LogSpoolGrowing",
+    "DatabaseLogsDeadLettered",
     "HighMemoryUsage",
     "LowCacheHitRate",
     "CacheErrors",
@@ -374,6 +376,7 @@ async fn dashboard_and_alert_queries_parse_and_name_only_exposed_metrics() {
         "Circuit Breaker State",
         "DB Operation Latency",
         "Log Buffer and Dropped Logs",
+        "Request-Log Spool",
     ] {
         assert!(titles.contains(&panel), "panel {panel:?} is missing: {titles:?}");
     }
@@ -689,6 +692,8 @@ async fn log_lines_are_json_with_the_fields_and_messages_the_runbook_greps() {
         ("WORKER_ID", "w-logs"),
         ("REDIS_URL", &redis_url),
         ("DATABASE_URL", &pg_url),
+        // The memory buffer's lines ("buffer full"), as the runbook greps them: spool off.
+        ("LOG_SPOOL_DIR", ""),
         ("LOG_BUFFER_SIZE", "20"),
         ("REDIS_OPERATION_TIMEOUT_SECONDS", "0.3"),
         ("RETRY_BASE_DELAY_MS", "5"),
