@@ -55,6 +55,7 @@ async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f
         batch_window: Duration::from_millis(20),
         op_timeout: Duration::from_secs(30),
         concurrency,
+        nice: 0,
     };
     let (log, writer, _probe) =
         request_log::start(sink.clone(), breaker(), config, Some(spooling), falcon_server::tasks::Stopping::never());
@@ -91,6 +92,9 @@ async fn main() {
 
     for concurrency in [1usize, 2, 4] {
         sqlx::query("TRUNCATE inference_logs").execute(&pool).await.unwrap();
+        // A pool per writer: the writer runs its own runtime, and a connection opened on a
+        // runtime that has ended cannot be used from the next one.
+        let sink = Sink::postgres(&url, 8, Duration::from_secs(30)).unwrap();
         let (rate, record_us) = through_writer(&sink, rows, concurrency).await;
         assert_eq!(count(&pool).await as usize, rows, "every record must be in the table");
         println!(
@@ -99,7 +103,7 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Sink::sqlite(&dir.path().join("bench.db")).await.unwrap();
+    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0).await.unwrap();
     sqlite.migrate().await.unwrap();
     let (rate, record_us) = through_writer(&sqlite, rows, 1).await;
     println!(

@@ -227,6 +227,11 @@ pub struct DatabaseConfig {
     #[arg(long, env = "LOG_WRITER_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub log_writer_concurrency: u32,
+    /// Scheduling priority (nice, 0-19) of the request-log writer's threads: higher yields
+    /// the CPU to requests sooner; under saturation the spool then absorbs the difference.
+    #[arg(long, env = "LOG_WRITER_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub log_writer_nice: i32,
     /// How long the writer waits to fill a batch.
     #[arg(long, env = "LOG_BATCH_WINDOW_MS", default_value_t = 50)]
     pub log_batch_window_ms: u64,

@@ -190,7 +190,7 @@ async fn build_request_log(
     let sink = match config.postgres_url() {
         Some(url) => Sink::postgres(url.expose(), d.postgres_pool_size, timeout)
             .context("invalid Postgres settings (DATABASE_URL / POSTGRES_*)")?,
-        None => Sink::sqlite(&d.request_log_sqlite_path).await.with_context(|| {
+        None => Sink::sqlite(&d.request_log_sqlite_path, d.log_writer_nice).await.with_context(|| {
             format!("cannot open the request log {} (REQUEST_LOG_SQLITE_PATH)", d.request_log_sqlite_path.display())
         })?,
     };
@@ -202,6 +202,7 @@ async fn build_request_log(
         batch_window: Duration::from_millis(d.log_batch_window_ms),
         op_timeout: timeout,
         concurrency: d.log_writer_concurrency as usize,
+        nice: d.log_writer_nice,
     };
     let spool = config.log_spool_dir().and_then(|dir| open_spool(dir, config));
     let spooled = spool.is_some();

@@ -212,6 +212,9 @@ pub struct WriterConfig {
     pub op_timeout: Duration,
     /// Batches written at once (`LOG_WRITER_CONCURRENCY`).
     pub concurrency: usize,
+    /// The writer thread's `nice` (`LOG_WRITER_NICE`): how readily it yields the CPU to
+    /// request threads.
+    pub nice: i32,
 }
 
 /// Starts the writer; returns the request path's handle, the writer, and the database
@@ -262,7 +265,7 @@ pub fn start(
     let spawned = std::thread::Builder::new().name("request-log-writer".into()).spawn(move || {
         // Its own thread and runtime: decoding, binding and encoding batches never hold up
         // a thread that serves requests, and the kernel schedules it at a lower priority.
-        lower_priority();
+        lower_priority(config.nice);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         if let Ok(runtime) = runtime {
             runtime.block_on(async {
@@ -281,14 +284,10 @@ pub fn start(
     (RequestLog { shared: Arc::clone(&shared) }, Writer { done, stop: stop_tx, available, shared }, probe)
 }
 
-/// How much less CPU the writer thread gets than a request thread when both want it
-/// (`nice` 5: about a third of a request thread's share). The spool absorbs what it
-/// cannot write at once.
-const WRITER_NICE: i32 = 5;
-
-pub(crate) fn lower_priority() {
+/// Lowers the calling thread's scheduling priority to `nice` (threads it starts inherit it).
+pub(crate) fn lower_priority(nice: i32) {
     let tid = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(tid), WRITER_NICE) {
+    if let Err(error) = rustix::process::setpriority_process(Some(tid), nice) {
         tracing::debug!(error = %error, "Cannot lower the request-log writer's priority");
     }
 }
@@ -461,8 +460,10 @@ impl WriterState {
             self.keep_spare_ready(&mut spare);
             self.update_gauges();
             let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
-            if closing && paused && in_flight.is_empty() {
-                // The database failed during shutdown: stop; `finish` keeps or counts the rest.
+            if closing && paused && in_flight.is_empty() && self.shared.journal.is_some() {
+                // The database failed during shutdown: stop. What is not written stays in
+                // the journal for the next start. (Without one, keep trying until `finish`
+                // gives up: what it then holds is lost, and counted.)
                 self.release_held(&retry);
                 return;
             }

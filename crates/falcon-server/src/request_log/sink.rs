@@ -159,8 +159,9 @@ impl Sink {
         Ok(Self::Postgres(pool))
     }
 
-    /// The embedded default: a SQLite file, created with its folder when missing.
-    pub async fn sqlite(path: &Path) -> Result<Self, sqlx::Error> {
+    /// The embedded default: a SQLite file, created with its folder when missing. SQLite
+    /// runs on a thread of sqlx's at the writer's `nice`.
+    pub async fn sqlite(path: &Path, nice: i32) -> Result<Self, sqlx::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -176,7 +177,7 @@ impl Sink {
         let pool_options = SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let opener = std::thread::Builder::new().name("request-log-open".into()).spawn(move || {
-            super::lower_priority();
+            super::lower_priority(nice);
             let opened = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
