@@ -14,7 +14,7 @@ fn record() -> LogRecord {
         text_length: Some(120),
         prediction: Some("positive".into()),
         confidence: Some(0.91),
-        probabilities: Some(serde_json::json!({"negative": 0.04, "neutral": 0.05, "positive": 0.91})),
+        probabilities: Some(r#"{"negative":0.04,"neutral":0.05,"positive":0.91}"#.into()),
         success: true,
         processing_time_ms: 0.4,
         inference_time_ms: Some(0.01),

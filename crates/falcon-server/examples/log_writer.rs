@@ -23,7 +23,7 @@ fn record(i: usize) -> LogRecord {
         text_length: Some(120),
         prediction: Some("positive".into()),
         confidence: Some(0.91),
-        probabilities: Some(serde_json::json!({"negative": 0.04, "neutral": 0.05, "positive": 0.91})),
+        probabilities: Some(r#"{"negative":0.04,"neutral":0.05,"positive":0.91}"#.into()),
         cache_hit: i.is_multiple_of(3),
         success: true,
         processing_time_ms: 0.4,
@@ -86,11 +86,13 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let url = args.next().expect("usage: log_writer DATABASE_URL [ROWS]");
     let rows: usize = args.next().map_or(200_000, |n| n.parse().expect("ROWS is a number"));
+    // `sqlite` as a third argument: the SQLite writer alone (for profiling it).
+    let only_sqlite = args.next().as_deref() == Some("sqlite");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let sink = Sink::postgres(&url, 8, Duration::from_secs(30)).unwrap();
     sink.migrate().await.unwrap();
 
-    for concurrency in [1usize, 2, 4] {
+    for concurrency in if only_sqlite { vec![] } else { vec![1usize, 2, 4] } {
         sqlx::query("TRUNCATE inference_logs").execute(&pool).await.unwrap();
         // A pool per writer: the writer runs its own runtime, and a connection opened on a
         // runtime that has ended cannot be used from the next one.
@@ -109,6 +111,9 @@ async fn main() {
     println!(
         "{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
     );
+    if only_sqlite {
+        return;
+    }
 
     // Postgres's own cost per row: a server-side COPY of a file (no client in the timing),
     // into the table as the migrations leave it, and into the previous schema (random v4

@@ -387,7 +387,7 @@ impl Pipeline {
                 Ok(Served { response, inference_ms }) => {
                     row.prediction = Some(response.prediction.clone());
                     row.confidence = Some(response.confidence);
-                    row.probabilities = serde_json::to_value(&response.probabilities).ok();
+                    row.probabilities = serde_json::to_string(&response.probabilities).ok();
                     row.cache_hit = response.cache_hit;
                     row.idempotency_hit = response.idempotency_hit;
                     row.inference_time_ms = *inference_ms;

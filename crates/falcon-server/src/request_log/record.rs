@@ -19,7 +19,10 @@ pub struct LogRecord {
     pub text_length: Option<i32>,
     pub prediction: Option<String>,
     pub confidence: Option<f64>,
-    pub probabilities: Option<serde_json::Value>,
+    /// JSON text (an object of label to probability), made once on the request path and
+    /// passed through as is: the sinks store it, nothing parses it.
+    #[serde(with = "json_text")]
+    pub probabilities: Option<String>,
     pub cache_hit: bool,
     pub idempotency_hit: bool,
     pub success: bool,
@@ -64,7 +67,8 @@ pub enum Value<'a> {
     Int(Option<i32>),
     Float(Option<f64>),
     Bool(bool),
-    Json(Option<&'a serde_json::Value>),
+    /// JSON text.
+    Json(Option<&'a str>),
     Time(&'a DateTime<Utc>),
 }
 
@@ -117,7 +121,7 @@ impl LogRecord {
             Int(self.text_length),
             Text(self.prediction.as_deref()),
             Float(self.confidence),
-            Json(self.probabilities.as_ref()),
+            Json(self.probabilities.as_deref()),
             Bool(self.cache_hit),
             Bool(self.idempotency_hit),
             Bool(self.success),
@@ -170,7 +174,7 @@ impl LogRecord {
                 Value::Bool(v) => out.push(u8::from(v)),
                 Value::Json(Some(v)) => {
                     out.push(1);
-                    text(out, &v.to_string());
+                    text(out, v);
                 }
                 Value::Time(v) => {
                     out.extend_from_slice(&v.timestamp().to_le_bytes());
@@ -195,11 +199,7 @@ impl LogRecord {
             text_length: d.fixed::<4>()?.map(i32::from_le_bytes),
             prediction: d.text()?,
             confidence: d.fixed::<8>()?.map(f64::from_le_bytes),
-            probabilities: d
-                .text()?
-                .map(|t| serde_json::from_str(&t))
-                .transpose()
-                .map_err(|_| DecodeError("bad JSON"))?,
+            probabilities: d.text()?,
             cache_hit: d.flag()?,
             idempotency_hit: d.flag()?,
             success: d.flag()?,
@@ -260,6 +260,28 @@ impl Decoder<'_> {
     }
 }
 
+/// `probabilities` in JSON lines (the dead-letter file, an older build's spool): the JSON
+/// object itself, not a string holding it.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(text) => {
+                let raw = RawValue::from_string(text.clone()).map_err(serde::ser::Error::custom)?;
+                raw.serialize(s)
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let raw: Option<Box<RawValue>> = Option::deserialize(d)?;
+        Ok(raw.filter(|r| r.get() != "null").map(|r| r.get().to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +325,7 @@ mod tests {
             text_length: Some(-3),
             prediction: Some("positive".into()),
             confidence: Some(0.125),
-            probabilities: Some(serde_json::json!({"positive": 0.125, "negative": 0.875})),
+            probabilities: Some(r#"{"negative":0.875,"positive":0.125}"#.into()),
             cache_hit: true,
             idempotency_hit: false,
             success: true,

@@ -129,7 +129,7 @@ pub fn copy_text(batch: &[LogRecord]) -> String {
                 }
                 Value::Float(Some(v)) => float(&mut out, v),
                 Value::Bool(v) => out.push(if v { 't' } else { 'f' }),
-                Value::Json(Some(v)) => text(&mut out, &v.to_string()),
+                Value::Json(Some(v)) => text(&mut out, v),
                 Value::Time(v) => out.push_str(&v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 Value::Text(None) | Value::Int(None) | Value::Float(None) | Value::Json(None) => out.push_str(NULL),
             }
@@ -239,7 +239,7 @@ impl Sink {
                         Value::Int(v) => q.bind(v),
                         Value::Float(v) => q.bind(v),
                         Value::Bool(v) => q.bind(v),
-                        Value::Json(v) => q.bind(v.map(ToString::to_string)),
+                        Value::Json(v) => q.bind(v),
                         Value::Time(v) => q.bind(v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                     };
                 }
@@ -307,7 +307,7 @@ mod tests {
             text_length: Some(12),
             prediction: Some("positive".into()),
             confidence: Some(0.25),
-            probabilities: Some(serde_json::json!({"positive": 0.25})),
+            probabilities: Some(r#"{"positive":0.25}"#.into()),
             cache_hit: true,
             success: true,
             processing_time_ms: f64::INFINITY,

@@ -107,7 +107,7 @@ mod tests {
             text_length: Some(5),
             prediction: Some("positive".into()),
             confidence: Some(0.9),
-            probabilities: Some(serde_json::json!({"positive": 0.9})),
+            probabilities: Some(r#"{"positive":0.9}"#.into()),
             success: true,
             processing_time_ms: 1.5,
             inference_time_ms: Some(0.5),
