@@ -55,7 +55,7 @@ pub struct Options {
 impl Options {
     /// A segment size that suits `max_bytes`: an eighth of it, between 64 KiB and 2 MiB.
     /// The active segment's pages count in the process's resident memory while it is
-    /// mapped, so segments stay small; rotating to a ready spare is a rename and a map.
+    /// mapped, so segments stay small; rotating to a ready spare is a swap of mappings.
     pub fn for_max_bytes(max_bytes: u64) -> Self {
         let segment_bytes = (max_bytes / 8).clamp(64 << 10, 2 << 20);
         Self { segment_bytes, max_bytes }
@@ -108,8 +108,11 @@ struct Shared {
 
 struct State {
     active: Active,
-    /// A segment file allocated ahead of need, so rotation on the request path is a rename.
-    spare: Option<File>,
+    /// The next segment, allocated, mapped and faulted in ahead of need, so that rotation
+    /// on the request path is a swap: no system call, no file-system lock.
+    spare: Option<Active>,
+    /// Mappings of sealed segments, unmapped off the request path by `prepare_spare`.
+    retired: Vec<MmapMut>,
     next_seq: u64,
     /// Segments not yet deleted, by sequence number.
     live: BTreeMap<u64, Live>,
@@ -144,10 +147,6 @@ impl Shared {
         self.dir.join(format!("{}-{seq:020}.seg", self.name))
     }
 
-    fn spare_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.spare", self.name))
-    }
-
     fn commit_path(&self) -> PathBuf {
         self.dir.join(format!("{}.commit", self.name))
     }
@@ -177,7 +176,7 @@ impl Shared {
         }
     }
 
-    /// Makes `file` (already at its final path) the active segment `seq`.
+    /// Maps `file` (already at its final path) as segment `seq`.
     fn activate(seq: u64, file: &File) -> io::Result<Active> {
         // SAFETY: the mapping is of a segment file this process created and holds the
         // journal lock on; nothing truncates or resizes it while it is mapped, and every
@@ -187,36 +186,37 @@ impl Shared {
         Ok(Active { seq, map, len: SEGMENT_HEADER })
     }
 
-    /// Seals the active segment and starts the next one (the spare if there is one).
+    /// Seals the active segment and starts the next one: the spare if one is ready, else a
+    /// segment made here and now.
     fn rotate(&self, state: &mut State, bounded: bool) -> Result<(), AppendError> {
-        let seq = state.next_seq;
-        let path = self.segment_path(seq);
-        let file = match state.spare.take() {
-            Some(file) => {
-                std::fs::rename(self.spare_path(), &path).map_err(AppendError::Io)?;
-                file
-            }
-            None => {
-                if bounded && state.disk_bytes + self.options.segment_bytes > self.options.max_bytes {
+        let size = self.options.segment_bytes;
+        let next = match state.spare.take() {
+            Some(spare) if spare.seq > state.active.seq || state.active.seq == u64::MAX => spare,
+            stale => {
+                // None ready (or one overtaken by a rotation like this one while it was
+                // being made: its number is behind, so it is thrown away).
+                if let Some(stale) = stale {
+                    let _ = std::fs::remove_file(self.segment_path(stale.seq));
+                    state.disk_bytes -= size;
+                }
+                if bounded && state.disk_bytes + size > self.options.max_bytes {
                     return Err(AppendError::Full);
                 }
+                let seq = state.next_seq;
+                let path = self.segment_path(seq);
                 let file = self.allocate(&path).map_err(AppendError::Io)?;
-                state.disk_bytes += self.options.segment_bytes;
-                file
+                let next = Self::activate(seq, &file).map_err(|e| {
+                    let _ = std::fs::remove_file(&path);
+                    AppendError::Io(e)
+                })?;
+                state.disk_bytes += size;
+                state.next_seq = seq + 1;
+                next
             }
         };
-        let active = match Self::activate(seq, &file) {
-            Ok(active) => active,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                state.disk_bytes -= self.options.segment_bytes;
-                return Err(AppendError::Io(e));
-            }
-        };
-        let size = self.options.segment_bytes;
-        state.live.insert(seq, Live { used: SEGMENT_HEADER, size });
-        state.next_seq = seq + 1;
-        state.active = active;
+        state.live.insert(next.seq, Live { used: SEGMENT_HEADER, size });
+        let sealed = std::mem::replace(&mut state.active, next);
+        state.retired.push(sealed.map);
         Ok(())
     }
 }
@@ -290,6 +290,7 @@ impl Journal {
             // Replaced by the first segment below, before anyone can see it.
             active: Active { seq: u64::MAX, map: MmapMut::map_anon(1)?, len: 0 },
             spare: None,
+            retired: Vec::new(),
             next_seq: first_seq_this_run,
             live,
             disk_bytes,
@@ -303,7 +304,6 @@ impl Journal {
             state: Mutex::new(state),
             _lock: lock_file,
         };
-        let _ = std::fs::remove_file(shared.spare_path());
         // An earlier run's segments may fill the bound; a restart still gets a segment.
         shared.rotate(&mut lock(&shared.state), false).map_err(|e| match e {
             AppendError::Io(e) => e,
@@ -341,26 +341,42 @@ impl Journal {
         Ok(())
     }
 
-    /// Allocates the next segment ahead of need, off the request path. A no-op when one is
-    /// ready or the bound leaves no room.
+    /// Makes the next segment ahead of need, off the request path: allocated, mapped, and
+    /// every page faulted in for writing, so appends to it never wait on the file system.
+    /// Also unmaps sealed segments. A no-op when a spare is ready or the bound leaves no room.
     pub fn prepare_spare(&self) -> io::Result<()> {
-        let segment_bytes = self.shared.options.segment_bytes;
-        {
+        let size = self.shared.options.segment_bytes;
+        let (seq, retired) = {
             let mut state = lock(&self.shared.state);
-            if state.spare.is_some() || state.disk_bytes + segment_bytes > self.shared.options.max_bytes {
+            let retired = std::mem::take(&mut state.retired);
+            if state.spare.is_some() || state.disk_bytes + size > self.shared.options.max_bytes {
                 return Ok(());
             }
-            state.disk_bytes += segment_bytes;
-        }
-        let made = self.shared.allocate(&self.shared.spare_path());
+            state.disk_bytes += size;
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            (seq, retired)
+        };
+        drop(retired);
+        let path = self.shared.segment_path(seq);
+        let made = self.shared.allocate(&path).and_then(|file| {
+            let mut spare = Shared::activate(seq, &file)?;
+            // Touch every page (writing the zero already there): the write faults happen here.
+            let len = spare.map.len();
+            for at in (SEGMENT_HEADER as usize..len).step_by(4096) {
+                spare.map[at] = 0;
+            }
+            Ok(spare)
+        });
         let mut state = lock(&self.shared.state);
         match made {
-            Ok(file) => {
-                state.spare = Some(file);
+            Ok(spare) => {
+                state.spare = Some(spare);
                 Ok(())
             }
             Err(e) => {
-                state.disk_bytes -= segment_bytes;
+                let _ = std::fs::remove_file(&path);
+                state.disk_bytes -= size;
                 Err(e)
             }
         }
