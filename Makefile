@@ -37,11 +37,12 @@ bench-model: ## criterion: prediction latency of the shipped model
 bench-memory: ## Model load time and RSS of a release worker at start-up and after 100k unique-text requests
 	./scripts/bench-memory.sh
 
-bench-http: ## Load test of a release worker: /healthz vs /infer (same and unique text)
+bench-http: ## Load test of release workers against a bare axum floor in the same run; request log on vs off; Redis; Postgres
 	./scripts/bench-http.sh
 
-bench-log: ## Request-log writer throughput into a scratch database on the local Postgres
+bench-log: ## Request-log writer rows/s (Postgres, SQLite), Postgres cost per row, and criterion: a record's encode + journal append
 	./scripts/bench-log.sh
+	$(CARGO) bench --locked -p falcon-server --bench request_log
 
 train-model: ## Retrain models/classifier.bin from data/vader (deterministic; rebuild to embed it)
 	$(CARGO) run --release --locked -p falcon-cli -- train

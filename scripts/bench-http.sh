@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# HTTP benchmark: a release worker on a free loopback port, driven by `falcon load` with
-# 50 keep-alive connections per scenario: GET /healthz (the floor), POST /infer with one
-# repeated text (cache hits), POST /infer with a unique text per request (real inference).
-# Prints req/s, p50/p99 and each scenario's throughput as a ratio to /healthz.
-# Then the same against a throwaway redis-server, with the in-process L1 on and off
-# (BENCH_REDIS=0 skips that part).
-# Then /infer with the Postgres request log on vs off, twice: against the local Postgres on
-# the same cores (BENCH_POSTGRES=0 skips), and against a throwaway Postgres pinned to the
-# last core while the worker and load generator share the others, i.e. a database on its
-# own hardware as in every deployment shape (BENCH_PG_ISOLATED=0 skips).
+# HTTP benchmark of release builds on loopback, driven by `falcon load` (50 keep-alive
+# connections; as cheap per request as wrk, which cross-checks it when installed):
+# 1. the floor, a bare axum server with the same request and response shapes
+#    (crates/falcon-cli/examples/floor.rs), and a worker with embedded defaults, taking
+#    turns: GET /healthz, POST /infer with one repeated text (cache hits) and with a unique
+#    text per request; each Falcon figure as a ratio to the floor's, with its target;
+# 2. the embedded request log on vs off (two workers side by side, interleaved): throughput
+#    at saturation, p99 at half the log-off maximum (open loop), rows = requests;
+# 3. a throwaway redis-server, in-process L1 on and off (BENCH_REDIS=0 skips);
+# 4. the Postgres request log on vs off, against the local Postgres on the same cores
+#    (BENCH_POSTGRES=0 skips) and a throwaway one pinned to the last core
+#    (BENCH_PG_ISOLATED=0 skips).
 #   BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,11 +48,49 @@ stop_worker() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
-echo "== embedded defaults (in-process cache, SQLite request log, spool on) =="
+# The floor: a bare axum server with the same request and response shapes (no middleware,
+# no model, no cache, no log), started here, measured in the same run as the worker,
+# taking turns with it round by round. Every figure is a ratio to it.
+cargo build --release --locked -q -p falcon-cli --example floor
+"target/release/examples/floor" 127.0.0.1:0 >"$redis_dir/floor.log" 2>&1 &
+floor_pid=$!
+trap 'kill "$floor_pid" 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 1 100); do
+  floor_addr=$(sed -n 's/^listening on //p' "$redis_dir/floor.log")
+  [ -n "$floor_addr" ] && break
+  sleep 0.05
+done
+echo "== embedded defaults (in-process cache, SQLite request log, spool on) vs the floor =="
 start_worker
-echo "worker at $addr ($(nproc) cores shared by worker and load generator), ${duration}s per scenario, $connections connections"
-"$bin" load --addr "$addr" --connections "$connections" --duration "$duration"
+echo "worker at $addr, floor at $floor_addr ($(nproc) cores shared by both and the load generator), ${duration}s per scenario in 3 rounds, $connections connections"
+: >"$redis_dir/floor.json"; : >"$redis_dir/falcon.json"
+for _ in 1 2 3; do
+  "$bin" load --addr "$floor_addr" --connections "$connections" --duration "$(awk -v d="$duration" 'BEGIN { print d / 3 }')" --rounds 1 | grep '^{' >>"$redis_dir/floor.json"
+  "$bin" load --addr "$addr" --connections "$connections" --duration "$(awk -v d="$duration" 'BEGIN { print d / 3 }')" --rounds 1 | grep '^{' >>"$redis_dir/falcon.json"
+done
 stop_worker
+python3 - "$redis_dir/floor.json" "$redis_dir/falcon.json" <<'PY'
+import json, sys
+def load(path):
+    out = {}
+    for line in open(path):
+        r = json.loads(line)
+        s = out.setdefault(r["scenario"], {"ok": 0, "s": 0.0, "p99": []})
+        s["ok"] += r["ok"]; s["s"] += r["duration_s"]; s["p99"].append(r["p99_ms"])
+    return {k: (v["ok"] / v["s"], sorted(v["p99"])[len(v["p99"]) // 2]) for k, v in out.items()}
+floor, falcon = load(sys.argv[1]), load(sys.argv[2])
+targets = {"healthz": 0.85, "same-text": 0.75, "unique-text": 0.55}
+print(f"{'scenario':<12} {'floor req/s':>12} {'falcon req/s':>13} {'ratio':>6} {'target':>7} {'falcon p99 ms':>14}")
+for k in ["healthz", "same-text", "unique-text"]:
+    (f, _), (w, p99) = floor[k], falcon[k]
+    print(f"{k:<12} {f:>12.0f} {w:>13.0f} {w / f:>6.2f} {targets[k]:>7.2f} {p99:>14.2f}")
+PY
+if command -v wrk >/dev/null; then
+  # The load generator is not the bottleneck: wrk (C, one thread) on the floor's GET.
+  wrk_rps=$(wrk -t1 -c"$connections" -d"${duration}s" "http://$floor_addr/healthz" | sed -n 's/^Requests\/sec: *//p')
+  echo "cross-check: wrk on the floor's GET /healthz: $wrk_rps req/s (falcon load's figure is in the floor row above)"
+fi
+kill "$floor_pid" 2>/dev/null || true
 
 metric_value() { curl -s "http://$addr/metrics" | sed -n "s/^$1{[^}]*} //p"; }
 
