@@ -9,7 +9,8 @@ use crate::common::{Worker, infer, metric};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
+/// A worker logging to `pg`, with `extra` settings.
+pub fn worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
     let url = pg.url();
     let mut env = vec![("DATABASE_URL", url.as_str()), ("WORKER_ID", id)];
     env.extend_from_slice(extra);

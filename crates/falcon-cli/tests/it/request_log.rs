@@ -11,13 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::postgres::Postgres;
 use crate::common::{Worker, fresh_dir, infer, metric};
-
-fn pg_worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
-    let url = pg.url();
-    let mut env = vec![("DATABASE_URL", url.as_str()), ("WORKER_ID", id)];
-    env.extend_from_slice(extra);
-    Worker::start(&env)
-}
+use crate::postgres::worker as pg_worker;
 
 /// Unique-text POST /infer from `clients` connections until `stop`; returns the
 /// request id of every answered request (any status: each is a row).
