@@ -399,6 +399,14 @@ async fn zero_config_writes_the_request_log_to_sqlite() {
     assert_eq!(stored, ids);
     let ready: Value = c.get(w.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["database_available"], true);
+    // A clean exit merges SQLite's write-ahead log: no -wal or -shm file is left behind.
+    pool.close().await;
+    let mut w = w;
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    let left: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!left.iter().any(|f| f.ends_with("-wal") || f.ends_with("-shm")), "{left:?}");
 }
 
 /// Raw input never comes back: not in an error body, not in a log line, not in a row.

@@ -280,8 +280,8 @@ pub fn start(
     if let Err(error) = spawned {
         tracing::error!(error = %error, "Cannot start the request-log writer thread");
     }
-    let probe = probe(sink, breaker, Arc::clone(&available), config.op_timeout, stopping);
-    (RequestLog { shared: Arc::clone(&shared) }, Writer { done, stop: stop_tx, available, shared }, probe)
+    let probe = probe(sink.clone(), breaker, Arc::clone(&available), config.op_timeout, stopping);
+    (RequestLog { shared: Arc::clone(&shared) }, Writer { done, stop: stop_tx, available, shared, sink }, probe)
 }
 
 /// Lowers the calling thread's scheduling priority to `nice` (threads it starts inherit it).
@@ -298,6 +298,7 @@ pub struct Writer {
     stop: tokio::sync::oneshot::Sender<()>,
     available: Arc<AtomicBool>,
     shared: Arc<Shared>,
+    sink: Sink,
 }
 
 impl Writer {
@@ -310,7 +311,7 @@ impl Writer {
     /// the journal holds stays there for the next start; memory records not written are
     /// counted in `dropped_logs_total` and logged.
     pub async fn finish(self, within: Duration) {
-        let Writer { mut done, stop, shared, .. } = self;
+        let Writer { mut done, stop, shared, sink, .. } = self;
         shared.closed.store(true, Ordering::SeqCst);
         shared.wake.notify_one();
         shared.closing.notify_one();
@@ -332,6 +333,9 @@ impl Writer {
             });
             if kept_on_disk { kept += 1 } else { lost += 1 }
         }
+        // Closing the pool lets SQLite merge its write-ahead log into the database file and
+        // remove it, so a clean exit leaves `request_log.db` alone, with no -wal or -shm.
+        sink.close().await;
         let spooled = shared.journal.as_ref().map_or(0, Journal::backlog_bytes);
         let outcome = if finished { "finished" } else { "aborted" };
         tracing::info!(task = "request_log_writer", outcome, unwritten = lost, "Background task stopped");

@@ -288,6 +288,15 @@ impl Sink {
         }
     }
 
+    /// Closes the pool, waiting for its connections (SQLite checkpoints its WAL on the
+    /// last close).
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+
     /// `(size, idle)` of the connection pool.
     pub fn pool_stats(&self) -> (u32, usize) {
         match self {
