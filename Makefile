@@ -47,8 +47,11 @@ bench-log: ## Request-log writer rows/s (Postgres, SQLite), Postgres cost per ro
 train-model: ## Retrain models/classifier.bin from data/vader (deterministic; rebuild to embed it)
 	$(CARGO) run --release --locked -p falcon-cli -- train
 
+# TEXT reaches the command through the environment, unexpanded: quotes, $ and % arrive as typed.
+predict: export PREDICT_TEXT := $(value TEXT)
 predict: ## Classify TEXT from the shell: make predict TEXT="what a day"
-	$(CARGO) run --release --locked -q -p falcon-cli -- predict "$(TEXT)"
+	@if [ -z "$$PREDICT_TEXT" ]; then echo 'make predict: say what to classify, e.g. make predict TEXT="what a day"' >&2; exit 2; fi
+	@$(CARGO) run --release --locked -q -p falcon-cli -- predict "$$PREDICT_TEXT"
 
 up: ## Start the compose stack (nginx, 3 workers, Redis, Postgres, Prometheus, Grafana)
 	docker compose up -d --build

@@ -19,8 +19,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  # The tests use these packages' binaries only. Debian would also start their services
+  # (nginx on :80, Prometheus on :9090, ...) and enable them at boot: a policy-rc.d that
+  # denies the start while installing, and the units disabled afterwards.
+  policy=/usr/sbin/policy-rc.d
+  added_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee "$policy" >/dev/null
+    $sudo_cmd chmod 755 "$policy"
+    added_policy=1
+  fi
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ -z "$added_policy" ] || $sudo_cmd rm -f "$policy"
+  for pkg in "${missing[@]}"; do
+    case "$pkg" in
+      nginx | prometheus | redis-server | postgresql)
+        if command -v deb-systemd-helper >/dev/null 2>&1; then
+          $sudo_cmd deb-systemd-helper disable "$pkg.service" >/dev/null 2>&1 || true
+        fi
+        ;;
+    esac
+  done
 fi
 
 # Offline validators for the deployment files, pinned, in a project-local venv:

@@ -137,6 +137,17 @@ fn bad_configuration_exits_2_naming_the_variable() {
 }
 
 #[test]
+fn a_usage_mistake_is_one_message_on_stderr() {
+    for args in [&["serve", "--bogus"][..], &["predcit"][..], &["predict"][..]] {
+        let out = falcon().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}: no JSON line for a usage mistake");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches("error:").count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn malformed_dependency_urls_exit_2_naming_the_variable() {
     for (var, value) in [("REDIS_URL", "localhost:6379"), ("DATABASE_URL", "mysql://user:hunter2@db/app")] {
         let out = falcon().arg("serve").env(var, value).env("PORT", "0").output().unwrap();
