@@ -39,18 +39,52 @@ impl<'de> Deserialize<'de> for InferRequest {
     }
 }
 
-/// POST /infer answer.
+/// POST /infer answer. Probabilities are written to 6 decimal places and the processing
+/// time to the microsecond: `0.999078`, not `0.9990782994979556`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InferResponse {
     pub prediction: String,
+    #[serde(serialize_with = "decimals::six")]
     pub confidence: f64,
+    #[serde(serialize_with = "decimals::six_each")]
     pub probabilities: BTreeMap<String, f64>,
     pub cache_hit: bool,
     pub idempotency_hit: bool,
     pub worker_id: String,
     pub model_version: String,
+    #[serde(serialize_with = "decimals::three")]
     pub processing_time_ms: f64,
     pub request_id: String,
+}
+
+/// Rounding of the floats a person reads in a response.
+mod decimals {
+    use std::collections::BTreeMap;
+
+    use serde::Serializer;
+    use serde::ser::SerializeMap;
+
+    fn round(v: f64, places: i32) -> f64 {
+        let scale = 10f64.powi(places);
+        let r = (v * scale).round() / scale;
+        if r.is_finite() { r } else { v }
+    }
+
+    pub fn six<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(round(*v, 6))
+    }
+
+    pub fn three<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(round(*v, 3))
+    }
+
+    pub fn six_each<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k, &round(*v, 6))?;
+        }
+        map.end()
+    }
 }
 
 impl InferResponse {
@@ -79,6 +113,33 @@ pub fn new_request_id() -> String {
 /// `A-Z a-z 0-9 - _ . :` (no spaces, quotes or control characters that could forge log lines).
 pub fn is_sane_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn a_response_writes_readable_floats() {
+        let r = InferResponse {
+            prediction: "positive".into(),
+            confidence: 0.9990782994979556,
+            probabilities: BTreeMap::from([
+                ("negative".into(), 0.0006039481112732483),
+                ("positive".into(), 0.9990782994979556),
+            ]),
+            cache_hit: false,
+            idempotency_hit: false,
+            worker_id: "w".into(),
+            model_version: "v".into(),
+            processing_time_ms: 0.11732500000000001,
+            request_id: "r".into(),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""confidence":0.999078,"#), "{json}");
+        assert!(json.contains(r#""negative":0.000604,"#), "{json}");
+        assert!(json.contains(r#""processing_time_ms":0.117,"#), "{json}");
+    }
 }
 
 #[cfg(test)]
