@@ -142,16 +142,22 @@ pub struct CacheConfig {
 /// both stay in-process.
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
+    /// Redis for the shared cache and idempotency keys; unset (and no REDIS_URL) = in-process.
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
+    /// Redis port (with REDIS_HOST).
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
+    /// Redis database number (with REDIS_HOST).
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u32,
+    /// Redis password (with REDIS_HOST); never logged.
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<Secret>,
+    /// Redis as one URL (redis://[:password@]host:port/db), instead of REDIS_HOST/PORT/DB/PASSWORD.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
+    /// Deadline for one Redis operation; past it the request goes on without the cache.
     #[arg(long, env = "REDIS_OPERATION_TIMEOUT_SECONDS", default_value = "0.5", value_parser = positive_seconds)]
     pub redis_operation_timeout_seconds: f64,
     /// In-process layer in front of Redis: entries live this long (0 = no layer).
@@ -166,8 +172,10 @@ pub struct RedisConfig {
 /// `X-Idempotency-Key` handling.
 #[derive(Debug, Clone, Args)]
 pub struct IdempotencyConfig {
+    /// Honour X-Idempotency-Key: a repeat with the same body replays the stored answer.
     #[arg(long, env = "IDEMPOTENCY_ENABLED", default_value_t = true, action = ArgAction::Set)]
     pub idempotency_enabled: bool,
+    /// How long a stored answer can be replayed for its key.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_seconds: u64,
@@ -181,23 +189,31 @@ pub struct IdempotencyConfig {
 /// Circuit breakers and retries for the dependencies.
 #[derive(Debug, Clone, Args)]
 pub struct ResilienceConfig {
+    /// Stop calling a failing Redis or Postgres until it answers again.
     #[arg(long, env = "CIRCUIT_BREAKER_ENABLED", default_value_t = true, action = ArgAction::Set)]
     pub circuit_breaker_enabled: bool,
+    /// Consecutive failures that open a breaker.
     #[arg(long, env = "CIRCUIT_BREAKER_FAILURE_THRESHOLD", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub circuit_breaker_failure_threshold: u32,
+    /// How long an open breaker waits before letting a probe through (a health probe closes it sooner).
     #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT_SECONDS", default_value = "60", value_parser = positive_seconds)]
     pub circuit_breaker_timeout_seconds: f64,
+    /// Probe successes that close a half-open breaker.
     #[arg(long, env = "CIRCUIT_BREAKER_HALF_OPEN_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub circuit_breaker_half_open_attempts: u32,
+    /// Retry transient Redis errors with exponential backoff and jitter.
     #[arg(long, env = "RETRY_ENABLED", default_value_t = true, action = ArgAction::Set)]
     pub retry_enabled: bool,
+    /// Attempts in all, the first included.
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub retry_max_attempts: u32,
+    /// Backoff before the first retry; doubles each time.
     #[arg(long, env = "RETRY_BASE_DELAY_MS", default_value_t = 100)]
     pub retry_base_delay_ms: u64,
+    /// Longest backoff between two attempts.
     #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 2000)]
     pub retry_max_delay_ms: u64,
 }
@@ -211,7 +227,7 @@ pub struct DatabaseConfig {
     /// The embedded request log, used when no Postgres is configured.
     #[arg(long, env = "REQUEST_LOG_SQLITE_PATH", default_value = "data/request_log.db")]
     pub request_log_sqlite_path: PathBuf,
-    /// Most rows in one INSERT.
+    /// Most rows in one batch (one COPY into Postgres, or 128-row INSERTs into SQLite).
     #[arg(long, env = "LOG_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub log_batch_size: u32,
     /// The request-log spool: every record is journaled here before its response (so a
@@ -235,23 +251,32 @@ pub struct DatabaseConfig {
     /// How long the writer waits to fill a batch.
     #[arg(long, env = "LOG_BATCH_WINDOW_MS", default_value_t = 50)]
     pub log_batch_window_ms: u64,
+    /// Postgres for the request log; unset (and no DATABASE_URL) = the embedded SQLite file.
     #[arg(long, env = "POSTGRES_HOST")]
     pub postgres_host: Option<String>,
+    /// Postgres port (with POSTGRES_HOST).
     #[arg(long, env = "POSTGRES_PORT", default_value_t = 5432)]
     pub postgres_port: u16,
+    /// Postgres database (with POSTGRES_HOST).
     #[arg(long, env = "POSTGRES_DB", default_value = "falcon_inference")]
     pub postgres_db: String,
+    /// Postgres user (with POSTGRES_HOST).
     #[arg(long, env = "POSTGRES_USER", default_value = "falcon")]
     pub postgres_user: String,
+    /// Postgres password (with POSTGRES_HOST); never logged.
     #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
     pub postgres_password: Option<Secret>,
+    /// Connections in the request-log pool.
     #[arg(long, env = "POSTGRES_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub postgres_pool_size: u32,
+    /// Postgres as one URL (postgres://user:password@host:port/db), instead of POSTGRES_*.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
+    /// Deadline for one request-log write; past it the batch waits in the spool and is retried.
     #[arg(long, env = "POSTGRES_OPERATION_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub postgres_operation_timeout_seconds: f64,
+    /// Request-log records held in memory without a spool, or when the spool refuses (oldest dropped and counted beyond); with a spool, records this far behind the writer count as spooled.
     #[arg(long, env = "LOG_BUFFER_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub log_buffer_size: u32,
@@ -262,8 +287,10 @@ pub struct DatabaseConfig {
 /// to work (see the configuration table in the README).
 #[derive(Debug, Clone, Args)]
 pub struct PlannedConfig {
+    /// Not live yet: parsed and validated, and a warning at start-up if set; no rate limiting happens.
     #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = false, action = ArgAction::Set)]
     pub rate_limit_enabled: bool,
+    /// Not live yet (see RATE_LIMIT_ENABLED).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_minute: u32,
@@ -275,6 +302,7 @@ pub struct DebugConfig {
     /// Every /infer request keeps DEBUG_MEMORY_GROWTH_MB_PER_REQUEST MiB until exit.
     #[arg(long, env = "DEBUG_MEMORY_GROWTH", default_value_t = false, action = ArgAction::Set)]
     pub debug_memory_growth: bool,
+    /// With DEBUG_MEMORY_GROWTH: MiB each POST /infer keeps until exit (at most 1024).
     #[arg(long, env = "DEBUG_MEMORY_GROWTH_MB_PER_REQUEST", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub debug_memory_growth_mb_per_request: u32,
