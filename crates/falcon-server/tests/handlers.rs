@@ -307,8 +307,10 @@ async fn readyz_is_503_while_draining_or_without_a_model() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["ready"], true);
     assert_eq!(body["checks"]["model_loaded"], true);
-    assert_eq!(body["checks"]["redis_available"], false);
-    assert_eq!(body["checks"]["database_available"], false);
+    // Neither Redis nor a request log here: not an outage, so not `false`.
+    assert_eq!(body["checks"]["redis_available"], "not_configured");
+    assert_eq!(body["checks"]["database_available"], "not_configured");
+    assert_eq!(body["backends"]["request_log"], "disabled");
 
     s.pipeline.readiness().start_draining();
     let (status, _, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;

@@ -36,6 +36,7 @@ async fn two_workers_share_the_cache_and_entries_expire() {
     let ready: Value = c.get(b.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["redis_available"], true);
     assert_eq!(ready["backends"]["cache"], "redis");
+    assert_eq!(ready["backends"]["request_log"], "sqlite");
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis.count_keys("cache:*") != 0 {
         assert!(Instant::now() < deadline, "Redis never expired the entry after CACHE_TTL_SECONDS");

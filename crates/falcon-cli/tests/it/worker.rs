@@ -410,6 +410,8 @@ async fn zero_config_writes_the_request_log_to_sqlite() {
     assert_eq!(stored, ids);
     let ready: Value = c.get(w.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["database_available"], true);
+    assert_eq!(ready["backends"]["request_log"], "sqlite");
+    assert_eq!(ready["checks"]["redis_available"], "not_configured");
     // A clean exit merges SQLite's write-ahead log: no -wal or -shm file is left behind.
     pool.close().await;
     let mut w = w;

@@ -98,8 +98,10 @@ pub struct Health {
     pub ready: bool,
     pub model_loaded: bool,
     pub draining: bool,
-    pub redis_available: bool,
-    pub database_available: bool,
+    /// `None` when no Redis is configured.
+    pub redis_available: Option<bool>,
+    /// `None` when the request log is off.
+    pub database_available: Option<bool>,
     pub cache_backend: &'static str,
     pub idempotency_backend: &'static str,
     pub request_log: &'static str,
@@ -241,11 +243,11 @@ impl Pipeline {
             ready: p.readiness.ready(),
             model_loaded: p.readiness.model_loaded(),
             draining: p.readiness.draining(),
-            redis_available: p.redis.as_ref().is_some_and(|r| r.reachable()),
-            database_available: p.database_available.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)),
+            redis_available: p.redis.as_ref().map(|r| r.reachable()),
+            database_available: p.database_available.as_ref().map(|a| a.load(Ordering::Relaxed)),
             cache_backend: self.cache_backend(),
             idempotency_backend: p.idempotency.as_ref().map_or("disabled", |i| i.backend()),
-            request_log: if p.request_log.is_some() { "enabled" } else { "disabled" },
+            request_log: p.request_log.as_ref().map_or("disabled", RequestLog::backend),
             model_version: p.backend.model_version().to_owned(),
         }
     }

@@ -56,10 +56,12 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         "checks": {
             "model_loaded": h.model_loaded,
             // Redis down degrades (no shared cache) but never makes the worker unready.
-            // Without Redis configured this is false and `backends` says what serves instead.
-            "redis_available": h.redis_available,
-            // The request-log database (Postgres, or the embedded SQLite file).
-            "database_available": h.database_available,
+            // Without Redis configured this is "not_configured" and `backends` says what
+            // serves instead.
+            "redis_available": h.redis_available.map_or(json!("not_configured"), |up| json!(up)),
+            // The request-log database (`backends.request_log` names it); "not_configured"
+            // with the request log off.
+            "database_available": h.database_available.map_or(json!("not_configured"), |up| json!(up)),
         },
         "backends": {
             "cache": h.cache_backend,

@@ -164,9 +164,15 @@ thread_local! {
 #[derive(Clone)]
 pub struct RequestLog {
     shared: Arc<Shared>,
+    backend: &'static str,
 }
 
 impl RequestLog {
+    /// Where the rows go: `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
     /// Keeps a record for the writer: in the journal when there is one (durable once this
     /// returns), else in memory.
     pub fn record(&self, record: LogRecord) {
@@ -281,7 +287,11 @@ pub fn start(
         tracing::error!(error = %error, "Cannot start the request-log writer thread");
     }
     let probe = probe(sink.clone(), breaker, Arc::clone(&available), config.op_timeout, stopping);
-    (RequestLog { shared: Arc::clone(&shared) }, Writer { done, stop: stop_tx, available, shared, sink }, probe)
+    (
+        RequestLog { shared: Arc::clone(&shared), backend: sink.backend() },
+        Writer { done, stop: stop_tx, available, shared, sink },
+        probe,
+    )
 }
 
 /// Lowers the calling thread's scheduling priority to `nice` (threads it starts inherit it).
