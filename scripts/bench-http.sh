@@ -30,19 +30,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a worker with the given environment; sets $pid and $addr.
-start_worker() {
-  : >"$log"
-  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench REQUEST_LOG_SQLITE_PATH="$redis_dir/request_log.db" LOG_SPOOL_DIR="$redis_dir/spool" "$@" "$bin" serve >"$log" 2>&1 &
+# Starts a worker writing its output to OUT, with the given environment; sets $pid and $addr.
+launch_worker() { # OUT env...
+  local out=$1; shift
+  : >"$out"
+  env HOST=127.0.0.1 PORT=0 WORKER_ID=bench REQUEST_LOG_SQLITE_PATH="$redis_dir/request_log.db" LOG_SPOOL_DIR="$redis_dir/spool" "$@" "$bin" serve >"$out" 2>&1 &
   pid=$!
   addr=""
   for _ in $(seq 1 200); do
-    addr=$(sed -n 's/.*"address":"\([^"]*\)".*"message":"Worker listening".*/\1/p' "$log" | head -n1)
+    addr=$(sed -n 's/.*"address":"\([^"]*\)".*"message":"Worker listening".*/\1/p' "$out" | head -n1)
     [ -n "$addr" ] && return 0
     sleep 0.05
   done
-  echo "worker did not start:"; cat "$log"; exit 1
+  echo "worker did not start:"; cat "$out"; exit 1
 }
+
+start_worker() { launch_worker "$log" "$@"; }
 
 stop_worker() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
@@ -103,14 +106,10 @@ echo "== embedded request log on vs off, unique text =="
 rm -rf "$redis_dir/spool" "$redis_dir/request_log.db"*
 start_worker
 on_pid=$pid on_addr=$addr
-: >"$redis_dir/off.log"
-env HOST=127.0.0.1 PORT=0 WORKER_ID=bench-off REQUEST_LOG_ENABLED=false "$bin" serve >"$redis_dir/off.log" 2>&1 &
-off_pid=$!
-for _ in $(seq 1 200); do
-  off_addr=$(sed -n 's/.*"address":"\([^"]*\)".*"message":"Worker listening".*/\1/p' "$redis_dir/off.log" | head -n1)
-  [ -n "$off_addr" ] && break
-  sleep 0.05
-done
+launch_worker "$redis_dir/off.log" WORKER_ID=bench-off REQUEST_LOG_ENABLED=false
+off_pid=$pid off_addr=$addr
+# $pid and $addr are the log-on worker's again (stop_worker, metric_value).
+pid=$on_pid addr=$on_addr
 round() { # addr [--rate R] -> "rps p99"
   local a=$1; shift
   "$bin" load --addr "$a" --connections "$connections" --duration "$duration" --rounds 1 --scenario unique-text "$@" \

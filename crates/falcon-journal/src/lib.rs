@@ -621,11 +621,6 @@ impl Reader {
         }
         Ok(())
     }
-
-    /// Where the next read starts.
-    pub fn position(&self) -> Position {
-        self.at
-    }
 }
 
 #[cfg(test)]

@@ -329,14 +329,7 @@ async fn an_abuse_run_leaves_the_worker_as_it_was() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap_or(0);
-        if rows as f64 == counted {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{rows} rows for {counted} counted requests");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // One row for each counted request.
+    crate::common::wait_for_sqlite_rows(&pool, counted as i64, Duration::from_secs(10)).await;
     assert!(counted >= 300.0 + 2.0 * 40.0, "the hang-ups and cut bodies are among them: {counted}");
 }

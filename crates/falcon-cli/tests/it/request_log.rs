@@ -234,15 +234,8 @@ async fn the_embedded_default_at_saturation_drops_nothing() {
     let answered = load.await.unwrap();
     let db = dir.path().join("data/request_log.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap();
-        if n == answered.len() as i64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{n} rows for {} answered requests", answered.len());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // One row for each answered request.
+    crate::common::wait_for_sqlite_rows(&pool, answered.len() as i64, Duration::from_secs(60)).await;
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
     assert!(dir.path().join("data/spool").is_dir(), "the spool is on by default, next to the database");
 }

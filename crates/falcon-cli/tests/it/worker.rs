@@ -393,15 +393,7 @@ async fn zero_config_writes_the_request_log_to_sqlite() {
         ids.push(body["request_id"].as_str().unwrap().to_owned());
     }
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap_or(0);
-        if n == 3 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{n} rows in SQLite, expected 3");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_for_sqlite_rows(&pool, 3, Duration::from_secs(10)).await;
     let hits: Vec<bool> =
         sqlx::query_scalar("SELECT cache_hit FROM inference_logs ORDER BY id").fetch_all(&pool).await.unwrap();
     assert_eq!(hits, [false, false, true]);

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use falcon_journal::{Journal, Position, Reader};
+use falcon_journal::{AppendError, Journal, Position, Reader};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -62,6 +62,13 @@ pub struct Spooling {
     dead_letter: Spool,
 }
 
+/// Encodes `record` into `buf` (cleared first) and appends it to the journal.
+fn append_to(journal: &Journal, record: &LogRecord, flags: u8, buf: &mut Vec<u8>) -> Result<(), AppendError> {
+    buf.clear();
+    record.encode(flags, buf);
+    journal.append(buf)
+}
+
 /// What `open_spool` found left by an earlier run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Leftover {
@@ -83,9 +90,7 @@ pub fn open_spool(dir: &Path, worker_id: &str, max_bytes: u64) -> std::io::Resul
         let (records, corrupt) = legacy.read_all()?;
         let mut buf = Vec::new();
         for r in &records {
-            buf.clear();
-            r.encode(SPOOLED, &mut buf);
-            journal.append(&buf).map_err(std::io::Error::other)?;
+            append_to(&journal, r, SPOOLED, &mut buf).map_err(std::io::Error::other)?;
         }
         legacy.clear()?;
         imported = records.len();
@@ -148,10 +153,14 @@ impl Shared {
         self.memory.lock().map_or(0, |q| q.len())
     }
 
+    /// Records appended to the journal that the database does not have yet.
+    fn journal_backlog(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed).saturating_sub(self.committed.load(Ordering::Relaxed))
+    }
+
     /// Records not yet in the database (journal backlog and memory).
     fn waiting(&self) -> u64 {
-        let journal = self.appended.load(Ordering::Relaxed).saturating_sub(self.committed.load(Ordering::Relaxed));
-        journal + self.memory_len() as u64 + self.held.load(Ordering::Relaxed) as u64
+        self.journal_backlog() + self.memory_len() as u64 + self.held.load(Ordering::Relaxed) as u64
     }
 }
 
@@ -178,14 +187,8 @@ impl RequestLog {
     pub fn record(&self, record: LogRecord) {
         let shared = &self.shared;
         if let Some(journal) = &shared.journal {
-            let backlog =
-                shared.appended.load(Ordering::Relaxed).saturating_sub(shared.committed.load(Ordering::Relaxed));
-            let flags = if backlog >= shared.capacity as u64 { SPOOLED } else { 0 };
-            let appended = ENCODED.with_borrow_mut(|buf| {
-                buf.clear();
-                record.encode(flags, buf);
-                journal.append(buf)
-            });
+            let flags = if shared.journal_backlog() >= shared.capacity as u64 { SPOOLED } else { 0 };
+            let appended = ENCODED.with_borrow_mut(|buf| append_to(journal, &record, flags, buf));
             match appended {
                 Ok(()) => {
                     shared.appended.fetch_add(1, Ordering::Relaxed);
@@ -335,12 +338,10 @@ impl Writer {
         // go to the journal if there is one.
         let mut lost = shared.held.load(Ordering::Relaxed) as u64;
         let mut kept = 0u64;
+        let mut buf = Vec::new();
         for record in shared.take_memory(usize::MAX) {
-            let kept_on_disk = shared.journal.as_ref().is_some_and(|j| {
-                let mut buf = Vec::new();
-                record.encode(SPOOLED, &mut buf);
-                j.append(&buf).is_ok()
-            });
+            let kept_on_disk =
+                shared.journal.as_ref().is_some_and(|j| append_to(j, &record, SPOOLED, &mut buf).is_ok());
             if kept_on_disk { kept += 1 } else { lost += 1 }
         }
         // Closing the pool lets SQLite merge its write-ahead log into the database file and
@@ -478,7 +479,7 @@ impl WriterState {
                 // The database failed during shutdown: stop. What is not written stays in
                 // the journal for the next start. (Without one, keep trying until `finish`
                 // gives up: what it then holds is lost, and counted.)
-                self.release_held(&retry);
+                self.release_held(retry);
                 return;
             }
             if idle && !closing && !paused {
@@ -491,12 +492,7 @@ impl WriterState {
             // Fill the writer's slots: retries first, then the journal, then memory.
             while !paused && in_flight.len() < self.config.concurrency.max(1) {
                 let Some(batch) = retry.pop_front().or_else(|| self.next_batch()) else { break };
-                if !self.migrated && !self.migrate().await {
-                    retry.push_front(batch);
-                    paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
-                    break;
-                }
-                if !self.breaker.try_acquire() {
+                if (!self.migrated && !self.migrate().await) || !self.breaker.try_acquire() {
                     retry.push_front(batch);
                     paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
                     break;
@@ -538,11 +534,8 @@ impl WriterState {
                     self.written(batch);
                 }
                 Outcome::Unavailable { error, remigrate } => {
-                    self.breaker.record_failure();
-                    self.available.store(false, Ordering::Relaxed);
                     self.migrated &= !remigrate;
-                    self.outage = true;
-                    if self.down_warning.ready() {
+                    if self.went_away() {
                         tracing::warn!(
                             error,
                             rows = batch.records.len(),
@@ -728,10 +721,7 @@ impl WriterState {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("timed out after {:?}", self.config.op_timeout),
                 };
-                self.breaker.record_failure();
-                self.available.store(false, Ordering::Relaxed);
-                self.outage = true;
-                if self.down_warning.ready() {
+                if self.went_away() {
                     tracing::warn!(error, "Database unavailable; buffering request logs");
                 }
                 false
@@ -739,13 +729,22 @@ impl WriterState {
         }
     }
 
+    /// A database operation failed for want of the database: the breaker counts it, the
+    /// readiness check and the outage flag say so. True when the (throttled) warning is due.
+    fn went_away(&mut self) -> bool {
+        self.breaker.record_failure();
+        self.available.store(false, Ordering::Relaxed);
+        self.outage = true;
+        self.down_warning.ready()
+    }
+
     /// Memory records held for a retry are handed back for `finish` to keep or count.
-    fn release_held(&self, retry: &VecDeque<Batch>) {
+    fn release_held(&self, retry: VecDeque<Batch>) {
         for batch in retry {
             if matches!(batch.origin, Origin::Memory) {
                 self.shared.held.fetch_sub(batch.records.len(), Ordering::Relaxed);
                 if let Ok(mut q) = self.shared.memory.lock() {
-                    q.extend(batch.records.iter().cloned());
+                    q.extend(batch.records);
                 }
             }
         }

@@ -230,8 +230,16 @@ impl Sink {
         let mut tx = pool.begin().await?;
         let mut inserted = 0;
         for rows in batch.chunks(SQLITE_ROWS_PER_STATEMENT) {
-            let sql = sqlite_insert(rows.len());
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            // The full-size statement's text is built once; only a batch's last, shorter
+            // chunk builds its own.
+            static FULL: std::sync::LazyLock<String> =
+                std::sync::LazyLock::new(|| sqlite_insert(SQLITE_ROWS_PER_STATEMENT));
+            let sql = if rows.len() == SQLITE_ROWS_PER_STATEMENT {
+                std::borrow::Cow::Borrowed(FULL.as_str())
+            } else {
+                std::borrow::Cow::Owned(sqlite_insert(rows.len()))
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_ref()));
             for r in rows {
                 for value in r.values() {
                     q = match value {

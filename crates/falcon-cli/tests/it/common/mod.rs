@@ -246,3 +246,17 @@ pub async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str
     let r = req.timeout(Duration::from_secs(10)).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
+
+/// Waits until the SQLite request log behind `pool` holds `expected` rows (a table not
+/// created yet counts as none); fails after `within`.
+pub async fn wait_for_sqlite_rows(pool: &sqlx::SqlitePool, expected: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(pool).await.unwrap_or(0);
+        if n == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} rows in SQLite after {within:?}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
