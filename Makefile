@@ -7,7 +7,7 @@ STACK ?= compose
 SERVICE ?= worker-1
 
 .PHONY: help run build test lint fmt bench bench-model bench-memory bench-http bench-log train-model predict \
-	up down logs check-health demo db-shell redis-cli stack-up stack-down stack-status
+	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -59,12 +59,15 @@ up: ## Start the compose stack (nginx, 3 workers, Redis, Postgres, Prometheus, G
 down: ## Stop the compose stack
 	docker compose down
 
-logs: ## Follow a service's logs: make logs SERVICE=worker-2 (STACK=native: its log file)
+logs: ## Follow a service's logs: make logs SERVICE=worker-2 (STACK=native: its log file under STACK_DIR)
 ifeq ($(STACK),native)
-	tail -f .stack/$(SERVICE).log
+	./scripts/stack.sh logs $(SERVICE) -f
 else
 	docker compose logs -f $(SERVICE)
 endif
+
+doctor: ## The runbook's diagnosis of the whole stack, run for you (STACK=compose or native); exit 0/1/2
+	$(CARGO) run --release --locked -q -p falcon-cli -- doctor --stack $(STACK)
 
 check-health: ## nginx and every worker: /nginx-health, /healthz, /readyz (STACK=native for the native stack)
 	STACK=$(STACK) ./scripts/check-health.sh
@@ -72,16 +75,16 @@ check-health: ## nginx and every worker: /nginx-health, /healthz, /readyz (STACK
 demo: ## A few requests through the load balancer: classes, cache hit, idempotent replay, an error
 	STACK=$(STACK) ./scripts/demo.sh
 
-db-shell: ## psql on the request-log database
+db-shell: ## psql on the request-log database (STACK=native: the stack's, as falcon on falcon_inference)
 ifeq ($(STACK),native)
-	. .stack/stack.env && psql "$$STACK_DATABASE_URL"
+	./scripts/stack.sh psql
 else
 	docker exec -it falcon-postgres psql -U falcon -d falcon_inference
 endif
 
 redis-cli: ## redis-cli on the cache
 ifeq ($(STACK),native)
-	. .stack/stack.env && redis-cli -u "$$STACK_REDIS_URL"
+	./scripts/stack.sh redis-cli
 else
 	docker exec -it falcon-redis redis-cli
 endif

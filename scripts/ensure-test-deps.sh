@@ -35,9 +35,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   for pkg in "${missing[@]}"; do
     case "$pkg" in
       nginx | prometheus | redis-server | postgresql)
-        if command -v deb-systemd-helper >/dev/null 2>&1; then
-          $sudo_cmd deb-systemd-helper disable "$pkg.service" >/dev/null 2>&1 || true
-        fi
+        # systemctl works without a running systemd (it edits the wants/ links);
+        # deb-systemd-helper refuses to run outside dpkg.
+        $sudo_cmd systemctl disable --quiet "$pkg.service" >/dev/null 2>&1 \
+          || $sudo_cmd rm -f "/etc/systemd/system/multi-user.target.wants/$pkg.service"
         ;;
     esac
   done

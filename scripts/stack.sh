@@ -5,6 +5,11 @@
 #
 #   scripts/stack.sh up | down | status
 #   scripts/stack.sh start|stop|kill|restart worker-N     # drills: SIGTERM, SIGKILL
+#   scripts/stack.sh start|stop|restart redis|postgres    # the stack's own Redis / Postgres
+#   scripts/stack.sh logs worker-N [-f]                   # a worker's JSON log lines
+#   scripts/stack.sh env worker-N                         # the running worker's environment
+#   scripts/stack.sh redis-cli [ARGS...]                  # redis-cli on the stack's Redis
+#   scripts/stack.sh psql [ARGS...]                       # psql as falcon on falcon_inference
 #   scripts/stack.sh render-nginx                         # only write STACK_DIR/nginx/*.conf
 #
 # Settings (environment):
@@ -35,14 +40,53 @@ start_redis() {
   local port
   port=$(start_throwaway_redis "$STACK_DIR/redis" --maxmemory 256mb --maxmemory-policy allkeys-lru) \
     || die "throwaway redis-server did not start"
+  echo "$port" >"$STACK_DIR/redis.port"
   echo "redis://127.0.0.1:$port/0"
 }
 
+# The compose names: role falcon (trust auth here), database falcon_inference, so the
+# runbook's `psql -U falcon -d falcon_inference` works against this stack too.
 start_postgres() {
   local port
   port=$(start_throwaway_postgres "$STACK_DIR/postgres") || die "throwaway Postgres did not start"
   echo "$port" >"$STACK_DIR/postgres.port"
-  echo "postgres://postgres@127.0.0.1:$port/postgres"
+  psql -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    -c "CREATE ROLE falcon LOGIN" -c "CREATE DATABASE falcon_inference OWNER falcon" >/dev/null \
+    || die "could not create the falcon role and database"
+  echo "postgres://falcon@127.0.0.1:$port/falcon_inference"
+}
+
+# start|stop redis|postgres: only the stack's own (throwaway) ones, on their old ports.
+dependency() {
+  local verb=$1 what=$2
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+  case $what in
+    redis)
+      [ "$STACK_OWN_REDIS" = 1 ] || die "Redis is not this stack's own ($STACK_REDIS_URL)"
+      case $verb in
+        stop) stop_throwaway_redis "$STACK_DIR/redis" ;;
+        start)
+          pid_alive "$STACK_DIR/redis/redis.pid" && die "redis is already running"
+          THROWAWAY_PORT=$(cat "$STACK_DIR/redis.port") start_throwaway_redis "$STACK_DIR/redis" \
+            --maxmemory 256mb --maxmemory-policy allkeys-lru >/dev/null || die "redis-server did not start"
+          ;;
+      esac
+      ;;
+    postgres)
+      [ "$STACK_OWN_POSTGRES" = 1 ] || die "Postgres is not this stack's own ($STACK_DATABASE_URL)"
+      case $verb in
+        stop) stop_postgres ;;
+        start)
+          pid_alive "$STACK_DIR/postgres/data/postmaster.pid" && die "postgres is already running"
+          start_throwaway_postgres_again "$STACK_DIR/postgres" "$(cat "$STACK_DIR/postgres.port")" \
+            || die "Postgres did not start (see $STACK_DIR/postgres/server.log)"
+          ;;
+      esac
+      ;;
+    *) die "unknown dependency '$what' (redis or postgres)" ;;
+  esac
+  echo "stack: $what: $verb done"
 }
 
 stop_postgres() { stop_throwaway_postgres "$STACK_DIR/postgres"; }
@@ -95,9 +139,16 @@ start_worker() {
   ports=($STACK_WORKER_PORTS)
   port=${ports[$((n - 1))]}
   pid_alive "$STACK_DIR/$name.pid" && die "$name is already running"
-  # Settings for this worker: the caller's environment, then the stack's own.
+  # Settings for this worker: the caller's environment, then the stack's own. As in compose,
+  # the workers see POSTGRES_* and DEBUG_MEMORY_GROWTH, so `scripts/stack.sh env` answers
+  # the runbook's printenv checks.
+  local pg_port=${STACK_DATABASE_URL##*@127.0.0.1:}
+  pg_port=${pg_port%%/*}
   WORKER_ID=$name HOST=127.0.0.1 PORT=$port \
     REDIS_URL=$STACK_REDIS_URL DATABASE_URL=$STACK_DATABASE_URL \
+    POSTGRES_HOST=127.0.0.1 POSTGRES_PORT=$pg_port POSTGRES_DB=falcon_inference POSTGRES_USER=falcon \
+    DEBUG_MEMORY_GROWTH=${DEBUG_MEMORY_GROWTH:-false} \
+    DEBUG_MEMORY_GROWTH_MB_PER_REQUEST=${DEBUG_MEMORY_GROWTH_MB_PER_REQUEST:-0} \
     LOG_SPOOL_DIR=$STACK_DIR/spool-$name \
     setsid "$FALCON_BIN" serve >>"$STACK_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$STACK_DIR/$name.pid"
@@ -198,14 +249,41 @@ cmd_status() {
   return $ok
 }
 
+cmd_logs() {
+  worker_index "${1:?worker-N}" >/dev/null
+  [ -f "$STACK_DIR/$1.log" ] || die "no log for $1 in $STACK_DIR"
+  if [ "${2:-}" = "-f" ]; then tail -n 20 -f "$STACK_DIR/$1.log"; else cat "$STACK_DIR/$1.log"; fi
+}
+
+cmd_env() {
+  worker_index "${1:?worker-N}" >/dev/null
+  pid_alive "$STACK_DIR/$1.pid" || die "$1 is not running"
+  tr '\0' '\n' <"/proc/$(cat "$STACK_DIR/$1.pid")/environ" | sort
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  start) [ -f "$ENV_FILE" ] || die "not up"; start_worker "${2:?worker-N}" ;;
-  stop) [ -f "$ENV_FILE" ] || die "not up"; worker_index "${2:?worker-N}" >/dev/null; stop_worker "$2" ;;
   kill) [ -f "$ENV_FILE" ] || die "not up"; worker_index "${2:?worker-N}" >/dev/null; kill_worker "$2" ;;
   render-nginx) write_nginx_conf; echo "$STACK_DIR/nginx/nginx.conf" ;;
-  restart) [ -f "$ENV_FILE" ] || die "not up"; stop_worker "${2:?worker-N}"; start_worker "$2" ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  start|stop|restart)
+    [ -f "$ENV_FILE" ] || die "not up"
+    case "${2:?worker-N, redis or postgres}" in
+      redis|postgres)
+        [ "$1" = start ] || dependency stop "$2"
+        [ "$1" = stop ] || dependency start "$2"
+        ;;
+      *)
+        worker_index "$2" >/dev/null
+        [ "$1" = start ] || stop_worker "$2"
+        [ "$1" = stop ] || start_worker "$2"
+        ;;
+    esac
+    ;;
+  logs) cmd_logs "${@:2}" ;;
+  env) cmd_env "${2:-}" ;;
+  redis-cli) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; redis-cli -u "$STACK_REDIS_URL" "${@:2}" ;;
+  psql) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; psql "$STACK_DATABASE_URL" "${@:2}" ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

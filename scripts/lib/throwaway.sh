@@ -23,11 +23,11 @@ pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 # start_throwaway_redis DIR [redis-server options...]: a daemonized redis-server keeping
-# nothing on disk, pid and log in DIR. Prints its port.
+# nothing on disk, pid and log in DIR. Prints its port (THROWAWAY_PORT if set, else a free one).
 start_throwaway_redis() {
   local dir=$1 port
   shift
-  port=$(free_port)
+  port=${THROWAWAY_PORT:-$(free_port)}
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
     --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null || return 1
@@ -50,12 +50,12 @@ stop_throwaway_redis() {
 }
 
 # start_throwaway_postgres DIR [CPU]: initdb + pg_ctl start in DIR/data (trust auth, user
-# postgres), optionally pinned to CPU with taskset. Prints its port.
+# postgres), optionally pinned to CPU with taskset. Prints its port (THROWAWAY_PORT if set).
 start_throwaway_postgres() {
   local dir=$1 cpu=${2:-} bin port pin=()
   bin=$(pg_bin)
   [ -n "$bin" ] || { echo "PostgreSQL server binaries not found (scripts/ensure-test-deps.sh installs them)" >&2; return 1; }
-  port=$(free_port)
+  port=${THROWAWAY_PORT:-$(free_port)}
   mkdir -p "$dir"
   [ "$(id -u)" -ne 0 ] || chown -R postgres:postgres "$dir"
   [ -z "$cpu" ] || pin=(taskset -c "$cpu")
@@ -66,6 +66,12 @@ start_throwaway_postgres() {
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null \
     || { echo "pg_ctl start failed (see $dir/server.log)" >&2; return 1; }
   echo "$port"
+}
+
+# start_throwaway_postgres_again DIR PORT: starts a stopped one on its old data and port.
+start_throwaway_postgres_again() {
+  as_pg "$(pg_bin)/pg_ctl" -D "$1/data" -l "$1/server.log" -w \
+    -o "-p $2 -k $1 -c listen_addresses=127.0.0.1" start >/dev/null
 }
 
 # stop_throwaway_postgres DIR

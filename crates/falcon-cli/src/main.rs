@@ -1,5 +1,5 @@
-//! `falcon`: serve the classifier, train and inspect it, predict from the shell, load-test a
-//! worker.
+//! `falcon`: serve the classifier, train and inspect it, predict from the shell, diagnose a
+//! deployment, load-test a worker.
 #![forbid(unsafe_code)]
 
 mod backends;
@@ -33,6 +33,9 @@ enum Command {
     Model(commands::model::ModelArgs),
     /// Classify one text and print the same JSON as POST /infer.
     Predict(commands::predict::PredictArgs),
+    /// Diagnose running workers, Redis and Postgres the way the runbook does, and print the
+    /// commands that resolve what it finds (exit 0 healthy, 1 warning, 2 critical).
+    Doctor(commands::doctor::DoctorArgs),
     /// Drive a running worker with HTTP load and report throughput and latency.
     Load(commands::load::LoadArgs),
     /// Exit 0 if the worker on this host answers its health endpoint with 200 (for
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(&args),
         Command::Model(args) => commands::model::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
+        Command::Doctor(args) => commands::doctor::run(&args),
         Command::Load(args) => commands::load::run(&args),
         Command::Healthcheck(args) => commands::healthcheck::run(&args),
     }

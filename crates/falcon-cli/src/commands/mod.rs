@@ -1,3 +1,4 @@
+pub mod doctor;
 pub mod healthcheck;
 pub mod load;
 pub mod model;

@@ -5,6 +5,7 @@
 mod common;
 mod connections;
 mod deploy;
+mod doctor;
 mod observability;
 mod postgres;
 mod redis;

@@ -24,6 +24,9 @@ pub const MODEL_INFERENCE_BATCH_SIZE: &str = "model_inference_batch_size";
 pub const MODEL_LOAD_DURATION: &str = "model_load_duration_seconds";
 pub const MEMORY_USAGE: &str = "memory_usage_bytes";
 pub const BUILD_INFO: &str = "falcon_build_info";
+/// The Prometheus convention: seconds since the epoch when the process started. A change
+/// between two scrapes is a restart (`falcon doctor`, runbook incident #3).
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 pub const CACHE_ERRORS: &str = "cache_errors_total";
 pub const IDEMPOTENCY_HITS: &str = "idempotency_hits_total";
 pub const IDEMPOTENCY_MISSES: &str = "idempotency_misses_total";
@@ -107,6 +110,8 @@ pub fn install(worker_id: &str) -> Option<PrometheusHandle> {
         return None;
     }
     register_all();
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    gauge!(PROCESS_START_TIME).set(started.as_secs_f64());
     Some(handle)
 }
 
@@ -122,6 +127,7 @@ fn register_all() {
     describe_counter!(CACHE_HITS, "Predictions served from the response cache.");
     describe_counter!(CACHE_MISSES, "Cache look-ups that found nothing and ran the model.");
     describe_histogram!(MODEL_INFERENCE_BATCH_SIZE, "Jobs an inference thread took from the queue in one wake-up.");
+    describe_gauge!(PROCESS_START_TIME, Unit::Seconds, "When this worker process started (seconds since the epoch).");
     describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "Time the model file took to load at start-up.");
     describe_gauge!(MEMORY_USAGE, Unit::Bytes, "Resident set size of the worker process.");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the build and model version.");

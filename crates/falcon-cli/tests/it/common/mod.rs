@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod postgres;
 pub mod redis;
+pub mod stack;
 
 /// `falcon` in a fresh empty directory (so no `.env` leaks in) with only `PATH` set. The
 /// directory lives as long as the returned value (a temporary in one statement is enough).
