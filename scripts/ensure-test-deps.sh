@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond the Rust toolchain, when it is missing:
 # redis-server and the PostgreSQL server binaries (fault tests start their own throwaway
 # instances), psql, Prometheus with promtool (alert-rule tests and a real scrape), nginx
-# (the native multi-worker stack), and systemd-analyze (the unit file check).
+# (the native multi-worker stack), systemd-analyze (the unit file check), and the tools
+# docs/runbook.md's commands use (curl, jq, lsof, ss), which a test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -13,6 +14,10 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
 fi
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v lsof >/dev/null 2>&1 || missing+=(lsof)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 # systemd-analyze verifies the systemd unit (the tests never start systemd itself).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -8,8 +8,10 @@
 #   scripts/stack.sh start|stop|restart redis|postgres    # the stack's own Redis / Postgres
 #   scripts/stack.sh logs worker-N [-f]                   # a worker's JSON log lines
 #   scripts/stack.sh env worker-N                         # the running worker's environment
+#   scripts/stack.sh stats                                # the workers' RSS, CPU and age (docker stats)
 #   scripts/stack.sh redis-cli [ARGS...]                  # redis-cli on the stack's Redis
 #   scripts/stack.sh psql [ARGS...]                       # psql as falcon on falcon_inference
+#   scripts/stack.sh pg_isready                           # pg_isready on the stack's Postgres
 #   scripts/stack.sh render-nginx                         # only write STACK_DIR/nginx/*.conf
 #
 # Settings (environment):
@@ -153,6 +155,7 @@ start_worker() {
     setsid "$FALCON_BIN" serve >>"$STACK_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$STACK_DIR/$name.pid"
   wait_http "http://127.0.0.1:$port/readyz" 30 || die "$name did not become ready (see $STACK_DIR/$name.log)"
+  echo "stack: $name ready on http://127.0.0.1:$port (pid $(cat "$STACK_DIR/$name.pid"))"
 }
 
 # SIGTERM and wait for the drain to finish (the worker exits by itself).
@@ -261,6 +264,20 @@ cmd_env() {
   tr '\0' '\n' <"/proc/$(cat "$STACK_DIR/$1.pid")/environ" | sort
 }
 
+cmd_stats() {
+  local w
+  printf '%-10s %8s %10s %6s %12s\n' worker pid rss_mib cpu% elapsed
+  for w in worker-1 worker-2 worker-3; do
+    if pid_alive "$STACK_DIR/$w.pid"; then
+      # shellcheck disable=SC2046
+      printf '%-10s %8s %10.1f %6s %12s\n' "$w" $(ps -o pid=,rss=,pcpu=,etime= -p "$(cat "$STACK_DIR/$w.pid")" \
+        | awk '{ printf "%s %s %s %s", $1, $2 / 1024, $3, $4 }')
+    else
+      printf '%-10s %8s\n' "$w" down
+    fi
+  done
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
@@ -285,5 +302,7 @@ case "${1:-}" in
   env) cmd_env "${2:-}" ;;
   redis-cli) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; redis-cli -u "$STACK_REDIS_URL" "${@:2}" ;;
   psql) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; psql "$STACK_DATABASE_URL" "${@:2}" ;;
-  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  pg_isready) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; pg_isready -d "$STACK_DATABASE_URL" ;;
+  stats) cmd_stats ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -68,7 +68,7 @@ async fn healthy_native_stack_exits_0_with_no_findings_and_no_colour_off_a_termi
         falcon().args(["doctor", "--stack", "native", "--interval", "0.5"]).env("STACK_DIR", dir).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("No findings: healthy.") && text.contains("worker-3"), "{text}");
+    assert!(text.contains("No findings.\n\nstatus: healthy (exit 0)") && text.contains("worker-3"), "{text}");
     assert!(!text.contains('\x1b'), "colour off a terminal: {text}");
 }
 

@@ -10,5 +10,6 @@ mod observability;
 mod postgres;
 mod redis;
 mod request_log;
+mod runbook;
 mod stack;
 mod worker;

@@ -470,6 +470,12 @@ impl WriterState {
         let mut paused_until: Option<tokio::time::Instant> = None;
         let mut spare: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         let mut idle = true;
+        // The schema exists from start-up, not from the first request: an operator's first
+        // query of a quiet deployment finds an empty inference_logs, not "no such table".
+        // If the database is away, the first batch tries again.
+        if !self.migrated {
+            self.migrate().await;
+        }
         loop {
             let closing = self.shared.closed.load(Ordering::SeqCst);
             self.keep_spare_ready(&mut spare);

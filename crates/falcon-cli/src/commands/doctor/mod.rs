@@ -52,7 +52,7 @@ pub struct DoctorArgs {
     #[arg(long, value_enum)]
     deployment: Option<Shape>,
     /// Seconds between the two metric scrapes that rates are computed from.
-    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    #[arg(long, env = "DOCTOR_INTERVAL_SECONDS", default_value_t = 5.0, value_parser = seconds)]
     interval: f64,
     /// Give up on any one probe after this many seconds.
     #[arg(long, default_value_t = 3.0, value_parser = seconds)]

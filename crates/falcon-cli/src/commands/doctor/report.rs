@@ -155,8 +155,7 @@ impl<'a> Report<'a> {
         }
         let _ = writeln!(out);
         if self.findings.is_empty() {
-            let _ = writeln!(out, "{}", paint("32", "No findings: healthy."));
-            return out;
+            let _ = writeln!(out, "{}\n", paint("32", "No findings."));
         }
         for f in self.findings {
             let badge = match f.severity {
