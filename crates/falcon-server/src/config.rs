@@ -39,6 +39,16 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Parses a finite number of seconds, zero allowed.
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..=3_600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be a number of seconds ≥ 0 and ≤ 3600".into())
+    }
+}
+
 /// Parses a strictly positive, finite number of seconds.
 fn positive_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
@@ -108,6 +118,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub graceful_shutdown_timeout_seconds: f64,
+    /// After SIGTERM/SIGINT, keep serving this long with /readyz answering 503 before the
+    /// listener closes, so a load balancer that polls readiness stops sending first (0: close at once).
+    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY_SECONDS", default_value = "0", value_parser = non_negative_seconds)]
+    pub shutdown_drain_delay_seconds: f64,
     /// Time a client has to send a whole request head; also the longest a keep-alive
     /// connection may stay idle before the worker closes it.
     #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECONDS", default_value = "10", value_parser = positive_seconds)]
@@ -474,6 +488,10 @@ impl Config {
     /// Redis lock's TTL, and the in-process claim's): the inference deadline plus a margin.
     pub fn idempotency_claim_ttl(&self) -> Duration {
         self.inference_timeout() + Duration::from_secs(5)
+    }
+
+    pub fn shutdown_drain_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.server.shutdown_drain_delay_seconds)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -41,6 +41,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
+    drain_delay: Duration,
     limits: ConnectionLimits,
     background: Background,
 }
@@ -64,7 +65,14 @@ impl Application {
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
         let limits = config.connection_limits();
-        Ok(Self { listener, state, shutdown_timeout: config.shutdown_timeout(), limits, background })
+        Ok(Self {
+            listener,
+            state,
+            shutdown_timeout: config.shutdown_timeout(),
+            drain_delay: config.shutdown_drain_delay(),
+            limits,
+            background,
+        })
     }
 
     /// The bound address (tests bind port 0 and read the real port here).
@@ -76,12 +84,13 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then drains: `/readyz` turns 503, the listener
-    /// closes, in-flight requests finish. Waits at most the grace period for them, then
+    /// Serves until `shutdown` completes, then drains: `/readyz` turns 503 (and the worker
+    /// keeps serving for `SHUTDOWN_DRAIN_DELAY_SECONDS`), the listener closes, in-flight
+    /// requests finish. Waits at most the grace period for them, then
     /// stops the background tasks (the request log flushes last).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let Self { listener, state, shutdown_timeout: grace, limits, background } = self;
+        let Self { listener, state, shutdown_timeout: grace, drain_delay, limits, background } = self;
         let readiness = Arc::clone(state.pipeline.readiness());
         let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
         let signal = async move {
@@ -89,8 +98,14 @@ impl Application {
             readiness.start_draining();
             tracing::info!(
                 grace_seconds = grace.as_secs_f64(),
+                drain_delay_seconds = drain_delay.as_secs_f64(),
                 "Shutdown signal received, draining in-flight requests"
             );
+            // Still accepting, /readyz 503: load balancers that poll readiness see the
+            // worker leave before its listener closes.
+            if !drain_delay.is_zero() {
+                tokio::time::sleep(drain_delay).await;
+            }
             let _ = drain_tx.send(true);
         };
         tracing::info!(

@@ -5,6 +5,7 @@
 mod common;
 mod connections;
 mod deploy;
+mod docs;
 mod doctor;
 mod observability;
 mod postgres;

@@ -236,7 +236,7 @@ fn promtool_accepts_the_config_and_rules_and_every_alert_has_passing_unit_tests(
         let case = format!("alertname: {alert}\n        exp_alerts:\n          - exp_labels:");
         assert!(test_yaml.contains(&case), "{alert} has no firing unit test");
     }
-    assert_eq!(yaml.matches("runbook: \"RUNBOOK.md Incident #").count(), ALERTS.len(), "each names its incident");
+    assert_eq!(yaml.matches("runbook: \"docs/runbook.md Incident #").count(), ALERTS.len(), "each names its incident");
     let prom = std::fs::read_to_string(deploy("prometheus/prometheus.yml")).unwrap();
     assert!(prom.contains("job_name: falcon-workers"));
     for w in ["worker-1:8000", "worker-2:8000", "worker-3:8000"] {

@@ -556,3 +556,23 @@ async fn clients_that_hang_up_right_after_sending_are_each_one_row_and_one_count
         .unwrap();
     println!("200 hang-ups: {closed} recorded as client_closed, the rest answered");
 }
+
+/// With SHUTDOWN_DRAIN_DELAY_SECONDS, a load balancer polling /readyz sees 503 while the
+/// worker still answers, and only then does the listener close.
+#[tokio::test]
+async fn the_drain_delay_answers_readyz_503_and_keeps_serving_before_closing() {
+    let mut w = Worker::start(&[("SHUTDOWN_DRAIN_DELAY_SECONDS", "2")]);
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    assert_eq!(c.get(w.url("/readyz")).send().await.unwrap().status(), 200);
+    let signalled = std::time::Instant::now();
+    w.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = c.get(w.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["draining"], true, "{body}");
+    let (status, _) = crate::common::infer(&c, &w, "still serving while draining", None).await;
+    assert_eq!(status, 200, "requests are still served during the delay");
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "exited before the delay: {:?}", signalled.elapsed());
+}

@@ -116,7 +116,7 @@ impl Playbook {
             (Shape::Kubernetes, Action::RestartRedis) => {
                 format!("redis-cli -u '{redis}' ping   # Redis runs outside deploy/k8s: restart it where it runs")
             }
-            (Shape::Native, Action::PostgresReady) => format!("{stack}scripts/stack.sh psql -c 'SELECT 1'"),
+            (Shape::Native, Action::PostgresReady) => format!("{stack}scripts/stack.sh pg_isready"),
             (Shape::Compose, Action::PostgresReady) => "docker exec falcon-postgres pg_isready -U falcon".into(),
             (_, Action::PostgresReady) => format!("pg_isready -d '{database}'"),
             (Shape::Native, Action::PostgresSql(sql)) => format!("{stack}scripts/stack.sh psql -c \"{sql}\""),
