@@ -245,3 +245,20 @@ fn a_bad_command_line_says_so_once_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("plain http://"), "{err}");
 }
+
+#[test]
+fn watch_runs_again_until_interrupted() {
+    let w = Worker::start(&[]);
+    let mut child = falcon()
+        .args(["doctor", "--url", &w.url(""), "--json", "--interval", "0.2", "--watch", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reports = text.matches("\"exit_code\"").count();
+    assert!(reports >= 3, "{reports} reports in 3 s: {text}");
+    assert_eq!(out.status.code(), Some(0), "the last report's status: healthy");
+}

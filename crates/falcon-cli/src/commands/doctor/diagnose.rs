@@ -27,6 +27,8 @@ const MEMORY_SLOPE_WARN: f64 = 1024.0 * 1024.0;
 const SPOOL_WARN_BYTES: f64 = 1024.0 * 1024.0;
 /// A worker younger than this restarted recently.
 const RECENT_START_SECONDS: f64 = 120.0;
+/// HighRetryRate: Redis retries per request.
+const RETRIES_PER_REQUEST_WARN: f64 = 0.05;
 /// Redis round trip that is slow on a LAN.
 const REDIS_PING_SLOW_MS: f64 = 50.0;
 
@@ -476,7 +478,25 @@ fn redis(seen: Option<&RedisSeen>, stats: &[WorkerStats], book: &Playbook, out: 
         out.push(f);
         return;
     }
-    let cache_errors: f64 = stats.iter().map(|s| s.cache_errors).sum();
+    for s in stats {
+        let (Some(retries), Some(rps)) = (s.retries_per_second, s.requests_per_second) else { continue };
+        if rps > 0.0 && retries / rps > RETRIES_PER_REQUEST_WARN {
+            let mut f = finding(
+                4,
+                Severity::Warning,
+                Some(&s.name),
+                format!("{}: Redis calls are being retried", s.name),
+                "Redis answers late or fails now and then: every retry adds latency, and the breaker opens if it \
+                 gets worse"
+                    .into(),
+            );
+            f.evidence.push(format!("{retries:.1} retries/s for {rps:.1} requests/s (alert at 5 %)"));
+            f.commands.push(book.command(&Action::Metrics(&s.url, "retry_attempts_total")));
+            f.commands.push(book.command(&Action::RedisSlowlog));
+            out.push(f);
+        }
+    }
+    let cache_errors = stats.iter().fold(0.0, |acc, s| acc + s.cache_errors);
     if cache_errors > 0.0 {
         let mut f = finding(
             4,

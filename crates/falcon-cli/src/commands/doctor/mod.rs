@@ -104,12 +104,24 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
     let terminal = std::io::stdout().is_terminal();
     let colour = terminal && std::env::var_os("NO_COLOR").is_none();
     runtime.block_on(async {
+        // Registered once, before the first run: Ctrl-C during a gather ends the watch too.
+        let mut interrupt = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("falcon doctor: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut code = 0;
         loop {
-            let seen = gather::gather(&inventory, interval, timeout).await;
+            let seen = tokio::select! {
+                seen = gather::gather(&inventory, interval, timeout) => seen,
+                _ = interrupt.recv() => return ExitCode::from(code),
+            };
             let stats: Vec<_> = seen.workers.iter().map(diagnose::WorkerStats::from_seen).collect();
             let findings = diagnose::diagnose(&seen, &stats, &book);
             let report = report::Report::new(&seen, &stats, &findings, shape);
-            let code = report.exit_code;
+            code = report.exit_code;
             if args.json {
                 println!("{}", report.json());
             } else {
@@ -122,7 +134,7 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
             let Some(every) = args.watch else { return ExitCode::from(code) };
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
-                _ = tokio::signal::ctrl_c() => return ExitCode::from(code),
+                _ = interrupt.recv() => return ExitCode::from(code),
             }
         }
     })
