@@ -249,7 +249,7 @@ fn a_bad_command_line_says_so_once_and_exits_2() {
 #[test]
 fn watch_runs_again_until_interrupted() {
     let w = Worker::start(&[]);
-    let mut child = falcon()
+    let child = falcon()
         .args(["doctor", "--url", &w.url(""), "--json", "--interval", "0.2", "--watch", "0.2"])
         .stdout(std::process::Stdio::piped())
         .spawn()
