@@ -8,6 +8,7 @@
 #   scripts/stack.sh start|stop|restart redis|postgres    # the stack's own Redis / Postgres
 #   scripts/stack.sh logs worker-N [-f]                   # a worker's JSON log lines
 #   scripts/stack.sh env worker-N                         # the running worker's environment
+#   scripts/stack.sh reload worker-N                      # SIGHUP: load MODEL_PATH again
 #   scripts/stack.sh stats                                # the workers' RSS, CPU and age (docker stats)
 #   scripts/stack.sh redis-cli [ARGS...]                  # redis-cli on the stack's Redis
 #   scripts/stack.sh psql [ARGS...]                       # psql as falcon on falcon_inference
@@ -300,9 +301,15 @@ case "${1:-}" in
     ;;
   logs) cmd_logs "${@:2}" ;;
   env) cmd_env "${2:-}" ;;
+  reload)
+    worker_index "${2:?worker-N}" >/dev/null
+    pid_alive "$STACK_DIR/$2.pid" || die "$2 is not running"
+    kill -HUP "$(cat "$STACK_DIR/$2.pid")"
+    echo "stack: $2: SIGHUP sent (the outcome is its \"Model reloaded\" or \"Model reload failed\" log line)"
+    ;;
   redis-cli) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; redis-cli -u "$STACK_REDIS_URL" "${@:2}" ;;
   psql) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; psql "$STACK_DATABASE_URL" "${@:2}" ;;
   pg_isready) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; pg_isready -d "$STACK_DATABASE_URL" ;;
   stats) cmd_stats ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -66,6 +66,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Longest text, in characters, that the model accepts.
     fn max_input_chars(&self) -> usize;
+
+    /// The share of each class (in label order) this model predicts on the data it was
+    /// evaluated on, if its file records it: the baseline that drift monitoring compares
+    /// live traffic with.
+    fn reference_class_shares(&self) -> Option<Vec<f64>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ enum Command {
     Serve(Box<falcon_server::Config>),
     /// Train the classifier on the VADER data and write a model file.
     Train(commands::train::TrainArgs),
-    /// Inspect a model file: version, labels, training data, evaluation report.
+    /// Inspect a model file (version, labels, training data, evaluation, class mix) or score
+    /// it on a labelled CSV.
     Model(commands::model::ModelArgs),
     /// Classify one text and print the same JSON as POST /infer.
     Predict(commands::predict::PredictArgs),

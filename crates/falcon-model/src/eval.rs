@@ -25,6 +25,29 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
 }
 
+impl Evaluation {
+    /// The share of each class among the predictions (the confusion matrix's column
+    /// sums): what the model predicts on held-out data, the baseline for drift.
+    pub fn predicted_shares(&self) -> Option<Vec<f64>> {
+        let k = self.confusion.len();
+        let total: usize = self.confusion.iter().flatten().sum();
+        (total > 0).then(|| {
+            (0..k)
+                .map(|c| {
+                    self.confusion.iter().map(|row| row.get(c).copied().unwrap_or(0)).sum::<usize>() as f64
+                        / total as f64
+                })
+                .collect()
+        })
+    }
+
+    /// The share of each class among the true labels (the rows' sums).
+    pub fn true_shares(&self) -> Option<Vec<f64>> {
+        let total: usize = self.confusion.iter().flatten().sum();
+        (total > 0).then(|| self.confusion.iter().map(|row| row.iter().sum::<usize>() as f64 / total as f64).collect())
+    }
+}
+
 /// Scores predictions against the truth. A class never predicted has precision 0 (as
 /// scikit-learn's `zero_division=0`).
 pub fn evaluate(y_true: &[usize], y_pred: &[usize], labels: &[&str]) -> Evaluation {

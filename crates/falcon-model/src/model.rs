@@ -218,6 +218,10 @@ impl falcon_backend::Backend for SentimentModel {
     fn max_input_chars(&self) -> usize {
         MAX_INPUT_CHARS
     }
+
+    fn reference_class_shares(&self) -> Option<Vec<f64>> {
+        self.meta.metrics.predicted_shares()
+    }
 }
 
 /// Longest text the TF-IDF model takes, in characters (the API's limit).

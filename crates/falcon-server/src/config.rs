@@ -39,6 +39,12 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Parses a fraction in [0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err("must be a number from 0 to 1".into()) }
+}
+
 /// Parses a finite number of seconds, zero allowed.
 fn non_negative_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
@@ -118,6 +124,13 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub graceful_shutdown_timeout_seconds: f64,
+    /// A candidate model file that scores a sample of live texts after each answer is sent
+    /// (agreement, class mix and latency are metrics); unset = no shadow model.
+    #[arg(long, env = "SHADOW_MODEL_PATH")]
+    pub shadow_model_path: Option<std::path::PathBuf>,
+    /// Fraction of requests the shadow model scores (0 to 1).
+    #[arg(long, env = "SHADOW_SAMPLE_RATE", default_value = "0.1", value_parser = fraction)]
+    pub shadow_sample_rate: f64,
     /// After SIGTERM/SIGINT, keep serving this long with /readyz answering 503 before the
     /// listener closes, so a load balancer that polls readiness stops sending first (0: close at once).
     #[arg(long, env = "SHUTDOWN_DRAIN_DELAY_SECONDS", default_value = "0", value_parser = non_negative_seconds)]

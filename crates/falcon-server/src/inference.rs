@@ -2,6 +2,8 @@
 //!
 //! Each thread takes one job, then whatever else is already waiting (up to `max_batch`),
 //! and runs them through the backend as one `predict_batch` call before it sleeps again.
+//! Each job names its model (the one its request took a snapshot of), so a hot reload
+//! never answers a request with another model than the one it started with.
 //! Under load one wake-up serves many requests; with `spawn_blocking` every request paid a
 //! thread hand-off, which cost more CPU than the model itself (see docs/benchmarks.md). A
 //! full queue is refused at once, never buffered without bound.
@@ -36,6 +38,7 @@ type Reply = oneshot::Sender<Result<Prediction, BackendError>>;
 
 struct Job {
     text: String,
+    backend: Arc<dyn Backend>,
     reply: Reply,
 }
 
@@ -47,31 +50,30 @@ pub struct InferenceQueue {
 
 impl InferenceQueue {
     /// Starts `threads` inference threads sharing a queue of `capacity` jobs.
-    pub fn start(
-        backend: Arc<dyn Backend>,
-        threads: usize,
-        capacity: usize,
-        max_batch: usize,
-    ) -> std::io::Result<Self> {
+    pub fn start(threads: usize, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let threads = (0..threads.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
-                let backend = Arc::clone(&backend);
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || run_thread(&rx, backend.as_ref(), max_batch.max(1)))
+                    .spawn(move || run_thread(&rx, max_batch.max(1)))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self { tx: Some(tx), threads })
     }
 
-    /// Classifies `text`, waiting at most `timeout` for the answer.
-    pub async fn predict(&self, text: String, timeout: Duration) -> Result<Prediction, QueueError> {
+    /// Classifies `text` with `backend`, waiting at most `timeout` for the answer.
+    pub async fn predict(
+        &self,
+        backend: &Arc<dyn Backend>,
+        text: String,
+        timeout: Duration,
+    ) -> Result<Prediction, QueueError> {
         let (reply, answer) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
-        match tx.try_send(Job { text, reply }) {
+        match tx.try_send(Job { text, backend: Arc::clone(backend), reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(QueueError::Full),
             Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
@@ -112,7 +114,7 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-fn run_thread(rx: &Mutex<Receiver<Job>>, backend: &dyn Backend, max_batch: usize) {
+fn run_thread(rx: &Mutex<Receiver<Job>>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -133,7 +135,21 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, backend: &dyn Backend, max_batch: usize
         metrics::record_batch(batch.len());
         // Requests that already timed out or went away are not computed.
         batch.retain(|job| !job.reply.is_closed());
-        run_batch(backend, &mut batch);
+        run_by_model(&mut batch);
+    }
+}
+
+/// One `predict_batch` call per model in the batch: one, except around a hot reload.
+fn run_by_model(batch: &mut Vec<Job>) {
+    while let Some(first) = batch.first() {
+        let backend = Arc::clone(&first.backend);
+        if batch.iter().all(|j| Arc::ptr_eq(&j.backend, &backend)) {
+            run_batch(backend.as_ref(), batch);
+            return;
+        }
+        let (mut same, rest): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(|j| Arc::ptr_eq(&j.backend, &backend));
+        *batch = rest;
+        run_batch(backend.as_ref(), &mut same);
     }
 }
 
@@ -211,7 +227,11 @@ mod tests {
     }
 
     fn queue(capacity: usize) -> InferenceQueue {
-        InferenceQueue::start(Arc::new(Echo(vec!["a".into(), "b".into()])), 2, capacity, 8).unwrap()
+        InferenceQueue::start(2, capacity, 8).unwrap()
+    }
+
+    fn echo() -> Arc<dyn Backend> {
+        Arc::new(Echo(vec!["a".into(), "b".into()]))
     }
 
     #[tokio::test]
@@ -220,7 +240,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let q = Arc::clone(&q);
-                tokio::spawn(async move { q.predict("x".repeat(i), Duration::from_secs(5)).await })
+                tokio::spawn(async move { q.predict(&echo(), "x".repeat(i), Duration::from_secs(5)).await })
             })
             .collect();
         for (i, t) in tasks.into_iter().enumerate() {
@@ -234,7 +254,7 @@ mod tests {
         let mut tasks = Vec::new();
         for text in ["boom", "ok", "refused", "fine", "boom", "good"] {
             let q = Arc::clone(&q);
-            tasks.push(tokio::spawn(async move { q.predict(text.into(), Duration::from_secs(5)).await }));
+            tasks.push(tokio::spawn(async move { q.predict(&echo(), text.into(), Duration::from_secs(5)).await }));
         }
         let results: Vec<_> = futures_join(tasks).await;
         assert_eq!(results[0], Err(QueueError::Panicked));
@@ -243,7 +263,7 @@ mod tests {
             assert!(results[i].is_ok(), "{i}: {:?}", results[i]);
         }
         for _ in 0..4 {
-            assert!(q.predict("ok".into(), Duration::from_secs(5)).await.is_ok());
+            assert!(q.predict(&echo(), "ok".into(), Duration::from_secs(5)).await.is_ok());
         }
     }
 
@@ -255,24 +275,66 @@ mod tests {
         out
     }
 
+    /// Always answers `probabilities`.
+    struct Fixed(Vec<String>, Vec<f64>);
+
+    impl Backend for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            Ok(texts.iter().map(|_| Prediction::from_probabilities(self.1.clone())).collect())
+        }
+        fn model_version(&self) -> &str {
+            "fixed"
+        }
+        fn labels(&self) -> &[String] {
+            &self.0
+        }
+        fn normalize(&self, text: &str) -> String {
+            text.to_owned()
+        }
+        fn max_input_chars(&self) -> usize {
+            100
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_for_two_models_in_one_batch_each_get_their_own_model() {
+        let q = Arc::new(InferenceQueue::start(1, 1024, 256).unwrap());
+        let labels = vec!["a".to_owned(), "b".to_owned()];
+        let left: Arc<dyn Backend> = Arc::new(Fixed(labels.clone(), vec![0.9, 0.1]));
+        let right: Arc<dyn Backend> = Arc::new(Fixed(labels, vec![0.2, 0.8]));
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let (q, model) = (Arc::clone(&q), if i % 3 == 0 { Arc::clone(&left) } else { Arc::clone(&right) });
+                tokio::spawn(async move { q.predict(&model, "x".into(), Duration::from_secs(5)).await })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let p = t.await.unwrap().unwrap();
+            assert_eq!(p.class, usize::from(i % 3 != 0), "job {i} was answered by the other model");
+        }
+    }
+
     #[tokio::test]
     async fn slow_inference_times_out() {
         let q = queue(16);
-        let r = q.predict("slow".into(), Duration::from_millis(50)).await;
+        let r = q.predict(&echo(), "slow".into(), Duration::from_millis(50)).await;
         assert!(matches!(r, Err(QueueError::Timeout(_))));
     }
 
     #[tokio::test]
     async fn full_queue_is_refused_not_buffered() {
         // Two threads busy with slow jobs, a queue of one: the fourth job cannot wait.
-        let q = Arc::new(InferenceQueue::start(Arc::new(Echo(vec!["a".into(), "b".into()])), 2, 1, 1).unwrap());
+        let q = Arc::new(InferenceQueue::start(2, 1, 1).unwrap());
         let mut pending = Vec::new();
         for _ in 0..3 {
             let q = Arc::clone(&q);
-            pending.push(tokio::spawn(async move { q.predict("slow".into(), Duration::from_secs(5)).await }));
+            pending.push(tokio::spawn(async move { q.predict(&echo(), "slow".into(), Duration::from_secs(5)).await }));
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        let r = q.predict("x".into(), Duration::from_secs(5)).await;
+        let r = q.predict(&echo(), "x".into(), Duration::from_secs(5)).await;
         assert_eq!(r, Err(QueueError::Full));
         for p in pending {
             assert!(p.await.unwrap().is_ok());

@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod idempotency;
 pub mod inference;
+pub mod lifecycle;
 pub mod request_log;
 pub mod resilience;
 pub mod startup;
@@ -19,7 +20,7 @@ pub mod tasks;
 pub mod telemetry;
 
 pub use config::Config;
-pub use startup::{Application, LoadedBackend, build_state, shutdown_signal};
+pub use startup::{Application, LoadedBackend, Models, Reloader, build_state, build_state_with, shutdown_signal};
 
 #[cfg(test)]
 mod layering {

@@ -21,6 +21,7 @@ use crate::http::server;
 use crate::http::{AppState, router};
 use crate::idempotency::IdempotencyStore;
 use crate::inference::InferenceQueue;
+use crate::lifecycle::{ModelSlot, Shadow};
 use crate::request_log::{self, RequestLog, Sink, WriterConfig};
 use crate::resilience::retry::RETRY_WARNING_INTERVAL;
 use crate::resilience::{CircuitBreaker, RetryPolicy};
@@ -28,12 +29,20 @@ use crate::tasks::Background;
 use crate::telemetry::metrics;
 use crate::telemetry::throttle::{LogLimiter, Throttle};
 
-/// A loaded model, with where it came from and how long it took.
-pub struct LoadedBackend {
-    pub backend: Arc<dyn Backend>,
-    /// `MODEL_PATH`, or `built-in` for the model compiled into the binary.
-    pub source: String,
-    pub load_time: Duration,
+pub use crate::lifecycle::{LoadedBackend, Reloader};
+
+/// The models a worker starts with: the one it serves, how to load it again (hot
+/// reload), and an optional candidate to shadow-score.
+pub struct Models {
+    pub serving: LoadedBackend,
+    pub reloader: Option<Reloader>,
+    pub shadow: Option<LoadedBackend>,
+}
+
+impl From<LoadedBackend> for Models {
+    fn from(serving: LoadedBackend) -> Self {
+        Self { serving, reloader: None, shadow: None }
+    }
 }
 
 /// A worker with its listener bound, ready to run.
@@ -50,8 +59,10 @@ impl Application {
     /// Installs the metrics recorder (once per process), assembles the worker around
     /// `model` and binds `HOST:PORT`. Fails, with the cause, on bad dependency settings or
     /// an address in use.
-    pub async fn build(config: &Config, model: LoadedBackend) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, models: impl Into<Models>) -> anyhow::Result<Self> {
+        let models = models.into();
         let handle = metrics::install(&config.worker_id());
+        let model = &models.serving;
         let backend = &model.backend;
         tracing::info!(
             model_path = %model.source,
@@ -60,8 +71,8 @@ impl Application {
             load_ms = model.load_time.as_secs_f64() * 1000.0,
             "Model loaded"
         );
-        metrics::record_model_loaded(model.load_time, backend.model_version());
-        let (state, background) = build_state(config, model.backend, handle).await?;
+        metrics::record_model_loaded(model.load_time);
+        let (state, background) = build_state_with(config, models, handle).await?;
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
         let limits = config.connection_limits();
@@ -114,9 +125,11 @@ impl Application {
             header_read_timeout_seconds = limits.header_read_timeout.as_secs_f64(),
             cache = state.pipeline.cache_backend(),
             model_version = state.pipeline.backend().model_version(),
+            model_path = %state.pipeline.model().source(),
             "Worker listening"
         );
-        let server = server::serve(listener, router(state), limits, signal);
+        let closing = Arc::clone(state.pipeline.readiness());
+        let server = server::serve(listener, router(state), limits, signal, move || closing.listener_closed());
         let grace_expired = async move {
             let _ = drain_rx.wait_for(|draining| *draining).await;
             tokio::time::sleep(grace).await;
@@ -142,6 +155,16 @@ pub async fn build_state(
     backend: Arc<dyn Backend>,
     metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<(AppState, Background)> {
+    let serving = LoadedBackend { backend, source: "built-in".into(), load_time: Duration::ZERO };
+    build_state_with(config, serving.into(), metrics_handle).await
+}
+
+/// `build_state` with a reloader and a shadow model.
+pub async fn build_state_with(
+    config: &Config,
+    models: Models,
+    metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<(AppState, Background)> {
     let worker_id = config.worker_id();
     for (variable, consequence) in config.planned.inert_requests() {
         tracing::warn!(variable, "{variable} is set, but {consequence}");
@@ -155,7 +178,6 @@ pub async fn build_state(
     let (redis, cache, idempotency) = build_stores(config, &mut background)?;
     let (request_log, database_available) = build_request_log(config, &mut background).await?;
     let queue = InferenceQueue::start(
-        Arc::clone(&backend),
         config.inference_threads(),
         config.server.inference_queue_capacity as usize,
         config.server.inference_max_batch as usize,
@@ -163,9 +185,23 @@ pub async fn build_state(
     .context("cannot start the inference threads")?;
     let readiness = Arc::new(Readiness::default());
     readiness.set_model_loaded(true);
+    let Models { serving, reloader, shadow } = models;
+    let shadow = match shadow {
+        Some(candidate) => Some(
+            Shadow::start(candidate.backend, &candidate.source, config.server.shadow_sample_rate)
+                .context("cannot start the shadow model's thread")?,
+        ),
+        None => None,
+    };
+    let reloadable = reloader.is_some();
+    let model = Arc::new(ModelSlot::new(serving.backend, serving.source, reloader));
+    if reloadable {
+        background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&model), background.stopping()));
+    }
     let pipeline = Pipeline::new(Parts {
         worker_id,
-        backend,
+        model,
+        shadow,
         queue,
         cache,
         idempotency,
@@ -296,6 +332,27 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
+/// SIGHUP reloads the model (as `POST /admin/reload` does), until the worker stops.
+async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: crate::tasks::Stopping) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {
+                // The outcome is logged and counted by `reload`.
+                let _ = model.reload("SIGHUP").await;
+            }
+            () = stopping.wait() => return,
+        }
+    }
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {

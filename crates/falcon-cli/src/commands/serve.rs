@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
-use falcon_server::{Application, Config, shutdown_signal};
+use std::sync::Arc;
+
+use falcon_server::{Application, Config, Models, Reloader, shutdown_signal};
 
 use crate::backends::{self, LoadError};
 
@@ -37,7 +39,28 @@ pub fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let app = match Application::build(&config, model).await {
+        // SIGHUP and POST /admin/reload load MODEL_PATH again through the same factory.
+        let (name, path) = (config.server.model_backend.clone(), config.server.model_path.clone());
+        let reloader: Reloader = Arc::new(move || backends::load(&name, path.as_deref()).map_err(|e| format!("{e:#}")));
+        let shadow = match config.server.shadow_model_path.clone() {
+            None => None,
+            Some(path) => {
+                let name = config.server.model_backend.clone();
+                match tokio::task::spawn_blocking(move || backends::load(&name, Some(&path))).await {
+                    Ok(Ok(m)) => Some(m),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = format!("{e:#}"), variable = "SHADOW_MODEL_PATH", "Startup failed");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Startup failed");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        };
+        let models = Models { serving: model, reloader: Some(reloader), shadow };
+        let app = match Application::build(&config, models).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "Startup failed");

@@ -7,6 +7,7 @@ mod connections;
 mod deploy;
 mod docs;
 mod doctor;
+mod lifecycle;
 mod observability;
 mod postgres;
 mod redis;

@@ -362,7 +362,7 @@ fn sigterm_answers_half_sent_requests_at_once_and_exits_0() {
         .map(|l| (l["task"].as_str().unwrap().to_owned(), l["outcome"].as_str().unwrap().to_owned()))
         .collect();
     let names: Vec<&str> = stopped.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(names, ["metrics_upkeep", "database_probe", "request_log_writer"], "{stopped:?}");
+    assert_eq!(names, ["metrics_upkeep", "database_probe", "model_reload_signal", "request_log_writer"], "{stopped:?}");
     assert!(stopped.iter().all(|(_, outcome)| outcome == "finished"), "{stopped:?}");
 }
 

@@ -25,6 +25,7 @@ use crate::cache::redis::RedisStore;
 use crate::cache::{ResponseCache, cache_key};
 use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, fingerprint};
 use crate::inference::InferenceQueue;
+use crate::lifecycle::{ModelSlot, Shadow};
 use crate::request_log::{LogRecord, RequestLog};
 use crate::telemetry::metrics;
 use crate::telemetry::throttle::LogLimiter;
@@ -52,7 +53,10 @@ pub struct InferCommand {
 pub struct Readiness {
     model_loaded: AtomicBool,
     draining: AtomicBool,
-    /// Fires once when draining starts, for whoever waits on a client (a half-sent body).
+    /// The listener has closed (after the drain delay): requests still waiting on their
+    /// client (a half-sent body) are answered 503 from then on.
+    closed: AtomicBool,
+    /// Fires once when the listener closes, for whoever waits on a client.
     drain_started: tokio::sync::Notify,
 }
 
@@ -68,16 +72,22 @@ impl Readiness {
     /// Shutdown has begun: readiness turns false from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The listener has closed: no new connection reaches this worker, and requests still
+    /// waiting on their client are let go (a load balancer retries them elsewhere).
+    pub fn listener_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         self.drain_started.notify_waiters();
     }
 
-    /// Completes once draining has begun (at once if it already has).
+    /// Completes once the listener has closed (at once if it already has).
     pub async fn drained(&self) {
         let started = self.drain_started.notified();
         tokio::pin!(started);
-        // Registered before the check, so a drain that starts in between still wakes it.
+        // Registered before the check, so a close in between still wakes it.
         started.as_mut().enable();
-        if self.draining() {
+        if self.closed.load(Ordering::SeqCst) {
             return;
         }
         started.await;
@@ -143,7 +153,10 @@ pub fn validate_key(key: &str) -> Result<(), InferError> {
 /// Everything the pipeline runs on; `startup` assembles it from the configuration.
 pub struct Parts {
     pub worker_id: String,
-    pub backend: Arc<dyn Backend>,
+    /// The served model: each request takes one snapshot of it (hot reload swaps it).
+    pub model: Arc<ModelSlot>,
+    /// A candidate model scoring a sample of live texts (`SHADOW_MODEL_PATH`).
+    pub shadow: Option<Shadow>,
     pub queue: InferenceQueue,
     /// `None`: `CACHE_ENABLED=false`.
     pub cache: Option<Arc<dyn ResponseCache>>,
@@ -210,6 +223,8 @@ struct Subject {
     text_hash: Option<String>,
     text_length: Option<i32>,
     idempotency_key: Option<String>,
+    /// The model the request ran on (its snapshot), for the row.
+    model_version: Option<String>,
 }
 
 impl Pipeline {
@@ -221,8 +236,14 @@ impl Pipeline {
         &self.0.worker_id
     }
 
-    pub fn backend(&self) -> &dyn Backend {
-        self.0.backend.as_ref()
+    /// The model being served now (a snapshot: a reload does not change it under you).
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.0.model.current()
+    }
+
+    /// The served model's slot: hot reload goes through it.
+    pub fn model(&self) -> &Arc<ModelSlot> {
+        &self.0.model
     }
 
     pub fn readiness(&self) -> &Arc<Readiness> {
@@ -248,7 +269,7 @@ impl Pipeline {
             cache_backend: self.cache_backend(),
             idempotency_backend: p.idempotency.as_ref().map_or("disabled", |i| i.backend()),
             request_log: p.request_log.as_ref().map_or("disabled", RequestLog::backend),
-            model_version: p.backend.model_version().to_owned(),
+            model_version: p.model.current().model_version().to_owned(),
         }
     }
 
@@ -282,7 +303,10 @@ impl Pipeline {
             return Err(InferError::NotReady("model not loaded"));
         }
         let InferCommand { text, idempotency_key } = command?;
-        validate_text(&text, self.0.backend.max_input_chars())?;
+        // One model for the whole request: its cache key, inference, answer and row.
+        let backend = self.0.model.current();
+        subject.model_version = Some(backend.model_version().to_owned());
+        validate_text(&text, backend.max_input_chars())?;
         let fp = fingerprint(&text);
         subject.text_hash = Some(fp.clone());
         subject.text_length = Some(i32::try_from(text.chars().count()).unwrap_or(i32::MAX));
@@ -291,7 +315,7 @@ impl Pipeline {
         }
         subject.idempotency_key.clone_from(&idempotency_key);
         let deadline = meta.received + self.0.request_timeout;
-        let serve = AssertUnwindSafe(self.serve(meta, text, idempotency_key, fp)).catch_unwind();
+        let serve = AssertUnwindSafe(self.serve(meta, &backend, text, idempotency_key, fp)).catch_unwind();
         match tokio::time::timeout_at(deadline, serve).await {
             Ok(Ok(served)) => served,
             Ok(Err(_)) => Err(InferError::Internal("request handling panicked".into())),
@@ -303,13 +327,17 @@ impl Pipeline {
     async fn serve(
         &self,
         meta: &RequestMeta,
+        backend: &Arc<dyn Backend>,
         text: String,
         key: Option<String>,
         fp: String,
     ) -> Result<Served, InferError> {
         let (Some(store), Some(key)) = (&self.0.idempotency, key) else {
-            return self.compute(meta, text).await;
+            return self.compute(meta, backend, text).await;
         };
+        // Records belong to the model that made them: after a reload the same key is a
+        // new request for the new model, never a replay of the old model's answer.
+        let key = format!("{}:{key}", backend.model_version());
         match store.claim(&key, &fp, self.0.idempotency_wait).await {
             Claim::Replay(mut response) => {
                 // The stored answer, marked as a replay, under this request's own id.
@@ -319,12 +347,12 @@ impl Pipeline {
                 Ok(Served { response, inference_ms: None })
             }
             Claim::Conflict => Err(InferError::IdempotencyConflict),
-            Claim::Unavailable => self.compute(meta, text).await,
+            Claim::Unavailable => self.compute(meta, backend, text).await,
             Claim::Fresh => {
                 // Released on drop if this future never gets to settle the claim (the
                 // client went away, or the handler panicked).
                 let guard = ClaimGuard::new(Arc::clone(store), &key);
-                let served = self.compute(meta, text).await;
+                let served = self.compute(meta, backend, text).await;
                 match &served {
                     Ok(s) => store.complete(&key, Record { fingerprint: fp, response: s.response.clone() }).await,
                     Err(_) => store.release(&key).await,
@@ -335,30 +363,48 @@ impl Pipeline {
         }
     }
 
-    /// Cache, then the model, then the cache again.
-    async fn compute(&self, meta: &RequestMeta, text: String) -> Result<Served, InferError> {
-        let backend = &self.0.backend;
+    /// Cache, then the model, then the cache again; then, for a sampled request, the
+    /// shadow model (which never holds up the answer).
+    async fn compute(
+        &self,
+        meta: &RequestMeta,
+        backend: &Arc<dyn Backend>,
+        text: String,
+    ) -> Result<Served, InferError> {
+        let shadow_text = self.0.shadow.as_ref().filter(|s| s.sampled()).map(|_| text.clone());
+        let served = self.compute_live(meta, backend, text).await;
+        if let (Some(shadow), Some(text), Ok(s)) = (&self.0.shadow, shadow_text, &served) {
+            shadow.score(text, &s.response.prediction);
+        }
+        served
+    }
+
+    async fn compute_live(
+        &self,
+        meta: &RequestMeta,
+        backend: &Arc<dyn Backend>,
+        text: String,
+    ) -> Result<Served, InferError> {
         let key = self.0.cache.as_ref().map(|_| cache_key(backend.model_version(), &backend.normalize(&text)));
         if let (Some(cache), Some(key)) = (&self.0.cache, &key) {
             let hit = cache.get(key).await;
             metrics::record_cache(hit.is_some());
             if let Some(prediction) = hit {
-                let mut response = self.respond(meta, &prediction);
+                let mut response = self.respond(meta, backend.as_ref(), &prediction);
                 response.cache_hit = true;
                 return Ok(Served { response, inference_ms: None });
             }
         }
         let started = Instant::now();
-        let prediction = Arc::new(self.0.queue.predict(text, self.0.inference_timeout).await?);
+        let prediction = Arc::new(self.0.queue.predict(backend, text, self.0.inference_timeout).await?);
         let inference_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         if let (Some(cache), Some(key)) = (&self.0.cache, key) {
             cache.put(key, Arc::clone(&prediction)).await;
         }
-        Ok(Served { response: self.respond(meta, &prediction), inference_ms })
+        Ok(Served { response: self.respond(meta, backend.as_ref(), &prediction), inference_ms })
     }
 
-    fn respond(&self, meta: &RequestMeta, p: &Prediction) -> InferResponse {
-        let b = &self.0.backend;
+    fn respond(&self, meta: &RequestMeta, b: &dyn Backend, p: &Prediction) -> InferResponse {
         InferResponse::new(p, b.labels(), b.model_version(), &self.0.worker_id, &meta.request_id)
     }
 
@@ -375,7 +421,14 @@ impl Pipeline {
             Err(_) => (false, false),
         };
         metrics::record_request(success, cache_hit, elapsed);
+        if let Ok(Served { response, .. }) = &result
+            && !response.idempotency_hit
+        {
+            metrics::record_prediction(&response.prediction, response.confidence, subject.text_length);
+        }
         if let Some(log) = &self.0.request_log {
+            let model_version =
+                subject.model_version.unwrap_or_else(|| self.0.model.current().model_version().to_owned());
             let mut row = LogRecord {
                 text_hash: subject.text_hash,
                 text_length: subject.text_length,
@@ -383,7 +436,7 @@ impl Pipeline {
                 processing_time_ms: elapsed.as_secs_f64() * 1000.0,
                 idempotency_key: subject.idempotency_key,
                 client_ip: meta.client_ip.clone(),
-                ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, self.0.backend.model_version())
+                ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, model_version)
             };
             match &result {
                 Ok(Served { response, inference_ms }) => {

@@ -23,6 +23,10 @@ pub enum ApiError {
     UriTooLong { limit: usize },
     #[error("the request has more than {count} headers or {bytes} bytes of them")]
     HeadersTooLarge { count: usize, bytes: usize },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error(transparent)]
+    ReloadFailed(#[from] crate::lifecycle::ReloadError),
 }
 
 impl ApiError {
@@ -45,6 +49,8 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ReloadFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -57,6 +63,8 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong { .. } => "uri_too_long",
             Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::Forbidden(_) => "forbidden",
+            Self::ReloadFailed(_) => "reload_failed",
         }
     }
 }
@@ -128,6 +136,8 @@ mod tests {
             ApiError::MethodNotAllowed,
             ApiError::UriTooLong { limit: 1 },
             ApiError::HeadersTooLarge { count: 1, bytes: 1 },
+            ApiError::Forbidden(""),
+            ApiError::ReloadFailed(crate::lifecycle::ReloadError::NotConfigured),
             InferError::IdempotencyConflict.into(),
             InferError::NotReady("").into(),
             InferError::Overloaded("").into(),

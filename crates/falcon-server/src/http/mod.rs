@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .route("/infer", post(routes::infer))
+        .route("/admin/reload", post(routes::admin_reload))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Extension, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -184,4 +184,27 @@ async fn read_command(
     let idempotency_key =
         headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     Ok(InferCommand { text: req.text, idempotency_key })
+}
+
+/// `POST /admin/reload`: loads `MODEL_PATH` again and swaps it in (as SIGHUP does). Only
+/// from this host, directly: a request that came through a proxy (it carries
+/// `X-Forwarded-For` or `X-Real-IP`) or from another address is 403 `forbidden`. API keys
+/// (an admin key) will widen this.
+pub async fn admin_reload(
+    State(s): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    req: Request,
+) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let proxied = req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
+    if proxied || !peer.is_some_and(|ip| ip.is_loopback()) {
+        let error = ApiError::Forbidden("admin endpoints answer only direct requests from this host");
+        return s.error_response(&meta.request_id, error);
+    }
+    match s.pipeline.model().reload("POST /admin/reload").await {
+        Ok(reloaded) => {
+            Json(json!({ "status": "reloaded", "worker_id": s.worker_id(), "reload": reloaded })).into_response()
+        }
+        Err(e) => s.error_response(&meta.request_id, ApiError::ReloadFailed(e)),
+    }
 }

@@ -27,13 +27,15 @@ pub use crate::config::ConnectionLimits;
 use crate::telemetry::metrics::{HTTP_ACCEPT_ERRORS, HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED};
 use crate::telemetry::throttle::Throttle;
 
-/// Serves `router` on `listener` until `shutdown` completes, then until every connection
-/// has closed (the caller bounds that by the grace period).
+/// Serves `router` on `listener` until `shutdown` completes, then closes the listener,
+/// calls `closed`, and serves until every connection has closed (the caller bounds that by
+/// the grace period).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    closed: impl FnOnce() + Send,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -106,5 +108,6 @@ pub async fn serve(
         });
     }
     drop(listener);
+    closed();
     graceful.shutdown().await;
 }

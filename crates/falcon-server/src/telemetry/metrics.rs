@@ -50,6 +50,17 @@ pub const LOG_DEAD_LETTER: &str = "log_dead_letter_total";
 pub const DROPPED_LOGS: &str = "dropped_logs_total";
 pub const MEMORY_GROWTH_ENABLED: &str = "debug_memory_growth_enabled";
 pub const MEMORY_GROWTH_BYTES: &str = "debug_memory_growth_bytes";
+pub const MODEL_INFO: &str = "model_info";
+pub const MODEL_RELOADS: &str = "model_reloads_total";
+pub const MODEL_PREDICTIONS: &str = "model_predictions_total";
+pub const MODEL_CONFIDENCE: &str = "model_prediction_confidence";
+pub const MODEL_INPUT_LENGTH: &str = "model_input_length_chars";
+pub const MODEL_REFERENCE_SHARE: &str = "model_reference_class_share";
+pub const SHADOW_PREDICTIONS: &str = "shadow_predictions_total";
+pub const SHADOW_AGREEMENT: &str = "shadow_agreement_total";
+pub const SHADOW_DURATION: &str = "shadow_inference_duration_seconds";
+pub const SHADOW_DROPPED: &str = "shadow_dropped_total";
+pub const SHADOW_ERRORS: &str = "shadow_errors_total";
 
 /// Histogram buckets from 100 µs to 10 s.
 pub const DURATION_BUCKETS: [f64; 16] =
@@ -59,11 +70,17 @@ pub const DURATION_BUCKETS: [f64; 16] =
 pub const DB_DURATION_BUCKETS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Confidence of the predicted class: from a three-way tie (1/3) to certainty.
+pub const CONFIDENCE_BUCKETS: [f64; 8] = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+
+/// Input length in characters, up to the 10,000-character limit.
+pub const INPUT_LENGTH_BUCKETS: [f64; 10] = [10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
 /// Jobs per inference-thread wake-up.
 pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 16] = [
+pub const ERROR_TYPES: [&str; 18] = [
     "invalid_json",
     "payload_too_large",
     "unsupported_media_type",
@@ -72,6 +89,8 @@ pub const ERROR_TYPES: [&str; 16] = [
     "method_not_allowed",
     "uri_too_long",
     "headers_too_large",
+    "forbidden",
+    "reload_failed",
     "idempotency_conflict",
     "not_ready",
     "overloaded",
@@ -95,6 +114,9 @@ pub fn install(worker_id: &str) -> Option<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(INFERENCE_DURATION.into()), &DURATION_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DB_DURATION.into()), &DB_DURATION_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_INFERENCE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_CONFIDENCE.into()), &CONFIDENCE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_INPUT_LENGTH.into()), &INPUT_LENGTH_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SHADOW_DURATION.into()), &DURATION_BUCKETS))
         // Histograms without buckets of their own render as summaries: that is
         // `inference_duration_seconds_summary` alone.
         .and_then(|b| b.set_quantiles(&[0.5, 0.95, 0.99]));
@@ -226,7 +248,91 @@ fn register_all() {
     describe_gauge!(MEMORY_GROWTH_BYTES, Unit::Bytes, "Memory kept by the memory-growth drill.");
     gauge!(MEMORY_GROWTH_ENABLED).set(0.0);
     gauge!(MEMORY_GROWTH_BYTES).set(0.0);
+    describe_gauge!(
+        MODEL_INFO,
+        "1 for the model version this worker serves (0 for versions it served before a reload)."
+    );
+    describe_counter!(MODEL_RELOADS, "Model reloads (SIGHUP, POST /admin/reload) by outcome.");
+    for status in ["success", "failure"] {
+        counter!(MODEL_RELOADS, "status" => status).absolute(0);
+    }
+    describe_counter!(MODEL_PREDICTIONS, "Answers served, by predicted class (idempotent replays excluded).");
+    describe_histogram!(MODEL_CONFIDENCE, "Probability of the predicted class, per answer.");
+    describe_histogram!(MODEL_INPUT_LENGTH, "Length of the classified text in characters, per answer.");
+    describe_gauge!(
+        MODEL_REFERENCE_SHARE,
+        "Share of each class the served model predicted on its held-out test set (from the model file): the baseline for drift."
+    );
+    // The shadow series exist (at 0) without a shadow model too, so dashboards and alerts
+    // that use them always parse against a real worker.
+    describe_counter!(SHADOW_PREDICTIONS, "Sampled texts the shadow (candidate) model scored, by its predicted class.");
+    describe_counter!(SHADOW_AGREEMENT, "Sampled texts by whether the shadow model agreed with the live answer.");
+    describe_histogram!(SHADOW_DURATION, Unit::Seconds, "Time the shadow model took per sampled text.");
+    describe_counter!(SHADOW_DROPPED, "Sampled texts not scored because the shadow model's queue was full.");
+    describe_counter!(SHADOW_ERRORS, "Sampled texts the shadow model failed on.");
+    for outcome in ["agree", "disagree"] {
+        counter!(SHADOW_AGREEMENT, "outcome" => outcome).absolute(0);
+    }
+    counter!(SHADOW_DROPPED).absolute(0);
+    counter!(SHADOW_ERRORS).absolute(0);
+    let _ = histogram!(SHADOW_DURATION);
+    let _ = histogram!(MODEL_CONFIDENCE);
+    let _ = histogram!(MODEL_INPUT_LENGTH);
     update_memory_usage();
+}
+
+/// `model_info{model_version}`: 1 for the version now served, 0 for the one it replaced.
+pub fn record_model_info(version: &str, previous: Option<&str>) {
+    if let Some(previous) = previous.filter(|p| *p != version) {
+        gauge!(MODEL_INFO, "model_version" => previous.to_owned()).set(0.0);
+        gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "model_version" => previous.to_owned()).set(0.0);
+    }
+    gauge!(MODEL_INFO, "model_version" => version.to_owned()).set(1.0);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "model_version" => version.to_owned()).set(1.0);
+}
+
+/// The served model's baseline class mix, and zeroed prediction counters for its labels.
+pub fn record_reference_shares(labels: &[String], shares: Option<&[f64]>) {
+    for (i, label) in labels.iter().enumerate() {
+        counter!(MODEL_PREDICTIONS, "class" => label.clone()).increment(0);
+        if let Some(share) = shares.and_then(|s| s.get(i)) {
+            gauge!(MODEL_REFERENCE_SHARE, "class" => label.clone()).set(*share);
+        }
+    }
+}
+
+pub fn record_reload(success: bool) {
+    counter!(MODEL_RELOADS, "status" => if success { "success" } else { "failure" }).increment(1);
+}
+
+/// One answer's class, confidence and input length (labels are the model's few classes).
+pub fn record_prediction(label: &str, confidence: f64, length_chars: Option<i32>) {
+    counter!(MODEL_PREDICTIONS, "class" => label.to_owned()).increment(1);
+    histogram!(MODEL_CONFIDENCE).record(confidence);
+    if let Some(n) = length_chars {
+        histogram!(MODEL_INPUT_LENGTH).record(f64::from(n));
+    }
+}
+
+/// The shadow model's per-class series, at 0 (the rest exist from boot).
+pub fn register_shadow(labels: &[String]) {
+    for label in labels {
+        counter!(SHADOW_PREDICTIONS, "class" => label.clone()).absolute(0);
+    }
+}
+
+pub fn record_shadow(label: &str, agrees: bool, elapsed: Duration) {
+    counter!(SHADOW_PREDICTIONS, "class" => label.to_owned()).increment(1);
+    counter!(SHADOW_AGREEMENT, "outcome" => if agrees { "agree" } else { "disagree" }).increment(1);
+    histogram!(SHADOW_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn record_shadow_dropped() {
+    counter!(SHADOW_DROPPED).increment(1);
+}
+
+pub fn record_shadow_error() {
+    counter!(SHADOW_ERRORS).increment(1);
 }
 
 /// Records the answer to one POST /infer.
@@ -252,9 +358,8 @@ pub fn record_cache(hit: bool) {
     }
 }
 
-pub fn record_model_loaded(elapsed: Duration, model_version: &str) {
+pub fn record_model_loaded(elapsed: Duration) {
     gauge!(MODEL_LOAD_DURATION).set(elapsed.as_secs_f64());
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "model_version" => model_version.to_owned()).set(1.0);
 }
 
 pub fn record_batch(size: usize) {

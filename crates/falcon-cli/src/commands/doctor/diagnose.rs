@@ -59,7 +59,8 @@ pub fn incident_name(incident: u8) -> &'static str {
         3 => "Worker Crash Loop",
         4 => "Redis Down / Circuit Breaker Open",
         5 => "Database Down / Logs Being Dropped",
-        _ => "Memory Usage Increasing",
+        6 => "Memory Usage Increasing",
+        _ => "Prediction Drift",
     }
 }
 
@@ -92,6 +93,14 @@ pub struct WorkerStats {
     pub debug_memory_growth: bool,
     pub uptime_seconds: Option<f64>,
     pub restarted_between_scrapes: bool,
+    /// Answers by predicted class since the worker started.
+    pub predictions_by_class: Vec<(String, f64)>,
+    /// The served model's reference class mix (from its file).
+    pub reference_shares: Vec<(String, f64)>,
+    pub model_version: Option<String>,
+    /// Shadow model: sampled texts it agreed / disagreed on, since start.
+    pub shadow_agreed: f64,
+    pub shadow_disagreed: f64,
 }
 
 impl WorkerStats {
@@ -157,6 +166,12 @@ impl WorkerStats {
         s.memory_bytes = b.sum("memory_usage_bytes", &[]);
         s.memory_bytes_per_second = gauge_slope(a, b, "memory_usage_bytes", secs);
         s.debug_memory_growth = b.total("debug_memory_growth_enabled", &[]) >= 1.0;
+        s.predictions_by_class = b.by_label("model_predictions_total", "class");
+        s.reference_shares = b.by_label("model_reference_class_share", "class");
+        s.model_version =
+            b.series("model_info", &[]).find(|x| x.value >= 1.0).and_then(|x| x.labels.get("model_version").cloned());
+        s.shadow_agreed = b.total("shadow_agreement_total", &[("outcome", "agree")]);
+        s.shadow_disagreed = b.total("shadow_agreement_total", &[("outcome", "disagree")]);
         let started = (a.sum("process_start_time_seconds", &[]), b.sum("process_start_time_seconds", &[]));
         if let (Some(before), Some(after)) = started {
             s.restarted_between_scrapes = (after - before).abs() > 0.5;
@@ -186,6 +201,7 @@ pub fn diagnose(seen: &Seen, stats: &[WorkerStats], book: &Playbook) -> Vec<Find
         memory(s, book, &mut findings);
     }
     slow_database(seen, stats, book, &mut findings);
+    drift(stats, book, &mut findings);
     redis(seen.redis.as_ref(), stats, book, &mut findings);
     postgres(seen.postgres.as_ref(), stats, book, &mut findings);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.incident.cmp(&b.incident)));
@@ -638,6 +654,66 @@ fn postgres(seen: Option<&PostgresSeen>, stats: &[WorkerStats], book: &Playbook,
     }
 }
 
+/// PredictionDriftDetected's line: a population-stability index above 0.2.
+const PSI_WARN: f64 = 0.2;
+/// Fewer answers than this say nothing about a class mix.
+const DRIFT_MIN_ANSWERS: f64 = 200.0;
+
+/// The population-stability index of `live` counts against `reference` shares, by class:
+/// sum of (p - q) * ln(p / q). A class the reference has but live traffic never got makes
+/// it infinite.
+pub fn psi(live: &[(String, f64)], reference: &[(String, f64)]) -> Option<f64> {
+    let total: f64 = live.iter().map(|(_, n)| n).sum();
+    if total <= 0.0 || reference.is_empty() {
+        return None;
+    }
+    let index = reference
+        .iter()
+        .filter(|(_, q)| *q > 0.0)
+        .map(|(class, q)| {
+            let p = live.iter().find(|(c, _)| c == class).map_or(0.0, |(_, n)| n / total);
+            (p - q) * (p / q).ln()
+        })
+        .sum();
+    Some(index)
+}
+
+/// The fleet's class mix since the workers started against the model's reference
+/// (incident #7). The alert uses the last hour; two scrapes only see since-start totals.
+fn drift(stats: &[WorkerStats], book: &Playbook, out: &mut Vec<Finding>) {
+    let mut live: Vec<(String, f64)> = Vec::new();
+    for s in stats {
+        for (class, n) in &s.predictions_by_class {
+            match live.iter_mut().find(|(c, _)| c == class) {
+                Some((_, total)) => *total += n,
+                None => live.push((class.clone(), *n)),
+            }
+        }
+    }
+    let answers: f64 = live.iter().map(|(_, n)| n).sum();
+    let Some(reference) = stats.iter().map(|s| &s.reference_shares).find(|r| !r.is_empty()) else { return };
+    let Some(index) = psi(&live, reference).filter(|i| *i > PSI_WARN && answers >= DRIFT_MIN_ANSWERS) else { return };
+    let mut f = finding(
+        7,
+        Severity::Warning,
+        None,
+        format!("the predicted class mix moved away from the model's reference (PSI {index:.2})"),
+        "the inputs changed (a new client or topic, one text sent over and over) or the model does not fit them".into(),
+    );
+    let share = |n: f64| n / answers * 100.0;
+    let mix: Vec<String> = live.iter().map(|(c, n)| format!("{c} {:.1} %", share(*n))).collect();
+    let refs: Vec<String> = reference.iter().map(|(c, q)| format!("{c} {:.1} %", q * 100.0)).collect();
+    f.evidence.push(format!("live mix over {answers:.0} answers since start: {}", mix.join(", ")));
+    f.evidence.push(format!("reference (the model's test split): {}", refs.join(", ")));
+    if let Some(s) = stats.first() {
+        f.commands.push(book.command(&Action::Metrics(&s.url, "^model_(predictions_total|reference_class_share)")));
+    }
+    f.commands.push(book.command(&Action::PostgresSql(
+        "SELECT text_hash, count(*) FROM inference_logs WHERE created_at > now() - interval '1 hour' GROUP BY 1 ORDER BY 2 DESC LIMIT 5;",
+    )));
+    out.push(f);
+}
+
 fn or_none(s: &str) -> &str {
     if s.is_empty() { "none" } else { s }
 }
@@ -758,6 +834,31 @@ mod tests {
         let findings = run(vec![worker(&on, &on)]);
         let f = findings.iter().find(|f| f.incident == 6).unwrap_or_else(|| panic!("{findings:#?}"));
         assert!(f.commands.iter().any(|c| c.contains("DEBUG_MEMORY_GROWTH=false")));
+    }
+
+    #[test]
+    fn psi_is_zero_for_the_reference_mix_and_grows_with_the_shift() {
+        let reference = vec![("a".to_owned(), 0.5), ("b".to_owned(), 0.5)];
+        assert_eq!(psi(&[("a".into(), 50.0), ("b".into(), 50.0)], &reference), Some(0.0));
+        let shifted = psi(&[("a".into(), 90.0), ("b".into(), 10.0)], &reference).unwrap_or_default();
+        assert!((shifted - 0.4 * (9.0f64).ln()).abs() < 1e-9, "{shifted}");
+        assert_eq!(psi(&[("a".into(), 10.0)], &reference), Some(f64::INFINITY));
+        assert_eq!(psi(&[], &reference), None);
+    }
+
+    #[test]
+    fn a_shifted_class_mix_is_incident_7() {
+        let mix = |neg: u32, pos: u32| {
+            format!(
+                "model_predictions_total{{class=\"negative\"}} {neg}\nmodel_predictions_total{{class=\"positive\"}} {pos}\n\
+                 model_reference_class_share{{class=\"negative\"}} 0.5\nmodel_reference_class_share{{class=\"positive\"}} 0.5\n"
+            )
+        };
+        assert!(run(vec![worker(&mix(250, 250), &mix(250, 250))]).is_empty(), "the reference mix is fine");
+        assert!(run(vec![worker(&mix(10, 10), &mix(20, 80))]).is_empty(), "too few answers to say");
+        let findings = run(vec![worker(&mix(100, 300), &mix(100, 400))]);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!((findings[0].incident, findings[0].severity), (7, Severity::Warning));
     }
 
     #[test]

@@ -153,6 +153,17 @@ impl<'a> Report<'a> {
                 }
             }
         }
+        let (agreed, disagreed) =
+            self.workers.iter().fold((0.0, 0.0), |(a, d), w| (a + w.shadow_agreed, d + w.shadow_disagreed));
+        if agreed + disagreed > 0.0 {
+            let _ = writeln!(
+                out,
+                "{:<12} agreement {:.1} % with the live model over {:.0} sampled texts",
+                "shadow",
+                agreed / (agreed + disagreed) * 100.0,
+                agreed + disagreed
+            );
+        }
         let _ = writeln!(out);
         if self.findings.is_empty() {
             let _ = writeln!(out, "{}\n", paint("32", "No findings."));

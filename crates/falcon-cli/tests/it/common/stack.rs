@@ -18,6 +18,8 @@ pub struct StackCtl {
     pub dir: std::path::PathBuf,
     pub nginx_port: u16,
     pub worker_ports: [u16; 3],
+    /// Worker settings passed through stack.sh (e.g. MODEL_PATH).
+    pub env: Vec<(String, String)>,
 }
 
 impl StackCtl {
@@ -35,6 +37,7 @@ impl StackCtl {
             .env("STACK_STATUS_PORT", free_port().to_string())
             .env("STACK_WORKER_PORTS", ports)
             .env("FALCON_BIN", env!("CARGO_BIN_EXE_falcon"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -56,11 +59,17 @@ pub struct Stack {
 
 impl Stack {
     pub fn up() -> Self {
+        Self::up_with(&[])
+    }
+
+    /// A stack whose workers also get `env`.
+    pub fn up_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ctl = StackCtl {
             dir: dir.path().to_owned(),
             nginx_port: free_port(),
             worker_ports: [free_port(), free_port(), free_port()],
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
         // The guard exists before `up` runs: a failed `up` is torn down too.
         let stack = Self { _dir: dir, ctl };
