@@ -103,6 +103,53 @@ impl InferResponse {
     }
 }
 
+/// POST /infer/batch body: `{"texts": [...]}`. Entries are checked one by one (a number
+/// where a text should be is that entry's error, not the batch's).
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    pub texts: Vec<serde_json::Value>,
+}
+
+/// One answer of a batch, in the order of the texts: a prediction, or why this text got none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Answer {
+        prediction: String,
+        #[serde(serialize_with = "decimals::six")]
+        confidence: f64,
+        #[serde(serialize_with = "decimals::six_each")]
+        probabilities: BTreeMap<String, f64>,
+        cache_hit: bool,
+    },
+    Error {
+        error: String,
+        error_type: String,
+    },
+}
+
+impl BatchItem {
+    pub fn answer(p: &Prediction, labels: &[String], cache_hit: bool) -> Self {
+        Self::Answer {
+            prediction: labels.get(p.class).cloned().unwrap_or_default(),
+            confidence: p.confidence,
+            probabilities: labels.iter().cloned().zip(p.probabilities.iter().copied()).collect(),
+            cache_hit,
+        }
+    }
+}
+
+/// POST /infer/batch answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchResponse {
+    pub results: Vec<BatchItem>,
+    pub worker_id: String,
+    pub model_version: String,
+    #[serde(serialize_with = "decimals::three")]
+    pub processing_time_ms: f64,
+    pub request_id: String,
+}
+
 /// A fresh request id: a UUID v7, time-ordered, so the request log's index on it grows at
 /// its right edge instead of touching a random page per row.
 pub fn new_request_id() -> String {

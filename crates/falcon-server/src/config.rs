@@ -309,18 +309,64 @@ pub struct DatabaseConfig {
     pub log_buffer_size: u32,
 }
 
-/// Settings parsed and validated now, for features that are not in this build yet.
-/// Setting one that would switch a feature on logs a warning at start-up; none pretends
-/// to work (see the configuration table in the README).
+/// Who may call the inference routes, and how much (API keys, rate limits, admission).
 #[derive(Debug, Clone, Args)]
-pub struct PlannedConfig {
-    /// Not live yet: parsed and validated, and a warning at start-up if set; no rate limiting happens.
+pub struct AccessConfig {
+    /// A file of API keys, one `id:sha256-of-key[:scopes]` a line (it holds no secret;
+    /// scopes `infer` (default) and `admin`, joined with `+`). Set: inference routes need
+    /// `Authorization: Bearer <key>`; health, readiness and metrics stay open.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// API keys in the clear, `id:key[:scopes]`, comma-separated: for development only
+    /// (use API_KEYS_FILE in production); never logged.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<Secret>,
+    /// Rate-limit each client (its API key id, else its address): RATE_LIMIT_PER_MINUTE
+    /// with bursts of RATE_LIMIT_BURST; beyond, 429 rate_limited with Retry-After.
     #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = false, action = ArgAction::Set)]
     pub rate_limit_enabled: bool,
-    /// Not live yet (see RATE_LIMIT_ENABLED).
+    /// Requests a client may make per minute, sustained (with RATE_LIMIT_ENABLED).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_minute: u32,
+    /// Requests a client may make at once after being idle (with RATE_LIMIT_ENABLED).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+    /// Proxies whose X-Forwarded-For is believed (comma-separated CIDRs); a request from
+    /// anywhere else is known by its own address.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.1/32,::1/128", value_parser = cidrs)]
+    pub trusted_proxies: Cidrs,
+    /// Requests served at once; beyond, 503 overloaded at once with Retry-After (0: no limit).
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 0)]
+    pub max_concurrent_requests: u32,
+    /// Most texts in one POST /infer/batch.
+    #[arg(long, env = "MAX_BATCH_TEXTS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_batch_texts: u32,
+}
+
+/// A list of IP networks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Cidrs(pub Vec<ipnet::IpNet>);
+
+impl Cidrs {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn cidrs(s: &str) -> Result<Cidrs, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{c:?} is not an address or CIDR (e.g. 10.0.0.0/8)"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Cidrs)
 }
 
 /// The memory-growth drill (runbook incident #6). Never on in production.
@@ -333,18 +379,6 @@ pub struct DebugConfig {
     #[arg(long, env = "DEBUG_MEMORY_GROWTH_MB_PER_REQUEST", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub debug_memory_growth_mb_per_request: u32,
-}
-
-impl PlannedConfig {
-    /// Settings that ask for a feature this build does not have yet, as
-    /// `(variable, what happens instead)`.
-    pub fn inert_requests(&self) -> Vec<(&'static str, &'static str)> {
-        let mut out = Vec::new();
-        if self.rate_limit_enabled {
-            out.push(("RATE_LIMIT_ENABLED", "rate limiting is not in this build yet; no limit is applied"));
-        }
-        out
-    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -399,7 +433,7 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
-    pub planned: PlannedConfig,
+    pub access: AccessConfig,
     #[command(flatten)]
     pub debug: DebugConfig,
 }
@@ -576,7 +610,7 @@ mod tests {
         assert_eq!(c.database.log_buffer_size, 1000);
         assert!(c.postgres_url().is_none());
         assert_eq!(c.shutdown_timeout(), Duration::from_secs(30));
-        assert!(c.planned.inert_requests().is_empty());
+        assert!(!c.access.rate_limit_enabled && c.access.api_keys_file.is_none());
     }
 
     #[test]
@@ -631,10 +665,15 @@ mod tests {
     }
 
     #[test]
-    fn settings_for_missing_features_are_reported() {
-        let c = Config::from_args(["--redis-host", "localhost", "--rate-limit-enabled", "true"]).unwrap();
-        let names: Vec<_> = c.planned.inert_requests().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["RATE_LIMIT_ENABLED"]);
+    fn trusted_proxies_parse_as_networks_or_addresses() {
+        let c = Config::from_args(["--trusted-proxies", "10.0.0.0/8, 192.168.1.7"]).unwrap();
+        assert!(c.access.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.access.trusted_proxies.contains("192.168.1.7".parse().unwrap()));
+        assert!(!c.access.trusted_proxies.contains("192.168.1.8".parse().unwrap()));
+        assert!(Config::from_args(["--trusted-proxies", "nginx"]).is_err());
+        let d = Config::from_args(Vec::<String>::new()).unwrap();
+        assert!(d.access.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+        assert!(!d.access.trusted_proxies.contains("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

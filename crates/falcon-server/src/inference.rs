@@ -35,11 +35,42 @@ pub enum QueueError {
 }
 
 type Reply = oneshot::Sender<Result<Prediction, BackendError>>;
+type Replies = oneshot::Sender<Vec<Result<Prediction, BackendError>>>;
+
+/// One request's texts: a single text, or a batch request's texts (answered together).
+enum Work {
+    One { text: String, reply: Reply },
+    Many { texts: Vec<String>, reply: Replies },
+}
 
 struct Job {
-    text: String,
+    work: Work,
     backend: Arc<dyn Backend>,
-    reply: Reply,
+}
+
+impl Job {
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        let (one, many) = match &self.work {
+            Work::One { text, .. } => (Some(text.as_str()), None),
+            Work::Many { texts, .. } => (None, Some(texts.iter().map(String::as_str))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn len(&self) -> usize {
+        match &self.work {
+            Work::One { .. } => 1,
+            Work::Many { texts, .. } => texts.len(),
+        }
+    }
+
+    /// The request gave up (timed out, went away): nothing to compute.
+    fn abandoned(&self) -> bool {
+        match &self.work {
+            Work::One { reply, .. } => reply.is_closed(),
+            Work::Many { reply, .. } => reply.is_closed(),
+        }
+    }
 }
 
 /// Handle to the inference threads. Dropping it stops and joins them.
@@ -73,7 +104,7 @@ impl InferenceQueue {
     ) -> Result<Prediction, QueueError> {
         let (reply, answer) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
-        match tx.try_send(Job { text, backend: Arc::clone(backend), reply }) {
+        match tx.try_send(Job { work: Work::One { text, reply }, backend: Arc::clone(backend) }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(QueueError::Full),
             Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
@@ -81,6 +112,34 @@ impl InferenceQueue {
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(answer)) => Ok(answer?),
             // The thread dropped the reply: the model panicked on this input.
+            Ok(Err(_)) => Err(QueueError::Panicked),
+            Err(_) => Err(QueueError::Timeout(timeout)),
+        }
+    }
+}
+
+impl InferenceQueue {
+    /// Classifies `texts` with `backend` in one `predict_batch` call (with whatever else is
+    /// queued), waiting at most `timeout`; one answer per text, in order. If the model
+    /// fails on the batch, each text is run alone, so one bad text fails only itself.
+    pub async fn predict_many(
+        &self,
+        backend: &Arc<dyn Backend>,
+        texts: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<Prediction, BackendError>>, QueueError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
+        match tx.try_send(Job { work: Work::Many { texts, reply }, backend: Arc::clone(backend) }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(QueueError::Full),
+            Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answers)) => Ok(answers),
             Ok(Err(_)) => Err(QueueError::Panicked),
             Err(_) => Err(QueueError::Timeout(timeout)),
         }
@@ -132,9 +191,9 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, max_batch: usize) {
                 }
             }
         }
-        metrics::record_batch(batch.len());
+        metrics::record_batch(batch.iter().map(Job::len).sum());
         // Requests that already timed out or went away are not computed.
-        batch.retain(|job| !job.reply.is_closed());
+        batch.retain(|job| !job.abandoned());
         run_by_model(&mut batch);
     }
 }
@@ -153,36 +212,82 @@ fn run_by_model(batch: &mut Vec<Job>) {
     }
 }
 
-/// One `predict_batch` call for the batch. If it fails as a whole (or panics), each job
-/// is run alone, so one bad input fails only its own request.
+/// One `predict_batch` call for every text of the batch. If it fails as a whole (or
+/// panics), each job is run alone, and a batch request's texts each alone, so one bad input
+/// fails only its own answer.
 fn run_batch(backend: &dyn Backend, batch: &mut Vec<Job>) {
     if batch.is_empty() {
         return;
     }
-    let texts: Vec<&str> = batch.iter().map(|j| j.text.as_str()).collect();
+    let texts: Vec<&str> = batch.iter().flat_map(Job::texts).collect();
+    let n = texts.len();
     let answers = std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&texts)));
     drop(texts);
     match answers {
-        Ok(Ok(predictions)) if predictions.len() == batch.len() => {
-            for (job, p) in batch.drain(..).zip(predictions) {
-                let _ = job.reply.send(Ok(p));
+        Ok(Ok(predictions)) if predictions.len() == n => {
+            let mut predictions = predictions.into_iter();
+            for job in batch.drain(..) {
+                match job.work {
+                    Work::One { reply, .. } => {
+                        if let Some(p) = predictions.next() {
+                            let _ = reply.send(Ok(p));
+                        }
+                    }
+                    Work::Many { texts, reply } => {
+                        let _ = reply.send(predictions.by_ref().take(texts.len()).map(Ok).collect());
+                    }
+                }
             }
         }
-        _ if batch.len() > 1 => {
+        _ if n > 1 => {
             for job in batch.drain(..) {
-                run_batch(backend, &mut vec![job]);
+                match job.work {
+                    Work::Many { texts, reply } => {
+                        let _ = reply.send(texts.iter().map(|t| run_alone(backend, t)).collect());
+                    }
+                    one @ Work::One { .. } => run_batch(backend, &mut vec![Job { work: one, backend: job.backend }]),
+                }
             }
         }
         Ok(Ok(predictions)) => {
             let wrong = BackendError::Failed(format!("{} predictions for 1 text", predictions.len()));
-            batch.drain(..).for_each(|job| drop(job.reply.send(Err(wrong.clone()))));
+            batch.drain(..).for_each(|job| reply_all(job, &Err(wrong.clone())));
         }
-        Ok(Err(error)) => batch.drain(..).for_each(|job| drop(job.reply.send(Err(error.clone())))),
+        Ok(Err(error)) => batch.drain(..).for_each(|job| reply_all(job, &Err(error.clone()))),
         Err(_) => {
-            // Dropping the reply tells the request the model panicked on its input.
+            // Dropping the reply tells a single request the model panicked on its input.
             for job in batch.drain(..) {
-                tracing::error!(text_chars = job.text.chars().count(), "Model panicked during inference");
+                let chars: usize = job.texts().map(|t| t.chars().count()).sum();
+                tracing::error!(text_chars = chars, "Model panicked during inference");
+                if let Work::Many { texts, reply } = job.work {
+                    let failed = BackendError::Failed("the model panicked on this text".into());
+                    let _ = reply.send(texts.iter().map(|_| Err(failed.clone())).collect());
+                }
             }
+        }
+    }
+}
+
+/// One text through the model, a panic turned into an error.
+fn run_alone(backend: &dyn Backend, text: &str) -> Result<Prediction, BackendError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&[text]))) {
+        Ok(Ok(mut p)) if p.len() == 1 => p.pop().ok_or_else(|| BackendError::Failed("no prediction".into())),
+        Ok(Ok(p)) => Err(BackendError::Failed(format!("{} predictions for 1 text", p.len()))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            tracing::error!(text_chars = text.chars().count(), "Model panicked during inference");
+            Err(BackendError::Failed("the model panicked on this text".into()))
+        }
+    }
+}
+
+fn reply_all(job: Job, answer: &Result<Prediction, BackendError>) {
+    match job.work {
+        Work::One { reply, .. } => {
+            let _ = reply.send(answer.clone());
+        }
+        Work::Many { texts, reply } => {
+            let _ = reply.send(texts.iter().map(|_| answer.clone()).collect());
         }
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use falcon_backend::Backend;
 use tokio::net::TcpListener;
 
+use crate::app::access::{Admission, ApiKeys, RateLimits};
 use crate::app::{Parts, Pipeline, Readiness};
 use crate::ballast::MemoryBallast;
 use crate::cache::redis::{RedisCache, RedisStore};
@@ -166,9 +167,6 @@ pub async fn build_state_with(
     metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<(AppState, Background)> {
     let worker_id = config.worker_id();
-    for (variable, consequence) in config.planned.inert_requests() {
-        tracing::warn!(variable, "{variable} is set, but {consequence}");
-    }
     let mut background = Background::new();
     let metrics_handle = metrics_handle.map(Arc::new);
     if let Some(h) = &metrics_handle {
@@ -198,6 +196,17 @@ pub async fn build_state_with(
     if reloadable {
         background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&model), background.stopping()));
     }
+    let a = &config.access;
+    let api_keys = ApiKeys::load(a.api_keys_file.as_deref(), a.api_keys.as_ref().map(|k| k.expose()))
+        .map_err(|e| anyhow::anyhow!("{e} (API_KEYS_FILE / API_KEYS)"))?;
+    metrics::register_access(&api_keys.ids());
+    if api_keys.is_empty() && !config.server.host.is_loopback() {
+        tracing::warn!(host = %config.server.host, "No API keys configured (API_KEYS_FILE): the inference routes are open to anyone who can reach this address");
+    } else if !api_keys.is_empty() {
+        tracing::info!(keys = api_keys.ids().len(), "API keys required on the inference routes");
+    }
+    let rate_limited = a.rate_limit_enabled;
+    let rate_limits = rate_limited.then(|| RateLimits::new(a.rate_limit_per_minute, a.rate_limit_burst));
     let pipeline = Pipeline::new(Parts {
         worker_id,
         model,
@@ -217,13 +226,21 @@ pub async fn build_state_with(
         request_timeout: config.request_timeout(),
         idempotency_wait: config.inference_timeout() + 2 * config.redis_operation_timeout(),
         closed_log: LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1)),
+        api_keys,
+        rate_limits,
+        admission: (a.max_concurrent_requests > 0).then(|| Admission::new(a.max_concurrent_requests as usize)),
+        max_batch_texts: a.max_batch_texts as usize,
     });
+    if rate_limited {
+        background.spawn("rate_limit_upkeep", forget_idle_clients(pipeline.clone(), background.stopping()));
+    }
     let state = AppState {
         pipeline,
         max_body_bytes: config.server.max_request_body_bytes as usize,
         started: Instant::now(),
         metrics: metrics_handle,
         error_log: Arc::new(LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1))),
+        trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
     };
     Ok((state, background))
 }
@@ -332,6 +349,18 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
+/// Rate-limit state of clients that have been idle long enough is dropped every minute,
+/// so the limiter's memory follows the active clients, not every address ever seen.
+async fn forget_idle_clients(pipeline: Pipeline, mut stopping: crate::tasks::Stopping) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => pipeline.forget_idle_clients(),
+            () = stopping.wait() => return,
+        }
+    }
+}
+
 /// SIGHUP reloads the model (as `POST /admin/reload` does), until the worker stops.
 async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: crate::tasks::Stopping) {
     use tokio::signal::unix::{SignalKind, signal};

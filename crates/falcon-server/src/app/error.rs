@@ -40,6 +40,15 @@ pub enum InferError {
     /// The cause goes to the log; clients see only a generic message.
     #[error("internal error")]
     Internal(String),
+    /// No API key, or one this worker does not know.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A valid API key that may not use this route (or an admin route from elsewhere).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The client's budget (RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST) is spent for now.
+    #[error("rate limit exceeded; retry in {:.3} s", .0.retry_after.as_secs_f64())]
+    RateLimited(super::access::Limited),
 }
 
 impl InferError {
@@ -57,6 +66,9 @@ impl InferError {
             Self::BodyTimeout(_) => "request_body_timeout",
             Self::ClientClosed => "client_closed",
             Self::Internal(_) => "internal_error",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 }

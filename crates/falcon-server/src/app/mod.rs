@@ -6,6 +6,8 @@
 //! row and the request metrics. Each of those happens here and only here; the HTTP layer
 //! extracts, calls, and maps the error.
 
+pub mod access;
+mod batch;
 mod error;
 
 use std::future::Future;
@@ -18,6 +20,7 @@ use falcon_backend::{Backend, Prediction};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+pub use self::batch::BatchCommand;
 pub use self::error::InferError;
 use crate::api::InferResponse;
 use crate::ballast::MemoryBallast;
@@ -38,6 +41,8 @@ pub struct RequestMeta {
     pub client_ip: Option<String>,
     /// When the request arrived; the whole-request deadline counts from here.
     pub received: Instant,
+    /// The `Authorization` header, for the API-key check (redacted in `Debug`).
+    pub authorization: access::Credential,
 }
 
 /// A request to classify one text.
@@ -177,6 +182,14 @@ pub struct Parts {
     pub idempotency_wait: Duration,
     /// Rate limit of "client closed" log lines.
     pub closed_log: LogLimiter,
+    /// API keys (`API_KEYS_FILE`, `API_KEYS`); empty: the API is open.
+    pub api_keys: access::ApiKeys,
+    /// `None`: `RATE_LIMIT_ENABLED=false`.
+    pub rate_limits: Option<access::RateLimits>,
+    /// `None`: `MAX_CONCURRENT_REQUESTS=0`.
+    pub admission: Option<access::Admission>,
+    /// `MAX_BATCH_TEXTS`.
+    pub max_batch_texts: usize,
 }
 
 /// The application layer. Cheap to clone: everything inside is shared.
@@ -225,6 +238,8 @@ struct Subject {
     idempotency_key: Option<String>,
     /// The model the request ran on (its snapshot), for the row.
     model_version: Option<String>,
+    /// The API key the request was made with (its id).
+    api_key_id: Option<Arc<str>>,
 }
 
 impl Pipeline {
@@ -283,14 +298,63 @@ impl Pipeline {
         command: impl Future<Output = Result<InferCommand, InferError>>,
     ) -> Result<InferResponse, InferError> {
         let unfinished = Unfinished { pipeline: self, meta, armed: true };
-        if let Some(ballast) = &self.0.ballast {
-            ballast.grow();
-        }
-        let command = command.await;
         let mut subject = Subject::default();
-        let result = self.run(meta, command, &mut subject).await;
+        // Admission, the API key and the rate limit come before the body is read: a
+        // refused request costs microseconds.
+        let result = match self.admit(meta, &mut subject) {
+            Err(e) => Err(e),
+            Ok(_permit) => {
+                if let Some(ballast) = &self.0.ballast {
+                    ballast.grow();
+                }
+                let command = command.await;
+                self.run(meta, command, &mut subject).await
+            }
+        };
         unfinished.disarm();
         self.finish(meta, subject, result)
+    }
+
+    /// Admission (`MAX_CONCURRENT_REQUESTS`), the API key, the client's rate limit. The
+    /// permit keeps the request's place until it is dropped.
+    fn admit(
+        &self,
+        meta: &RequestMeta,
+        subject: &mut Subject,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, InferError> {
+        let permit = self.0.admission.as_ref().map(access::Admission::admit).transpose()?;
+        let caller = self.0.api_keys.authenticate(meta.authorization.expose(), access::Scope::Infer)?;
+        subject.api_key_id = caller.key_id().map(Arc::from);
+        if let Some(limits) = &self.0.rate_limits {
+            match (caller.key_id(), &meta.client_ip) {
+                (Some(id), _) => limits.check(&format!("key:{id}"), "api_key")?,
+                (None, Some(ip)) => limits.check(&format!("ip:{ip}"), "ip")?,
+                (None, None) => limits.check("ip:unknown", "ip")?,
+            };
+        }
+        Ok(permit)
+    }
+
+    /// May this request reload the model? With API keys: a key with the `admin` scope.
+    /// Without: only a direct request from this host (`local`).
+    pub fn authorize_admin(&self, meta: &RequestMeta, local: bool) -> Result<(), InferError> {
+        if self.0.api_keys.is_empty() {
+            return if local {
+                Ok(())
+            } else {
+                Err(InferError::Forbidden(
+                    "admin endpoints answer only direct requests from this host (or an admin API key)",
+                ))
+            };
+        }
+        self.0.api_keys.authenticate(meta.authorization.expose(), access::Scope::Admin).map(|_| ())
+    }
+
+    /// Forgets rate-limit state of clients idle long enough (called now and then).
+    pub fn forget_idle_clients(&self) {
+        if let Some(limits) = &self.0.rate_limits {
+            limits.forget_idle();
+        }
     }
 
     async fn run(
@@ -335,10 +399,12 @@ impl Pipeline {
         let (Some(store), Some(key)) = (&self.0.idempotency, key) else {
             return self.compute(meta, backend, text).await;
         };
-        // Records belong to the model that made them: after a reload the same key is a
-        // new request for the new model, never a replay of the old model's answer.
-        let key = format!("{}:{key}", backend.model_version());
         match store.claim(&key, &fp, self.0.idempotency_wait).await {
+            // A record made by another model (before a reload) is not replayed: the new model
+            // answers (the record stays as it was; the key is not reused for storing).
+            Claim::Replay(response) if response.model_version != backend.model_version() => {
+                self.compute(meta, backend, text).await
+            }
             Claim::Replay(mut response) => {
                 // The stored answer, marked as a replay, under this request's own id.
                 response.idempotency_hit = true;
@@ -421,6 +487,10 @@ impl Pipeline {
             Err(_) => (false, false),
         };
         metrics::record_request(success, cache_hit, elapsed);
+        let subject_key = subject.api_key_id.clone();
+        if let Some(id) = &subject_key {
+            metrics::record_api_key_request(id);
+        }
         if let Ok(Served { response, .. }) = &result
             && !response.idempotency_hit
         {
@@ -436,6 +506,7 @@ impl Pipeline {
                 processing_time_ms: elapsed.as_secs_f64() * 1000.0,
                 idempotency_key: subject.idempotency_key,
                 client_ip: meta.client_ip.clone(),
+                api_key_id: subject.api_key_id.as_deref().map(str::to_owned),
                 ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, model_version)
             };
             match &result {
@@ -456,7 +527,7 @@ impl Pipeline {
         }
         result.map(|Served { mut response, .. }| {
             response.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
-            tracing::debug!(request_id = %meta.request_id, prediction = %response.prediction, cache_hit = response.cache_hit, idempotency_hit = response.idempotency_hit, "Inference served");
+            tracing::debug!(request_id = %meta.request_id, prediction = %response.prediction, cache_hit = response.cache_hit, idempotency_hit = response.idempotency_hit, api_key_id = subject_key.as_deref(), "Inference served");
             response
         })
     }

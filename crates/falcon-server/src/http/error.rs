@@ -23,8 +23,6 @@ pub enum ApiError {
     UriTooLong { limit: usize },
     #[error("the request has more than {count} headers or {bytes} bytes of them")]
     HeadersTooLarge { count: usize, bytes: usize },
-    #[error("{0}")]
-    Forbidden(&'static str),
     #[error(transparent)]
     ReloadFailed(#[from] crate::lifecycle::ReloadError),
 }
@@ -44,12 +42,14 @@ impl ApiError {
                 // nginx's "client closed request": nobody reads it, but logs and rows say it.
                 InferError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
                 InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                InferError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                InferError::Forbidden(_) => StatusCode::FORBIDDEN,
+                InferError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             },
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ReloadFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -63,7 +63,6 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong { .. } => "uri_too_long",
             Self::HeadersTooLarge { .. } => "headers_too_large",
-            Self::Forbidden(_) => "forbidden",
             Self::ReloadFailed(_) => "reload_failed",
         }
     }
@@ -108,7 +107,35 @@ impl IntoResponse for ErrorResponse<'_> {
             }
         }
         let body = ErrorBody { error: message, error_type, request_id: self.request_id, worker_id: self.worker_id };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        add_error_headers(&self.error, response.headers_mut());
+        response
+    }
+}
+
+/// What a client needs to act on the error: how to authenticate, when to come back.
+fn add_error_headers(error: &ApiError, headers: &mut axum::http::HeaderMap) {
+    use axum::http::HeaderValue;
+    let seconds = |d: std::time::Duration| HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64);
+    match error {
+        ApiError::Infer(InferError::Unauthorized(_)) => {
+            headers.insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"falcon\""));
+        }
+        ApiError::Infer(InferError::RateLimited(l)) => {
+            headers.insert("retry-after", seconds(l.retry_after));
+            headers.insert("ratelimit-limit", HeaderValue::from(l.limit));
+            headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
+            headers.insert("ratelimit-reset", seconds(l.retry_after));
+            headers.insert(
+                "ratelimit-policy",
+                HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.as_secs().max(1)))
+                    .unwrap_or(HeaderValue::from_static("")),
+            );
+        }
+        ApiError::Infer(InferError::Overloaded(_) | InferError::NotReady(_)) => {
+            headers.insert("retry-after", HeaderValue::from(1u32));
+        }
+        _ => {}
     }
 }
 
@@ -136,7 +163,14 @@ mod tests {
             ApiError::MethodNotAllowed,
             ApiError::UriTooLong { limit: 1 },
             ApiError::HeadersTooLarge { count: 1, bytes: 1 },
-            ApiError::Forbidden(""),
+            InferError::Forbidden("").into(),
+            InferError::Unauthorized("").into(),
+            InferError::RateLimited(crate::app::access::Limited {
+                retry_after: Duration::from_secs(1),
+                limit: 1,
+                window: Duration::from_secs(1),
+            })
+            .into(),
             ApiError::ReloadFailed(crate::lifecycle::ReloadError::NotConfigured),
             InferError::IdempotencyConflict.into(),
             InferError::NotReady("").into(),

@@ -18,7 +18,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::{is_sane_request_id, new_request_id};
+use crate::app::access::Credential;
 use crate::app::{InferError, Pipeline, RequestMeta};
+use crate::config::Cidrs;
 use crate::telemetry::throttle::LogLimiter;
 use error::{ApiError, ErrorResponse};
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub metrics: Option<Arc<PrometheusHandle>>,
     /// Rate limit of error log lines, per `error_type`.
     pub error_log: Arc<LogLimiter>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Cidrs>,
 }
 
 impl AppState {
@@ -46,18 +50,24 @@ impl AppState {
     }
 }
 
-/// The client's address: the first `X-Forwarded-For` hop (set by our nginx), else the peer.
-fn client_ip(req: &Request) -> Option<String> {
-    let forwarded = req
+/// The client's address: the peer, unless the peer is a trusted proxy (`TRUSTED_PROXIES`),
+/// then the last `X-Forwarded-For` hop that is not itself a trusted proxy. A client cannot
+/// pick its own address (and so its rate-limit budget) by sending the header itself.
+fn client_ip(req: &Request, trusted: &Cidrs) -> Option<String> {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())?;
+    if !trusted.contains(peer) {
+        return Some(peer.to_string());
+    }
+    let hops: Vec<std::net::IpAddr> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
-    forwarded.or_else(|| {
-        req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())
-    })
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|h| h.trim().parse().ok())
+        .collect();
+    let client = hops.iter().rev().find(|ip| !trusted.contains(**ip)).or(hops.first()).copied().unwrap_or(peer);
+    Some(client.to_string())
 }
 
 /// Marks a response produced by the panic handler, so the middleware can turn it into
@@ -95,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .route("/infer", post(routes::infer))
+        .route("/infer/batch", post(routes::infer_batch))
         .route("/admin/reload", post(routes::admin_reload))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -119,8 +130,9 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_sane_request_id(v))
             .map_or_else(new_request_id, str::to_owned),
-        client_ip: client_ip(&req),
+        client_ip: client_ip(&req, &state.trusted_proxies),
         received: tokio::time::Instant::now(),
+        authorization: Credential::new(req.headers().get("authorization").and_then(|v| v.to_str().ok())),
     };
     let id = meta.request_id.clone();
     let mut response = if let Some(error) = oversized(&req) {

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::api::InferRequest;
-use crate::app::{InferCommand, InferError, RequestMeta};
+use crate::api::{BatchRequest, InferRequest};
+use crate::app::{BatchCommand, InferCommand, InferError, RequestMeta};
 use crate::telemetry::metrics;
 
 fn now() -> String {
@@ -154,6 +154,41 @@ async fn read_command(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<InferCommand, InferError> {
+    let req: InferRequest =
+        read_json(s, meta, headers, body, "the body must be a JSON object with a string field \"text\"").await?;
+    let idempotency_key =
+        headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    Ok(InferCommand { text: req.text, idempotency_key })
+}
+
+/// `POST /infer/batch`: `{"texts": [...]}`; one answer (or error) per text, in order.
+pub async fn infer_batch(
+    State(s): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let command = async {
+        let req: BatchRequest =
+            read_json(&s, &meta, &headers, body, "the body must be a JSON object with an array field \"texts\"")
+                .await?;
+        Ok(BatchCommand { texts: req.texts })
+    };
+    match s.pipeline.infer_batch(&meta, command).await {
+        Ok(response) => Json(response).into_response(),
+        Err(e) => s.error_response(&meta.request_id, e),
+    }
+}
+
+/// A JSON body of at most `MAX_REQUEST_BODY_BYTES`, read within the request's deadline.
+/// `shape` is the fixed message for a body that is JSON of the wrong shape.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<T, InferError> {
     let limit = s.max_body_bytes;
     let deadline = meta.received + s.pipeline.request_timeout();
     // A body still arriving when the worker starts to drain is not waited for: the client
@@ -170,26 +205,21 @@ async fn read_command(
     }
     // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
     // text never reaches an error body, a log line or a row.
-    let req: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         let at = format!("at line {} column {}", e.line(), e.column());
         match e.classify() {
-            Category::Data => {
-                InferError::Validation(format!("the body must be a JSON object with a string field \"text\" ({at})"))
-            }
+            Category::Data => InferError::Validation(format!("{shape} ({at})")),
             Category::Eof => InferError::InvalidJson(format!("unexpected end of input {at}")),
             Category::Syntax | Category::Io => InferError::InvalidJson(format!("syntax error {at}")),
         }
-    })?;
-    let idempotency_key =
-        headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    Ok(InferCommand { text: req.text, idempotency_key })
+    })
 }
 
-/// `POST /admin/reload`: loads `MODEL_PATH` again and swaps it in (as SIGHUP does). Only
-/// from this host, directly: a request that came through a proxy (it carries
-/// `X-Forwarded-For` or `X-Real-IP`) or from another address is 403 `forbidden`. API keys
-/// (an admin key) will widen this.
+/// `POST /admin/reload`: loads `MODEL_PATH` again and swaps it in (as SIGHUP does). With
+/// API keys configured it needs a key with the `admin` scope; without, it answers only
+/// direct requests from this host (a request that came through a proxy, with
+/// `X-Forwarded-For` or `X-Real-IP`, or from another address is 403 `forbidden`).
 pub async fn admin_reload(
     State(s): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
@@ -197,9 +227,9 @@ pub async fn admin_reload(
 ) -> Response {
     let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let proxied = req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
-    if proxied || !peer.is_some_and(|ip| ip.is_loopback()) {
-        let error = ApiError::Forbidden("admin endpoints answer only direct requests from this host");
-        return s.error_response(&meta.request_id, error);
+    let local = !proxied && peer.is_some_and(|ip| ip.is_loopback());
+    if let Err(e) = s.pipeline.authorize_admin(&meta, local) {
+        return s.error_response(&meta.request_id, e);
     }
     match s.pipeline.model().reload("POST /admin/reload").await {
         Ok(reloaded) => {

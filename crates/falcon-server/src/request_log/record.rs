@@ -34,11 +34,15 @@ pub struct LogRecord {
     pub client_ip: Option<String>,
     pub model_version: String,
     pub created_at: DateTime<Utc>,
+    /// The API key the request was made with (its id, never the key). Absent in records
+    /// spooled by older builds.
+    #[serde(default)]
+    pub api_key_id: Option<String>,
 }
 
 /// The columns a sink writes, in the order of `LogRecord::values` (the table's `id` is the
 /// database's own).
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 20] = [
     "log_id",
     "request_id",
     "worker_id",
@@ -58,6 +62,7 @@ pub const COLUMNS: [&str; 19] = [
     "client_ip",
     "model_version",
     "created_at",
+    "api_key_id",
 ];
 
 /// One column's value, typed as the column is. `None` is SQL NULL.
@@ -96,6 +101,7 @@ impl LogRecord {
             client_ip: None,
             model_version: model_version.into(),
             created_at: Utc::now(),
+            api_key_id: None,
         }
     }
 
@@ -111,7 +117,7 @@ impl LogRecord {
     }
 
     /// The record's values, in `COLUMNS` order.
-    pub fn values(&self) -> [Value<'_>; 19] {
+    pub fn values(&self) -> [Value<'_>; 20] {
         use Value::{Bool, Float, Int, Json, Text, Time};
         [
             Text(Some(self.log_id())),
@@ -133,14 +139,17 @@ impl LogRecord {
             Text(self.client_ip.as_deref()),
             Text(Some(&self.model_version)),
             Time(&self.created_at),
+            Text(self.api_key_id.as_deref()),
         ]
     }
 }
 
 /// The journal's encoding of a record: a version byte, the caller's flags, then the values in
 /// `COLUMNS` order (text and JSON as a `u32` length and UTF-8, NULL as a zero tag). About a
-/// tenth of the cost of JSON both ways, and the request path pays the encoding.
-const ENCODING_VERSION: u8 = 1;
+/// tenth of the cost of JSON both ways, and the request path pays the encoding. Version 2
+/// added `api_key_id` at the end; version 1 records (a spool from an older build) decode
+/// without it.
+const ENCODING_VERSION: u8 = 2;
 
 /// A journal frame that does not decode as a record.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +196,8 @@ impl LogRecord {
     /// Reads a record written by `encode`; returns it and its flags.
     pub fn decode(bytes: &[u8]) -> Result<(Self, u8), DecodeError> {
         let mut d = Decoder(bytes);
-        if d.take(1)?[0] != ENCODING_VERSION {
+        let version = d.take(1)?[0];
+        if version != 1 && version != ENCODING_VERSION {
             return Err(DecodeError("unknown version"));
         }
         let flags = d.take(1)?[0];
@@ -215,6 +225,7 @@ impl LogRecord {
                 let nanos = u32::from_le_bytes(d.array::<4>()?);
                 DateTime::from_timestamp(secs, nanos).ok_or(DecodeError("bad time"))?
             },
+            api_key_id: if version >= 2 { d.text()? } else { None },
         };
         if !d.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -287,6 +298,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_spooled_by_the_previous_encoding_still_reads() {
+        // Version 1 had no api_key_id at the end: the same bytes without its NULL tag.
+        let r = LogRecord::new("r", "w", "v");
+        let mut v2 = Vec::new();
+        r.encode(7, &mut v2);
+        assert_eq!(v2.pop(), Some(0), "api_key_id NULL is the last byte");
+        v2[0] = 1;
+        let (old, flags) = LogRecord::decode(&v2).unwrap();
+        assert_eq!((old, flags), (r.clone(), 7));
+        let keyed = LogRecord { api_key_id: Some("billing".into()), ..r };
+        let mut bytes = Vec::new();
+        keyed.encode(0, &mut bytes);
+        assert_eq!(LogRecord::decode(&bytes).unwrap().0, keyed);
+        bytes[0] = 3;
+        assert!(LogRecord::decode(&bytes).is_err(), "an unknown version is refused");
+    }
+
+    #[test]
     fn columns_are_the_record_fields_in_order() {
         let r = LogRecord::new("r", "w", "v");
         let json = serde_json::to_value(&r).unwrap();
@@ -302,11 +331,13 @@ mod tests {
         for sql in [
             concat!(
                 include_str!("../../migrations/postgres/0001_inference_logs.sql"),
-                include_str!("../../migrations/postgres/0002_log_id.sql")
+                include_str!("../../migrations/postgres/0002_log_id.sql"),
+                include_str!("../../migrations/postgres/0004_api_key_id.sql")
             ),
             concat!(
                 include_str!("../../migrations/sqlite/0001_inference_logs.sql"),
-                include_str!("../../migrations/sqlite/0002_log_id.sql")
+                include_str!("../../migrations/sqlite/0002_log_id.sql"),
+                include_str!("../../migrations/sqlite/0004_api_key_id.sql")
             ),
         ] {
             for c in COLUMNS {

@@ -41,7 +41,7 @@ fn insert_from_stage() -> String {
     format!("INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (log_id) DO NOTHING")
 }
 
-/// Rows in one SQLite INSERT: 128 × 19 values stays well below SQLite's limit on bound values.
+/// Rows in one SQLite INSERT: 128 × 20 values stays well below SQLite's limit on bound values.
 const SQLITE_ROWS_PER_STATEMENT: usize = 128;
 
 /// A SQLite INSERT of `rows` rows (prepared once per size and cached by the connection).
@@ -339,7 +339,7 @@ mod tests {
     fn copy_text_escapes_and_marks_nulls() {
         let text = copy_text(&[record(), record()]);
         let line = "log-1\treq-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
-                    line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\n";
+                    line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\t\\N\n";
         assert_eq!(text, format!("{line}{line}"));
         assert_eq!(text.lines().count(), 2, "escaped newlines never split a row");
         assert!(text.lines().all(|l| l.split('\t').count() == COLUMNS.len()));

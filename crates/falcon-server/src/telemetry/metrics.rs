@@ -50,6 +50,10 @@ pub const LOG_DEAD_LETTER: &str = "log_dead_letter_total";
 pub const DROPPED_LOGS: &str = "dropped_logs_total";
 pub const MEMORY_GROWTH_ENABLED: &str = "debug_memory_growth_enabled";
 pub const MEMORY_GROWTH_BYTES: &str = "debug_memory_growth_bytes";
+pub const RATE_LIMITED: &str = "rate_limited_total";
+pub const CONCURRENCY_LIMITED: &str = "concurrency_limited_total";
+pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
+pub const BATCH_TEXTS: &str = "batch_texts_total";
 pub const MODEL_INFO: &str = "model_info";
 pub const MODEL_RELOADS: &str = "model_reloads_total";
 pub const MODEL_PREDICTIONS: &str = "model_predictions_total";
@@ -80,7 +84,7 @@ pub const INPUT_LENGTH_BUCKETS: [f64; 10] = [10.0, 25.0, 50.0, 100.0, 200.0, 500
 pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 18] = [
+pub const ERROR_TYPES: [&str; 20] = [
     "invalid_json",
     "payload_too_large",
     "unsupported_media_type",
@@ -89,7 +93,9 @@ pub const ERROR_TYPES: [&str; 18] = [
     "method_not_allowed",
     "uri_too_long",
     "headers_too_large",
+    "unauthorized",
     "forbidden",
+    "rate_limited",
     "reload_failed",
     "idempotency_conflict",
     "not_ready",
@@ -279,6 +285,47 @@ fn register_all() {
     let _ = histogram!(MODEL_CONFIDENCE);
     let _ = histogram!(MODEL_INPUT_LENGTH);
     update_memory_usage();
+}
+
+/// Registers the access metrics: `api_key_requests_total` for each configured key id (a
+/// bounded label set), the rate-limit and admission refusals at 0.
+pub fn register_access(key_ids: &[std::sync::Arc<str>]) {
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused with 429 rate_limited, by what the budget was keyed on (api_key, ip)."
+    );
+    describe_counter!(
+        CONCURRENCY_LIMITED,
+        "Requests refused with 503 overloaded because MAX_CONCURRENT_REQUESTS were in progress."
+    );
+    describe_counter!(API_KEY_REQUESTS, "Inference requests by API key id (only configured ids).");
+    for kind in ["api_key", "ip"] {
+        counter!(RATE_LIMITED, "key_type" => kind).absolute(0);
+    }
+    counter!(CONCURRENCY_LIMITED).absolute(0);
+    for id in key_ids {
+        counter!(API_KEY_REQUESTS, "api_key_id" => id.to_string()).absolute(0);
+    }
+    describe_counter!(BATCH_TEXTS, "Texts in POST /infer/batch requests, by outcome (success, error).");
+    for outcome in ["success", "error"] {
+        counter!(BATCH_TEXTS, "outcome" => outcome).absolute(0);
+    }
+}
+
+pub fn record_rate_limited(key_type: &'static str) {
+    counter!(RATE_LIMITED, "key_type" => key_type).increment(1);
+}
+
+pub fn record_concurrency_limited() {
+    counter!(CONCURRENCY_LIMITED).increment(1);
+}
+
+pub fn record_api_key_request(id: &str) {
+    counter!(API_KEY_REQUESTS, "api_key_id" => id.to_owned()).increment(1);
+}
+
+pub fn record_batch_text(success: bool) {
+    counter!(BATCH_TEXTS, "outcome" => if success { "success" } else { "error" }).increment(1);
 }
 
 /// `model_info{model_version}`: 1 for the version now served, 0 for the one it replaced.

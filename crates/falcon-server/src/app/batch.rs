@@ -1,0 +1,200 @@
+//! `POST /infer/batch`: many texts in one request. Each text is validated and looked up in
+//! the cache on its own; the rest go to the model as one batch; each gets its own answer (or
+//! its own error) in order, and its own request-log row. A bad text fails only itself.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use falcon_backend::{Backend, Prediction};
+
+use super::{InferError, Pipeline, RequestMeta, Subject, validate_text};
+use crate::api::{BatchItem, BatchResponse};
+use crate::cache::cache_key;
+use crate::idempotency::fingerprint;
+use crate::request_log::LogRecord;
+use crate::telemetry::metrics;
+
+/// What the transport read of a batch request: its entries, unchecked.
+#[derive(Debug)]
+pub struct BatchCommand {
+    pub texts: Vec<serde_json::Value>,
+}
+
+/// One text's way through the batch.
+struct Slot {
+    text: Option<String>,
+    item: Option<BatchItem>,
+    cache_key: Option<String>,
+    inference_ms: Option<f64>,
+}
+
+impl Pipeline {
+    /// Runs one batch request: admission, API key and rate limit (once for the batch),
+    /// then each text. The batch itself fails only for what concerns all of it (the body,
+    /// the key, the limits, readiness); then it is one row.
+    pub async fn infer_batch(
+        &self,
+        meta: &RequestMeta,
+        command: impl Future<Output = Result<BatchCommand, InferError>>,
+    ) -> Result<BatchResponse, InferError> {
+        let mut subject = Subject::default();
+        let result = match self.admit(meta, &mut subject) {
+            Err(e) => Err(e),
+            Ok(_permit) => match command.await {
+                Ok(command) => self.run_batch(meta, command, &subject).await,
+                Err(e) => Err(e),
+            },
+        };
+        let elapsed = meta.received.elapsed();
+        match result {
+            Ok(mut response) => {
+                metrics::record_request(true, false, elapsed);
+                response.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
+                Ok(response)
+            }
+            // The whole batch failed: one row, as a single request would have.
+            Err(e) => match self.finish(meta, subject, Err(e)) {
+                Err(e) => Err(e),
+                Ok(_) => Err(InferError::Internal("a failed batch was answered".into())),
+            },
+        }
+    }
+
+    async fn run_batch(
+        &self,
+        meta: &RequestMeta,
+        command: BatchCommand,
+        subject: &Subject,
+    ) -> Result<BatchResponse, InferError> {
+        if !self.0.readiness.model_loaded() {
+            return Err(InferError::NotReady("model not loaded"));
+        }
+        let max = self.0.max_batch_texts;
+        if command.texts.is_empty() || command.texts.len() > max {
+            return Err(InferError::Validation(format!(
+                "\"texts\" must hold 1 to {max} texts (MAX_BATCH_TEXTS); it holds {}",
+                command.texts.len()
+            )));
+        }
+        let backend = self.0.model.current();
+        let mut slots: Vec<Slot> = command.texts.into_iter().map(|v| self.check(&backend, v)).collect();
+        self.answer_from_cache(&mut slots).await;
+        let deadline = meta.received + self.0.request_timeout;
+        let started = Instant::now();
+        let todo: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].item.is_none()).collect();
+        let texts: Vec<String> = todo.iter().filter_map(|&i| slots[i].text.clone()).collect();
+        if !texts.is_empty() {
+            let answers =
+                tokio::time::timeout_at(deadline, self.0.queue.predict_many(&backend, texts, self.0.inference_timeout))
+                    .await
+                    .map_err(|_| InferError::RequestTimeout(self.0.request_timeout))??;
+            let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+            for (&i, answer) in todo.iter().zip(answers) {
+                let slot = &mut slots[i];
+                slot.inference_ms = Some(inference_ms);
+                slot.item = Some(match answer {
+                    Ok(p) => {
+                        if let (Some(cache), Some(key)) = (&self.0.cache, slot.cache_key.take()) {
+                            cache.put(key, Arc::new(p.clone())).await;
+                        }
+                        BatchItem::answer(&p, backend.labels(), false)
+                    }
+                    Err(e) => error_item(&InferError::from(crate::inference::QueueError::Backend(e))),
+                });
+            }
+        }
+        let elapsed = meta.received.elapsed();
+        for slot in &slots {
+            self.log_text(meta, subject, backend.as_ref(), slot, elapsed);
+        }
+        Ok(BatchResponse {
+            results: slots
+                .into_iter()
+                .map(|s| s.item.unwrap_or_else(|| error_item(&InferError::Internal("no answer".into()))))
+                .collect(),
+            worker_id: self.0.worker_id.clone(),
+            model_version: backend.model_version().to_owned(),
+            processing_time_ms: 0.0,
+            request_id: meta.request_id.clone(),
+        })
+    }
+
+    /// A text as the batch will treat it: its validation error, or ready for the cache.
+    fn check(&self, backend: &Arc<dyn Backend>, value: serde_json::Value) -> Slot {
+        let mut slot = Slot { text: None, item: None, cache_key: None, inference_ms: None };
+        let serde_json::Value::String(text) = value else {
+            slot.item = Some(error_item(&InferError::Validation("each entry of \"texts\" must be a string".into())));
+            return slot;
+        };
+        if let Err(e) = validate_text(&text, backend.max_input_chars()) {
+            slot.item = Some(error_item(&e));
+            slot.text = Some(text);
+            return slot;
+        }
+        slot.cache_key = self.0.cache.as_ref().map(|_| cache_key(backend.model_version(), &backend.normalize(&text)));
+        slot.text = Some(text);
+        slot
+    }
+
+    async fn answer_from_cache(&self, slots: &mut [Slot]) {
+        let Some(cache) = &self.0.cache else { return };
+        let backend = self.0.model.current();
+        for slot in slots.iter_mut().filter(|s| s.item.is_none()) {
+            let Some(key) = &slot.cache_key else { continue };
+            let hit: Option<Arc<Prediction>> = cache.get(key).await;
+            metrics::record_cache(hit.is_some());
+            if let Some(p) = hit {
+                slot.item = Some(BatchItem::answer(&p, backend.labels(), true));
+                slot.cache_key = None;
+            }
+        }
+    }
+
+    /// The text's row, counters and prediction metrics.
+    fn log_text(
+        &self,
+        meta: &RequestMeta,
+        subject: &Subject,
+        backend: &dyn Backend,
+        slot: &Slot,
+        elapsed: std::time::Duration,
+    ) {
+        let success = matches!(slot.item, Some(BatchItem::Answer { .. }));
+        metrics::record_batch_text(success);
+        if let Some(BatchItem::Answer { prediction, confidence, .. }) = &slot.item {
+            let length = slot.text.as_ref().map(|t| i32::try_from(t.chars().count()).unwrap_or(i32::MAX));
+            metrics::record_prediction(prediction, *confidence, length);
+        }
+        let Some(log) = &self.0.request_log else { return };
+        let mut row = LogRecord {
+            text_hash: slot.text.as_deref().map(fingerprint),
+            text_length: slot.text.as_ref().map(|t| i32::try_from(t.chars().count()).unwrap_or(i32::MAX)),
+            success,
+            processing_time_ms: elapsed.as_secs_f64() * 1000.0,
+            inference_time_ms: slot.inference_ms,
+            client_ip: meta.client_ip.clone(),
+            api_key_id: subject.api_key_id.as_deref().map(str::to_owned),
+            ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, backend.model_version())
+        };
+        match &slot.item {
+            Some(BatchItem::Answer { prediction, confidence, probabilities, cache_hit }) => {
+                row.prediction = Some(prediction.clone());
+                row.confidence = Some(*confidence);
+                row.probabilities = serde_json::to_string(probabilities).ok();
+                row.cache_hit = *cache_hit;
+            }
+            Some(BatchItem::Error { error, error_type }) => {
+                row.error_type = Some(error_type.clone());
+                row.error_message = Some(error.clone());
+            }
+            None => {}
+        }
+        log.record(row);
+    }
+}
+
+fn error_item(e: &InferError) -> BatchItem {
+    metrics::record_error(e.error_type());
+    BatchItem::Error { error: e.to_string(), error_type: e.error_type().to_owned() }
+}
