@@ -58,3 +58,8 @@ if ! "$tools/bin/kubernetes-validate" --version >/dev/null 2>&1 || ! "$tools/bin
   python3 -m venv "$tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 check-jsonschema==0.39.0
 fi
+# A real Open Inference Protocol v2 client for the /v2 tests.
+if ! "$tools/bin/python" -c "import tritonclient.http" >/dev/null 2>&1; then
+  echo "installing tritonclient[http] into $tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check "tritonclient[http]==2.73.0"
+fi

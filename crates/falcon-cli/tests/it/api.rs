@@ -229,3 +229,52 @@ async fn a_batch_answers_each_text_in_order_with_its_own_errors_cache_hits_and_r
     assert_eq!(errors, 4);
     assert_eq!(metric(&c, &w, "batch_texts_total{worker_id=\"it-worker\",outcome=\"success\"}").await, 4.0);
 }
+
+/// The Open Inference Protocol v2 with a real client: tritonclient[http] (installed into
+/// .tools/venv by scripts/ensure-test-deps.sh).
+#[tokio::test]
+async fn a_real_open_inference_protocol_client_reads_the_same_answers_as_post_infer() {
+    let python = crate::common::repo().join(".tools/venv/bin/python");
+    assert!(python.exists(), "scripts/ensure-test-deps.sh installs tritonclient into .tools/venv");
+    let w = Worker::start(&[]);
+    let texts = ["I love it", "this is awful", "the meeting is at noon"];
+    let script = crate::common::repo().join("crates/falcon-cli/tests/it/assets/oip_client.py");
+    let addr = w.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python).arg(&script).arg(addr).args(texts).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (seen["live"].as_bool(), seen["ready"].as_bool(), seen["model_ready"].as_bool()),
+        (Some(true), Some(true), Some(true))
+    );
+    assert_eq!(seen["server"]["name"], "falcon");
+    assert_eq!(seen["model"]["inputs"][0]["datatype"], "BYTES");
+    assert_eq!(seen["shape"], json!([3, 3]));
+    assert_eq!(seen["id"], "oip-test");
+    assert!(seen["unknown_model"].as_str().unwrap().contains("unknown model"), "{seen}");
+    let c = reqwest::Client::new();
+    for (i, text) in texts.iter().enumerate() {
+        let answer: Value = post(&c, &w.url("/infer"), json!({ "text": text }), &[]).await.json().await.unwrap();
+        assert_eq!(seen["labels"][i], answer["prediction"], "{text}");
+        for (j, label) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let p = seen["probabilities"][i][j].as_f64().unwrap();
+            let q = answer["probabilities"][label].as_f64().unwrap();
+            assert!((p - q).abs() < 1e-6, "{text} {label}: {p} vs {q}");
+        }
+    }
+    // A malformed request is {"error": ...} with 400, as the protocol says.
+    let r = post(
+        &c,
+        &w.url("/v2/models/sentiment/infer"),
+        json!({ "inputs": [{ "name": "text", "shape": [2], "datatype": "BYTES", "data": ["one"] }] }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("shape says 2"), "{body}");
+}

@@ -3,6 +3,7 @@
 //! its errors once (`error.rs`).
 
 pub mod error;
+mod oip;
 mod routes;
 pub mod server;
 
@@ -107,6 +108,12 @@ pub fn router(state: AppState) -> Router {
         .route("/infer", post(routes::infer))
         .route("/infer/batch", post(routes::infer_batch))
         .route("/admin/reload", post(routes::admin_reload))
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{name}", get(oip::model_metadata))
+        .route("/v2/models/{name}/ready", get(oip::model_ready))
+        .route("/v2/models/{name}/infer", post(oip::infer))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
