@@ -296,13 +296,17 @@ fn reply_all(job: Job, answer: &Result<Prediction, BackendError>) {
 mod tests {
     use super::*;
 
-    struct Echo(Vec<String>);
+    /// Class = text length mod 2, or always `.1`'s probabilities when given.
+    struct Echo(Vec<String>, Option<Vec<f64>>);
 
     impl Backend for Echo {
         fn name(&self) -> &'static str {
             "echo"
         }
         fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            if let Some(p) = &self.1 {
+                return Ok(texts.iter().map(|_| Prediction::from_probabilities(p.clone())).collect());
+            }
             texts
                 .iter()
                 .map(|text| {
@@ -336,7 +340,7 @@ mod tests {
     }
 
     fn echo() -> Arc<dyn Backend> {
-        Arc::new(Echo(vec!["a".into(), "b".into()]))
+        Arc::new(Echo(vec!["a".into(), "b".into()], None))
     }
 
     #[tokio::test]
@@ -380,36 +384,12 @@ mod tests {
         out
     }
 
-    /// Always answers `probabilities`.
-    struct Fixed(Vec<String>, Vec<f64>);
-
-    impl Backend for Fixed {
-        fn name(&self) -> &'static str {
-            "fixed"
-        }
-        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
-            Ok(texts.iter().map(|_| Prediction::from_probabilities(self.1.clone())).collect())
-        }
-        fn model_version(&self) -> &str {
-            "fixed"
-        }
-        fn labels(&self) -> &[String] {
-            &self.0
-        }
-        fn normalize(&self, text: &str) -> String {
-            text.to_owned()
-        }
-        fn max_input_chars(&self) -> usize {
-            100
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_for_two_models_in_one_batch_each_get_their_own_model() {
         let q = Arc::new(InferenceQueue::start(1, 1024, 256).unwrap());
         let labels = vec!["a".to_owned(), "b".to_owned()];
-        let left: Arc<dyn Backend> = Arc::new(Fixed(labels.clone(), vec![0.9, 0.1]));
-        let right: Arc<dyn Backend> = Arc::new(Fixed(labels, vec![0.2, 0.8]));
+        let left: Arc<dyn Backend> = Arc::new(Echo(labels.clone(), Some(vec![0.9, 0.1])));
+        let right: Arc<dyn Backend> = Arc::new(Echo(labels, Some(vec![0.2, 0.8])));
         let tasks: Vec<_> = (0..400)
             .map(|i| {
                 let (q, model) = (Arc::clone(&q), if i % 3 == 0 { Arc::clone(&left) } else { Arc::clone(&right) });
