@@ -192,6 +192,7 @@ pub async fn build_state_with(
         None => None,
     };
     let reloadable = reloader.is_some();
+    let prediction_metrics = metrics::PredictionMetrics::new(serving.backend.labels());
     let model = Arc::new(ModelSlot::new(serving.backend, serving.source, reloader));
     if reloadable {
         background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&model), background.stopping()));
@@ -230,6 +231,7 @@ pub async fn build_state_with(
         rate_limits,
         admission: (a.max_concurrent_requests > 0).then(|| Admission::new(a.max_concurrent_requests as usize)),
         max_batch_texts: a.max_batch_texts as usize,
+        prediction_metrics,
     });
     if rate_limited {
         background.spawn("rate_limit_upkeep", forget_idle_clients(pipeline.clone(), background.stopping()));

@@ -164,7 +164,7 @@ impl Pipeline {
         metrics::record_batch_text(success);
         if let Some(BatchItem::Answer { prediction, confidence, .. }) = &slot.item {
             let length = slot.text.as_ref().map(|t| i32::try_from(t.chars().count()).unwrap_or(i32::MAX));
-            metrics::record_prediction(prediction, *confidence, length);
+            self.0.prediction_metrics.record(prediction, *confidence, length);
         }
         let Some(log) = &self.0.request_log else { return };
         let mut row = LogRecord {

@@ -190,6 +190,8 @@ pub struct Parts {
     pub admission: Option<access::Admission>,
     /// `MAX_BATCH_TEXTS`.
     pub max_batch_texts: usize,
+    /// Answers by class, confidence, input length (handles resolved once).
+    pub prediction_metrics: metrics::PredictionMetrics,
 }
 
 /// The application layer. Cheap to clone: everything inside is shared.
@@ -494,7 +496,7 @@ impl Pipeline {
         if let Ok(Served { response, .. }) = &result
             && !response.idempotency_hit
         {
-            metrics::record_prediction(&response.prediction, response.confidence, subject.text_length);
+            self.0.prediction_metrics.record(&response.prediction, response.confidence, subject.text_length);
         }
         if let Some(log) = &self.0.request_log {
             let model_version =

@@ -352,12 +352,33 @@ pub fn record_reload(success: bool) {
     counter!(MODEL_RELOADS, "status" => if success { "success" } else { "failure" }).increment(1);
 }
 
-/// One answer's class, confidence and input length (labels are the model's few classes).
-pub fn record_prediction(label: &str, confidence: f64, length_chars: Option<i32>) {
-    counter!(MODEL_PREDICTIONS, "class" => label.to_owned()).increment(1);
-    histogram!(MODEL_CONFIDENCE).record(confidence);
-    if let Some(n) = length_chars {
-        histogram!(MODEL_INPUT_LENGTH).record(f64::from(n));
+/// The per-answer prediction metrics, with their handles resolved once (a reload keeps the
+/// labels, so the handles stay right): no registry lookup or label allocation per answer.
+pub struct PredictionMetrics {
+    by_class: Vec<(String, metrics::Counter)>,
+    confidence: metrics::Histogram,
+    length: metrics::Histogram,
+}
+
+impl PredictionMetrics {
+    pub fn new(labels: &[String]) -> Self {
+        Self {
+            by_class: labels.iter().map(|l| (l.clone(), counter!(MODEL_PREDICTIONS, "class" => l.clone()))).collect(),
+            confidence: histogram!(MODEL_CONFIDENCE),
+            length: histogram!(MODEL_INPUT_LENGTH),
+        }
+    }
+
+    /// One answer's class, confidence and input length.
+    pub fn record(&self, label: &str, confidence: f64, length_chars: Option<i32>) {
+        match self.by_class.iter().find(|(l, _)| l == label) {
+            Some((_, c)) => c.increment(1),
+            None => counter!(MODEL_PREDICTIONS, "class" => label.to_owned()).increment(1),
+        }
+        self.confidence.record(confidence);
+        if let Some(n) = length_chars {
+            self.length.record(f64::from(n));
+        }
     }
 }
 
