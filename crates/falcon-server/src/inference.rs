@@ -103,22 +103,10 @@ impl InferenceQueue {
         timeout: Duration,
     ) -> Result<Prediction, QueueError> {
         let (reply, answer) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
-        match tx.try_send(Job { work: Work::One { text, reply }, backend: Arc::clone(backend) }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(QueueError::Full),
-            Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
-        }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => Ok(answer?),
-            // The thread dropped the reply: the model panicked on this input.
-            Ok(Err(_)) => Err(QueueError::Panicked),
-            Err(_) => Err(QueueError::Timeout(timeout)),
-        }
+        let job = Job { work: Work::One { text, reply }, backend: Arc::clone(backend) };
+        Ok(self.submit(job, answer, timeout).await??)
     }
-}
 
-impl InferenceQueue {
     /// Classifies `texts` with `backend` in one `predict_batch` call (with whatever else is
     /// queued), waiting at most `timeout`; one answer per text, in order. If the model
     /// fails on the batch, each text is run alone, so one bad text fails only itself.
@@ -132,14 +120,22 @@ impl InferenceQueue {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
+        let job = Job { work: Work::Many { texts, reply }, backend: Arc::clone(backend) };
+        self.submit(job, answer, timeout).await
+    }
+
+    /// Queues `job` (refused at once when the queue is full) and waits at most `timeout`
+    /// for its answer.
+    async fn submit<T>(&self, job: Job, answer: oneshot::Receiver<T>, timeout: Duration) -> Result<T, QueueError> {
         let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
-        match tx.try_send(Job { work: Work::Many { texts, reply }, backend: Arc::clone(backend) }) {
+        match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(QueueError::Full),
             Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
         }
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answers)) => Ok(answers),
+            Ok(Ok(answer)) => Ok(answer),
+            // The thread dropped the reply: the model panicked on this input.
             Ok(Err(_)) => Err(QueueError::Panicked),
             Err(_) => Err(QueueError::Timeout(timeout)),
         }

@@ -325,12 +325,22 @@ pub fn redact(url: &str) -> String {
 
 async fn probe_redis(url: &str, timeout: Duration) -> RedisSeen {
     let mut seen = RedisSeen { url: redact(url), ..RedisSeen::default() };
-    match tokio::time::timeout(timeout, redis_facts(url, &mut seen)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => seen.error = Some(redact_in(&e.to_string(), url)),
-        Err(_) => seen.error = Some(format!("no answer within {:.1} s", timeout.as_secs_f64())),
-    }
+    seen.error = failure(tokio::time::timeout(timeout, redis_facts(url, &mut seen)).await, url, timeout);
     seen
+}
+
+/// Why a probe of `url` gave up, if it did: its error (without the URL's password), or
+/// the timeout.
+fn failure<E: std::fmt::Display>(
+    outcome: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    url: &str,
+    timeout: Duration,
+) -> Option<String> {
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(redact_in(&e.to_string(), url)),
+        Err(_) => Some(format!("no answer within {:.1} s", timeout.as_secs_f64())),
+    }
 }
 
 /// Error texts may quote the URL they were given; never print its password.
@@ -366,11 +376,7 @@ async fn redis_facts(url: &str, seen: &mut RedisSeen) -> redis::RedisResult<()> 
 
 async fn probe_postgres(url: &str, timeout: Duration) -> PostgresSeen {
     let mut seen = PostgresSeen { url: redact(url), ..PostgresSeen::default() };
-    match tokio::time::timeout(timeout, postgres_facts(url, &mut seen)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => seen.error = Some(redact_in(&e.to_string(), url)),
-        Err(_) => seen.error = Some(format!("no answer within {:.1} s", timeout.as_secs_f64())),
-    }
+    seen.error = failure(tokio::time::timeout(timeout, postgres_facts(url, &mut seen)).await, url, timeout);
     seen
 }
 
