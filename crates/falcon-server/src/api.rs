@@ -4,11 +4,20 @@ use std::collections::BTreeMap;
 
 use falcon_backend::Prediction;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// POST /infer body: a JSON object with a string `text`. Unknown fields are ignored. Only
 /// an object is accepted: serde would otherwise read `["some text"]` as this struct too.
-#[derive(Debug)]
+#[derive(Debug, ToSchema)]
+#[schema(example = json!({"text": "I love this product!"}))]
 pub struct InferRequest {
+    /// The text to classify: 1 to 10,000 characters (the model's limit), not only whitespace,
+    /// control or invisible format characters.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = "[^\\x00-\\x20\\x7f-\\xa0\\xad\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u206a-\\u206f\\u3000\\ufeff]"
+    )]
     pub text: String,
 }
 
@@ -41,19 +50,35 @@ impl<'de> Deserialize<'de> for InferRequest {
 
 /// POST /infer answer. Probabilities are written to 6 decimal places and the processing
 /// time to the microsecond: `0.999078`, not `0.9990782994979556`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(example = json!({
+    "prediction": "positive", "confidence": 0.973012,
+    "probabilities": {"negative": 0.004211, "neutral": 0.022777, "positive": 0.973012},
+    "cache_hit": false, "idempotency_hit": false, "worker_id": "worker-1",
+    "model_version": "tfidf-lr-3f9c2a1b", "processing_time_ms": 0.094,
+    "request_id": "0193a4b2-7c1e-7d3a-9f00-1b2c3d4e5f60"
+}))]
 pub struct InferResponse {
+    /// The most likely class: `negative`, `neutral` or `positive`.
     pub prediction: String,
+    /// The probability of `prediction`, 0 to 1.
     #[serde(serialize_with = "decimals::six")]
     pub confidence: f64,
+    /// Every class's probability (they sum to 1).
     #[serde(serialize_with = "decimals::six_each")]
     pub probabilities: BTreeMap<String, f64>,
+    /// Answered from the response cache.
     pub cache_hit: bool,
+    /// A replay of the earlier answer to the same `X-Idempotency-Key`.
     pub idempotency_hit: bool,
+    /// The worker that answered.
     pub worker_id: String,
+    /// The model that answered (its version changes when a reload swaps in another).
     pub model_version: String,
+    /// Time spent in the worker, in milliseconds.
     #[serde(serialize_with = "decimals::three")]
     pub processing_time_ms: f64,
+    /// The request's id: the client's sane `X-Request-ID`, else a new UUID v7.
     pub request_id: String,
 }
 
@@ -105,27 +130,31 @@ impl InferResponse {
 
 /// POST /infer/batch body: `{"texts": [...]}`. Entries are checked one by one (a number
 /// where a text should be is that entry's error, not the batch's).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"texts": ["I love this product!", "Worst service ever.", "It arrived on Tuesday."]}))]
 pub struct BatchRequest {
+    /// 1 to `MAX_BATCH_TEXTS` (default 64) texts. Each should be a string under the same
+    /// rules as `text` of `POST /infer`; an entry that is not gets its own error in the answer.
+    #[schema(min_items = 1, max_items = 64)]
     pub texts: Vec<serde_json::Value>,
 }
 
 /// One answer of a batch, in the order of the texts: a prediction, or why this text got none.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(untagged)]
 pub enum BatchItem {
+    /// The text's prediction.
     Answer {
         prediction: String,
         #[serde(serialize_with = "decimals::six")]
         confidence: f64,
         #[serde(serialize_with = "decimals::six_each")]
         probabilities: BTreeMap<String, f64>,
+        /// Answered from the response cache.
         cache_hit: bool,
     },
-    Error {
-        error: String,
-        error_type: String,
-    },
+    /// Why this text got no prediction (`validation_error`); the other texts are answered.
+    Error { error: String, error_type: String },
 }
 
 impl BatchItem {
@@ -140,14 +169,106 @@ impl BatchItem {
 }
 
 /// POST /infer/batch answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct BatchResponse {
+    /// One entry per text, in the order of `texts`.
     pub results: Vec<BatchItem>,
     pub worker_id: String,
     pub model_version: String,
     #[serde(serialize_with = "decimals::three")]
     pub processing_time_ms: f64,
     pub request_id: String,
+}
+
+/// `GET /`: what this is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceInfo {
+    /// Always `falcon`.
+    pub name: &'static str,
+    /// The worker's version.
+    pub version: &'static str,
+    pub worker_id: String,
+    /// `ready`, `draining` or `starting`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    pub model_version: String,
+}
+
+/// `GET /healthz`: liveness. The process answers; nothing else is checked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `healthy`.
+    #[schema(example = "healthy")]
+    pub status: &'static str,
+    pub worker_id: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub timestamp: String,
+    pub uptime_seconds: f64,
+}
+
+/// `GET /readyz`: whether to send this worker traffic (200) or not (503).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub worker_id: String,
+    /// Shutting down: finishing what it has, taking nothing new.
+    pub draining: bool,
+    pub checks: ReadinessChecks,
+    pub backends: Backends,
+    pub model_version: String,
+    pub timestamp: String,
+}
+
+/// What readiness looked at. Redis and the database degrade the worker when down but never
+/// make it unready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    pub model_loaded: bool,
+    pub redis_available: DependencyCheck,
+    /// The request-log database that `backends.request_log` names.
+    pub database_available: DependencyCheck,
+}
+
+/// A dependency's state: reachable or not, or not used by this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum DependencyCheck {
+    Available(bool),
+    NotConfigured(NotConfigured),
+}
+
+/// The dependency is not configured (`"not_configured"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotConfigured {
+    NotConfigured,
+}
+
+impl From<Option<bool>> for DependencyCheck {
+    fn from(up: Option<bool>) -> Self {
+        up.map_or(Self::NotConfigured(NotConfigured::NotConfigured), Self::Available)
+    }
+}
+
+/// Which implementation serves each role: `redis`, `memory`, `postgres`, `sqlite`, or
+/// `disabled`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Backends {
+    #[schema(example = "memory")]
+    pub cache: &'static str,
+    #[schema(example = "memory")]
+    pub idempotency: &'static str,
+    #[schema(example = "sqlite")]
+    pub request_log: &'static str,
+}
+
+/// `POST /admin/reload` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReloadAnswer {
+    /// Always `reloaded`.
+    pub status: &'static str,
+    pub worker_id: String,
+    pub reload: crate::lifecycle::Reloaded,
 }
 
 /// A fresh request id: a UUID v7, time-ordered, so the request log's index on it grows at

@@ -504,3 +504,79 @@ async fn a_request_in_the_model_finishes_within_the_grace_period_and_none_outlas
         "the worker stopped at its 1 s grace period, not after the 4 s model: {took:?}"
     );
 }
+
+/// `/openapi.json` documents the routes the router serves (both come from one list), each
+/// documented operation reaches its handler (not the 404/405 fallbacks), every `$ref`
+/// resolves, every error type is in the `ErrorType` enum, and `/docs` serves the UI.
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let s = state().await;
+    let (status, _, doc) = send(&s, Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for expected in
+        ["/", "/healthz", "/readyz", "/metrics", "/infer", "/infer/batch", "/admin/reload", "/v2/models/{name}/infer"]
+    {
+        assert!(paths.contains_key(expected), "{expected} is not documented");
+    }
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["responses"]["default"].is_object(), "{method} {path}: no default error response");
+            assert!(op["tags"].as_array().is_some_and(|t| !t.is_empty()), "{method} {path}: no tag");
+            let uri = path.replace("{name}", "sentiment");
+            let req = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let (status, _, body) = send(&s, req).await;
+            assert!(
+                !matches!(body["error_type"].as_str(), Some("not_found" | "method_not_allowed")),
+                "{method} {path} is documented but not routed: {status} {body}"
+            );
+        }
+    }
+    // Every $ref points at a schema the document has.
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &part[..part.find('"').unwrap()];
+        assert!(schemas.contains_key(name), "$ref to missing schema {name}");
+    }
+    let error_types: Vec<&str> =
+        schemas["ErrorType"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(error_types, falcon_server::telemetry::metrics::ERROR_TYPES);
+    // A documented error body is what an error actually looks like.
+    let required: Vec<&str> =
+        schemas["ErrorBody"]["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let (_, _, err) = send(&s, infer("{")).await;
+    let mut fields: Vec<&str> = err.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    let mut required_sorted = required.clone();
+    required_sorted.sort_unstable();
+    assert_eq!(fields, required_sorted);
+
+    let resp = router(s.clone()).oneshot(Request::get("/docs/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    // A file the UI does not have is the standard 404, not an empty body.
+    let (status, _, body) = send(&s, Request::get("/docs/no-such-file.js").body(Body::empty()).unwrap()).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+/// Found by `make fuzz` (http_request): a model name that is not UTF-8 got axum's plain-text
+/// 400; it is the protocol's JSON error like every other.
+#[tokio::test]
+async fn an_open_inference_protocol_path_that_is_not_utf8_is_a_json_400() {
+    let s = state().await;
+    for uri in ["/v2/models/%FF", "/v2/models/%FF/ready", "/v2/models/%e2/infer"] {
+        let method = if uri.ends_with("infer") { "POST" } else { "GET" };
+        let req = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let (status, _, body) = send(&s, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("model name")), "{uri}: {body}");
+    }
+}

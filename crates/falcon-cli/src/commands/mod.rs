@@ -2,6 +2,7 @@ pub mod doctor;
 pub mod healthcheck;
 pub mod load;
 pub mod model;
+pub mod openapi;
 pub mod predict;
 pub mod serve;
 pub mod train;

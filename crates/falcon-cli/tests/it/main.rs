@@ -10,6 +10,7 @@ mod docs;
 mod doctor;
 mod lifecycle;
 mod observability;
+mod openapi;
 mod postgres;
 mod redis;
 mod request_log;

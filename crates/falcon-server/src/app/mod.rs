@@ -271,6 +271,11 @@ impl Pipeline {
         self.0.request_timeout
     }
 
+    /// Most texts a batch may hold (`MAX_BATCH_TEXTS`).
+    pub fn max_batch_texts(&self) -> usize {
+        self.0.max_batch_texts
+    }
+
     pub fn cache_backend(&self) -> &'static str {
         self.0.cache.as_ref().map_or("disabled", |c| c.backend())
     }

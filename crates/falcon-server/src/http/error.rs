@@ -68,9 +68,18 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error of the API (except the Open Inference Protocol's own, `{"error": …}`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "error": "text must not be empty or only whitespace, control or invisible format characters",
+    "error_type": "validation_error", "request_id": "0193a4b2-7c1e-7d3a-9f00-1b2c3d4e5f60", "worker_id": "worker-1"
+}))]
+pub struct ErrorBody<'a> {
+    /// What went wrong, for a person. Never quotes the request's text.
     error: String,
+    /// What went wrong, for a program: stable, and the `error_type` label of
+    /// `inference_errors_total`.
+    #[schema(value_type = super::openapi::ErrorType)]
     error_type: &'a str,
     request_id: &'a str,
     worker_id: &'a str,

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod oip;
+pub mod openapi;
 mod routes;
 pub mod server;
 
@@ -14,9 +15,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{is_sane_request_id, new_request_id};
 use crate::app::access::Credential;
@@ -98,22 +102,41 @@ fn oversized(req: &Request) -> Option<ApiError> {
         .then_some(ApiError::HeadersTooLarge { count: MAX_HEADERS, bytes: MAX_HEADER_BYTES })
 }
 
+/// Every API route, each with its OpenAPI operation (from the handler's `#[utoipa::path]`):
+/// the router and the document come from this one list.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::root))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::infer))
+        .routes(routes!(routes::infer_batch))
+        .routes(routes!(routes::admin_reload))
+        .routes(routes!(oip::server_metadata))
+        .routes(routes!(oip::live))
+        .routes(routes!(oip::ready))
+        .routes(routes!(oip::model_metadata))
+        .routes(routes!(oip::model_ready))
+        .routes(routes!(oip::infer))
+}
+
+/// The OpenAPI document served at `/openapi.json` (and printed by `falcon openapi`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(api().split_for_parts().1)
+}
+
 /// Builds the router. No socket needed: tests drive it with `oneshot`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(routes::root))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
-        .route("/infer", post(routes::infer))
-        .route("/infer/batch", post(routes::infer_batch))
-        .route("/admin/reload", post(routes::admin_reload))
-        .route("/v2", get(oip::server_metadata))
-        .route("/v2/health/live", get(oip::live))
-        .route("/v2/health/ready", get(oip::ready))
-        .route("/v2/models/{name}", get(oip::model_metadata))
-        .route("/v2/models/{name}/ready", get(oip::model_ready))
-        .route("/v2/models/{name}/infer", post(oip::infer))
+    let (api, document) = api().split_for_parts();
+    let document = openapi::with_limits(
+        openapi::finish(document),
+        state.pipeline.backend().max_input_chars(),
+        state.pipeline.max_batch_texts(),
+    );
+    let docs: Router<AppState> =
+        SwaggerUi::new(openapi::DOCS_PATH).external_url_unchecked(openapi::OPENAPI_PATH, document).into();
+    api.merge(docs.layer(middleware::from_fn_with_state(state.clone(), docs_not_found)))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
@@ -123,6 +146,18 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
+}
+
+/// The Swagger UI answers a file it does not have with an empty 404: give it the standard
+/// `not_found` body, like every other unknown path.
+async fn docs_not_found(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let id = req.extensions().get::<RequestMeta>().map(|m| m.request_id.clone()).unwrap_or_default();
+    let response = next.run(req).await;
+    if response.status() == StatusCode::NOT_FOUND {
+        return state.error_response(&id, ApiError::NotFound(routes::shown_path(&path)));
+    }
+    response
 }
 
 /// Gives every request its `RequestMeta` (a sane incoming `X-Request-ID`, else a new id;

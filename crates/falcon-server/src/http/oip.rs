@@ -5,12 +5,14 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::api::BatchItem;
@@ -19,82 +21,217 @@ use crate::app::{BatchCommand, InferError, RequestMeta};
 /// The model's name in the protocol's paths.
 pub const MODEL_NAME: &str = "sentiment";
 
+/// The one model this server has.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the path segment is read as a String and checked
+pub enum OipModelName {
+    #[schema(rename = "sentiment")]
+    Sentiment,
+}
+
+/// The protocol's error body.
+#[derive(Serialize, ToSchema)]
+pub struct OipError {
+    pub error: String,
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    (status, Json(OipError { error: message.into() })).into_response()
 }
 
-/// `GET /v2`: server metadata.
-pub async fn server_metadata() -> Json<Value> {
-    Json(json!({ "name": "falcon", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+#[derive(Serialize, ToSchema)]
+pub struct OipServerMetadata {
+    name: &'static str,
+    version: &'static str,
+    extensions: Vec<String>,
 }
 
-/// `GET /v2/health/live`.
-pub async fn live() -> Json<Value> {
-    Json(json!({ "live": true }))
+#[derive(Serialize, ToSchema)]
+pub struct OipLive {
+    live: bool,
 }
 
-/// `GET /v2/health/ready`: as `/readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct OipReady {
+    ready: bool,
+}
+
+/// Server metadata.
+#[utoipa::path(get, path = "/v2", tag = "open-inference-protocol",
+    responses((status = 200, description = "Server metadata", body = OipServerMetadata)))]
+pub async fn server_metadata() -> Json<OipServerMetadata> {
+    Json(OipServerMetadata { name: "falcon", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() })
+}
+
+/// Server liveness.
+#[utoipa::path(get, path = "/v2/health/live", tag = "open-inference-protocol",
+    responses((status = 200, description = "Alive", body = OipLive)))]
+pub async fn live() -> Json<OipLive> {
+    Json(OipLive { live: true })
+}
+
+/// Server readiness (as /readyz).
+#[utoipa::path(get, path = "/v2/health/ready", tag = "open-inference-protocol", responses(
+    (status = 200, description = "Ready", body = OipReady),
+    (status = 503, description = "Not ready", body = OipReady),
+))]
 pub async fn ready(State(s): State<AppState>) -> Response {
     let ready = s.pipeline.health().ready;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    (status, Json(OipReady { ready })).into_response()
 }
 
-/// The 404 for a model this server does not have; `None` for ours.
-fn unknown(name: &str) -> Option<Response> {
-    (name != MODEL_NAME)
-        .then(|| error(StatusCode::NOT_FOUND, format!("unknown model '{name}'; this server has '{MODEL_NAME}'")))
+/// The model name of the path, as the protocol's errors: 400 for a name that is not UTF-8
+/// (axum's own answer would be plain text), 404 for a model this server does not have.
+/// `None` for ours.
+fn not_ours(name: Result<Path<String>, PathRejection>) -> Option<Response> {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(e) => {
+            crate::telemetry::metrics::record_error("validation_error");
+            let message = format!("invalid model name in the path: {}", e.body_text());
+            return Some(error(StatusCode::BAD_REQUEST, message));
+        }
+    };
+    if name == MODEL_NAME {
+        return None;
+    }
+    crate::telemetry::metrics::record_error("not_found");
+    let shown: String = name.chars().take(64).collect();
+    Some(error(StatusCode::NOT_FOUND, format!("unknown model '{shown}'; this server has '{MODEL_NAME}'")))
 }
 
-/// `GET /v2/models/{name}`: what the model takes and gives.
-pub async fn model_metadata(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    if let Some(r) = unknown(&name) {
+/// A tensor's name, type and shape (`-1`: any length).
+#[derive(Serialize, ToSchema)]
+pub struct OipTensorMetadata {
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OipModelMetadata {
+    name: &'static str,
+    versions: Vec<String>,
+    platform: String,
+    inputs: Vec<OipTensorMetadata>,
+    outputs: Vec<OipTensorMetadata>,
+    parameters: OipModelParameters,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OipModelParameters {
+    /// The classes, in the order of `probabilities`' columns.
+    labels: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OipModelReady {
+    name: &'static str,
+    ready: bool,
+}
+
+/// What the model takes and gives.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "open-inference-protocol",
+    params(("name" = OipModelName, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "Model metadata", body = OipModelMetadata),
+        (status = 404, description = "No such model", body = OipError),
+    ))]
+pub async fn model_metadata(State(s): State<AppState>, name: Result<Path<String>, PathRejection>) -> Response {
+    if let Some(r) = not_ours(name) {
         return r;
     }
     let backend = s.pipeline.backend();
-    Json(json!({
-        "name": MODEL_NAME,
-        "versions": [backend.model_version()],
-        "platform": format!("falcon_{}", backend.name()),
-        "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [-1] }],
-        "outputs": [
-            { "name": "label", "datatype": "BYTES", "shape": [-1] },
-            { "name": "probabilities", "datatype": "FP32", "shape": [-1, backend.labels().len()] },
+    let tensor = |name, datatype, shape| OipTensorMetadata { name, datatype, shape };
+    Json(OipModelMetadata {
+        name: MODEL_NAME,
+        versions: vec![backend.model_version().to_owned()],
+        platform: format!("falcon_{}", backend.name()),
+        inputs: vec![tensor("text", "BYTES", vec![-1])],
+        outputs: vec![
+            tensor("label", "BYTES", vec![-1]),
+            tensor("probabilities", "FP32", vec![-1, backend.labels().len() as i64]),
         ],
-        "parameters": { "labels": backend.labels() },
-    }))
+        parameters: OipModelParameters { labels: backend.labels().to_vec() },
+    })
     .into_response()
 }
 
-/// `GET /v2/models/{name}/ready`.
-pub async fn model_ready(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    if let Some(r) = unknown(&name) {
+/// Model readiness.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "open-inference-protocol",
+    params(("name" = OipModelName, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "Ready", body = OipModelReady),
+        (status = 503, description = "Not ready", body = OipModelReady),
+        (status = 404, description = "No such model", body = OipError),
+    ))]
+pub async fn model_ready(State(s): State<AppState>, name: Result<Path<String>, PathRejection>) -> Response {
+    if let Some(r) = not_ours(name) {
         return r;
     }
     let ready = s.pipeline.health().ready;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "name": MODEL_NAME, "ready": ready }))).into_response()
+    (status, Json(OipModelReady { name: MODEL_NAME, ready })).into_response()
 }
 
-#[derive(Deserialize)]
-struct InferRequest {
+/// An inference request: one `BYTES` input of texts.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["I love it", "meh"]}]}))]
+pub struct OipInferRequest {
+    /// Echoed in the answer's `id`.
     #[serde(default)]
     id: Option<String>,
-    inputs: Vec<Tensor>,
+    /// Exactly one: the texts.
+    #[schema(min_items = 1, max_items = 1)]
+    inputs: Vec<OipTensor>,
 }
 
-#[derive(Deserialize)]
-struct Tensor {
+/// An input tensor: `BYTES`, shape `[n]` or `[n, 1]`, `data` the n texts (flat, or as
+/// `[[text], ...]`).
+#[derive(Deserialize, ToSchema)]
+pub struct OipTensor {
     name: String,
+    /// `[n]` or `[n, 1]`, n the number of texts in `data`.
+    #[schema(min_items = 1, max_items = 2)]
     shape: Vec<i64>,
+    /// `BYTES`.
+    #[schema(pattern = "^BYTES$")]
     datatype: String,
+    #[schema(value_type = Vec<Value>)]
     data: Value,
 }
 
+/// An output tensor.
+#[derive(Serialize, ToSchema)]
+pub struct OipOutputTensor {
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<usize>,
+    /// `label`: the n predicted classes; `probabilities`: n × classes numbers, row by row.
+    #[schema(value_type = Vec<Value>)]
+    data: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OipInferResponse {
+    model_name: &'static str,
+    model_version: String,
+    id: String,
+    outputs: Vec<OipOutputTensor>,
+    parameters: OipInferParameters,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OipInferParameters {
+    worker_id: String,
+    request_id: String,
+}
+
 /// The texts of the request's one `BYTES` input, checked against its shape.
-fn texts(req: InferRequest) -> Result<(Option<String>, Vec<Value>), String> {
+fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
     let [input] =
-        <[Tensor; 1]>::try_from(req.inputs).map_err(|v| format!("expected 1 input tensor, got {}", v.len()))?;
+        <[OipTensor; 1]>::try_from(req.inputs).map_err(|v| format!("expected 1 input tensor, got {}", v.len()))?;
     if input.datatype != "BYTES" {
         return Err(format!("input '{}' must be BYTES, not {}", input.name, input.datatype));
     }
@@ -119,15 +256,32 @@ fn texts(req: InferRequest) -> Result<(Option<String>, Vec<Value>), String> {
     Ok((req.id, data))
 }
 
-/// `POST /v2/models/{name}/infer`.
+/// Classifies the texts of a BYTES input tensor.
+///
+/// Outputs `label` (`BYTES`, `[n]`) and `probabilities` (`FP32`, `[n, classes]`).
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open-inference-protocol",
+    params(("name" = OipModelName, Path, description = "The model's name")),
+    request_body(content = OipInferRequest, content_type = "application/json"),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The predictions", body = OipInferResponse),
+        (status = 400, description = "Not a valid inference request, or a text that breaks the rules", body = OipError),
+        (status = 401, description = "API keys are on and the key is missing or unknown", body = OipError),
+        (status = 403, description = "The key may not use this route", body = OipError),
+        (status = 404, description = "No such model", body = OipError),
+        (status = 408, description = "The body did not arrive in time", body = OipError),
+        (status = 429, description = "Over this client's rate limit", body = OipError),
+        (status = 503, description = "Overloaded or not ready", body = OipError),
+        (status = 504, description = "Inference or request timeout", body = OipError),
+    ))]
 pub async fn infer(
     State(s): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     _headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(r) = unknown(&name) {
+    if let Some(r) = not_ours(name) {
         return r;
     }
     let limit = s.max_body_bytes;
@@ -138,7 +292,7 @@ pub async fn infer(
             .await
             .map_err(|_| InferError::PayloadTooLarge { limit })?
             .to_bytes();
-        let req: InferRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        let req: OipInferRequest = serde_json::from_slice(&bytes).map_err(|e| {
             InferError::InvalidJson(format!("not an inference request: line {} column {}", e.line(), e.column()))
         })?;
         let (req_id, texts) = texts(req).map_err(InferError::Validation)?;
@@ -177,24 +331,31 @@ pub async fn infer(
         }
     }
     let n = names.len();
-    Json(json!({
-        "model_name": MODEL_NAME,
-        "model_version": answer.model_version,
-        "id": id.unwrap_or_else(|| answer.request_id.clone()),
-        "outputs": [
-            { "name": "label", "datatype": "BYTES", "shape": [n], "data": names },
-            { "name": "probabilities", "datatype": "FP32", "shape": [n, labels.len()], "data": probabilities },
+    Json(OipInferResponse {
+        model_name: MODEL_NAME,
+        model_version: answer.model_version,
+        id: id.unwrap_or_else(|| answer.request_id.clone()),
+        outputs: vec![
+            OipOutputTensor { name: "label", datatype: "BYTES", shape: vec![n], data: Value::from(names) },
+            OipOutputTensor {
+                name: "probabilities",
+                datatype: "FP32",
+                shape: vec![n, labels.len()],
+                data: Value::from(probabilities),
+            },
         ],
-        "parameters": { "worker_id": answer.worker_id, "request_id": answer.request_id },
-    }))
+        parameters: OipInferParameters { worker_id: answer.worker_id, request_id: answer.request_id },
+    })
     .into_response()
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    fn request(shape: Value, data: Value) -> InferRequest {
+    fn request(shape: Value, data: Value) -> OipInferRequest {
         serde_json::from_value(
             json!({ "inputs": [{ "name": "text", "shape": shape, "datatype": "BYTES", "data": data }] }),
         )
@@ -207,7 +368,7 @@ mod tests {
         assert_eq!(texts(request(json!([2, 1]), json!([["a"], ["b"]]))).unwrap().1, [json!("a"), json!("b")]);
         assert!(texts(request(json!([3]), json!(["a", "b"]))).unwrap_err().contains("shape says 3"));
         assert!(texts(request(json!([2, 2]), json!(["a", "b"]))).unwrap_err().contains("[n] or [n, 1]"));
-        let fp32: InferRequest = serde_json::from_value(
+        let fp32: OipInferRequest = serde_json::from_value(
             json!({ "inputs": [{ "name": "text", "shape": [1], "datatype": "FP32", "data": [1.0] }] }),
         )
         .unwrap();

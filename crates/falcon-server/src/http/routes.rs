@@ -1,24 +1,29 @@
 //! Handlers: extract, validate the wire format, call the pipeline, answer.
 
+use super::AppState;
+use super::error::ApiError;
+use super::openapi::ErrorBody;
+use crate::api::{
+    Backends, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness, ReadinessChecks,
+    ReloadAnswer, ServiceInfo,
+};
+use crate::app::{BatchCommand, InferCommand, InferError, RequestMeta};
+use crate::telemetry::metrics;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::json;
-
-use super::AppState;
-use super::error::ApiError;
-use crate::api::{BatchRequest, InferRequest};
-use crate::app::{BatchCommand, InferCommand, InferError, RequestMeta};
-use crate::telemetry::metrics;
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-pub async fn root(State(s): State<AppState>) -> Json<serde_json::Value> {
+/// What this is: name, version, worker and model.
+#[utoipa::path(get, path = "/", tag = "platform",
+    responses((status = 200, description = "The service", body = ServiceInfo)))]
+pub async fn root(State(s): State<AppState>) -> Json<ServiceInfo> {
     let h = s.pipeline.health();
     let status = if h.ready {
         "ready"
@@ -27,54 +32,56 @@ pub async fn root(State(s): State<AppState>) -> Json<serde_json::Value> {
     } else {
         "starting"
     };
-    Json(json!({
-        "name": "falcon",
-        "version": env!("CARGO_PKG_VERSION"),
-        "worker_id": s.worker_id(),
-        "status": status,
-        "model_version": h.model_version,
-    }))
+    Json(ServiceInfo {
+        name: "falcon",
+        version: env!("CARGO_PKG_VERSION"),
+        worker_id: s.worker_id().to_owned(),
+        status,
+        model_version: h.model_version,
+    })
 }
 
 /// Liveness: the process answers. Never depends on Redis, Postgres or readiness.
-pub async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "healthy",
-        "worker_id": s.worker_id(),
-        "timestamp": now(),
-        "uptime_seconds": s.started.elapsed().as_secs_f64(),
-    }))
+#[utoipa::path(get, path = "/healthz", tag = "platform",
+    responses((status = 200, description = "The process is alive", body = Liveness)))]
+pub async fn healthz(State(s): State<AppState>) -> Json<Liveness> {
+    Json(Liveness {
+        status: "healthy",
+        worker_id: s.worker_id().to_owned(),
+        timestamp: now(),
+        uptime_seconds: s.started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Readiness: 200 only while the model is loaded and the worker is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "platform", responses(
+    (status = 200, description = "Ready for traffic", body = Readiness),
+    (status = 503, description = "Not ready (starting, or draining): send traffic elsewhere", body = Readiness),
+))]
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let h = s.pipeline.health();
-    let body = json!({
-        "ready": h.ready,
-        "worker_id": s.worker_id(),
-        "draining": h.draining,
-        "checks": {
-            "model_loaded": h.model_loaded,
-            // Redis down degrades (no shared cache) but never makes the worker unready.
-            // Without Redis configured this is "not_configured" and `backends` says what
-            // serves instead.
-            "redis_available": h.redis_available.map_or(json!("not_configured"), |up| json!(up)),
-            // The request-log database (`backends.request_log` names it); "not_configured"
-            // with the request log off.
-            "database_available": h.database_available.map_or(json!("not_configured"), |up| json!(up)),
-        },
-        "backends": {
-            "cache": h.cache_backend,
-            "idempotency": h.idempotency_backend,
-            "request_log": h.request_log,
-        },
-        "model_version": h.model_version,
-        "timestamp": now(),
-    });
     let status = if h.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = Readiness {
+        ready: h.ready,
+        worker_id: s.worker_id().to_owned(),
+        draining: h.draining,
+        checks: ReadinessChecks {
+            model_loaded: h.model_loaded,
+            // Redis down degrades (no shared cache) but never makes the worker unready.
+            redis_available: h.redis_available.into(),
+            database_available: h.database_available.into(),
+        },
+        backends: Backends { cache: h.cache_backend, idempotency: h.idempotency_backend, request_log: h.request_log },
+        model_version: h.model_version,
+        timestamp: now(),
+    };
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "platform", responses(
+    (status = 200, description = "Every metric of this worker", content_type = "text/plain", body = String),
+))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     metrics::update_memory_usage();
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
@@ -84,13 +91,16 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 /// How much of an unknown path a 404 body and its log line repeat.
 const PATH_ECHO_CHARS: usize = 64;
 
-pub async fn not_found(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>, uri: Uri) -> Response {
-    let path = uri.path();
-    let shown = match path.char_indices().nth(PATH_ECHO_CHARS) {
+/// An unknown path as an error body and log line repeat it: at most `PATH_ECHO_CHARS`.
+pub fn shown_path(path: &str) -> String {
+    match path.char_indices().nth(PATH_ECHO_CHARS) {
         Some((cut, _)) => format!("{}…", &path[..cut]),
         None => path.to_owned(),
-    };
-    s.error_response(&meta.request_id, ApiError::NotFound(shown))
+    }
+}
+
+pub async fn not_found(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>, uri: Uri) -> Response {
+    s.error_response(&meta.request_id, ApiError::NotFound(shown_path(uri.path())))
 }
 
 pub async fn method_not_allowed(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>) -> Response {
@@ -99,6 +109,42 @@ pub async fn method_not_allowed(State(s): State<AppState>, Extension(meta): Exte
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
 
+/// Classifies one text.
+///
+/// Answers from the response cache when it can. With `X-Idempotency-Key`, a retry with the
+/// same key and text replays the first answer; the same key with another text is 409.
+#[utoipa::path(post, path = "/infer", tag = "inference",
+    request_body(content = InferRequest, content_type = "application/json"),
+    params(
+        ("x-idempotency-key" = Option<String>, Header, pattern = "^[!-~]{1,128}$",
+            description = "Makes retries safe: the same key and text get the first answer again (1-128 visible ASCII characters)"),
+        ("x-request-id" = Option<String>, Header,
+            description = "Your request id, echoed back and logged if it is 1-128 of `A-Za-z0-9-_.:`; else one is made"),
+    ),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The prediction", body = InferResponse,
+            headers(("x-request-id" = String, description = "The request's id"))),
+        (status = 400, description = "`invalid_json`: the body is not JSON", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: API keys are on and the key is missing or unknown", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer realm=\"falcon\"`"))),
+        (status = 403, description = "`forbidden`: the key may not use this route", body = ErrorBody),
+        (status = 408, description = "`request_body_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another text, or is in flight", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over `MAX_REQUEST_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_error`: JSON of the wrong shape, or a text out of bounds", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: over this client's rate limit", body = ErrorBody, headers(
+            ("retry-after" = u32, description = "Seconds until a request will be admitted"),
+            ("ratelimit-limit" = u32, description = "Requests allowed per window"),
+            ("ratelimit-remaining" = u32, description = "Requests left in this window (0)"),
+            ("ratelimit-reset" = u32, description = "Seconds until the limit resets"),
+            ("ratelimit-policy" = String, description = "`<limit>;w=<window seconds>`"),
+        )),
+        (status = 503, description = "`overloaded` (the queue or `MAX_CONCURRENT_REQUESTS` is full) or `not_ready`", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`inference_timeout` or `request_timeout`", body = ErrorBody),
+    ))]
 pub async fn infer(
     State(s): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
@@ -161,7 +207,34 @@ async fn read_command(
     Ok(InferCommand { text: req.text, idempotency_key })
 }
 
-/// `POST /infer/batch`: `{"texts": [...]}`; one answer (or error) per text, in order.
+/// Classifies up to MAX_BATCH_TEXTS texts in one request.
+///
+/// One answer per text, in order, each with its own `cache_hit`; a text that breaks the rules
+/// gets its error in its place and the others are answered. Texts not in the cache go to the
+/// model as one batch; each is one row of the request log.
+#[utoipa::path(post, path = "/infer/batch", tag = "inference",
+    request_body(content = BatchRequest, content_type = "application/json"),
+    params(("x-request-id" = Option<String>, Header, description = "Your request id, echoed back and logged")),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "One answer or error per text", body = BatchResponse),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 408, description = "`request_body_timeout`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`validation_error`: not `{\"texts\": [...]}`, no texts, or more than `MAX_BATCH_TEXTS`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(
+            ("retry-after" = u32, description = "Seconds until a request will be admitted"),
+            ("ratelimit-limit" = u32, description = "Requests allowed per window"),
+            ("ratelimit-remaining" = u32, description = "Requests left in this window (0)"),
+            ("ratelimit-reset" = u32, description = "Seconds until the limit resets"),
+            ("ratelimit-policy" = String, description = "`<limit>;w=<window seconds>`"),
+        )),
+        (status = 503, description = "`overloaded` or `not_ready`", body = ErrorBody),
+        (status = 504, description = "`inference_timeout` or `request_timeout`", body = ErrorBody),
+    ))]
 pub async fn infer_batch(
     State(s): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
@@ -216,10 +289,20 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// `POST /admin/reload`: loads `MODEL_PATH` again and swaps it in (as SIGHUP does). With
+/// Reloads the model from MODEL_PATH, as SIGHUP does.
+///
+/// Loads `MODEL_PATH` again, checks it and swaps it in. With
 /// API keys configured it needs a key with the `admin` scope; without, it answers only
 /// direct requests from this host (a request that came through a proxy, with
 /// `X-Forwarded-For` or `X-Real-IP`, or from another address is 403 `forbidden`).
+#[utoipa::path(post, path = "/admin/reload", tag = "admin",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The model at `MODEL_PATH` was loaded, checked and swapped in", body = ReloadAnswer),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin key, or (without keys) not a direct request from this host", body = ErrorBody),
+        (status = 422, description = "`reload_failed`: the new model did not load or failed its check; the old one serves on", body = ErrorBody),
+    ))]
 pub async fn admin_reload(
     State(s): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
@@ -232,8 +315,8 @@ pub async fn admin_reload(
         return s.error_response(&meta.request_id, e);
     }
     match s.pipeline.model().reload("POST /admin/reload").await {
-        Ok(reloaded) => {
-            Json(json!({ "status": "reloaded", "worker_id": s.worker_id(), "reload": reloaded })).into_response()
+        Ok(reload) => {
+            Json(ReloadAnswer { status: "reloaded", worker_id: s.worker_id().to_owned(), reload }).into_response()
         }
         Err(e) => s.error_response(&meta.request_id, ApiError::ReloadFailed(e)),
     }
