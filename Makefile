@@ -5,8 +5,9 @@ CARGO ?= cargo
 # names) or `native` (scripts/stack.sh: nginx + 3 workers on this machine).
 STACK ?= compose
 SERVICE ?= worker-1
+SCENARIO ?= baseline
 
-.PHONY: help run build test lint fmt bench bench-model bench-memory bench-http bench-log train-model predict \
+.PHONY: help run build test lint fmt bench bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
 help: ## List targets
@@ -24,10 +25,12 @@ test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, ng
 
 lint: ## Formatting and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check
+	rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+	rustfmt --edition 2024 fuzz/fuzz_targets/*.rs
 
 bench: bench-model bench-memory bench-http bench-log ## All benchmarks
 
@@ -43,6 +46,12 @@ bench-http: ## Load test of release workers against a bare axum floor in the sam
 bench-log: ## Request-log writer rows/s (Postgres, SQLite), Postgres cost per row, and criterion: a record's encode + journal append
 	./scripts/bench-log.sh
 	$(CARGO) bench --locked -p falcon-server --bench request_log
+
+load-test: ## k6 through the load balancer: SCENARIO=baseline|stress|spike|soak [STACK=native|compose] [DURATION=short]; verdict + bench/results/
+	SCENARIO=$(SCENARIO) STACK=$(STACK) DURATION=$(DURATION) ./scripts/load-test.sh
+
+fuzz: ## cargo fuzz (libFuzzer): HTTP request parsing, tokenisation, spool records; FUZZ_SECONDS each (default 60)
+	./scripts/fuzz.sh
 
 train-model: ## Retrain models/classifier.bin from data/vader (deterministic; rebuild to embed it)
 	$(CARGO) run --release --locked -p falcon-cli -- train

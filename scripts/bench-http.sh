@@ -5,10 +5,11 @@
 #    (crates/falcon-cli/examples/floor.rs), and a worker with embedded defaults, taking
 #    turns: GET /healthz, POST /infer with one repeated text (cache hits) and with a unique
 #    text per request; each Falcon figure as a ratio to the floor's, with its target;
-# 2. the embedded request log on vs off (two workers side by side, interleaved): throughput
+# 2. POST /infer/batch with 64 unique texts against single unique-text requests (texts/s);
+# 3. the embedded request log on vs off (two workers side by side, interleaved): throughput
 #    at saturation, p99 at half the log-off maximum (open loop), rows = requests;
-# 3. a throwaway redis-server, in-process L1 on and off (BENCH_REDIS=0 skips);
-# 4. the Postgres request log on vs off, against the local Postgres on the same cores
+# 4. a throwaway redis-server, in-process L1 on and off (BENCH_REDIS=0 skips);
+# 5. the Postgres request log on vs off, against the local Postgres on the same cores
 #    (BENCH_POSTGRES=0 skips) and a throwaway one pinned to the last core
 #    (BENCH_PG_ISOLATED=0 skips).
 #   BENCH_DURATION (s, default 10), BENCH_CONNECTIONS (default 50)
@@ -94,6 +95,28 @@ if command -v wrk >/dev/null; then
   echo "cross-check: wrk on the floor's GET /healthz: $wrk_rps req/s (falcon load's figure is in the floor row above)"
 fi
 kill "$floor_pid" 2>/dev/null || true
+
+# The batch endpoint: texts/s of POST /infer/batch with 64 unique texts a request against
+# single unique-text POST /infer, same worker (embedded defaults), taking turns.
+echo "== POST /infer/batch (64 unique texts a request) vs POST /infer (one unique text) =="
+start_worker
+: >"$redis_dir/batch.json"
+for _ in 1 2 3; do
+  "$bin" load --addr "$addr" --connections "$connections" --duration "$(awk -v d="$duration" 'BEGIN { print d / 3 }')" --rounds 1 \
+    --scenario unique-text unique-batch | grep '^{' >>"$redis_dir/batch.json"
+done
+stop_worker
+python3 - "$redis_dir/batch.json" <<'PY'
+import json, sys
+tot = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    t = tot.setdefault(r["scenario"], [0, 0.0, []]); t[0] += r["ok"]; t[1] += r["duration_s"]; t[2].append(r["p99_ms"])
+single = tot["unique-text"][0] / tot["unique-text"][1]
+batch = tot["unique-batch"][0] / tot["unique-batch"][1]
+print(f"single: {single:.0f} texts/s; batch: {batch:.0f} req/s = {batch * 64:.0f} texts/s; "
+      f"ratio {batch * 64 / single:.2f} (target >= 5); batch p99 {sorted(tot['unique-batch'][2])[1]:.2f} ms")
+PY
 
 metric_value() { curl -s "http://$addr/metrics" | sed -n "s/^$1{[^}]*} //p"; }
 

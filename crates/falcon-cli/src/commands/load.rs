@@ -30,7 +30,12 @@ pub enum Scenario {
     SameText,
     /// POST /infer with a different text every request (cache misses, real inference).
     UniqueText,
+    /// POST /infer/batch with 64 different texts every request (texts/s = 64 × req/s).
+    UniqueBatch,
 }
+
+/// Texts per request of the `unique-batch` scenario (the default `MAX_BATCH_TEXTS`).
+pub const BATCH_TEXTS: usize = 64;
 
 #[derive(Args)]
 pub struct LoadArgs {
@@ -85,14 +90,23 @@ fn run_nonce() -> u128 {
     *NONCE.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
 }
 
-fn body_for(scenario: Scenario) -> Option<String> {
+/// The path and body of a scenario's next request (`None`: GET /healthz).
+fn body_for(scenario: Scenario) -> Option<(&'static str, String)> {
+    let infer = |b: String| Some(("/infer", b));
     match scenario {
         Scenario::Healthz => None,
-        Scenario::SameText => Some(format!("{{\"text\":\"{SENTENCE}\"}}")),
+        Scenario::SameText => infer(format!("{{\"text\":\"{SENTENCE}\"}}")),
         // Run nonce + sequence number: every normalised text is new, so every request misses the cache.
         Scenario::UniqueText => {
             let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-            Some(format!("{{\"text\":\"{SENTENCE} r{} n{n}\"}}", run_nonce()))
+            infer(format!("{{\"text\":\"{SENTENCE} r{} n{n}\"}}", run_nonce()))
+        }
+        Scenario::UniqueBatch => {
+            let first = SEQUENCE.fetch_add(BATCH_TEXTS as u64, Ordering::Relaxed);
+            let nonce = run_nonce();
+            let texts: Vec<String> =
+                (first..first + BATCH_TEXTS as u64).map(|n| format!("\"{SENTENCE} r{nonce} n{n}\"")).collect();
+            Some(("/infer/batch", format!("{{\"texts\":[{}]}}", texts.join(","))))
         }
     }
 }
@@ -124,9 +138,9 @@ async fn connection(addr: SocketAddr, scenario: Scenario, until: Instant, interv
             let builder = Request::builder().header(hyper::header::HOST, addr.to_string());
             let req = match body_for(scenario) {
                 None => builder.method("GET").uri("/healthz").body(Empty::new().map_err(|e| match e {}).boxed()),
-                Some(b) => builder
+                Some((path, b)) => builder
                     .method("POST")
-                    .uri("/infer")
+                    .uri(path)
                     .header(hyper::header::CONTENT_TYPE, "application/json")
                     .body(Full::new(Bytes::from(b)).map_err(|e| match e {}).boxed()),
             };

@@ -9,6 +9,7 @@ mod deploy;
 mod docs;
 mod doctor;
 mod lifecycle;
+mod load;
 mod observability;
 mod openapi;
 mod postgres;
