@@ -16,6 +16,9 @@ export const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:8088';
 export const SHORT = (__ENV.DURATION || '') === 'short';
 const REPEAT_SHARE = parseFloat(__ENV.REPEAT_SHARE || '0.3');
 const IDEMPOTENCY = parseFloat(__ENV.IDEMPOTENCY || '0.1');
+// Idempotency keys are unique to a run: a key reused with another text is rightly a 409,
+// and the stack remembers keys across runs (IDEMPOTENCY_TTL_SECONDS).
+const RUN_ID = __ENV.RUN_ID || `${Date.now()}`;
 
 const REPEATED = [
   'I love this product, it works perfectly!',
@@ -30,6 +33,13 @@ const WORDS = ['great', 'terrible', 'okay', 'slow', 'fast', 'friendly', 'rude', 
 export const cacheHits = new Counter('falcon_cache_hits');
 export const idempotentReplays = new Counter('falcon_idempotent_replays');
 export const badBodies = new Rate('falcon_bad_bodies');
+// Non-200 answers by status (the verdict lists them). k6 keeps a tagged sub-metric in the
+// summary only when a threshold names it: these always hold.
+export const errors = new Counter('falcon_errors');
+const STATUSES = ['0', '400', '401', '403', '408', '409', '413', '415', '422', '429', '500', '502', '503', '504'];
+
+// The latency figures the summary keeps (k6's default has no p99).
+export const summaryTrendStats = ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'];
 
 // Thresholds every scenario fails on (each sets its p95 in ms; P95_MS replaces it, e.g.
 // for the short forms on a shared CI machine, where failures still count in full).
@@ -40,6 +50,7 @@ export function thresholds(p95ms) {
     [`http_req_duration{expected_response:true}`]: [`p(95)<${p95ms}`],
     checks: ['rate>0.99'],
     falcon_bad_bodies: ['rate<0.01'],
+    ...Object.fromEntries(STATUSES.map((s) => [`falcon_errors{status:${s}}`, ['count>=0']])),
   };
 }
 
@@ -56,7 +67,7 @@ export function infer() {
   const text = repeat ? REPEATED[Math.floor(Math.random() * REPEATED.length)] : uniqueText();
   const headers = { 'Content-Type': 'application/json' };
   if (__ENV.API_KEY) headers.Authorization = `Bearer ${__ENV.API_KEY}`;
-  if (Math.random() < IDEMPOTENCY) headers['X-Idempotency-Key'] = `k6-${__VU}-${__ITER}`;
+  if (Math.random() < IDEMPOTENCY) headers['X-Idempotency-Key'] = `k6-${RUN_ID}-${__VU}-${__ITER}`;
   const res = http.post(`${BASE_URL}/infer`, JSON.stringify({ text }), { headers, tags: { name: 'POST /infer' } });
   let body = null;
   try {
@@ -70,6 +81,10 @@ export function infer() {
     'carries X-Request-ID': (r) => !!r.headers['X-Request-Id'],
   });
   badBodies.add(res.status === 200 && !ok);
+  if (res.status !== 200) {
+    const type = (body && (body.error_type || 'no_error_type')) || 'not_json';
+    errors.add(1, { status: String(res.status), error_type: type });
+  }
   if (body && body.cache_hit) cacheHits.add(1);
   if (body && body.idempotency_hit) idempotentReplays.add(1);
 }
@@ -84,6 +99,7 @@ function verdict(data) {
     `requests: ${m('http_reqs', 'count')} (${m('http_reqs', 'rate').toFixed(1)}/s), failed: ${(m('http_req_failed', 'rate') * 100).toFixed(2)} %`,
     `latency ms: p50 ${m('http_req_duration', 'med').toFixed(2)}, p95 ${m('http_req_duration', 'p(95)').toFixed(2)}, p99 ${m('http_req_duration', 'p(99)').toFixed(2)}, max ${m('http_req_duration', 'max').toFixed(2)}`,
     `cache hits: ${m('falcon_cache_hits', 'count')}, idempotent replays: ${m('falcon_idempotent_replays', 'count')}`,
+    `non-200 answers by status: ${STATUSES.map((s) => [s, m(`falcon_errors{status:${s}}`, 'count')]).filter(([, n]) => n > 0).map(([s, n]) => `${s}: ${n}`).join(', ') || 'none'}`,
     failed.length === 0 ? 'VERDICT: PASS' : `VERDICT: FAIL (${failed.join('; ')})`,
   ];
   return lines.join('\n') + '\n';

@@ -30,6 +30,9 @@ fn every_load_scenario_passes_its_short_form_through_nginx() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{scenario}:\n{text}");
         assert!(text.contains("VERDICT: PASS"), "{scenario}:\n{text}");
+        // Not one request failed: no 409 from a reused idempotency key, no 429 from nginx,
+        // no 502/503 while users arrive.
+        assert!(text.contains("non-200 answers by status: none"), "{scenario}:\n{text}");
         assert!(text.contains("nginx per-client limit: 100000r/s"), "{scenario}: the report names the limit:\n{text}");
         let files: Vec<String> = std::fs::read_dir(results.path())
             .unwrap()
