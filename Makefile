@@ -50,6 +50,16 @@ bench-log: ## Request-log writer rows/s (Postgres, SQLite), Postgres cost per ro
 load-test: ## k6 through the load balancer: SCENARIO=baseline|stress|spike|soak [STACK=native|compose] [DURATION=short]; verdict + bench/results/
 	SCENARIO=$(SCENARIO) STACK=$(STACK) DURATION=$(DURATION) ./scripts/load-test.sh
 
+DRILLS := kill-worker sigterm-worker redis-down redis-slow postgres-down postgres-slow cpu-spike memory-growth
+FAILURE_INJECT := $(addprefix failure-inject-,$(DRILLS))
+.PHONY: failure-inject $(FAILURE_INJECT)
+
+failure-inject: ## List the drills: make failure-inject-DRILL [DURATION=short] (native stack, steady load, Prometheus, PASS/FAIL)
+	@echo "make failure-inject-{$$(echo $(DRILLS) | tr ' ' ',')} [DURATION=short]"
+
+$(FAILURE_INJECT): failure-inject-%:
+	DURATION=$(DURATION) ./scripts/failure_inject.py $*
+
 fuzz: ## cargo fuzz (libFuzzer): HTTP request parsing, tokenisation, spool records; FUZZ_SECONDS each (default 60)
 	./scripts/fuzz.sh
 

@@ -40,6 +40,7 @@ ENV_FILE=$STACK_DIR/stack.env
 . "$ROOT/scripts/lib/throwaway.sh"
 
 die() { echo "stack: $*" >&2; exit 1; }
+as_root_rm() { rm -rf "$@"; }
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_redis() {
@@ -198,6 +199,9 @@ cmd_up() {
   # If any step below fails, stop whatever was started: nothing is left running.
   trap 'echo "stack: up failed; stopping what was started" >&2; cmd_down >&2' EXIT
   local redis_url=${REDIS_URL:-} database_url=${DATABASE_URL:-} own_redis=0 own_pg=0
+  # A stack brought down earlier in this STACK_DIR left its throwaway data (down keeps the
+  # logs): a new stack starts from empty ones, or initdb would refuse the old directory.
+  as_root_rm "$STACK_DIR/postgres" "$STACK_DIR/redis" "$STACK_DIR"/spool-worker-*
   [ -n "$redis_url" ] || { redis_url=$(start_redis); own_redis=1; }
   [ -n "$database_url" ] || { database_url=$(start_postgres); own_pg=1; }
   cat >"$ENV_FILE" <<EOF

@@ -8,6 +8,7 @@ mod connections;
 mod deploy;
 mod docs;
 mod doctor;
+mod drills;
 mod lifecycle;
 mod load;
 mod observability;
