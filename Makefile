@@ -8,6 +8,7 @@ SERVICE ?= worker-1
 SCENARIO ?= baseline
 
 .PHONY: help run build test lint fmt bench bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
+	failure-inject failure-inject-kill-worker failure-inject-sigterm-worker failure-inject-redis-down failure-inject-redis-slow failure-inject-postgres-down failure-inject-postgres-slow failure-inject-cpu-spike failure-inject-memory-growth \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
 help: ## List targets
@@ -50,15 +51,34 @@ bench-log: ## Request-log writer rows/s (Postgres, SQLite), Postgres cost per ro
 load-test: ## k6 through the load balancer: SCENARIO=baseline|stress|spike|soak [STACK=native|compose] [DURATION=short]; verdict + bench/results/
 	SCENARIO=$(SCENARIO) STACK=$(STACK) DURATION=$(DURATION) ./scripts/load-test.sh
 
-DRILLS := kill-worker sigterm-worker redis-down redis-slow postgres-down postgres-slow cpu-spike memory-growth
-FAILURE_INJECT := $(addprefix failure-inject-,$(DRILLS))
-.PHONY: failure-inject $(FAILURE_INJECT)
+# Failure drills (scripts/failure_inject.py, docs/failure-drills.md): the native stack under a
+# steady load, a real Prometheus with the shipped rules, PASS/FAIL with figures.
+failure-inject: ## List the drills (make failure-inject-redis-down [DURATION=short], ...)
+	@grep -E '^failure-inject-[a-z-]+:' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-failure-inject: ## List the drills: make failure-inject-DRILL [DURATION=short] (native stack, steady load, Prometheus, PASS/FAIL)
-	@echo "make failure-inject-{$$(echo $(DRILLS) | tr ' ' ',')} [DURATION=short]"
+failure-inject-kill-worker: ## Drill: SIGKILL a worker: 0 failed through nginx, back in rotation, WorkerDown
+	DURATION=$(DURATION) ./scripts/failure_inject.py kill-worker
 
-$(FAILURE_INJECT): failure-inject-%:
-	DURATION=$(DURATION) ./scripts/failure_inject.py $*
+failure-inject-sigterm-worker: ## Drill: SIGTERM (drain) a worker: 0 failed, back in rotation
+	DURATION=$(DURATION) ./scripts/failure_inject.py sigterm-worker
+
+failure-inject-redis-down: ## Drill: stop Redis: 0 failed, shared cache hits back <= 5 s after, CircuitBreakerOpen
+	DURATION=$(DURATION) ./scripts/failure_inject.py redis-down
+
+failure-inject-redis-slow: ## Drill: pause Redis 400 ms at a time: 0 failed, no request waits past the Redis timeout
+	DURATION=$(DURATION) ./scripts/failure_inject.py redis-slow
+
+failure-inject-postgres-down: ## Drill: stop Postgres: 0 failed, 0 rows lost, the spool replayed
+	DURATION=$(DURATION) ./scripts/failure_inject.py postgres-down
+
+failure-inject-postgres-slow: ## Drill: lock inference_logs: 0 failed, /infer p99 unchanged
+	DURATION=$(DURATION) ./scripts/failure_inject.py postgres-slow
+
+failure-inject-cpu-spike: ## Drill: a busy loop per core: 0 failed, p99 before/during/after
+	DURATION=$(DURATION) ./scripts/failure_inject.py cpu-spike
+
+failure-inject-memory-growth: ## Drill: DEBUG_MEMORY_GROWTH on a worker: HighMemoryUsage's expression true, the RSS slope
+	DURATION=$(DURATION) ./scripts/failure_inject.py memory-growth
 
 fuzz: ## cargo fuzz (libFuzzer): HTTP request parsing, tokenisation, spool records; FUZZ_SECONDS each (default 60)
 	./scripts/fuzz.sh

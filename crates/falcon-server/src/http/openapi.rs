@@ -56,6 +56,43 @@ impl Modify for BearerKeys {
     }
 }
 
+/// The errors both inference routes answer with (`POST /infer` adds 409 for its key).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the document only
+pub enum InferenceErrors {
+    #[response(status = 400, description = "`invalid_json`: the body is not JSON")]
+    InvalidJson(ErrorBody<'static>),
+    #[response(status = 401, description = "`unauthorized`: API keys are on and the key is missing or unknown",
+        headers(("www-authenticate" = String, description = "`Bearer realm=\"falcon\"`")))]
+    Unauthorized(ErrorBody<'static>),
+    #[response(status = 403, description = "`forbidden`: the key may not use this route")]
+    Forbidden(ErrorBody<'static>),
+    #[response(status = 408, description = "`request_body_timeout`: the body did not arrive in time")]
+    BodyTimeout(ErrorBody<'static>),
+    #[response(status = 413, description = "`payload_too_large`: the body is over `MAX_REQUEST_BODY_BYTES`")]
+    PayloadTooLarge(ErrorBody<'static>),
+    #[response(status = 415, description = "`unsupported_media_type`: the body is not `application/json`")]
+    UnsupportedMediaType(ErrorBody<'static>),
+    #[response(
+        status = 422,
+        description = "`validation_error`: JSON of the wrong shape, a text out of bounds, or a batch with no texts or more than `MAX_BATCH_TEXTS`"
+    )]
+    Validation(ErrorBody<'static>),
+    #[response(status = 429, description = "`rate_limited`: over this client's rate limit", headers(
+        ("retry-after" = u32, description = "Seconds until a request will be admitted"),
+        ("ratelimit-limit" = u32, description = "Requests allowed per window"),
+        ("ratelimit-remaining" = u32, description = "Requests left in this window (0)"),
+        ("ratelimit-reset" = u32, description = "Seconds until the limit resets"),
+        ("ratelimit-policy" = String, description = "`<limit>;w=<window seconds>`"),
+    ))]
+    RateLimited(ErrorBody<'static>),
+    #[response(status = 503, description = "`overloaded` (the queue or `MAX_CONCURRENT_REQUESTS` is full) or `not_ready`",
+        headers(("retry-after" = u32, description = "Seconds to wait")))]
+    Unavailable(ErrorBody<'static>),
+    #[response(status = 504, description = "`inference_timeout` or `request_timeout`")]
+    Timeout(ErrorBody<'static>),
+}
+
 /// The stable `error_type` of an error body: one of `ERROR_TYPES`.
 pub struct ErrorType;
 

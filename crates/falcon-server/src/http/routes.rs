@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::ErrorBody;
+use super::openapi::{ErrorBody, InferenceErrors};
 use crate::api::{
     Backends, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness, ReadinessChecks,
     ReloadAnswer, ServiceInfo,
@@ -125,25 +125,8 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
     responses(
         (status = 200, description = "The prediction", body = InferResponse,
             headers(("x-request-id" = String, description = "The request's id"))),
-        (status = 400, description = "`invalid_json`: the body is not JSON", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: API keys are on and the key is missing or unknown", body = ErrorBody,
-            headers(("www-authenticate" = String, description = "`Bearer realm=\"falcon\"`"))),
-        (status = 403, description = "`forbidden`: the key may not use this route", body = ErrorBody),
-        (status = 408, description = "`request_body_timeout`: the body did not arrive in time", body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`: the key was used with another text, or is in flight", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body is over `MAX_REQUEST_BODY_BYTES`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "`validation_error`: JSON of the wrong shape, or a text out of bounds", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: over this client's rate limit", body = ErrorBody, headers(
-            ("retry-after" = u32, description = "Seconds until a request will be admitted"),
-            ("ratelimit-limit" = u32, description = "Requests allowed per window"),
-            ("ratelimit-remaining" = u32, description = "Requests left in this window (0)"),
-            ("ratelimit-reset" = u32, description = "Seconds until the limit resets"),
-            ("ratelimit-policy" = String, description = "`<limit>;w=<window seconds>`"),
-        )),
-        (status = 503, description = "`overloaded` (the queue or `MAX_CONCURRENT_REQUESTS` is full) or `not_ready`", body = ErrorBody,
-            headers(("retry-after" = u32, description = "Seconds to wait"))),
-        (status = 504, description = "`inference_timeout` or `request_timeout`", body = ErrorBody),
+        InferenceErrors,
     ))]
 pub async fn infer(
     State(s): State<AppState>,
@@ -218,22 +201,7 @@ async fn read_command(
     security((), ("api_key" = [])),
     responses(
         (status = 200, description = "One answer or error per text", body = BatchResponse),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
-        (status = 408, description = "`request_body_timeout`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`validation_error`: not `{\"texts\": [...]}`, no texts, or more than `MAX_BATCH_TEXTS`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(
-            ("retry-after" = u32, description = "Seconds until a request will be admitted"),
-            ("ratelimit-limit" = u32, description = "Requests allowed per window"),
-            ("ratelimit-remaining" = u32, description = "Requests left in this window (0)"),
-            ("ratelimit-reset" = u32, description = "Seconds until the limit resets"),
-            ("ratelimit-policy" = String, description = "`<limit>;w=<window seconds>`"),
-        )),
-        (status = 503, description = "`overloaded` or `not_ready`", body = ErrorBody),
-        (status = 504, description = "`inference_timeout` or `request_timeout`", body = ErrorBody),
+        InferenceErrors,
     ))]
 pub async fn infer_batch(
     State(s): State<AppState>,
