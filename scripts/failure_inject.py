@@ -226,6 +226,20 @@ class Prometheus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def rule_for_seconds() -> dict[str, float]:
+    """Each shipped alert's `for:`, in seconds."""
+    out, name = {}, None
+    for path in sorted((ROOT / "deploy/prometheus/alerts").glob("*.yml")):
+        for line in path.read_text().splitlines():
+            m = re.match(r"\s*- alert:\s*(\w+)", line)
+            if m:
+                name = m.group(1)
+            m = re.match(r"\s*for:\s*(\d+)([smh])", line)
+            if m and name:
+                out[name] = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+    return out
+
+
 def load(stack: Stack, seconds: float, rate: float) -> dict:
     """Unique-text POST /infer through nginx at RATE/s for SECONDS (open loop)."""
     r = subprocess.run(
@@ -527,6 +541,20 @@ def run(drill_name: str, short: bool) -> int:
             if any(p in line.get("message", "") for p in drill.log_patterns)
         ]
         checks = drill.checks(report)
+        # The detect step: an expected alert that went pending fires `for` later (plus a scrape
+        # and an evaluation, 1 s each here), not later: nothing resets its timer mid-fault.
+        fault_s = t_restore - t_inject
+        for name in drill.alerts:
+            states = report["alerts"].get(name, {})
+            hold = rule_for_seconds().get(name)
+            if hold is None or "pending" not in states or states["pending"] + hold + 3 > fault_s:
+                continue
+            fired = states.get("firing")
+            late = None if fired is None else fired - states["pending"] - hold
+            what = f"{name} fired {hold:.0f} s (its for) after pending" + (
+                "" if late is None else f", {late:+.1f} s off"
+            )
+            checks.append((what, fired is not None and late <= 2.5))
         print(f"== drill {drill_name} ({report['form']}): {rate:.0f} req/s through nginx, fault at +1 s of 'during' ==")
         print(f"{'phase':<8} {'seconds':>8} {'requests':>9} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8}")
         for name, p in phases.items():
