@@ -547,9 +547,10 @@ def run(drill_name: str, short: bool) -> int:
         # The detect step: an expected alert that went pending fires `for` later (plus a scrape
         # and an evaluation, 1 s each here), not later: nothing resets its timer mid-fault.
         fault_s = t_restore - t_inject
+        holds = rule_for_seconds()
         for name in drill.alerts:
             states = report["alerts"].get(name, {})
-            hold = rule_for_seconds().get(name)
+            hold = holds.get(name)
             if hold is None or "pending" not in states or states["pending"] + hold + 3 > fault_s:
                 continue
             fired = states.get("firing")

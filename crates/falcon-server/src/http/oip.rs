@@ -97,7 +97,7 @@ fn not_ours(name: Result<Path<String>, PathRejection>) -> Option<Response> {
         return None;
     }
     crate::telemetry::metrics::record_error("not_found");
-    let shown: String = name.chars().take(64).collect();
+    let shown = super::routes::shown_path(&name);
     Some(error(StatusCode::NOT_FOUND, format!("unknown model '{shown}'; this server has '{MODEL_NAME}'")))
 }
 
