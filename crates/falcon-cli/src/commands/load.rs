@@ -168,16 +168,24 @@ async fn connection(addr: SocketAddr, scenario: Scenario, until: Instant, interv
                 }
                 None => Instant::now(),
             };
-            let result = match sender.send_request(req).await {
+            // A server (nginx after `keepalive_requests`) may end the connection with
+            // `Connection: close` on an answer: reconnect then, rather than send into a
+            // closing connection and count the server's orderly close as a failure.
+            let (result, closing) = match sender.send_request(req).await {
                 Ok(resp) => {
                     let success = resp.status().is_success();
-                    resp.into_body().collect().await.is_ok() && success
+                    let closing = resp.headers().get(hyper::header::CONNECTION).is_some_and(|v| v == "close");
+                    (resp.into_body().collect().await.is_ok() && success, closing)
                 }
-                Err(_) => false,
+                Err(_) => (false, true),
             };
             stats.latencies_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
             if result {
                 stats.ok += 1;
+                if closing {
+                    driver.abort();
+                    continue 'reconnect;
+                }
             } else {
                 stats.failed += 1;
                 driver.abort();
@@ -338,4 +346,34 @@ pub fn table(reports: &[Report]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+    use super::*;
+
+    /// A server that ends every connection after one answer with `Connection: close` (as
+    /// nginx does after `keepalive_requests`): an orderly close is not a failed request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_close_answer_is_not_counted_as_a_failure() {
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { ([(hyper::header::CONNECTION, "close")], "{}") }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let reports = drive_interleaved(
+            addr,
+            &[Scenario::Healthz],
+            4,
+            Offered::Closed,
+            Duration::from_millis(500),
+            Duration::ZERO,
+            1,
+        )
+        .await;
+        server.abort();
+        assert_eq!(reports[0].failed, 0, "{:?}", reports[0]);
+        assert!(reports[0].ok > 20, "{:?}", reports[0]);
+    }
 }

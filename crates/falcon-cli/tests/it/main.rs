@@ -3,6 +3,7 @@
 //! nginx and Prometheus where a test needs them.
 
 mod api;
+mod bench;
 mod common;
 mod connections;
 mod deploy;

@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""`make bench`: the headline figures of release builds in one run, against a floor measured
+in the same run, written as bench/results.json, bench/results.md (a Markdown table) and
+bench/results.png (a chart a person can look at).
+
+What it measures, in this order:
+1. the model alone: criterion's predict and normalise of a 20-word text (falcon-model's
+   `predict` bench, a short measurement);
+2. three servers side by side, taking turns in 3 interleaved rounds so a slow moment of the
+   shared machine falls on all alike, each driven by `falcon load` (50 keep-alive
+   connections, closed loop):
+   - the floor: a bare axum server with the worker's request and response shapes
+     (crates/falcon-cli/examples/floor.rs): GET /healthz and POST /infer;
+   - one worker with embedded defaults (in-process cache, SQLite request log, spool on):
+     GET /healthz, POST /infer with one repeated text (cache hits) and a unique text per
+     request (model, cache insert and a log row each);
+   - one worker with a throwaway Redis (the cache) and a throwaway Postgres (the request
+     log) on the same cores: the same three;
+   each Falcon figure is a ratio to the floor's figure for the same request, with its target
+   (issue 19); RSS of the embedded worker idle and after its load; every request made to the
+   two logging workers must be a row, with nothing dropped;
+3. the native stack (scripts/stack.sh: real nginx, 3 release workers, throwaway Redis and
+   Postgres, nginx's per-client limit raised so it is not what is measured): same and unique
+   text through nginx, then k6's spike scenario (tests/load/spike.js, short form: 10 users,
+   300 at once, back to 10) with its latency second by second; rows = requests again.
+
+Settings (environment):
+  BENCH_DURATION     seconds per scenario and server, split over the rounds (default 9)
+  BENCH_CONNECTIONS  connections of `falcon load` (default 50)
+  BENCH_OUT          where results.{json,md,png} go (default bench)
+  BENCH_QUICK=1      a smoke run (make test): no criterion, 1 round, the spike at 1/4 length
+  BENCH_STACK=0      skips section 3
+  FALCON_BIN, FLOOR_BIN   the binaries (default target/release/falcon and
+                     target/release/examples/floor; scripts/bench.sh builds them)
+Exit status 0 when every run completed and no row was lost (the targets are reported, not
+enforced: a shared machine's figures move), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import platform
+import re
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+from stackctl import ROOT, Stack, die, free_port, metric  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+ROUNDS = 1 if QUICK else 3
+DURATION = float(os.environ.get("BENCH_DURATION", "2" if QUICK else "9"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
+OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench"))
+BIN = os.environ.get("FALCON_BIN", str(ROOT / "target/release/falcon"))
+FLOOR_BIN = os.environ.get("FLOOR_BIN", str(ROOT / "target/release/examples/floor"))
+SCENARIOS = ["healthz", "same-text", "unique-text"]
+# Issue 19's targets: a scenario's throughput as a share of the floor's for the same request.
+TARGETS = {
+    ("embedded", "healthz"): 0.85,
+    ("embedded", "same-text"): 0.75,
+    ("embedded", "unique-text"): 0.55,
+    ("redis+postgres", "same-text"): 0.60,
+    ("redis+postgres", "unique-text"): 0.35,
+}
+CPU_GROUPS = ["server", "nginx", "redis", "postgres", "load generator"]
+P99_TARGET_MS = 4.0  # embedded, unique text, 50 connections
+
+
+def sh(script: str) -> str:
+    """A bash snippet with scripts/lib/throwaway.sh loaded; its stdout."""
+    r = subprocess.run(
+        ["bash", "-c", f". {ROOT}/scripts/lib/throwaway.sh; {script}"], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        die(f"{script} failed:\n{r.stdout}{r.stderr}")
+    return r.stdout.strip()
+
+
+class Server:
+    """A process serving HTTP on a port it picked and printed (a worker, or the floor)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path, listening: str) -> None:
+        self.name, self.log = name, log
+        self.proc = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        self.addr = ""
+        while not self.addr and time.time() < deadline:
+            for line in log.read_text(errors="replace").splitlines():
+                if listening in line:
+                    found = re.search(r'"address":"([^"]+)"', line)
+                    self.addr = found.group(1) if found else line.split()[-1]
+                    break
+            time.sleep(0.05)
+        if not self.addr:
+            self.stop()
+            die(f"{name} did not start:\n{log.read_text(errors='replace')}")
+        self.port = int(self.addr.rsplit(":", 1)[1])
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def worker(name: str, tmp: Path, **env: str) -> Server:
+    settings = dict(
+        os.environ,
+        HOST="127.0.0.1",
+        PORT="0",
+        WORKER_ID=name,
+        REQUEST_LOG_SQLITE_PATH=str(tmp / f"{name}.db"),
+        LOG_SPOOL_DIR=str(tmp / f"{name}-spool"),
+        **env,
+    )
+    return Server(name, [BIN, "serve"], settings, tmp / f"{name}.log", '"message":"Worker listening"')
+
+
+def falcon_load(addr: str, scenarios: list[str], seconds: float) -> list[dict]:
+    """One `falcon load` run of SCENARIOS, SECONDS each (no warm-up: the connections are
+    kept alive, and the CPU figures cover exactly the measured requests); its JSON reports."""
+    r = subprocess.run(
+        [BIN, "load", "--addr", addr, "--connections", str(CONNECTIONS), "--duration", str(seconds),
+         "--warmup", "0", "--rounds", "1", "--scenario", *scenarios],
+        capture_output=True, text=True,
+    )
+    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or len(reports) != len(scenarios):
+        die(f"falcon load against {addr} failed:\n{r.stdout}{r.stderr}")
+    return reports
+
+
+def combine(reports: list[dict]) -> dict:
+    """Rounds of one scenario: req/s over all of them, the median round's p50 and p99, and
+    CPU µs per request of each process group."""
+    ok = sum(r["ok"] for r in reports)
+    seconds = sum(r["duration_s"] for r in reports)
+    requests = sum(r["requests"] for r in reports)
+    return {
+        "rps": ok / seconds,
+        "p50_ms": statistics.median(r["p50_ms"] for r in reports),
+        "p99_ms": statistics.median(r["p99_ms"] for r in reports),
+        "requests": requests,
+        "failed": sum(r["failed"] for r in reports),
+        "cpu_us_per_request": {
+            name: round(sum(r["cpu_s"][name] for r in reports) * 1e6 / max(requests, 1), 2)
+            for name in reports[0]["cpu_s"]
+        },
+    }
+
+
+def process_tree(pid: int) -> list[int]:
+    """PID and its descendants (a Postgres postmaster and its backends, nginx and its workers)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_by_pid(roots: list[int]) -> dict[int, float]:
+    """User + system CPU seconds (all threads) of ROOTS and their descendants, by process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in (p for root in roots for p in process_tree(root)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def children_cpu() -> float:
+    """CPU time of this script's finished children (the load generator runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured_load(addr: str, scenario: str, seconds: float, processes: dict[str, list[int]]) -> dict:
+    """One `falcon load` run of SCENARIO; its report with the CPU seconds each group of
+    PROCESSES (root pids and their descendants) and the load generator spent meanwhile."""
+    before = {name: cpu_by_pid(roots) for name, roots in processes.items()}
+    load_before = children_cpu()
+    (report,) = falcon_load(addr, [scenario], seconds)
+    spent = {}
+    for name, roots in processes.items():
+        # A process born meanwhile (a new Postgres backend) counts from zero.
+        spent[name] = sum(cpu - before[name].get(pid, 0.0) for pid, cpu in cpu_by_pid(roots).items())
+    spent["load generator"] = children_cpu() - load_before
+    report["cpu_s"] = spent
+    return report
+
+
+def settle(port: int, within: float = 120) -> None:
+    """Waits until a worker's log buffer and spool are empty (every row written)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if (metric(port, "log_buffer_size") or 0) == 0 and (metric(port, "log_spool_bytes") or 0) == 0:
+            return
+        time.sleep(0.5)
+
+
+def made(port: int) -> int:
+    return int(metric(port, "inference_requests_total") or 0)
+
+
+def model_bench() -> dict | None:
+    """criterion's mean of predict and normalise of a 20-word text, in µs."""
+    if QUICK:
+        return None
+    subprocess.run(
+        ["cargo", "bench", "--locked", "-q", "-p", "falcon-model", "--bench", "predict", "--",
+         "--warm-up-time", "1", "--measurement-time", "3", "_20_words"],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    out = {}
+    for name in ("predict_20_words", "normalize_20_words"):
+        est = json.loads((ROOT / f"target/criterion/{name}/new/estimates.json").read_text())
+        out[name] = round(est["mean"]["point_estimate"] / 1000, 3)
+    return out
+
+
+def postmaster(cluster: Path) -> int:
+    return int((cluster / "data/postmaster.pid").read_text().split()[0])
+
+
+def single_servers(tmp: Path, report: dict) -> None:
+    """Section 2: the floor, the embedded worker and the Redis + Postgres worker, in turns."""
+    floor = Server("floor", [FLOOR_BIN, "127.0.0.1:0"], dict(os.environ), tmp / "floor.log", "listening on")
+    redis_port = sh(f"start_throwaway_redis {tmp}/redis")
+    pg_port = sh(f"start_throwaway_postgres {tmp}/postgres")
+    servers = []
+    try:
+        embedded = worker("embedded", tmp)
+        time.sleep(1)
+        report["rss_mb"] = {"idle": round(embedded.rss_mb(), 1)}
+        shared = worker(
+            "redis-postgres", tmp,
+            REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:{pg_port}/postgres",
+        )
+        servers = [floor, embedded, shared]
+        processes = {
+            "floor": {"server": [floor.proc.pid]},
+            "embedded": {"server": [embedded.proc.pid]},
+            "redis-postgres": {
+                "server": [shared.proc.pid],
+                "redis": [int((tmp / "redis/redis.pid").read_text())],
+                "postgres": [postmaster(tmp / "postgres")],
+            },
+        }
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(ROUNDS):
+            for server in servers:
+                for scenario in SCENARIOS:
+                    r = measured_load(server.addr, scenario, DURATION / ROUNDS, processes[server.name])
+                    runs.setdefault((server.name, scenario), []).append(r)
+        report["rss_mb"]["after_load"] = round(embedded.rss_mb(), 1)
+        report["rss_mb"]["after_load_requests"] = made(embedded.port)
+        names = {"floor": "floor", "embedded": "embedded", "redis-postgres": "redis+postgres"}
+        for (server, scenario), reports in runs.items():
+            row = {"config": names[server], "scenario": scenario, **combine(reports)}
+            floor_rps = combine(runs[("floor", scenario)])["rps"]
+            row["ratio"] = row["rps"] / floor_rps
+            row["target"] = TARGETS.get((row["config"], scenario))
+            report["scenarios"].append(row)
+        # Every request made to a logging worker is a row, and nothing was dropped.
+        settle(embedded.port)
+        settle(shared.port)
+        logs = {}
+        for w in (embedded, shared):
+            logs[names[w.name]] = {"requests": made(w.port), "dropped": int(metric(w.port, "dropped_logs_total") or 0)}
+        for w in servers:
+            w.stop()
+        logs["embedded"]["rows"] = sqlite3.connect(tmp / "embedded.db").execute(
+            "SELECT count(*) FROM inference_logs").fetchone()[0]
+        logs["redis+postgres"]["rows"] = int(sh(
+            f"psql -h 127.0.0.1 -p {pg_port} -U postgres -tAc 'SELECT count(*) FROM inference_logs'"))
+        report["request_log"] = logs
+        # Storage per request, for sizing: Postgres (table + indexes) per row, Redis per key.
+        pg_bytes = int(sh(f"psql -h 127.0.0.1 -p {pg_port} -U postgres -tAc "
+                          "\"SELECT pg_total_relation_size('inference_logs')\""))
+        info = sh(f"redis-cli -p {redis_port} info memory")
+        used = next(int(line.split(":")[1]) for line in info.splitlines() if line.startswith("used_memory:"))
+        keys = int(sh(f"redis-cli -p {redis_port} dbsize"))
+        report["storage"] = {
+            "postgres_bytes_per_row": round(pg_bytes / max(logs["redis+postgres"]["rows"], 1)),
+            "redis_keys": keys,
+            "redis_bytes_per_key": round(used / max(keys, 1)),
+        }
+    finally:
+        for s in [floor, *servers]:
+            s.stop()
+        sh(f"stop_throwaway_redis {tmp}/redis; stop_throwaway_postgres {tmp}/postgres")
+
+
+def spike_timeline(stack: Stack, tmp: Path) -> dict:
+    """k6's spike scenario through nginx; p50/p99, req/s and users second by second."""
+    samples = tmp / "spike.csv.gz"
+    env = dict(os.environ, K6_NO_USAGE_REPORT="true", K6_CSV_TIME_FORMAT="unix_milli")
+    r = subprocess.run(
+        [str(ROOT / ".tools/venv/bin/k6"), "run", "--quiet", "--no-color", "--out", f"csv={samples}",
+         "-e", f"BASE_URL=http://127.0.0.1:{stack.nginx}", "-e", "DURATION=short",
+         "-e", f"STAGE_SCALE={0.25 if QUICK else 1}", "-e", f"RESULTS={tmp}/spike",
+         str(ROOT / "tests/load/spike.js")],
+        capture_output=True, text=True, env=env,
+    )
+    seconds: dict[int, list[float]] = {}
+    users: dict[int, float] = {}
+    failed = 0
+    with gzip.open(samples, "rt") as f:
+        for row in csv.DictReader(f):
+            t = int(row["timestamp"]) // 1000
+            if row["metric_name"] == "http_req_duration":
+                seconds.setdefault(t, []).append(float(row["metric_value"]))
+            elif row["metric_name"] == "vus":
+                users[t] = float(row["metric_value"])
+            elif row["metric_name"] == "http_req_failed" and float(row["metric_value"]) > 0:
+                failed += 1
+    if not seconds:
+        die(f"k6 spike recorded nothing:\n{r.stdout}{r.stderr}")
+    start = min(seconds)
+    timeline = []
+    for t in sorted(seconds):
+        d = sorted(seconds[t])
+        timeline.append({
+            "t_s": t - start, "requests": len(d), "users": users.get(t),
+            "p50_ms": d[len(d) // 2], "p99_ms": d[min(len(d) - 1, int(len(d) * 0.99))],
+        })
+    return {"k6_exit": r.returncode, "requests": sum(len(v) for v in seconds.values()), "failed": failed,
+            "timeline": timeline}
+
+
+def stack_section(tmp: Path, report: dict) -> None:
+    """Section 3: the native stack through nginx, and the spike."""
+    os.environ.update(
+        STACK_DIR=str(tmp / "stack"), FALCON_BIN=BIN, STACK_NGINX_PORT=str(free_port()),
+        STACK_STATUS_PORT=str(free_port()), STACK_WORKER_PORTS=" ".join(str(free_port()) for _ in range(3)),
+    )
+    stack = Stack()
+    stack.up()
+    try:
+        processes = {
+            "server": [int((stack.dir / f"worker-{i}.pid").read_text()) for i in (1, 2, 3)],
+            "nginx": [int((stack.dir / "nginx/nginx.pid").read_text())],
+            "redis": [int((stack.dir / "redis/redis.pid").read_text())],
+            "postgres": [postmaster(stack.dir / "postgres")],
+        }
+        runs: dict[str, list[dict]] = {}
+        for _ in range(ROUNDS):
+            for scenario in ["same-text", "unique-text"]:
+                r = measured_load(f"127.0.0.1:{stack.nginx}", scenario, DURATION / ROUNDS, processes)
+                runs.setdefault(scenario, []).append(r)
+        floor = {s["scenario"]: s["rps"] for s in report["scenarios"] if s["config"] == "floor"}
+        for scenario, reports in runs.items():
+            row = {"config": "nginx + 3 workers", "scenario": scenario, **combine(reports)}
+            row["ratio"], row["target"] = row["rps"] / floor[scenario], None
+            report["scenarios"].append(row)
+        report["spike"] = spike_timeline(stack, tmp)
+        requests = sum(made(p) for p in stack.workers)
+        report["request_log"]["nginx + 3 workers"] = {
+            "requests": requests,
+            "rows": stack.settled_rows(),
+            "dropped": int(sum(metric(p, "dropped_logs_total") or 0 for p in stack.workers)),
+        }
+        report["rss_mb"]["stack_workers_after_load"] = [
+            round(int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                           if line.startswith("VmRSS:"))) / 1024, 1)
+            for pid in (int((stack.dir / f"worker-{i}.pid").read_text()) for i in (1, 2, 3))
+        ]
+    finally:
+        stack.down()
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True, text=True)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "kernel": platform.release(),
+            "commit": rev.stdout.strip() or None, "binary": BIN}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"# Benchmark results ({report['date']}, commit {m['commit']})",
+        "",
+        f"{m['cores']} × {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}; everything on the same cores "
+        f"(servers, Redis, Postgres, nginx, load generator). `falcon load`, {report['connections']} connections, "
+        f"{report['duration_s']:g} s per scenario and server in {report['rounds']} interleaved rounds. "
+        "Ratio: throughput over the bare axum floor's for the same request, measured in this run.",
+        "",
+        "| configuration | scenario | req/s | ratio to floor | target | p50 ms | p99 ms | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in report["scenarios"]:
+        target = "" if s["target"] is None else f"≥ {s['target']:.2f} {'✓' if s['ratio'] >= s['target'] else '✗'}"
+        lines.append(
+            f"| {s['config']} | {s['scenario']} | {s['rps']:,.0f} | {s['ratio']:.2f} | {target} | "
+            f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['failed']} |")
+    lines += ["", "CPU time per request, µs (user + system, every thread, measured from /proc during the "
+              "scenario's runs); requests per core = 10⁶ / the service's total (the load generator excluded):", "",
+              "| configuration | scenario | " + " | ".join(CPU_GROUPS) + " | service total | requests/core |",
+              "|---|---|" + "---:|" * (len(CPU_GROUPS) + 2)]
+    for s in report["scenarios"]:
+        cpu = s["cpu_us_per_request"]
+        total = sum(v for k, v in cpu.items() if k != "load generator")
+        cells = " | ".join(f"{cpu[g]:.1f}" if g in cpu else "" for g in CPU_GROUPS)
+        lines.append(f"| {s['config']} | {s['scenario']} | {cells} | {total:.1f} | {1e6 / max(total, 1e-9):,.0f} |")
+    unique = next(s for s in report["scenarios"] if (s["config"], s["scenario"]) == ("embedded", "unique-text"))
+    lines += ["", f"p99 of the embedded worker, unique text, {report['connections']} connections: "
+              f"{unique['p99_ms']:.2f} ms (target ≤ {P99_TARGET_MS:g} ms).", "",
+              "| request log | requests | rows | dropped |", "|---|---:|---:|---:|"]
+    for name, log in report["request_log"].items():
+        lines.append(f"| {name} | {log['requests']:,} | {log['rows']:,} | {log['dropped']} |")
+    st = report["storage"]
+    lines += ["", f"Storage: {st['postgres_bytes_per_row']} bytes per request-log row in Postgres (table and "
+              f"indexes); {st['redis_bytes_per_key']} bytes of Redis memory per key ({st['redis_keys']:,} keys)."]
+    rss = report["rss_mb"]
+    lines += ["", f"RSS of the embedded worker: {rss['idle']} MB idle, {rss['after_load']} MB after "
+              f"{rss['after_load_requests']:,} requests."]
+    if "stack_workers_after_load" in rss:
+        lines[-1] += f" Stack workers after their load: {', '.join(f'{v} MB' for v in rss['stack_workers_after_load'])}."
+    if report["model_us"]:
+        lines += ["", f"Model alone (criterion, 20 words): predict {report['model_us']['predict_20_words']} µs, "
+                  f"normalise {report['model_us']['normalize_20_words']} µs."]
+    if "spike" in report:
+        sp = report["spike"]
+        peak = max(sp["timeline"], key=lambda p: p["p99_ms"])
+        lines += ["", f"Spike through nginx (k6, tests/load/spike.js short form): {sp['requests']:,} requests, "
+                  f"{sp['failed']} failed, worst second's p99 {peak['p99_ms']:.1f} ms at t = {peak['t_s']} s "
+                  f"(k6 thresholds {'passed' if sp['k6_exit'] == 0 else 'FAILED'})."]
+    lines += ["", "![throughput, latency and the spike](results.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["scenarios"]
+    labels = [f"{s['config']}\n{s['scenario']}" for s in rows]
+    colours = {"floor": "#9e9e9e", "embedded": "#1f77b4", "redis+postgres": "#ff7f0e", "nginx + 3 workers": "#2ca02c"}
+    panels = 4 if "spike" in report else 3
+    fig, axes = plt.subplots(panels, 1, figsize=(12, 4.2 * panels))
+    ax = axes[0]
+    bars = ax.bar(range(len(rows)), [s["rps"] for s in rows], color=[colours[s["config"]] for s in rows])
+    for bar, s in zip(bars, rows):
+        ax.annotate(f"{s['ratio']:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("requests/s")
+    ax.set_title("Throughput per scenario (label: ratio to the bare axum floor, same run)")
+    ax = axes[1]
+    x = list(range(len(rows)))
+    ax.bar([i - 0.2 for i in x], [s["p50_ms"] for s in rows], width=0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [s["p99_ms"] for s in rows], width=0.4, label="p99")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("ms")
+    ax.set_title(f"Latency per scenario ({report['connections']} connections, closed loop)")
+    ax.legend()
+    ax = axes[2]
+    bottom = [0.0] * len(rows)
+    for group in CPU_GROUPS:
+        values = [s["cpu_us_per_request"].get(group, 0.0) for s in rows]
+        ax.bar(x, values, bottom=bottom, label=group)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("CPU µs per request")
+    ax.set_title("Where the CPU goes: each process's CPU time per request")
+    ax.legend(fontsize=8)
+    if "spike" in report:
+        ax = axes[3]
+        tl = report["spike"]["timeline"]
+        t = [p["t_s"] for p in tl]
+        ax.plot(t, [p["p50_ms"] for p in tl], label="p50")
+        ax.plot(t, [p["p99_ms"] for p in tl], label="p99")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("ms")
+        ax.set_title("Spike through nginx (k6: 10 users → 300 at once → 10), latency second by second")
+        right = ax.twinx()
+        right.plot(t, [p["users"] or 0 for p in tl], color="#9e9e9e", linestyle="--", label="users")
+        right.set_ylabel("k6 users")
+        ax.legend(loc="upper left")
+        right.legend(loc="upper right")
+    fig.suptitle(f"Falcon benchmark, {report['date']}, {report['machine']['cores']} cores, commit {report['machine']['commit']}")
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    for binary in (BIN, FLOOR_BIN):
+        if not os.access(binary, os.X_OK):
+            die(f"{binary} is missing (scripts/bench.sh builds it)")
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "quick": QUICK,
+        "connections": CONNECTIONS, "duration_s": DURATION, "rounds": ROUNDS, "scenarios": [],
+    }
+    print("bench: model (criterion)" if not QUICK else "bench: quick run (no criterion)", flush=True)
+    report["model_us"] = model_bench()
+    with tempfile.TemporaryDirectory(prefix="falcon-bench-") as tmp:
+        os.chmod(tmp, 0o755)  # the throwaway Postgres clusters run as the postgres user
+        print("bench: floor, embedded worker, Redis + Postgres worker", flush=True)
+        single_servers(Path(tmp), report)
+        if os.environ.get("BENCH_STACK", "1") != "0":
+            print("bench: native stack (nginx + 3 workers) and the k6 spike", flush=True)
+            stack_section(Path(tmp), report)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "results.md").write_text(markdown(report))
+    chart(report, OUT / "results.png")
+    print(markdown(report))
+    print(f"bench: wrote {OUT}/results.json, results.md, results.png")
+    lost = [n for n, log in report["request_log"].items() if log["rows"] != log["requests"] or log["dropped"]]
+    failed = [f"{s['config']} {s['scenario']}" for s in report["scenarios"] if s["failed"]]
+    if lost or failed:
+        print(f"bench: FAIL: rows lost or dropped in {lost}; failed requests in {failed}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
