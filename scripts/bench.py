@@ -72,6 +72,7 @@ TARGETS = {
     ("redis+postgres", "same-text"): 0.60,
     ("redis+postgres", "unique-text"): 0.35,
 }
+LOAD_RATES = [2000, 8000]  # unique-text req/s offered for the CPU-per-request curve
 CPU_GROUPS = ["server", "nginx", "redis", "postgres", "load generator"]
 P99_TARGET_MS = 4.0  # embedded, unique text, 50 connections
 
@@ -134,12 +135,13 @@ def worker(name: str, tmp: Path, **env: str) -> Server:
     return Server(name, [BIN, "serve"], settings, tmp / f"{name}.log", '"message":"Worker listening"')
 
 
-def falcon_load(addr: str, scenarios: list[str], seconds: float) -> list[dict]:
+def falcon_load(addr: str, scenarios: list[str], seconds: float, rate: float | None = None) -> list[dict]:
     """One `falcon load` run of SCENARIOS, SECONDS each (no warm-up: the connections are
-    kept alive, and the CPU figures cover exactly the measured requests); its JSON reports."""
+    kept alive, and the CPU figures cover exactly the measured requests), closed loop or at
+    a fixed offered RATE; its JSON reports."""
     r = subprocess.run(
         [BIN, "load", "--addr", addr, "--connections", str(CONNECTIONS), "--duration", str(seconds),
-         "--warmup", "0", "--rounds", "1", "--scenario", *scenarios],
+         "--warmup", "0", "--rounds", "1", "--scenario", *scenarios, *(["--rate", str(rate)] if rate else [])],
         capture_output=True, text=True,
     )
     reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
@@ -203,12 +205,14 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured_load(addr: str, scenario: str, seconds: float, processes: dict[str, list[int]]) -> dict:
+def measured_load(
+    addr: str, scenario: str, seconds: float, processes: dict[str, list[int]], rate: float | None = None
+) -> dict:
     """One `falcon load` run of SCENARIO; its report with the CPU seconds each group of
     PROCESSES (root pids and their descendants) and the load generator spent meanwhile."""
     before = {name: cpu_by_pid(roots) for name, roots in processes.items()}
     load_before = children_cpu()
-    (report,) = falcon_load(addr, [scenario], seconds)
+    (report,) = falcon_load(addr, [scenario], seconds, rate)
     spent = {}
     for name, roots in processes.items():
         # A process born meanwhile (a new Postgres backend) counts from zero.
@@ -267,6 +271,7 @@ def single_servers(tmp: Path, report: dict) -> None:
             DATABASE_URL=f"postgres://postgres@127.0.0.1:{pg_port}/postgres",
         )
         servers = [floor, embedded, shared]
+        names = {"floor": "floor", "embedded": "embedded", "redis-postgres": "redis+postgres"}
         processes = {
             "floor": {"server": [floor.proc.pid]},
             "embedded": {"server": [embedded.proc.pid]},
@@ -282,9 +287,18 @@ def single_servers(tmp: Path, report: dict) -> None:
                 for scenario in SCENARIOS:
                     r = measured_load(server.addr, scenario, DURATION / ROUNDS, processes[server.name])
                     runs.setdefault((server.name, scenario), []).append(r)
+        # CPU per request is not flat: below saturation each request pays wake-ups that a
+        # busy server shares among many. The floor and the embedded worker at fixed rates.
+        report["cpu_vs_load"] = []
+        for rate in LOAD_RATES:
+            for server in (floor, embedded):
+                r = measured_load(server.addr, "unique-text", 3 if not QUICK else 1, processes[server.name], rate)
+                report["cpu_vs_load"].append({
+                    "config": names[server.name], "offered_rps": rate, "rps": r["rps"], "p99_ms": r["p99_ms"],
+                    "cpu_us_per_request": round(r["cpu_s"]["server"] * 1e6 / max(r["requests"], 1), 1),
+                })
         report["rss_mb"]["after_load"] = round(embedded.rss_mb(), 1)
         report["rss_mb"]["after_load_requests"] = made(embedded.port)
-        names = {"floor": "floor", "embedded": "embedded", "redis-postgres": "redis+postgres"}
         for (server, scenario), reports in runs.items():
             row = {"config": names[server], "scenario": scenario, **combine(reports)}
             floor_rps = combine(runs[("floor", scenario)])["rps"]
@@ -435,6 +449,15 @@ def markdown(report: dict) -> str:
         total = sum(v for k, v in cpu.items() if k != "load generator")
         cells = " | ".join(f"{cpu[g]:.1f}" if g in cpu else "" for g in CPU_GROUPS)
         lines.append(f"| {s['config']} | {s['scenario']} | {cells} | {total:.1f} | {1e6 / max(total, 1e-9):,.0f} |")
+    lines += ["", "CPU µs per unique-text request at a fixed offered rate (open loop) and at saturation "
+              "(closed loop, above):", "", "| server | " + " | ".join(f"{r:,} req/s" for r in LOAD_RATES)
+              + " | saturated |", "|---|" + "---:|" * (len(LOAD_RATES) + 1)]
+    for config in ("floor", "embedded"):
+        cells = [next(c["cpu_us_per_request"] for c in report["cpu_vs_load"]
+                      if c["config"] == config and c["offered_rps"] == r) for r in LOAD_RATES]
+        sat = next(s["cpu_us_per_request"]["server"] for s in report["scenarios"]
+                   if (s["config"], s["scenario"]) == (config, "unique-text"))
+        lines.append(f"| {config} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {sat:.1f} |")
     unique = next(s for s in report["scenarios"] if (s["config"], s["scenario"]) == ("embedded", "unique-text"))
     lines += ["", f"p99 of the embedded worker, unique text, {report['connections']} connections: "
               f"{unique['p99_ms']:.2f} ms (target ≤ {P99_TARGET_MS:g} ms).", "",

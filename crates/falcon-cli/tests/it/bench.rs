@@ -76,6 +76,10 @@ fn make_bench_writes_its_json_table_and_chart_with_every_section() {
         assert_eq!(log["rows"], log["requests"], "{name}: {log}");
         assert_eq!(log["dropped"], 0, "{name}: {log}");
     }
+    // CPU per request at fixed offered rates, for the floor and the embedded worker.
+    let curve = report["cpu_vs_load"].as_array().unwrap();
+    assert_eq!(curve.len(), 4, "{curve:?}");
+    assert!(curve.iter().all(|c| c["cpu_us_per_request"].as_f64().unwrap() > 0.0), "{curve:?}");
     // Storage per request, measured: Postgres bytes per row, Redis bytes per key.
     let storage = &report["storage"];
     assert!(storage["postgres_bytes_per_row"].as_u64().unwrap() > 50, "{storage}");
