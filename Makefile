@@ -6,8 +6,9 @@ CARGO ?= cargo
 STACK ?= compose
 SERVICE ?= worker-1
 SCENARIO ?= baseline
+FLAME_SCENARIO ?= unique-text
 
-.PHONY: help run build test lint fmt bench bench-all bench-stages bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
+.PHONY: help run build test lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
 	failure-inject failure-inject-kill-worker failure-inject-sigterm-worker failure-inject-redis-down failure-inject-redis-slow failure-inject-postgres-down failure-inject-postgres-slow failure-inject-cpu-spike failure-inject-memory-growth \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
@@ -40,6 +41,9 @@ bench-all: bench bench-stages bench-model bench-memory bench-http bench-log ## E
 
 bench-stages: ## criterion: each stage of the request path (normalise + key, cache get/insert, request id, response JSON)
 	$(CARGO) bench --locked -p falcon-server --bench stages
+
+flamegraph: ## CPU flamegraph (perf + inferno) of a release worker at saturation: FLAME_SCENARIO=unique-text|same-text|healthz, FLAME_OUT=file.svg (default target/)
+	SCENARIO=$(FLAME_SCENARIO) ./scripts/flamegraph.sh
 
 bench-model: ## criterion: prediction latency of the shipped model
 	$(CARGO) bench --locked -p falcon-model --bench predict
