@@ -441,7 +441,7 @@ def markdown(report: dict) -> str:
     for s in report["scenarios"]:
         target = "" if s["target"] is None else f"≥ {s['target']:.2f} {'✓' if s['ratio'] >= s['target'] else '✗'}"
         lines.append(
-            f"| {s['config']} | {s['scenario']} | {s['rps']:,.0f} | {s['ratio']:.2f} | {target} | "
+            f"| {s['config']} | {s['scenario']} | {s['rps']:,.0f} | {s['ratio']:.3f} | {target} | "
             f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['failed']} |")
     lines += ["", "CPU time per request, µs (user + system, every thread, measured from /proc during the "
               "scenario's runs); requests per core = 10⁶ / the service's total (the load generator excluded):", "",
