@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
-from stackctl import ROOT, Stack, die, free_port, metric  # noqa: E402
+from stackctl import ROOT, Stack, die, falcon_load, free_port, log_drained, metric, rss_mb  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROUNDS = 1 if QUICK else 3
@@ -107,12 +107,6 @@ class Server:
             die(f"{name} did not start:\n{log.read_text(errors='replace')}")
         self.port = int(self.addr.rsplit(":", 1)[1])
 
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -135,19 +129,14 @@ def worker(name: str, tmp: Path, **env: str) -> Server:
     return Server(name, [BIN, "serve"], settings, tmp / f"{name}.log", '"message":"Worker listening"')
 
 
-def falcon_load(addr: str, scenarios: list[str], seconds: float, rate: float | None = None) -> list[dict]:
-    """One `falcon load` run of SCENARIOS, SECONDS each (no warm-up: the connections are
-    kept alive, and the CPU figures cover exactly the measured requests), closed loop or at
-    a fixed offered RATE; its JSON reports."""
-    r = subprocess.run(
-        [BIN, "load", "--addr", addr, "--connections", str(CONNECTIONS), "--duration", str(seconds),
-         "--warmup", "0", "--rounds", "1", "--scenario", *scenarios, *(["--rate", str(rate)] if rate else [])],
-        capture_output=True, text=True,
-    )
-    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or len(reports) != len(scenarios):
-        die(f"falcon load against {addr} failed:\n{r.stdout}{r.stderr}")
-    return reports
+def load_run(addr: str, scenario: str, seconds: float, rate: float | None = None) -> dict:
+    """One `falcon load` run of SCENARIO with this run's connections (no warm-up: the
+    connections are kept alive, and the CPU figures cover exactly the measured requests);
+    a run in which nothing succeeded ends the benchmark."""
+    (report,) = falcon_load(BIN, addr, [scenario], seconds, CONNECTIONS, rate)
+    if report["ok"] == 0:
+        die(f"no request to {addr} succeeded: {report}")
+    return report
 
 
 def combine(reports: list[dict]) -> dict:
@@ -212,7 +201,7 @@ def measured_load(
     PROCESSES (root pids and their descendants) and the load generator spent meanwhile."""
     before = {name: cpu_by_pid(roots) for name, roots in processes.items()}
     load_before = children_cpu()
-    (report,) = falcon_load(addr, [scenario], seconds, rate)
+    report = load_run(addr, scenario, seconds, rate)
     spent = {}
     for name, roots in processes.items():
         # A process born meanwhile (a new Postgres backend) counts from zero.
@@ -226,7 +215,7 @@ def settle(port: int, within: float = 120) -> None:
     """Waits until a worker's log buffer and spool are empty (every row written)."""
     deadline = time.time() + within
     while time.time() < deadline:
-        if (metric(port, "log_buffer_size") or 0) == 0 and (metric(port, "log_spool_bytes") or 0) == 0:
+        if log_drained(port):
             return
         time.sleep(0.5)
 
@@ -260,17 +249,18 @@ def single_servers(tmp: Path, report: dict) -> None:
     floor = Server("floor", [FLOOR_BIN, "127.0.0.1:0"], dict(os.environ), tmp / "floor.log", "listening on")
     redis_port = sh(f"start_throwaway_redis {tmp}/redis")
     pg_port = sh(f"start_throwaway_postgres {tmp}/postgres")
-    servers = []
+    servers = [floor]
     try:
         embedded = worker("embedded", tmp)
+        servers.append(embedded)
         time.sleep(1)
-        report["rss_mb"] = {"idle": round(embedded.rss_mb(), 1)}
+        report["rss_mb"] = {"idle": round(rss_mb(embedded.proc.pid), 1)}
         shared = worker(
             "redis-postgres", tmp,
             REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
             DATABASE_URL=f"postgres://postgres@127.0.0.1:{pg_port}/postgres",
         )
-        servers = [floor, embedded, shared]
+        servers.append(shared)
         names = {"floor": "floor", "embedded": "embedded", "redis-postgres": "redis+postgres"}
         processes = {
             "floor": {"server": [floor.proc.pid]},
@@ -300,12 +290,12 @@ def single_servers(tmp: Path, report: dict) -> None:
                     "config": names[server.name], "offered_rps": rate, "rps": r["rps"], "p99_ms": r["p99_ms"],
                     "cpu_us_per_request": round(r["cpu_s"]["server"] * 1e6 / max(r["requests"], 1), 1),
                 })
-        report["rss_mb"]["after_load"] = round(embedded.rss_mb(), 1)
+        report["rss_mb"]["after_load"] = round(rss_mb(embedded.proc.pid), 1)
         report["rss_mb"]["after_load_requests"] = made(embedded.port)
-        for (server, scenario), reports in runs.items():
-            row = {"config": names[server], "scenario": scenario, **combine(reports)}
-            floor_rps = combine(runs[("floor", scenario)])["rps"]
-            row["ratio"] = row["rps"] / floor_rps
+        rows = {key: combine(reports) for key, reports in runs.items()}
+        for (server, scenario), figures in rows.items():
+            row = {"config": names[server], "scenario": scenario, **figures}
+            row["ratio"] = row["rps"] / rows[("floor", scenario)]["rps"]
             row["target"] = TARGETS.get((row["config"], scenario))
             report["scenarios"].append(row)
         # Every request made to a logging worker is a row, and nothing was dropped.
@@ -333,7 +323,7 @@ def single_servers(tmp: Path, report: dict) -> None:
             "redis_bytes_per_key": round(used / max(keys, 1)),
         }
     finally:
-        for s in [floor, *servers]:
+        for s in servers:
             s.stop()
         sh(f"stop_throwaway_redis {tmp}/redis; stop_throwaway_postgres {tmp}/postgres")
 
@@ -407,11 +397,7 @@ def stack_section(tmp: Path, report: dict) -> None:
             "rows": stack.settled_rows(),
             "dropped": int(sum(metric(p, "dropped_logs_total") or 0 for p in stack.workers)),
         }
-        report["rss_mb"]["stack_workers_after_load"] = [
-            round(int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                           if line.startswith("VmRSS:"))) / 1024, 1)
-            for pid in (int((stack.dir / f"worker-{i}.pid").read_text()) for i in (1, 2, 3))
-        ]
+        report["rss_mb"]["stack_workers_after_load"] = [round(rss_mb(pid), 1) for pid in processes["server"]]
     finally:
         stack.down()
 

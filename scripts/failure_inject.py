@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
-from stackctl import ROOT, Stack, die, free_port, http, metric  # noqa: E402
+from stackctl import ROOT, Stack, die, falcon_load, free_port, http, log_drained, metric  # noqa: E402
 
 DRILLS = [
     "kill-worker",
@@ -132,20 +132,7 @@ def rule_for_seconds() -> dict[str, float]:
 
 def load(stack: Stack, seconds: float, rate: float) -> dict:
     """Unique-text POST /infer through nginx at RATE/s for SECONDS (open loop)."""
-    r = subprocess.run(
-        [
-            stack.bin, "load", "--addr", f"127.0.0.1:{stack.nginx}", "--scenario", "unique-text",
-            "--rate", str(rate), "--connections", "128", "--duration", str(seconds), "--warmup", "0",
-            "--rounds", "1",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    for line in r.stdout.splitlines():
-        if line.startswith("{"):
-            return json.loads(line)
-    die(f"falcon load failed:\n{r.stdout}{r.stderr}")
-    return {}
+    return falcon_load(stack.bin, f"127.0.0.1:{stack.nginx}", ["unique-text"], seconds, 128, rate)[0]
 
 
 class Drill:
@@ -200,16 +187,22 @@ class SigtermWorker(KillWorker):
     log_patterns = ("Shutdown signal received, draining in-flight requests", "Worker stopped", "Worker listening")
 
 
-class RedisDown(Drill):
-    name = "redis-down"
-    alerts = ("CircuitBreakerOpen",)
-    log_patterns = ("Circuit breaker opened", "Redis unavailable", "Health probe succeeded; closing the circuit breaker")
+class ServiceDown(Drill):
+    """The stack's own SERVICE stopped for the fault, started again to restore."""
+
+    service = ""
 
     def inject(self) -> None:
-        self.stack.sh("stop", "redis")
+        self.stack.sh("stop", self.service)
 
     def restore(self) -> None:
-        self.stack.sh("start", "redis")
+        self.stack.sh("start", self.service)
+
+
+class RedisDown(ServiceDown):
+    name, service = "redis-down", "redis"
+    alerts = ("CircuitBreakerOpen",)
+    log_patterns = ("Circuit breaker opened", "Redis unavailable", "Health probe succeeded; closing the circuit breaker")
 
     def recovered(self) -> bool:
         # The shared cache answers again: a text one worker answered is a hit on another.
@@ -260,23 +253,14 @@ class RedisSlow(Drill):
         ]
 
 
-class PostgresDown(Drill):
-    name = "postgres-down"
+class PostgresDown(ServiceDown):
+    name, service = "postgres-down", "postgres"
     alerts = ("CircuitBreakerOpen",)
     log_patterns = ("Database unavailable; buffering request logs", "Circuit breaker opened", "Flushed")
 
-    def inject(self) -> None:
-        self.stack.sh("stop", "postgres")
-
-    def restore(self) -> None:
-        self.stack.sh("start", "postgres")
-
     def recovered(self) -> bool:
         # Every spooled row replayed.
-        return all(
-            (metric(p, "log_spool_bytes") or 0) == 0 and (metric(p, "log_buffer_size") or 0) == 0
-            for p in self.stack.workers
-        )
+        return all(log_drained(p) for p in self.stack.workers)
 
     def checks(self, r: dict) -> list[tuple[str, bool]]:
         opened = "pending" in r["alerts"].get("CircuitBreakerOpen", {})

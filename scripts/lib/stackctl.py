@@ -55,6 +55,36 @@ def metric(port: int, name: str, labels: str = "") -> float | None:
     return total if seen else None
 
 
+def log_drained(port: int) -> bool:
+    """A worker's request log has nothing left to write: its buffer and its spool are empty."""
+    return (metric(port, "log_buffer_size") or 0) == 0 and (metric(port, "log_spool_bytes") or 0) == 0
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (0 when it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def falcon_load(
+    binary: str, addr: str, scenarios: list[str], seconds: float, connections: int, rate: float | None = None
+) -> list[dict]:
+    """One `falcon load` run of SCENARIOS, SECONDS each, no warm-up, closed loop or at a fixed
+    offered RATE in all; its JSON reports, one per scenario."""
+    r = subprocess.run(
+        [binary, "load", "--addr", addr, "--connections", str(connections), "--duration", str(seconds),
+         "--warmup", "0", "--rounds", "1", "--scenario", *scenarios, *(["--rate", str(rate)] if rate else [])],
+        capture_output=True, text=True,
+    )
+    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    if len(reports) != len(scenarios):
+        die(f"falcon load against {addr} failed:\n{r.stdout}{r.stderr}")
+    return reports
+
+
 class Stack:
     """The native stack: scripts/stack.sh with this STACK_DIR."""
 
@@ -94,10 +124,7 @@ class Stack:
         """The row count once every worker's buffer and spool are empty and it stopped changing."""
         deadline, last = time.time() + within, -2
         while time.time() < deadline:
-            idle = all(
-                (metric(p, "log_buffer_size") or 0) == 0 and (metric(p, "log_spool_bytes") or 0) == 0
-                for p in self.workers
-            )
+            idle = all(log_drained(p) for p in self.workers)
             n = self.rows()
             if idle and n == last:
                 return n
