@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod backends;
+mod client;
 mod commands;
 
 /// mimalloc instead of glibc malloc: requests allocate on a runtime thread and free on

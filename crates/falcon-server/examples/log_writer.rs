@@ -58,7 +58,7 @@ async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f
         nice: 0,
     };
     let (log, writer, _probe) =
-        request_log::start(sink.clone(), breaker(), config, Some(spooling), falcon_server::tasks::Stopping::never());
+        request_log::start(sink.clone(), breaker(), config, Some(spooling), falcon_server::shutdown::Stopping::never());
     let mut records: Vec<LogRecord> = (0..rows).map(record).collect();
     let started = Instant::now();
     let mut recording = Duration::ZERO;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::error_type::ErrorType;
 use falcon_backend::Prediction;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -140,7 +141,7 @@ pub struct BatchRequest {
 }
 
 /// One answer of a batch, in the order of the texts: a prediction, or why this text got none.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 #[serde(untagged)]
 pub enum BatchItem {
     /// The text's prediction.
@@ -154,7 +155,11 @@ pub enum BatchItem {
         cache_hit: bool,
     },
     /// Why this text got no prediction (`validation_error`); the other texts are answered.
-    Error { error: String, error_type: String },
+    Error {
+        error: String,
+        #[schema(value_type = String)]
+        error_type: ErrorType,
+    },
 }
 
 impl BatchItem {
@@ -169,7 +174,7 @@ impl BatchItem {
 }
 
 /// POST /infer/batch answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct BatchResponse {
     /// One entry per text, in the order of `texts`.
     pub results: Vec<BatchItem>,

@@ -353,7 +353,7 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 /// Rate-limit state of clients that have been idle long enough is dropped every minute,
 /// so the limiter's memory follows the active clients, not every address ever seen.
-async fn forget_idle_clients(pipeline: Pipeline, mut stopping: crate::tasks::Stopping) {
+async fn forget_idle_clients(pipeline: Pipeline, mut stopping: crate::shutdown::Stopping) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -364,7 +364,7 @@ async fn forget_idle_clients(pipeline: Pipeline, mut stopping: crate::tasks::Sto
 }
 
 /// SIGHUP reloads the model (as `POST /admin/reload` does), until the worker stops.
-async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: crate::tasks::Stopping) {
+async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: crate::shutdown::Stopping) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,

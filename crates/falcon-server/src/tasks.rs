@@ -7,35 +7,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::request_log::Writer;
-
-/// The stop signal, as a task sees it.
-#[derive(Clone)]
-pub struct Stopping(Option<watch::Receiver<bool>>);
-
-impl Stopping {
-    /// Completes once shutdown has begun (at once if it already has, or if the owner is gone).
-    pub async fn wait(&mut self) {
-        match &mut self.0 {
-            Some(rx) => {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-
-    /// A signal that never fires (tasks run by tests that own no `Background`).
-    pub fn never() -> Self {
-        Self(None)
-    }
-}
+use crate::shutdown::StopSender;
+use crate::shutdown::Stopping;
 
 /// The worker's background tasks and the request-log writer.
 pub struct Background {
-    stop: watch::Sender<bool>,
+    stop: StopSender,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     writer: Option<Writer>,
 }
@@ -48,12 +28,12 @@ impl Default for Background {
 
 impl Background {
     pub fn new() -> Self {
-        Self { stop: watch::channel(false).0, tasks: Vec::new(), writer: None }
+        Self { stop: StopSender::new(), tasks: Vec::new(), writer: None }
     }
 
     /// The signal every looping task watches.
     pub fn stopping(&self) -> Stopping {
-        Stopping(Some(self.stop.subscribe()))
+        self.stop.stopping()
     }
 
     /// Runs `task` until it returns; it must return once `stopping()` fires or its input
@@ -75,7 +55,7 @@ impl Background {
     /// Signals every task to stop and awaits each, in order, within `grace`; then lets the
     /// request-log writer flush.
     pub async fn shutdown(self, grace: Duration) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         for (task, handle) in self.tasks {
             let abort = handle.abort_handle();
             match tokio::time::timeout(grace, handle).await {

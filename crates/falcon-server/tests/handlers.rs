@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use falcon_backend::{Backend, BackendError, Prediction};
 use falcon_server::http::{AppState, router};
 use falcon_server::{Config, build_state};
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -547,7 +548,8 @@ async fn the_openapi_document_matches_the_router() {
     }
     let error_types: Vec<&str> =
         schemas["ErrorType"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(error_types, falcon_server::telemetry::metrics::ERROR_TYPES);
+    let all: Vec<&str> = falcon_server::error_type::ErrorType::ALL.iter().map(|t| t.as_str()).collect();
+    assert_eq!(error_types, all);
     // A documented error body is what an error actually looks like.
     let required: Vec<&str> =
         schemas["ErrorBody"]["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
@@ -578,5 +580,58 @@ async fn an_open_inference_protocol_path_that_is_not_utf8_is_a_json_400() {
         let (status, _, body) = send(&s, req).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| e.contains("model name")), "{uri}: {body}");
+    }
+}
+
+fn oip_infer(content_type: Option<&str>, body: Body) -> Request<Body> {
+    let mut req = Request::post("/v2/models/sentiment/infer");
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.body(body).unwrap()
+}
+
+const OIP_BODY: &str = r#"{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["a good day"]}]}"#;
+
+/// OIP reads its body with the same reader as `/infer`: its Content-Type rules (none is
+/// JSON, as tritonclient sends none; another type is refused), its size limit and its
+/// deadline, each answered in the protocol's `{"error"}` shape with the protocol's status.
+#[tokio::test]
+async fn open_inference_protocol_bodies_go_through_the_shared_reader() {
+    let s = state_with(Arc::new(Fake::new()), true, Duration::from_secs(5), Duration::from_millis(500)).await;
+    let (status, _, body) = send(&s, oip_infer(None, Body::from(OIP_BODY))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["outputs"][0]["data"][0], "positive");
+
+    let (status, _, body) = send(&s, oip_infer(Some("text/plain"), Body::from(OIP_BODY))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Content-Type"), "{body}");
+
+    let big = OIP_BODY.replace("a good day", &"a".repeat(5000));
+    let (status, _, body) = send(&s, oip_infer(Some("application/json"), Body::from(big))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("exceeds the limit"), "{body}");
+
+    // A body that never ends: the request's deadline, as the protocol's 408.
+    let stalled =
+        futures_util::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"inputs\"")) })
+            .chain(futures_util::stream::pending());
+    let (status, _, body) = send(&s, oip_infer(Some("application/json"), Body::from_stream(stalled))).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("did not arrive"), "{body}");
+    assert!(body.get("error_type").is_none(), "the protocol's shape: {body}");
+}
+
+/// An unknown model is the protocol's 404, on every model route.
+#[tokio::test]
+async fn an_unknown_open_inference_protocol_model_is_a_404_in_the_protocols_shape() {
+    let s = state().await;
+    for (method, uri) in
+        [("GET", "/v2/models/nope"), ("GET", "/v2/models/nope/ready"), ("POST", "/v2/models/nope/infer")]
+    {
+        let req = Request::builder().method(method).uri(uri).body(Body::from(OIP_BODY)).unwrap();
+        let (status, _, body) = send(&s, req).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("unknown model 'nope'"), "{uri}: {body}");
     }
 }

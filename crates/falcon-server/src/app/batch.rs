@@ -185,7 +185,7 @@ impl Pipeline {
                 row.cache_hit = *cache_hit;
             }
             Some(BatchItem::Error { error, error_type }) => {
-                row.error_type = Some(error_type.clone());
+                row.error_type = Some(error_type.as_str().to_owned());
                 row.error_message = Some(error.clone());
             }
             None => {}
@@ -194,7 +194,7 @@ impl Pipeline {
     }
 }
 
+/// A text's own error (counted by the HTTP layer when it answers).
 fn error_item(e: &InferError) -> BatchItem {
-    metrics::record_error(e.error_type());
-    BatchItem::Error { error: e.to_string(), error_type: e.error_type().to_owned() }
+    BatchItem::Error { error: e.to_string(), error_type: e.error_type() }
 }

@@ -1,11 +1,11 @@
 //! Every way an inference request can fail, in the application's own terms.
 //!
-//! The `error_type` strings are a product contract, not an HTTP detail: they label
-//! `inference_errors_total`, fill `inference_logs.error_type`, and clients and alerts key
-//! on them. `http/error.rs` maps each variant to a status code, once.
+//! Each variant has one `ErrorType` (`crate::error_type`), the table of the stable names,
+//! their statuses and their metric series.
 
 use std::time::Duration;
 
+use crate::error_type::ErrorType;
 use crate::inference::QueueError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -52,23 +52,24 @@ pub enum InferError {
 }
 
 impl InferError {
-    pub fn error_type(&self) -> &'static str {
+    /// Its stable name and status (`crate::error_type`, the one table).
+    pub fn error_type(&self) -> ErrorType {
         match self {
-            Self::InvalidJson(_) => "invalid_json",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::Validation(_) => "validation_error",
-            Self::NotReady(_) => "not_ready",
-            Self::IdempotencyConflict => "idempotency_conflict",
-            Self::Overloaded(_) => "overloaded",
-            Self::InferenceTimeout(_) => "inference_timeout",
-            Self::RequestTimeout(_) => "request_timeout",
-            Self::BodyTimeout(_) => "request_body_timeout",
-            Self::ClientClosed => "client_closed",
-            Self::Internal(_) => "internal_error",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::RateLimited(_) => "rate_limited",
+            Self::InvalidJson(_) => ErrorType::InvalidJson,
+            Self::PayloadTooLarge { .. } => ErrorType::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorType::UnsupportedMediaType,
+            Self::Validation(_) => ErrorType::Validation,
+            Self::NotReady(_) => ErrorType::NotReady,
+            Self::IdempotencyConflict => ErrorType::IdempotencyConflict,
+            Self::Overloaded(_) => ErrorType::Overloaded,
+            Self::InferenceTimeout(_) => ErrorType::InferenceTimeout,
+            Self::RequestTimeout(_) => ErrorType::RequestTimeout,
+            Self::BodyTimeout(_) => ErrorType::BodyTimeout,
+            Self::ClientClosed => ErrorType::ClientClosed,
+            Self::Internal(_) => ErrorType::Internal,
+            Self::Unauthorized(_) => ErrorType::Unauthorized,
+            Self::Forbidden(_) => ErrorType::Forbidden,
+            Self::RateLimited(_) => ErrorType::RateLimited,
         }
     }
 }

@@ -223,10 +223,11 @@ impl Drop for Unfinished<'_> {
         if !self.armed {
             return;
         }
+        // Counted by the HTTP layer, which counts every error once; this writes the row.
         let error = InferError::ClientClosed;
-        metrics::record_error(error.error_type());
-        if let Some(suppressed) = self.pipeline.0.closed_log.admit(error.error_type()) {
-            tracing::warn!(request_id = %self.meta.request_id, error_type = error.error_type(), suppressed, "Client closed the connection before the answer");
+        let error_type = error.error_type().as_str();
+        if let Some(suppressed) = self.pipeline.0.closed_log.admit(error_type) {
+            tracing::warn!(request_id = %self.meta.request_id, error_type, suppressed, "Client closed the connection before the answer");
         }
         let _ = self.pipeline.finish(self.meta, Subject::default(), Err(error));
     }
@@ -526,7 +527,7 @@ impl Pipeline {
                     row.inference_time_ms = *inference_ms;
                 }
                 Err(e) => {
-                    row.error_type = Some(e.error_type().to_owned());
+                    row.error_type = Some(e.error_type().as_str().to_owned());
                     row.error_message = Some(e.to_string());
                 }
             }

@@ -138,7 +138,7 @@ impl RedisStore {
 
     /// PINGs Redis every `every`; a success closes the breaker at once, so the cache is
     /// back as soon as Redis is, not after the breaker's open period.
-    pub async fn run_health_probe(self: Arc<Self>, every: Duration, mut stopping: crate::tasks::Stopping) {
+    pub async fn run_health_probe(self: Arc<Self>, every: Duration, mut stopping: crate::shutdown::Stopping) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::app::InferError;
+use crate::error_type::ErrorType;
 use crate::telemetry::throttle::LogLimiter;
 
 /// Every way an HTTP request can fail: the application's errors, and the two that only
@@ -25,45 +26,64 @@ pub enum ApiError {
     HeadersTooLarge { count: usize, bytes: usize },
     #[error(transparent)]
     ReloadFailed(#[from] crate::lifecycle::ReloadError),
+    /// An Open Inference Protocol path names a model this server does not have.
+    #[error("unknown model '{name}'; this server has '{served}'")]
+    UnknownModel { name: String, served: &'static str },
 }
 
 impl ApiError {
+    /// The status of its error type (the one table, `crate::error_type`).
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Infer(e) => match e {
-                InferError::InvalidJson(_) => StatusCode::BAD_REQUEST,
-                InferError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                InferError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                InferError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                InferError::IdempotencyConflict => StatusCode::CONFLICT,
-                InferError::NotReady(_) | InferError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-                InferError::InferenceTimeout(_) | InferError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                InferError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-                // nginx's "client closed request": nobody reads it, but logs and rows say it.
-                InferError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                InferError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                InferError::Forbidden(_) => StatusCode::FORBIDDEN,
-                InferError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            },
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::ReloadFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        }
+        status(self.error_type())
     }
 
     /// The stable name clients, metrics (`inference_errors_total{error_type}`) and alerts
     /// key on.
-    pub fn error_type(&self) -> &'static str {
+    pub fn error_type(&self) -> ErrorType {
         match self {
             Self::Infer(e) => e.error_type(),
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::UriTooLong { .. } => "uri_too_long",
-            Self::HeadersTooLarge { .. } => "headers_too_large",
-            Self::ReloadFailed(_) => "reload_failed",
+            Self::NotFound(_) | Self::UnknownModel { .. } => ErrorType::NotFound,
+            Self::MethodNotAllowed => ErrorType::MethodNotAllowed,
+            Self::UriTooLong { .. } => ErrorType::UriTooLong,
+            Self::HeadersTooLarge { .. } => ErrorType::HeadersTooLarge,
+            Self::ReloadFailed(_) => ErrorType::ReloadFailed,
+        }
+    }
+}
+
+/// An error type's status as `http` spells it.
+pub fn status(t: ErrorType) -> StatusCode {
+    StatusCode::from_u16(t.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Counts one error in `inference_errors_total`. The HTTP layer counts every error once,
+/// where it answers it: an error body, a batch text's error, an OIP error, or a client
+/// that hung up before its answer (`HangUp`).
+pub fn count(t: ErrorType) {
+    crate::telemetry::metrics::record_error(t);
+}
+
+/// Counts `client_closed` if the handler holding it is dropped before it answers (the
+/// client went away and hyper dropped the request's future).
+pub struct HangUp {
+    armed: bool,
+}
+
+impl HangUp {
+    pub fn watch() -> Self {
+        Self { armed: true }
+    }
+
+    /// The handler answered.
+    pub fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        if self.armed {
+            count(ErrorType::ClientClosed);
         }
     }
 }
@@ -79,7 +99,7 @@ pub struct ErrorBody<'a> {
     error: String,
     /// What went wrong, for a program: stable, and the `error_type` label of
     /// `inference_errors_total`.
-    #[schema(value_type = super::openapi::ErrorType)]
+    #[schema(value_type = super::openapi::ErrorTypeSchema)]
     error_type: &'a str,
     request_id: &'a str,
     worker_id: &'a str,
@@ -98,11 +118,14 @@ pub struct ErrorResponse<'a> {
 /// Error log lines of one `error_type` per second before the rest are only counted.
 pub const ERROR_LINES_PER_SECOND: u32 = 20;
 
-impl IntoResponse for ErrorResponse<'_> {
-    fn into_response(self) -> Response {
+impl ErrorResponse<'_> {
+    /// Counts the error and logs it (rate-limited): what every error answer does, whatever
+    /// the protocol's body. Returns its message.
+    fn report(&self) -> String {
         let status = self.error.status();
-        let error_type = self.error.error_type();
-        crate::telemetry::metrics::record_error(error_type);
+        let kind = self.error.error_type();
+        count(kind);
+        let error_type = kind.as_str();
         let message = self.error.to_string();
         if let Some(suppressed) = self.log.admit(error_type) {
             let status = status.as_u16();
@@ -115,8 +138,43 @@ impl IntoResponse for ErrorResponse<'_> {
                 tracing::warn!(request_id = id, error_type, status, suppressed, "{message}");
             }
         }
+        message
+    }
+
+    /// The Open Inference Protocol's answer: `{"error": …}`, with the protocol's status
+    /// (its 4xx for a bad request are 400) and the same headers.
+    pub fn into_oip_response(self) -> Response {
+        let message = self.report();
+        let mut response = (oip_status(self.error.error_type()), Json(OipError { error: message })).into_response();
+        add_error_headers(&self.error, response.headers_mut());
+        response
+    }
+}
+
+/// The Open Inference Protocol's error body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OipError {
+    pub error: String,
+}
+
+/// The protocol answers a request it cannot take with 400; authentication, limits, a
+/// missing model and overload keep their own codes.
+pub fn oip_status(t: ErrorType) -> StatusCode {
+    match t {
+        ErrorType::InvalidJson
+        | ErrorType::Validation
+        | ErrorType::PayloadTooLarge
+        | ErrorType::UnsupportedMediaType => StatusCode::BAD_REQUEST,
+        other => status(other),
+    }
+}
+
+impl IntoResponse for ErrorResponse<'_> {
+    fn into_response(self) -> Response {
+        let message = self.report();
+        let error_type = self.error.error_type().as_str();
         let body = ErrorBody { error: message, error_type, request_id: self.request_id, worker_id: self.worker_id };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (self.error.status(), Json(body)).into_response();
         add_error_headers(&self.error, response.headers_mut());
         response
     }
@@ -161,38 +219,45 @@ mod tests {
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
-    #[test]
-    fn every_error_type_is_registered_as_a_metric_series() {
-        let all: Vec<ApiError> = vec![
-            InferError::InvalidJson(String::new()).into(),
-            InferError::PayloadTooLarge { limit: 1 }.into(),
-            InferError::UnsupportedMediaType.into(),
-            InferError::Validation(String::new()).into(),
-            ApiError::NotFound(String::new()),
-            ApiError::MethodNotAllowed,
-            ApiError::UriTooLong { limit: 1 },
-            ApiError::HeadersTooLarge { count: 1, bytes: 1 },
-            InferError::Forbidden("").into(),
-            InferError::Unauthorized("").into(),
-            InferError::RateLimited(crate::app::access::Limited {
-                retry_after: Duration::from_secs(1),
-                limit: 1,
-                window: Duration::from_secs(1),
-            })
-            .into(),
-            ApiError::ReloadFailed(crate::lifecycle::ReloadError::NotConfigured),
-            InferError::IdempotencyConflict.into(),
-            InferError::NotReady("").into(),
-            InferError::Overloaded("").into(),
-            InferError::InferenceTimeout(Duration::from_secs(1)).into(),
-            InferError::RequestTimeout(Duration::from_secs(1)).into(),
-            InferError::BodyTimeout(Duration::from_secs(1)).into(),
-            InferError::ClientClosed.into(),
-            InferError::Internal(String::new()).into(),
-        ];
-        for e in &all {
-            assert!(crate::telemetry::metrics::ERROR_TYPES.contains(&e.error_type()), "{}", e.error_type());
+    /// An error of each type. The match is exhaustive: a type added to the table without a
+    /// way to reach it here does not compile.
+    fn example(t: ErrorType) -> ApiError {
+        let second = Duration::from_secs(1);
+        match t {
+            ErrorType::InvalidJson => InferError::InvalidJson(String::new()).into(),
+            ErrorType::PayloadTooLarge => InferError::PayloadTooLarge { limit: 1 }.into(),
+            ErrorType::UnsupportedMediaType => InferError::UnsupportedMediaType.into(),
+            ErrorType::Validation => InferError::Validation(String::new()).into(),
+            ErrorType::NotFound => ApiError::NotFound(String::new()),
+            ErrorType::MethodNotAllowed => ApiError::MethodNotAllowed,
+            ErrorType::UriTooLong => ApiError::UriTooLong { limit: 1 },
+            ErrorType::HeadersTooLarge => ApiError::HeadersTooLarge { count: 1, bytes: 1 },
+            ErrorType::Unauthorized => InferError::Unauthorized("").into(),
+            ErrorType::Forbidden => InferError::Forbidden("").into(),
+            ErrorType::RateLimited => {
+                InferError::RateLimited(crate::app::access::Limited { retry_after: second, limit: 1, window: second })
+                    .into()
+            }
+            ErrorType::ReloadFailed => ApiError::ReloadFailed(crate::lifecycle::ReloadError::NotConfigured),
+            ErrorType::IdempotencyConflict => InferError::IdempotencyConflict.into(),
+            ErrorType::NotReady => InferError::NotReady("").into(),
+            ErrorType::Overloaded => InferError::Overloaded("").into(),
+            ErrorType::InferenceTimeout => InferError::InferenceTimeout(second).into(),
+            ErrorType::RequestTimeout => InferError::RequestTimeout(second).into(),
+            ErrorType::BodyTimeout => InferError::BodyTimeout(second).into(),
+            ErrorType::ClientClosed => InferError::ClientClosed.into(),
+            ErrorType::Internal => InferError::Internal(String::new()).into(),
         }
-        assert_eq!(all.len(), crate::telemetry::metrics::ERROR_TYPES.len());
+    }
+
+    #[test]
+    fn every_error_answers_with_its_types_name_and_status() {
+        for &t in ErrorType::ALL {
+            let e = example(t);
+            assert_eq!(e.error_type(), t);
+            assert_eq!(e.status().as_u16(), t.status(), "{t}");
+        }
+        assert_eq!(example(ErrorType::ClientClosed).status().as_u16(), 499);
+        assert_eq!(example(ErrorType::Validation).status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

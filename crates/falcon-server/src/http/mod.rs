@@ -53,6 +53,12 @@ impl AppState {
         let error = error.into();
         ErrorResponse { error, request_id, worker_id: self.worker_id(), log: &self.error_log }.into_response()
     }
+
+    /// `error_response` in the Open Inference Protocol's shape (`{"error": …}`).
+    pub fn oip_error_response(&self, request_id: &str, error: impl Into<ApiError>) -> Response {
+        let error = error.into();
+        ErrorResponse { error, request_id, worker_id: self.worker_id(), log: &self.error_log }.into_oip_response()
+    }
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy (`TRUSTED_PROXIES`),

@@ -9,14 +9,17 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::api::BatchItem;
+pub use super::error::OipError;
+use super::error::{ApiError, HangUp};
+use super::routes::{BodyRules, read_json};
+use crate::api::{BatchItem, BatchResponse};
 use crate::app::{BatchCommand, InferError, RequestMeta};
+use crate::error_type::ErrorType;
 
 /// The model's name in the protocol's paths.
 pub const MODEL_NAME: &str = "sentiment";
@@ -27,16 +30,6 @@ pub const MODEL_NAME: &str = "sentiment";
 pub enum OipModelName {
     #[schema(rename = "sentiment")]
     Sentiment,
-}
-
-/// The protocol's error body.
-#[derive(Serialize, ToSchema)]
-pub struct OipError {
-    pub error: String,
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(OipError { error: message.into() })).into_response()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -84,21 +77,13 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 /// The model name of the path, as the protocol's errors: 400 for a name that is not UTF-8
 /// (axum's own answer would be plain text), 404 for a model this server does not have.
 /// `None` for ours.
-fn not_ours(name: Result<Path<String>, PathRejection>) -> Option<Response> {
-    let name = match name {
-        Ok(Path(name)) => name,
-        Err(e) => {
-            crate::telemetry::metrics::record_error("validation_error");
-            let message = format!("invalid model name in the path: {}", e.body_text());
-            return Some(error(StatusCode::BAD_REQUEST, message));
-        }
+fn not_ours(s: &AppState, meta: &RequestMeta, name: Result<Path<String>, PathRejection>) -> Option<Response> {
+    let error: ApiError = match name {
+        Ok(Path(name)) if name == MODEL_NAME => return None,
+        Ok(Path(name)) => ApiError::UnknownModel { name: super::routes::shown_path(&name), served: MODEL_NAME },
+        Err(e) => InferError::Validation(format!("invalid model name in the path: {}", e.body_text())).into(),
     };
-    if name == MODEL_NAME {
-        return None;
-    }
-    crate::telemetry::metrics::record_error("not_found");
-    let shown = super::routes::shown_path(&name);
-    Some(error(StatusCode::NOT_FOUND, format!("unknown model '{shown}'; this server has '{MODEL_NAME}'")))
+    Some(s.oip_error_response(&meta.request_id, error))
 }
 
 /// A tensor's name, type and shape (`-1`: any length).
@@ -138,8 +123,12 @@ pub struct OipModelReady {
         (status = 200, description = "Model metadata", body = OipModelMetadata),
         (status = 404, description = "No such model", body = OipError),
     ))]
-pub async fn model_metadata(State(s): State<AppState>, name: Result<Path<String>, PathRejection>) -> Response {
-    if let Some(r) = not_ours(name) {
+pub async fn model_metadata(
+    State(s): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    if let Some(r) = not_ours(&s, &meta, name) {
         return r;
     }
     let backend = s.pipeline.backend();
@@ -166,8 +155,12 @@ pub async fn model_metadata(State(s): State<AppState>, name: Result<Path<String>
         (status = 503, description = "Not ready", body = OipModelReady),
         (status = 404, description = "No such model", body = OipError),
     ))]
-pub async fn model_ready(State(s): State<AppState>, name: Result<Path<String>, PathRejection>) -> Response {
-    if let Some(r) = not_ours(name) {
+pub async fn model_ready(
+    State(s): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    if let Some(r) = not_ours(&s, &meta, name) {
         return r;
     }
     let ready = s.pipeline.health().ready;
@@ -278,55 +271,54 @@ pub async fn infer(
     State(s): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
     name: Result<Path<String>, PathRejection>,
-    _headers: HeaderMap,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(r) = not_ours(name) {
+    if let Some(r) = not_ours(&s, &meta, name) {
         return r;
     }
-    let limit = s.max_body_bytes;
+    let hang_up = HangUp::watch();
     let mut id = None;
     let command = async {
-        let bytes = http_body_util::Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|_| InferError::PayloadTooLarge { limit })?
-            .to_bytes();
-        let req: OipInferRequest = serde_json::from_slice(&bytes).map_err(|e| {
-            InferError::InvalidJson(format!("not an inference request: line {} column {}", e.line(), e.column()))
-        })?;
+        let req: OipInferRequest = read_json(&s, &meta, &headers, body, BODY).await?;
         let (req_id, texts) = texts(req).map_err(InferError::Validation)?;
         id = req_id;
         Ok(BatchCommand { texts })
     };
     let answer = s.pipeline.infer_batch(&meta, command).await;
-    let answer = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            // The protocol answers a bad request with 400; auth, limits and overload keep
-            // their own codes.
-            let status = match super::error::ApiError::from(e.clone()).status() {
-                StatusCode::UNPROCESSABLE_ENTITY
-                | StatusCode::PAYLOAD_TOO_LARGE
-                | StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::BAD_REQUEST,
-                other => other,
-            };
-            crate::telemetry::metrics::record_error(e.error_type());
-            return error(status, e.to_string());
-        }
+    let response = match answer {
+        Ok(answer) => respond(&s, &meta, id, answer),
+        Err(e) => s.oip_error_response(&meta.request_id, e),
     };
+    hang_up.answered();
+    response
+}
+
+/// How OIP reads its body: the shared reader, JSON also without a Content-Type.
+const BODY: BodyRules = BodyRules {
+    shape: "the body must be an inference request: {\"inputs\": [{\"name\", \"shape\", \"datatype\": \"BYTES\", \"data\"}]}",
+    absent_is_json: true,
+};
+
+/// The answer's tensors; the request fails with the first text's error, if any.
+fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, answer: BatchResponse) -> Response {
     let backend = s.pipeline.backend();
     let labels = backend.labels();
     let mut names = Vec::with_capacity(answer.results.len());
     let mut probabilities = Vec::with_capacity(answer.results.len() * labels.len());
-    for item in &answer.results {
+    for item in answer.results {
         match item {
             BatchItem::Answer { prediction, probabilities: p, .. } => {
-                names.push(prediction.clone());
                 probabilities.extend(labels.iter().map(|l| p.get(l).copied().unwrap_or(0.0) as f32));
+                names.push(prediction);
             }
-            BatchItem::Error { error: message, .. } => {
-                return error(StatusCode::BAD_REQUEST, message.clone());
+            // A text's error is a bad input (`validation_error`) or the model's failure.
+            BatchItem::Error { error, error_type } => {
+                let e = match error_type {
+                    ErrorType::Validation => InferError::Validation(error),
+                    _ => InferError::Internal(error),
+                };
+                return s.oip_error_response(&meta.request_id, e);
             }
         }
     }

@@ -2,16 +2,20 @@
 //!
 //! The document is generated from the handlers' `#[utoipa::path]` attributes and the body
 //! types, and the router is built from the same list (`utoipa_axum::OpenApiRouter`), so a
-//! route cannot exist without being documented. The error types come from
-//! `telemetry::metrics::ERROR_TYPES`, the list the metric series are registered from.
+//! route cannot exist without being documented. The error types, their statuses and their
+//! descriptions come from `crate::error_type`, the table the metric series are registered from.
 
+use std::collections::BTreeMap;
+
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as Document, RefOr};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 pub use super::error::ErrorBody;
-use crate::telemetry::metrics::ERROR_TYPES;
+use crate::error_type::ErrorType;
 
 /// Where the document and the UI are served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -33,7 +37,7 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "platform", description = "Liveness, readiness and metrics, for load balancers and Prometheus"),
         (name = "admin", description = "Operator actions"),
     ),
-    components(schemas(ErrorBody, ErrorType, super::oip::OipModelName)),
+    components(schemas(ErrorBody, ErrorTypeSchema, super::oip::OipModelName)),
     modifiers(&BearerKeys),
 )]
 pub struct ApiDoc;
@@ -56,64 +60,99 @@ impl Modify for BearerKeys {
     }
 }
 
-/// The errors both inference routes answer with (`POST /infer` adds 409 for its key).
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // a description for the document only
-pub enum InferenceErrors {
-    #[response(status = 400, description = "`invalid_json`: the body is not JSON")]
-    InvalidJson(ErrorBody<'static>),
-    #[response(status = 401, description = "`unauthorized`: API keys are on and the key is missing or unknown",
-        headers(("www-authenticate" = String, description = "`Bearer realm=\"falcon\"`")))]
-    Unauthorized(ErrorBody<'static>),
-    #[response(status = 403, description = "`forbidden`: the key may not use this route")]
-    Forbidden(ErrorBody<'static>),
-    #[response(status = 408, description = "`request_body_timeout`: the body did not arrive in time")]
-    BodyTimeout(ErrorBody<'static>),
-    #[response(status = 413, description = "`payload_too_large`: the body is over `MAX_REQUEST_BODY_BYTES`")]
-    PayloadTooLarge(ErrorBody<'static>),
-    #[response(status = 415, description = "`unsupported_media_type`: the body is not `application/json`")]
-    UnsupportedMediaType(ErrorBody<'static>),
-    #[response(
-        status = 422,
-        description = "`validation_error`: JSON of the wrong shape, a text out of bounds, or a batch with no texts or more than `MAX_BATCH_TEXTS`"
-    )]
-    Validation(ErrorBody<'static>),
-    #[response(status = 429, description = "`rate_limited`: over this client's rate limit", headers(
-        ("retry-after" = u32, description = "Seconds until a request will be admitted"),
-        ("ratelimit-limit" = u32, description = "Requests allowed per window"),
-        ("ratelimit-remaining" = u32, description = "Requests left in this window (0)"),
-        ("ratelimit-reset" = u32, description = "Seconds until the limit resets"),
-        ("ratelimit-policy" = String, description = "`<limit>;w=<window seconds>`"),
-    ))]
-    RateLimited(ErrorBody<'static>),
-    #[response(status = 503, description = "`overloaded` (the queue or `MAX_CONCURRENT_REQUESTS` is full) or `not_ready`",
-        headers(("retry-after" = u32, description = "Seconds to wait")))]
-    Unavailable(ErrorBody<'static>),
-    #[response(status = 504, description = "`inference_timeout` or `request_timeout`")]
-    Timeout(ErrorBody<'static>),
+/// The errors every inference route answers with (`POST /infer` adds 409 for its key), from
+/// the one table (`crate::error_type`): each status lists its error types and what they mean.
+pub struct InferenceErrors;
+
+/// The error types of `InferenceErrors`.
+const INFERENCE_ERRORS: [ErrorType; 12] = [
+    ErrorType::InvalidJson,
+    ErrorType::Unauthorized,
+    ErrorType::Forbidden,
+    ErrorType::BodyTimeout,
+    ErrorType::PayloadTooLarge,
+    ErrorType::UnsupportedMediaType,
+    ErrorType::Validation,
+    ErrorType::RateLimited,
+    ErrorType::Overloaded,
+    ErrorType::NotReady,
+    ErrorType::InferenceTimeout,
+    ErrorType::RequestTimeout,
+];
+
+/// The headers an error of this type carries (`http::error::add_error_headers` sets them).
+fn error_headers(t: ErrorType) -> &'static [(&'static str, &'static str)] {
+    match t {
+        ErrorType::Unauthorized => &[("www-authenticate", "`Bearer realm=\"falcon\"`")],
+        ErrorType::RateLimited => &[
+            ("retry-after", "Seconds until a request will be admitted"),
+            ("ratelimit-limit", "Requests allowed per window"),
+            ("ratelimit-remaining", "Requests left in this window (0)"),
+            ("ratelimit-reset", "Seconds until the limit resets"),
+            ("ratelimit-policy", "`<limit>;w=<window seconds>`"),
+        ],
+        ErrorType::Overloaded | ErrorType::NotReady => &[("retry-after", "Seconds to wait")],
+        _ => &[],
+    }
 }
 
-/// The stable `error_type` of an error body: one of `ERROR_TYPES`.
-pub struct ErrorType;
+/// One response per status, in the standard body, for `types`.
+pub fn error_responses(types: &[ErrorType]) -> BTreeMap<String, RefOr<Response>> {
+    let mut by_status: BTreeMap<u16, Vec<ErrorType>> = BTreeMap::new();
+    for &t in types {
+        by_status.entry(t.status()).or_default().push(t);
+    }
+    by_status
+        .into_iter()
+        .map(|(status, types)| {
+            let description =
+                types.iter().map(|t| format!("`{t}`: {}", t.description())).collect::<Vec<_>>().join(" Or ");
+            let mut response = ResponseBuilder::new().description(description).content(
+                "application/json",
+                ContentBuilder::new().schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody")))).build(),
+            );
+            for (name, description) in types.iter().flat_map(|t| error_headers(*t)) {
+                let schema = match *name {
+                    "www-authenticate" | "ratelimit-policy" => String::schema(),
+                    _ => u32::schema(),
+                };
+                let header = HeaderBuilder::new().schema(Some(schema)).description(Some(*description)).build();
+                response = response.header(*name, header);
+            }
+            (status.to_string(), RefOr::T(response.build()))
+        })
+        .collect()
+}
 
-impl PartialSchema for ErrorType {
+impl IntoResponses for InferenceErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&INFERENCE_ERRORS)
+    }
+}
+
+/// The stable `error_type` of an error body: one of `ErrorType::ALL`.
+pub struct ErrorTypeSchema;
+
+impl PartialSchema for ErrorTypeSchema {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .enum_values(Some(ERROR_TYPES))
+            .enum_values(Some(ErrorType::ALL.iter().map(|t| t.as_str())))
             .description(Some("Stable error name; also the `error_type` label of `inference_errors_total`"))
             .into()
     }
 }
 
-impl ToSchema for ErrorType {}
+impl ToSchema for ErrorTypeSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ErrorType".into()
+    }
+}
 
 /// Completes the generated document with what every operation shares: any status it does not
 /// list (a route-level error such as `uri_too_long`, `headers_too_large` or
 /// `internal_error`) comes as `ErrorBody`.
 pub fn finish(mut doc: Document) -> Document {
-    use utoipa::openapi::ResponseBuilder;
-    use utoipa::openapi::content::ContentBuilder;
     let default = ResponseBuilder::new()
         .description(
             "Any other error, in the standard body: `uri_too_long` (414), `headers_too_large` (431), \

@@ -1,11 +1,11 @@
 //! Handlers: extract, validate the wire format, call the pipeline, answer.
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, HangUp, count};
 use super::openapi::{ErrorBody, InferenceErrors};
 use crate::api::{
-    Backends, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness, ReadinessChecks,
-    ReloadAnswer, ServiceInfo,
+    Backends, BatchItem, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness,
+    ReadinessChecks, ReloadAnswer, ServiceInfo,
 };
 use crate::app::{BatchCommand, InferCommand, InferError, RequestMeta};
 use crate::telemetry::metrics;
@@ -134,10 +134,13 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match s.pipeline.infer(&meta, read_command(&s, &meta, &headers, body)).await {
+    let hang_up = HangUp::watch();
+    let response = match s.pipeline.infer(&meta, read_command(&s, &meta, &headers, body)).await {
         Ok(response) => Json(response).into_response(),
         Err(e) => s.error_response(&meta.request_id, e),
-    }
+    };
+    hang_up.answered();
+    response
 }
 
 /// Why a body could not be read: too large, the client gone, or not HTTP we understand.
@@ -166,8 +169,14 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError
     InferError::InvalidJson("the request body could not be read".into())
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+/// Whether the body says it is JSON. A body without a Content-Type counts as JSON only where
+/// the protocol allows it (`absent_is_json`: the Open Inference Protocol, whose clients, such
+/// as tritonclient, send none).
+fn is_json(headers: &HeaderMap, absent_is_json: bool) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return absent_is_json;
+    };
+    let Ok(ct) = ct.to_str() else {
         return false;
     };
     let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -183,8 +192,14 @@ async fn read_command(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<InferCommand, InferError> {
-    let req: InferRequest =
-        read_json(s, meta, headers, body, "the body must be a JSON object with a string field \"text\"").await?;
+    let req: InferRequest = read_json(
+        s,
+        meta,
+        headers,
+        body,
+        BodyRules::json("the body must be a JSON object with a string field \"text\""),
+    )
+    .await?;
     let idempotency_key =
         headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     Ok(InferCommand { text: req.text, idempotency_key })
@@ -210,26 +225,58 @@ pub async fn infer_batch(
     body: Body,
 ) -> Response {
     let command = async {
-        let req: BatchRequest =
-            read_json(&s, &meta, &headers, body, "the body must be a JSON object with an array field \"texts\"")
-                .await?;
+        let req: BatchRequest = read_json(
+            &s,
+            &meta,
+            &headers,
+            body,
+            BodyRules::json("the body must be a JSON object with an array field \"texts\""),
+        )
+        .await?;
         Ok(BatchCommand { texts: req.texts })
     };
-    match s.pipeline.infer_batch(&meta, command).await {
-        Ok(response) => Json(response).into_response(),
+    let hang_up = HangUp::watch();
+    let response = match s.pipeline.infer_batch(&meta, command).await {
+        Ok(response) => {
+            for item in &response.results {
+                if let BatchItem::Error { error_type, .. } = item {
+                    count(*error_type);
+                }
+            }
+            Json(response).into_response()
+        }
         Err(e) => s.error_response(&meta.request_id, e),
+    };
+    hang_up.answered();
+    response
+}
+
+/// What a route expects of its JSON body.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyRules {
+    /// The fixed message for a body that is JSON of the wrong shape.
+    pub shape: &'static str,
+    /// A body without a Content-Type is read as JSON (else it is 415).
+    pub absent_is_json: bool,
+}
+
+impl BodyRules {
+    pub const fn json(shape: &'static str) -> Self {
+        Self { shape, absent_is_json: false }
     }
 }
 
-/// A JSON body of at most `MAX_REQUEST_BODY_BYTES`, read within the request's deadline.
-/// `shape` is the fixed message for a body that is JSON of the wrong shape.
-async fn read_json<T: serde::de::DeserializeOwned>(
+/// The one body reader of every inference route, whatever its protocol: a JSON body of at
+/// most `MAX_REQUEST_BODY_BYTES`, read within the request's deadline, given up (503) once the
+/// worker drains, with a Content-Type that says JSON.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     s: &AppState,
     meta: &RequestMeta,
     headers: &HeaderMap,
     body: Body,
-    shape: &str,
+    rules: BodyRules,
 ) -> Result<T, InferError> {
+    let BodyRules { shape, absent_is_json } = rules;
     let limit = s.max_body_bytes;
     let deadline = meta.received + s.pipeline.request_timeout();
     // A body still arriving when the worker starts to drain is not waited for: the client
@@ -241,7 +288,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     };
     let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
     let body = read.map_err(|e| body_error(e.as_ref(), limit))?.to_bytes();
-    if !is_json(headers) {
+    if !is_json(headers, absent_is_json) {
         return Err(InferError::UnsupportedMediaType);
     }
     // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw

@@ -233,7 +233,7 @@ pub fn start(
     breaker: Arc<CircuitBreaker>,
     config: WriterConfig,
     spooling: Option<Spooling>,
-    stopping: crate::tasks::Stopping,
+    stopping: crate::shutdown::Stopping,
 ) -> (RequestLog, Writer, impl std::future::Future<Output = ()> + Send + 'static) {
     let (journal, reader, dead_letter) = match spooling {
         Some(s) => (Some(s.journal), Some(s.reader), Some(s.dead_letter)),
@@ -371,7 +371,7 @@ async fn probe(
     breaker: Arc<CircuitBreaker>,
     available: Arc<AtomicBool>,
     timeout: Duration,
-    mut stopping: crate::tasks::Stopping,
+    mut stopping: crate::shutdown::Stopping,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -78,17 +78,23 @@ where
     }
 }
 
-/// Installs the JSON logger for this process. `level` is one of TRACE..ERROR; our own
-/// crates log at that level, dependencies at WARN and above. Returns false if a logger
-/// was already installed (tests start several workers in one process).
-pub fn init(worker_id: &str, level: &str) -> bool {
+/// Our own crates at `level`, everything else at WARN and above. A directive's target
+/// matches every target that starts with it, so `falcon` covers the binary and every
+/// `falcon_*` crate, a backend added later included, without naming any of them.
+fn filter(level: &str) -> EnvFilter {
     let level = match level.to_ascii_lowercase().as_str() {
         "warning" => "warn".to_owned(),
         other => other.to_owned(),
     };
-    let filter = EnvFilter::new(format!("warn,falcon={level},falcon_server={level},falcon_model={level}"));
+    EnvFilter::new(format!("warn,falcon={level}"))
+}
+
+/// Installs the JSON logger for this process. `level` is one of TRACE..ERROR; our own
+/// crates log at that level, dependencies at WARN and above. Returns false if a logger
+/// was already installed (tests start several workers in one process).
+pub fn init(worker_id: &str, level: &str) -> bool {
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(level))
         .event_format(JsonLines::new(worker_id))
         .with_writer(std::io::stdout)
         .try_init()
@@ -121,6 +127,30 @@ mod tests {
         fn make_writer(&'a self) -> Self::Writer {
             self.clone()
         }
+    }
+
+    #[test]
+    fn every_falcon_crate_logs_at_the_level_and_dependencies_at_warn() {
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter("INFO"))
+            .event_format(JsonLines::new("w-1"))
+            .with_writer(buf.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "falcon_server::app", "server");
+            tracing::info!(target: "falcon_some_new_backend", "backend");
+            tracing::info!(target: "falcon", "cli");
+            tracing::debug!(target: "falcon_server::app", "too detailed");
+            tracing::info!(target: "hyper::proto", "dependency chatter");
+            tracing::warn!(target: "hyper::proto", "dependency warning");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let messages: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["message"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(messages, ["server", "backend", "cli", "dependency warning"]);
     }
 
     #[test]

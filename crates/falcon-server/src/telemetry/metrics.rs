@@ -11,6 +11,8 @@ use std::time::Duration;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::error_type::ErrorType;
+
 pub const INFERENCE_REQUESTS: &str = "inference_requests_total";
 pub const INFERENCE_ERRORS: &str = "inference_errors_total";
 pub const INFERENCE_DURATION: &str = "inference_duration_seconds";
@@ -83,30 +85,6 @@ pub const INPUT_LENGTH_BUCKETS: [f64; 10] = [10.0, 25.0, 50.0, 100.0, 200.0, 500
 /// Jobs per inference-thread wake-up.
 pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// Every `error_type` this build can return, so each series exists at 0 before traffic.
-pub const ERROR_TYPES: [&str; 20] = [
-    "invalid_json",
-    "payload_too_large",
-    "unsupported_media_type",
-    "validation_error",
-    "not_found",
-    "method_not_allowed",
-    "uri_too_long",
-    "headers_too_large",
-    "unauthorized",
-    "forbidden",
-    "rate_limited",
-    "reload_failed",
-    "idempotency_conflict",
-    "not_ready",
-    "overloaded",
-    "inference_timeout",
-    "request_timeout",
-    "request_body_timeout",
-    "client_closed",
-    "internal_error",
-];
-
 /// Every `operation` label of Redis calls.
 pub const REDIS_OPERATIONS: [&str; 7] =
     ["get", "set", "decode", "idempotency_get", "idempotency_lock", "idempotency_set", "idempotency_unlock"];
@@ -164,8 +142,9 @@ fn register_all() {
             counter!(INFERENCE_REQUESTS, "status" => status, "cache_hit" => hit).absolute(0);
         }
     }
-    for error_type in ERROR_TYPES {
-        counter!(INFERENCE_ERRORS, "error_type" => error_type).absolute(0);
+    // Every `error_type` this build can return, so each series exists at 0 before traffic.
+    for error_type in ErrorType::ALL {
+        counter!(INFERENCE_ERRORS, "error_type" => error_type.as_str()).absolute(0);
     }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
@@ -414,8 +393,8 @@ pub fn record_request(success: bool, cache_hit: bool, elapsed: Duration) {
 }
 
 /// Counts one error response.
-pub fn record_error(error_type: &'static str) {
-    counter!(INFERENCE_ERRORS, "error_type" => error_type).increment(1);
+pub fn record_error(error_type: ErrorType) {
+    counter!(INFERENCE_ERRORS, "error_type" => error_type.as_str()).increment(1);
 }
 
 pub fn record_cache(hit: bool) {
@@ -453,7 +432,7 @@ fn rss_bytes() -> u64 {
 pub async fn run_upkeep(
     handle: std::sync::Arc<PrometheusHandle>,
     every: Duration,
-    mut stopping: crate::tasks::Stopping,
+    mut stopping: crate::shutdown::Stopping,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {

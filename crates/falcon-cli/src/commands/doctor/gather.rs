@@ -5,15 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future::join_all;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use sqlx::Connection;
-use tokio::net::TcpStream;
 
 use super::prom::Scrape;
 
@@ -271,7 +265,7 @@ fn last_error_line(log: &Path) -> Option<String> {
 /// GET `url` (plain `http://host[:port]/path`), within `timeout`.
 pub async fn get(url: &str, timeout: Duration) -> HttpAnswer {
     let started = Instant::now();
-    let result = tokio::time::timeout(timeout, get_inner(url)).await;
+    let result = tokio::time::timeout(timeout, crate::client::get(url)).await;
     let millis = started.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(Ok((status, body))) => HttpAnswer { status: Some(status), error: None, body, millis },
@@ -283,29 +277,6 @@ pub async fn get(url: &str, timeout: Duration) -> HttpAnswer {
             millis,
         },
     }
-}
-
-async fn get_inner(url: &str) -> Result<(u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let addr = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
-    let stream = TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, driver) =
-        http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(driver);
-    let req = Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::USER_AGENT, "falcon-doctor")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 pub fn is_postgres(url: &str) -> bool {
