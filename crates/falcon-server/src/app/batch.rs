@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use falcon_backend::{Backend, Prediction};
 
+use super::row::{Answered, Outcome, TextFacts};
 use super::{InferError, Pipeline, RequestMeta, Subject, validate_text};
 use crate::api::{BatchItem, BatchResponse};
 use crate::cache::cache_key;
-use crate::idempotency::fingerprint;
+use crate::error_type::ErrorType;
 use crate::request_log::LogRecord;
 use crate::telemetry::metrics;
 
@@ -24,6 +25,8 @@ pub struct BatchCommand {
 /// One text's way through the batch.
 struct Slot {
     text: Option<String>,
+    /// What its row keeps of the text (when the entry is a string).
+    facts: Option<TextFacts>,
     item: Option<BatchItem>,
     cache_key: Option<String>,
     inference_ms: Option<f64>,
@@ -122,11 +125,12 @@ impl Pipeline {
 
     /// A text as the batch will treat it: its validation error, or ready for the cache.
     fn check(&self, backend: &Arc<dyn Backend>, value: serde_json::Value) -> Slot {
-        let mut slot = Slot { text: None, item: None, cache_key: None, inference_ms: None };
+        let mut slot = Slot { text: None, facts: None, item: None, cache_key: None, inference_ms: None };
         let serde_json::Value::String(text) = value else {
             slot.item = Some(error_item(&InferError::Validation("each entry of \"texts\" must be a string".into())));
             return slot;
         };
+        slot.facts = Some(TextFacts::of(&text));
         if let Err(e) = validate_text(&text, backend.max_input_chars()) {
             slot.item = Some(error_item(&e));
             slot.text = Some(text);
@@ -162,35 +166,33 @@ impl Pipeline {
     ) {
         let success = matches!(slot.item, Some(BatchItem::Answer { .. }));
         metrics::record_batch_text(success);
+        let length = slot.facts.as_ref().map(|t| t.length);
         if let Some(BatchItem::Answer { prediction, confidence, .. }) = &slot.item {
-            let length = slot.text.as_ref().map(|t| i32::try_from(t.chars().count()).unwrap_or(i32::MAX));
             self.0.prediction_metrics.record(prediction, *confidence, length);
         }
         let Some(log) = &self.0.request_log else { return };
-        let mut row = LogRecord {
-            text_hash: slot.text.as_deref().map(fingerprint),
-            text_length: slot.text.as_ref().map(|t| i32::try_from(t.chars().count()).unwrap_or(i32::MAX)),
-            success,
-            processing_time_ms: elapsed.as_secs_f64() * 1000.0,
-            inference_time_ms: slot.inference_ms,
-            client_ip: meta.client_ip.clone(),
-            api_key_id: subject.api_key_id.as_deref().map(str::to_owned),
-            ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, backend.model_version())
+        let result = match &slot.item {
+            Some(BatchItem::Answer { prediction, confidence, probabilities, cache_hit }) => Ok(Answered {
+                prediction,
+                confidence: *confidence,
+                probabilities,
+                cache_hit: *cache_hit,
+                idempotency_hit: false,
+            }),
+            Some(BatchItem::Error { error, error_type }) => Err((*error_type, error.clone())),
+            None => Err((ErrorType::Internal, "no answer".to_owned())),
         };
-        match &slot.item {
-            Some(BatchItem::Answer { prediction, confidence, probabilities, cache_hit }) => {
-                row.prediction = Some(prediction.clone());
-                row.confidence = Some(*confidence);
-                row.probabilities = serde_json::to_string(probabilities).ok();
-                row.cache_hit = *cache_hit;
-            }
-            Some(BatchItem::Error { error, error_type }) => {
-                row.error_type = Some(error_type.as_str().to_owned());
-                row.error_message = Some(error.clone());
-            }
-            None => {}
-        }
-        log.record(row);
+        log.record(LogRecord::from_outcome(Outcome {
+            meta,
+            worker_id: &self.0.worker_id,
+            model_version: backend.model_version(),
+            text: slot.facts.as_ref(),
+            idempotency_key: None,
+            api_key_id: subject.api_key_id.as_deref(),
+            elapsed,
+            inference_ms: slot.inference_ms,
+            result,
+        }));
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod access;
 mod batch;
 mod error;
+mod row;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -22,11 +23,12 @@ use tokio::time::Instant;
 
 pub use self::batch::BatchCommand;
 pub use self::error::InferError;
+use self::row::TextFacts;
 use crate::api::InferResponse;
 use crate::ballast::MemoryBallast;
 use crate::cache::redis::RedisStore;
 use crate::cache::{ResponseCache, cache_key};
-use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, fingerprint};
+use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record};
 use crate::inference::InferenceQueue;
 use crate::lifecycle::{ModelSlot, Shadow};
 use crate::request_log::{LogRecord, RequestLog};
@@ -236,8 +238,7 @@ impl Drop for Unfinished<'_> {
 /// What the request log keeps of the request's text: never the text itself.
 #[derive(Default)]
 struct Subject {
-    text_hash: Option<String>,
-    text_length: Option<i32>,
+    text: Option<TextFacts>,
     idempotency_key: Option<String>,
     /// The model the request ran on (its snapshot), for the row.
     model_version: Option<String>,
@@ -379,9 +380,9 @@ impl Pipeline {
         let backend = self.0.model.current();
         subject.model_version = Some(backend.model_version().to_owned());
         validate_text(&text, backend.max_input_chars())?;
-        let fp = fingerprint(&text);
-        subject.text_hash = Some(fp.clone());
-        subject.text_length = Some(i32::try_from(text.chars().count()).unwrap_or(i32::MAX));
+        let facts = TextFacts::of(&text);
+        let fp = facts.hash.clone();
+        subject.text = Some(facts);
         if let Some(key) = &idempotency_key {
             validate_key(key)?;
         }
@@ -502,36 +503,36 @@ impl Pipeline {
         if let Ok(Served { response, .. }) = &result
             && !response.idempotency_hit
         {
-            self.0.prediction_metrics.record(&response.prediction, response.confidence, subject.text_length);
+            let length = subject.text.as_ref().map(|t| t.length);
+            self.0.prediction_metrics.record(&response.prediction, response.confidence, length);
         }
         if let Some(log) = &self.0.request_log {
             let model_version =
                 subject.model_version.unwrap_or_else(|| self.0.model.current().model_version().to_owned());
-            let mut row = LogRecord {
-                text_hash: subject.text_hash,
-                text_length: subject.text_length,
-                success,
-                processing_time_ms: elapsed.as_secs_f64() * 1000.0,
-                idempotency_key: subject.idempotency_key,
-                client_ip: meta.client_ip.clone(),
-                api_key_id: subject.api_key_id.as_deref().map(str::to_owned),
-                ..LogRecord::new(&*meta.request_id, &*self.0.worker_id, model_version)
+            let (inference_ms, outcome) = match &result {
+                Ok(Served { response: r, inference_ms }) => (
+                    *inference_ms,
+                    Ok(row::Answered {
+                        prediction: &r.prediction,
+                        confidence: r.confidence,
+                        probabilities: &r.probabilities,
+                        cache_hit: r.cache_hit,
+                        idempotency_hit: r.idempotency_hit,
+                    }),
+                ),
+                Err(e) => (None, Err((e.error_type(), e.to_string()))),
             };
-            match &result {
-                Ok(Served { response, inference_ms }) => {
-                    row.prediction = Some(response.prediction.clone());
-                    row.confidence = Some(response.confidence);
-                    row.probabilities = serde_json::to_string(&response.probabilities).ok();
-                    row.cache_hit = response.cache_hit;
-                    row.idempotency_hit = response.idempotency_hit;
-                    row.inference_time_ms = *inference_ms;
-                }
-                Err(e) => {
-                    row.error_type = Some(e.error_type().as_str().to_owned());
-                    row.error_message = Some(e.to_string());
-                }
-            }
-            log.record(row);
+            log.record(LogRecord::from_outcome(row::Outcome {
+                meta,
+                worker_id: &self.0.worker_id,
+                model_version: &model_version,
+                text: subject.text.as_ref(),
+                idempotency_key: subject.idempotency_key,
+                api_key_id: subject.api_key_id.as_deref(),
+                elapsed,
+                inference_ms,
+                result: outcome,
+            }));
         }
         result.map(|Served { mut response, .. }| {
             response.processing_time_ms = elapsed.as_secs_f64() * 1000.0;

@@ -1,69 +1,12 @@
 //! The request-log row, defined once.
 //!
-//! `COLUMNS` names the 18 columns every sink writes, in order, and `LogRecord::values`
-//! gives a record's values in that order: the COPY text, the INSERT fallback, the SQLite
-//! statement and the spool (serde, field for field) all derive from these two.
+//! One table (`log_record!` below) names each column with its Rust type, how it is stored and
+//! the journal version that added it. The struct, `COLUMNS` (the order every sink writes: the
+//! COPY text, the INSERT fallback, the SQLite statement), `LogRecord::values`, an empty record
+//! and the journal decoder all come from it; the spool (serde) follows the struct field for
+//! field.
 
 use chrono::{DateTime, Utc};
-
-/// One row of `inference_logs`. The raw text is never stored, only its SHA-256 and length.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LogRecord {
-    /// This record's own id: the same record written twice is one row, two requests that
-    /// share a `request_id` are two. (Spooled by older builds without it: see `log_id()`.)
-    #[serde(default)]
-    pub log_id: String,
-    pub request_id: String,
-    pub worker_id: String,
-    pub text_hash: Option<String>,
-    pub text_length: Option<i32>,
-    pub prediction: Option<String>,
-    pub confidence: Option<f64>,
-    /// JSON text (an object of label to probability), made once on the request path and
-    /// passed through as is: the sinks store it, nothing parses it.
-    #[serde(with = "json_text")]
-    pub probabilities: Option<String>,
-    pub cache_hit: bool,
-    pub idempotency_hit: bool,
-    pub success: bool,
-    pub processing_time_ms: f64,
-    pub inference_time_ms: Option<f64>,
-    pub error_type: Option<String>,
-    pub error_message: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub client_ip: Option<String>,
-    pub model_version: String,
-    pub created_at: DateTime<Utc>,
-    /// The API key the request was made with (its id, never the key). Absent in records
-    /// spooled by older builds.
-    #[serde(default)]
-    pub api_key_id: Option<String>,
-}
-
-/// The columns a sink writes, in the order of `LogRecord::values` (the table's `id` is the
-/// database's own).
-pub const COLUMNS: [&str; 20] = [
-    "log_id",
-    "request_id",
-    "worker_id",
-    "text_hash",
-    "text_length",
-    "prediction",
-    "confidence",
-    "probabilities",
-    "cache_hit",
-    "idempotency_hit",
-    "success",
-    "processing_time_ms",
-    "inference_time_ms",
-    "error_type",
-    "error_message",
-    "idempotency_key",
-    "client_ip",
-    "model_version",
-    "created_at",
-    "api_key_id",
-];
 
 /// One column's value, typed as the column is. `None` is SQL NULL.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +20,183 @@ pub enum Value<'a> {
     Time(&'a DateTime<Utc>),
 }
 
+/// How a column is stored: as its Rust type says, or as JSON text.
+#[derive(Clone, Copy)]
+enum Stored {
+    AsTyped,
+    Json,
+}
+
+/// A column's Rust type: its `Value`, its value in an empty record, and how the journal reads
+/// it back (`name` says which column a required value is missing from).
+trait Column: Sized {
+    fn value(&self, stored: Stored) -> Value<'_>;
+    fn empty() -> Self;
+    fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError>;
+}
+
+impl Column for String {
+    fn value(&self, _: Stored) -> Value<'_> {
+        Value::Text(Some(self))
+    }
+    fn empty() -> Self {
+        String::new()
+    }
+    fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError> {
+        d.text()?.ok_or(DecodeError(name))
+    }
+}
+
+impl Column for Option<String> {
+    fn value(&self, stored: Stored) -> Value<'_> {
+        match stored {
+            Stored::AsTyped => Value::Text(self.as_deref()),
+            Stored::Json => Value::Json(self.as_deref()),
+        }
+    }
+    fn empty() -> Self {
+        None
+    }
+    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+        d.text()
+    }
+}
+
+impl Column for Option<i32> {
+    fn value(&self, _: Stored) -> Value<'_> {
+        Value::Int(*self)
+    }
+    fn empty() -> Self {
+        None
+    }
+    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+        Ok(d.fixed::<4>()?.map(i32::from_le_bytes))
+    }
+}
+
+impl Column for Option<f64> {
+    fn value(&self, _: Stored) -> Value<'_> {
+        Value::Float(*self)
+    }
+    fn empty() -> Self {
+        None
+    }
+    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+        Ok(d.fixed::<8>()?.map(f64::from_le_bytes))
+    }
+}
+
+impl Column for f64 {
+    fn value(&self, _: Stored) -> Value<'_> {
+        Value::Float(Some(*self))
+    }
+    fn empty() -> Self {
+        0.0
+    }
+    fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError> {
+        d.fixed::<8>()?.map(f64::from_le_bytes).ok_or(DecodeError(name))
+    }
+}
+
+impl Column for bool {
+    fn value(&self, _: Stored) -> Value<'_> {
+        Value::Bool(*self)
+    }
+    fn empty() -> Self {
+        false
+    }
+    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+        d.flag()
+    }
+}
+
+impl Column for DateTime<Utc> {
+    fn value(&self, _: Stored) -> Value<'_> {
+        Value::Time(self)
+    }
+    fn empty() -> Self {
+        Utc::now()
+    }
+    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+        let secs = i64::from_le_bytes(d.array::<8>()?);
+        let nanos = u32::from_le_bytes(d.array::<4>()?);
+        DateTime::from_timestamp(secs, nanos).ok_or(DecodeError("bad time"))
+    }
+}
+
+/// The row's table: `field: Type as Stored, since journal version;` in column order.
+macro_rules! log_record {
+    ($($(#[$meta:meta])* $field:ident: $ty:ty as $stored:ident, since $since:literal;)*) => {
+        /// One row of `inference_logs`. The raw text is never stored, only its hash and length.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct LogRecord {
+            $($(#[$meta])* pub $field: $ty,)*
+        }
+
+        /// How many columns a sink writes.
+        pub const COLUMN_COUNT: usize = [$(stringify!($field)),*].len();
+
+        /// The columns a sink writes, in the order of `LogRecord::values` (the table's `id`
+        /// is the database's own).
+        pub const COLUMNS: [&str; COLUMN_COUNT] = [$(stringify!($field)),*];
+
+        impl LogRecord {
+            /// Every column's value, in `COLUMNS` order, as stored.
+            fn stored_values(&self) -> [Value<'_>; COLUMN_COUNT] {
+                [$(Column::value(&self.$field, Stored::$stored)),*]
+            }
+
+            /// A record with every column empty (NULL, false, 0) and the time now.
+            fn empty() -> Self {
+                Self { $($field: <$ty as Column>::empty(),)* }
+            }
+
+            /// The columns of a journal record of `version`: a column added after it is empty.
+            fn decode_columns(d: &mut Decoder<'_>, version: u8) -> Result<Self, DecodeError> {
+                Ok(Self {
+                    $($field: if version >= $since {
+                        <$ty as Column>::decode(d, concat!("no ", stringify!($field)))?
+                    } else {
+                        <$ty as Column>::empty()
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+log_record! {
+    /// This record's own id: the same record written twice is one row, two requests that
+    /// share a `request_id` are two. (Spooled by older builds without it: see `log_id()`.)
+    #[serde(default)]
+    log_id: String as AsTyped, since 1;
+    request_id: String as AsTyped, since 1;
+    worker_id: String as AsTyped, since 1;
+    text_hash: Option<String> as AsTyped, since 1;
+    text_length: Option<i32> as AsTyped, since 1;
+    prediction: Option<String> as AsTyped, since 1;
+    confidence: Option<f64> as AsTyped, since 1;
+    /// JSON text (an object of label to probability), made once on the request path and
+    /// passed through as is: the sinks store it, nothing parses it.
+    #[serde(with = "json_text")]
+    probabilities: Option<String> as Json, since 1;
+    cache_hit: bool as AsTyped, since 1;
+    idempotency_hit: bool as AsTyped, since 1;
+    success: bool as AsTyped, since 1;
+    processing_time_ms: f64 as AsTyped, since 1;
+    inference_time_ms: Option<f64> as AsTyped, since 1;
+    error_type: Option<String> as AsTyped, since 1;
+    error_message: Option<String> as AsTyped, since 1;
+    idempotency_key: Option<String> as AsTyped, since 1;
+    client_ip: Option<String> as AsTyped, since 1;
+    model_version: String as AsTyped, since 1;
+    created_at: DateTime<Utc> as AsTyped, since 1;
+    /// The API key the request was made with (its id, never the key). Absent in records
+    /// spooled by older builds.
+    #[serde(default)]
+    api_key_id: Option<String> as AsTyped, since 2;
+}
+
 impl LogRecord {
     /// A record of a request that has not succeeded (yet): a fresh `log_id`, the time now,
     /// every optional column empty. Callers fill in what they know.
@@ -85,23 +205,8 @@ impl LogRecord {
             log_id: Self::new_log_id(),
             request_id: request_id.into(),
             worker_id: worker_id.into(),
-            text_hash: None,
-            text_length: None,
-            prediction: None,
-            confidence: None,
-            probabilities: None,
-            cache_hit: false,
-            idempotency_hit: false,
-            success: false,
-            processing_time_ms: 0.0,
-            inference_time_ms: None,
-            error_type: None,
-            error_message: None,
-            idempotency_key: None,
-            client_ip: None,
             model_version: model_version.into(),
-            created_at: Utc::now(),
-            api_key_id: None,
+            ..Self::empty()
         }
     }
 
@@ -117,30 +222,11 @@ impl LogRecord {
     }
 
     /// The record's values, in `COLUMNS` order.
-    pub fn values(&self) -> [Value<'_>; 20] {
-        use Value::{Bool, Float, Int, Json, Text, Time};
-        [
-            Text(Some(self.log_id())),
-            Text(Some(&self.request_id)),
-            Text(Some(&self.worker_id)),
-            Text(self.text_hash.as_deref()),
-            Int(self.text_length),
-            Text(self.prediction.as_deref()),
-            Float(self.confidence),
-            Json(self.probabilities.as_deref()),
-            Bool(self.cache_hit),
-            Bool(self.idempotency_hit),
-            Bool(self.success),
-            Float(Some(self.processing_time_ms)),
-            Float(self.inference_time_ms),
-            Text(self.error_type.as_deref()),
-            Text(self.error_message.as_deref()),
-            Text(self.idempotency_key.as_deref()),
-            Text(self.client_ip.as_deref()),
-            Text(Some(&self.model_version)),
-            Time(&self.created_at),
-            Text(self.api_key_id.as_deref()),
-        ]
+    pub fn values(&self) -> [Value<'_>; COLUMN_COUNT] {
+        let mut values = self.stored_values();
+        // A record without a log id (an older build's spool) is written under its request id.
+        values[0] = Value::Text(Some(self.log_id()));
+        values
     }
 }
 
@@ -201,32 +287,7 @@ impl LogRecord {
             return Err(DecodeError("unknown version"));
         }
         let flags = d.take(1)?[0];
-        let record = Self {
-            log_id: d.text()?.ok_or(DecodeError("no log_id"))?,
-            request_id: d.text()?.ok_or(DecodeError("no request_id"))?,
-            worker_id: d.text()?.ok_or(DecodeError("no worker_id"))?,
-            text_hash: d.text()?,
-            text_length: d.fixed::<4>()?.map(i32::from_le_bytes),
-            prediction: d.text()?,
-            confidence: d.fixed::<8>()?.map(f64::from_le_bytes),
-            probabilities: d.text()?,
-            cache_hit: d.flag()?,
-            idempotency_hit: d.flag()?,
-            success: d.flag()?,
-            processing_time_ms: d.fixed::<8>()?.map(f64::from_le_bytes).ok_or(DecodeError("no processing time"))?,
-            inference_time_ms: d.fixed::<8>()?.map(f64::from_le_bytes),
-            error_type: d.text()?,
-            error_message: d.text()?,
-            idempotency_key: d.text()?,
-            client_ip: d.text()?,
-            model_version: d.text()?.ok_or(DecodeError("no model_version"))?,
-            created_at: {
-                let secs = i64::from_le_bytes(d.array::<8>()?);
-                let nanos = u32::from_le_bytes(d.array::<4>()?);
-                DateTime::from_timestamp(secs, nanos).ok_or(DecodeError("bad time"))?
-            },
-            api_key_id: if version >= 2 { d.text()? } else { None },
-        };
+        let record = Self::decode_columns(&mut d, version)?;
         if !d.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
@@ -313,6 +374,29 @@ mod tests {
         assert_eq!(LogRecord::decode(&bytes).unwrap().0, keyed);
         bytes[0] = 3;
         assert!(LogRecord::decode(&bytes).is_err(), "an unknown version is refused");
+    }
+
+    #[test]
+    fn the_table_names_twenty_columns_log_id_first() {
+        assert_eq!(COLUMNS.len(), 20);
+        assert_eq!(COLUMNS[0], "log_id", "values() writes the log id fallback into the first column");
+        assert_eq!(COLUMNS[19], "api_key_id", "a column added later goes last (the journal reads older records)");
+        let r = LogRecord::new("r", "w", "v");
+        assert!(matches!(r.values()[7], Value::Json(None)), "probabilities are stored as JSON");
+        assert!(matches!(r.values()[11], Value::Float(Some(_))), "processing time is required");
+    }
+
+    #[test]
+    fn a_journal_record_without_a_required_column_names_it() {
+        let mut bytes = vec![ENCODING_VERSION, 0];
+        // log_id, request_id present; worker_id NULL.
+        for text in ["id", "req"] {
+            bytes.push(1);
+            bytes.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        bytes.push(0);
+        assert_eq!(LogRecord::decode(&bytes).unwrap_err().to_string(), "undecodable request-log record: no worker_id");
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! The request-log row of one text's request, built in one place for `/infer`, the batch
+//! routes and OIP alike.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::RequestMeta;
+use crate::error_type::ErrorType;
+use crate::idempotency::fingerprint;
+use crate::request_log::LogRecord;
+
+/// What the row keeps of a text: never the text itself, its fingerprint and its length,
+/// each computed once.
+#[derive(Debug, Clone)]
+pub(crate) struct TextFacts {
+    pub hash: String,
+    /// In characters (what the limit counts), saturated at `i32::MAX`.
+    pub length: i32,
+}
+
+impl TextFacts {
+    pub fn of(text: &str) -> Self {
+        Self { hash: fingerprint(text), length: i32::try_from(text.chars().count()).unwrap_or(i32::MAX) }
+    }
+}
+
+/// An answer, as the row records it.
+pub(crate) struct Answered<'a> {
+    pub prediction: &'a str,
+    pub confidence: f64,
+    pub probabilities: &'a BTreeMap<String, f64>,
+    pub cache_hit: bool,
+    pub idempotency_hit: bool,
+}
+
+/// Everything a row says about one text's request.
+pub(crate) struct Outcome<'a> {
+    pub meta: &'a RequestMeta,
+    pub worker_id: &'a str,
+    pub model_version: &'a str,
+    /// `None` when the request failed before its text was read.
+    pub text: Option<&'a TextFacts>,
+    pub idempotency_key: Option<String>,
+    pub api_key_id: Option<&'a str>,
+    /// From arrival to the answer.
+    pub elapsed: Duration,
+    /// Time in the model, queue wait included; `None` when it did not run.
+    pub inference_ms: Option<f64>,
+    pub result: Result<Answered<'a>, (ErrorType, String)>,
+}
+
+impl LogRecord {
+    /// The one row of one text's request.
+    pub(crate) fn from_outcome(o: Outcome<'_>) -> Self {
+        let mut row = LogRecord {
+            text_hash: o.text.map(|t| t.hash.clone()),
+            text_length: o.text.map(|t| t.length),
+            success: o.result.is_ok(),
+            processing_time_ms: o.elapsed.as_secs_f64() * 1000.0,
+            inference_time_ms: o.inference_ms,
+            idempotency_key: o.idempotency_key,
+            client_ip: o.meta.client_ip.clone(),
+            api_key_id: o.api_key_id.map(str::to_owned),
+            ..LogRecord::new(&*o.meta.request_id, o.worker_id, o.model_version)
+        };
+        match o.result {
+            Ok(a) => {
+                row.prediction = Some(a.prediction.to_owned());
+                row.confidence = Some(a.confidence);
+                row.probabilities = serde_json::to_string(a.probabilities).ok();
+                row.cache_hit = a.cache_hit;
+                row.idempotency_hit = a.idempotency_hit;
+            }
+            Err((error_type, message)) => {
+                row.error_type = Some(error_type.as_str().to_owned());
+                row.error_message = Some(message);
+            }
+        }
+        row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            request_id: "req-1".into(),
+            client_ip: Some("10.0.0.7".into()),
+            received: tokio::time::Instant::now(),
+            authorization: super::super::access::Credential::new(None),
+        }
+    }
+
+    fn outcome<'a>(
+        meta: &'a RequestMeta,
+        text: &'a TextFacts,
+        result: Result<Answered<'a>, (ErrorType, String)>,
+    ) -> Outcome<'a> {
+        Outcome {
+            meta,
+            worker_id: "w-1",
+            model_version: "m-1",
+            text: Some(text),
+            idempotency_key: Some("k".into()),
+            api_key_id: Some("billing"),
+            elapsed: Duration::from_millis(3),
+            inference_ms: Some(1.5),
+            result,
+        }
+    }
+
+    #[test]
+    fn an_answer_and_an_error_fill_their_own_columns_and_share_the_rest() {
+        let meta = meta();
+        let text = TextFacts::of("héllo");
+        assert_eq!(text.length, 5, "characters, not bytes");
+        let probabilities = BTreeMap::from([("negative".to_owned(), 0.25), ("positive".to_owned(), 0.75)]);
+        let answered = Answered {
+            prediction: "positive",
+            confidence: 0.75,
+            probabilities: &probabilities,
+            cache_hit: true,
+            idempotency_hit: false,
+        };
+        let ok = LogRecord::from_outcome(outcome(&meta, &text, Ok(answered)));
+        assert!(ok.success && ok.cache_hit && !ok.idempotency_hit);
+        assert_eq!(ok.prediction.as_deref(), Some("positive"));
+        assert_eq!(ok.probabilities.as_deref(), Some(r#"{"negative":0.25,"positive":0.75}"#));
+        assert_eq!(ok.error_type, None);
+        let failed = LogRecord::from_outcome(outcome(&meta, &text, Err((ErrorType::Validation, "bad".into()))));
+        assert!(!failed.success);
+        assert_eq!(
+            (failed.error_type.as_deref(), failed.error_message.as_deref()),
+            (Some("validation_error"), Some("bad"))
+        );
+        assert_eq!(failed.prediction, None);
+        for row in [&ok, &failed] {
+            assert_eq!(row.text_hash.as_deref(), Some(fingerprint("héllo").as_str()));
+            assert_eq!(row.text_length, Some(5));
+            assert_eq!(
+                (row.request_id.as_str(), row.worker_id.as_str(), row.model_version.as_str()),
+                ("req-1", "w-1", "m-1")
+            );
+            assert_eq!(row.client_ip.as_deref(), Some("10.0.0.7"));
+            assert_eq!(row.api_key_id.as_deref(), Some("billing"));
+            assert_eq!(row.idempotency_key.as_deref(), Some("k"));
+            assert_eq!((row.processing_time_ms, row.inference_time_ms), (3.0, Some(1.5)));
+        }
+        assert_ne!(ok.log_id, failed.log_id, "each row its own id");
+    }
+}
