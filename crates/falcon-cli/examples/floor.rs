@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use falcon_server::api::{InferRequest, InferResponse};
+use falcon_server::http::api::{InferRequest, InferResponse};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use falcon_backend::Prediction;
-use falcon_server::api::{InferResponse, new_request_id};
 use falcon_server::cache::{MemoryCache, cache_key};
+use falcon_server::http::api::{InferResponse, new_request_id};
 
 const TEXT: &str =
     "The service was quick and the staff were friendly, but the food arrived cold and the bill was simply wrong.";
@@ -41,7 +41,17 @@ fn bench(c: &mut Criterion) {
     c.bench_function("stage_request_id", |b| b.iter(new_request_id));
 
     let labels: Vec<String> = ["negative", "neutral", "positive"].map(String::from).to_vec();
-    let response = InferResponse::new(&prediction, &labels, "v1", "worker-1", &new_request_id());
+    let response = InferResponse {
+        prediction: labels[prediction.class].clone(),
+        confidence: prediction.confidence,
+        probabilities: labels.iter().cloned().zip(prediction.probabilities.iter().copied()).collect(),
+        cache_hit: false,
+        idempotency_hit: false,
+        worker_id: "worker-1".into(),
+        model_version: "v1".into(),
+        processing_time_ms: 0.094,
+        request_id: new_request_id(),
+    };
     let mut buf = Vec::with_capacity(512);
     c.bench_function("stage_response_json", |b| {
         b.iter(|| {

@@ -29,7 +29,7 @@ fn record(i: usize) -> LogRecord {
         processing_time_ms: 0.4,
         inference_time_ms: Some(0.01),
         client_ip: Some("127.0.0.1".into()),
-        ..LogRecord::new(falcon_server::api::new_request_id(), "bench", "bench")
+        ..LogRecord::new(falcon_server::http::api::new_request_id(), "bench", "bench")
     }
 }
 

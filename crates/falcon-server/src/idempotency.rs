@@ -7,17 +7,17 @@
 //! there. If the lock expires or is released without a response (the owner failed), the
 //! next poll claims it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use falcon_backend::Prediction;
 use metrics::counter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::api::InferResponse;
 use crate::cache::redis::{RedisStore, record_fallback};
 use crate::telemetry::metrics::{FALLBACK_TRIGGERED, IDEMPOTENCY_EVICTIONS, IDEMPOTENCY_HITS, IDEMPOTENCY_MISSES};
 
@@ -30,7 +30,54 @@ pub fn fingerprint(text: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub fingerprint: String,
-    pub response: InferResponse,
+    pub response: StoredAnswer,
+}
+
+/// An answer as the store keeps it: by label, with the model version it came from. The JSON
+/// is the one every build since idempotency keys existed reads and writes (the fields of
+/// `POST /infer`'s answer), so workers of two builds share records during a rolling deploy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAnswer {
+    pub prediction: String,
+    pub confidence: f64,
+    pub probabilities: BTreeMap<String, f64>,
+    pub cache_hit: bool,
+    pub idempotency_hit: bool,
+    pub worker_id: String,
+    pub model_version: String,
+    pub processing_time_ms: f64,
+    pub request_id: String,
+}
+
+impl StoredAnswer {
+    /// What to store of `prediction`, made by the model with `labels` and `model_version`.
+    pub fn new(
+        prediction: &Prediction,
+        labels: &[String],
+        model_version: &str,
+        worker_id: &str,
+        request_id: &str,
+    ) -> Self {
+        Self {
+            prediction: labels.get(prediction.class).cloned().unwrap_or_default(),
+            confidence: prediction.confidence,
+            probabilities: labels.iter().cloned().zip(prediction.probabilities.iter().copied()).collect(),
+            cache_hit: false,
+            idempotency_hit: false,
+            worker_id: worker_id.to_owned(),
+            model_version: model_version.to_owned(),
+            processing_time_ms: 0.0,
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// The stored prediction, read by the model with `labels` (the one that stored it: the
+    /// caller checks the version); `None` if the record does not fit those labels.
+    pub fn prediction(&self, labels: &[String]) -> Option<Prediction> {
+        let class = labels.iter().position(|l| *l == self.prediction)?;
+        let probabilities = labels.iter().map(|l| self.probabilities.get(l).copied()).collect::<Option<Vec<_>>>()?;
+        Some(Prediction { class, confidence: self.confidence, probabilities })
+    }
 }
 
 /// The outcome of claiming a key.
@@ -39,7 +86,7 @@ pub enum Claim {
     /// First request with this key: compute, then `complete` or `release`.
     Fresh,
     /// Answered before: replay this.
-    Replay(InferResponse),
+    Replay(StoredAnswer),
     /// The key was used with a different body.
     Conflict,
     /// The store cannot answer (Redis down): compute without idempotency.
@@ -362,8 +409,8 @@ mod tests {
 
     use super::*;
 
-    fn response(prediction: &str) -> InferResponse {
-        InferResponse {
+    fn response(prediction: &str) -> StoredAnswer {
+        StoredAnswer {
             prediction: prediction.into(),
             confidence: 0.9,
             probabilities: BTreeMap::new(),
@@ -461,5 +508,36 @@ mod tests {
         let settled = ClaimGuard::new(Arc::clone(&s), "k");
         settled.settled();
         assert!(matches!(s.claim("k", "fp2", Duration::from_millis(10)).await, Claim::Unavailable), "still claimed");
+    }
+
+    /// A record as an earlier build stored it (the fields of `POST /infer`'s answer) replays,
+    /// and what this build stores reads the same way.
+    #[test]
+    fn records_keep_the_answer_json_of_earlier_builds() {
+        let old = r#"{"fingerprint":"fp","response":{"prediction":"positive","confidence":0.75,
+            "probabilities":{"negative":0.25,"positive":0.75},"cache_hit":false,"idempotency_hit":false,
+            "worker_id":"w","model_version":"v","processing_time_ms":1.5,"request_id":"r"}}"#;
+        let record: Record = serde_json::from_str(old).unwrap();
+        let labels = ["negative".to_owned(), "positive".to_owned()];
+        let p = record.response.prediction(&labels).unwrap();
+        assert_eq!((p.class, p.confidence, p.probabilities), (1, 0.75, vec![0.25, 0.75]));
+        let again = StoredAnswer::new(&record.response.prediction(&labels).unwrap(), &labels, "v", "w", "r");
+        let json: serde_json::Value = serde_json::to_value(&again).unwrap();
+        let fields: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            [
+                "cache_hit",
+                "confidence",
+                "idempotency_hit",
+                "model_version",
+                "prediction",
+                "probabilities",
+                "processing_time_ms",
+                "request_id",
+                "worker_id"
+            ]
+        );
+        assert_eq!(record.response.prediction(&["a".to_owned(), "b".to_owned()]), None, "labels of another model");
     }
 }

@@ -4,7 +4,6 @@
 //! (crate `falcon-cli`) picks one and is a thin shell around this crate.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod app;
 pub mod ballast;
 pub mod cache;

@@ -52,7 +52,7 @@ pub enum ReloadError {
 }
 
 /// What a successful reload did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reloaded {
     pub previous_version: String,
     pub model_version: String,

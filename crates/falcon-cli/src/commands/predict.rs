@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use falcon_server::api::{InferResponse, new_request_id};
-use falcon_server::app::validate_text;
+use falcon_server::app::{Answer, AnsweredBy, Inferred, MODEL_NAME, validate_text};
+use falcon_server::http::api::{InferResponse, new_request_id};
 
 use crate::backends;
 
@@ -50,8 +51,12 @@ pub fn run(args: &PredictArgs) -> ExitCode {
         }
     };
     let worker_id = std::env::var("WORKER_ID").unwrap_or_else(|_| "cli".into());
-    let mut resp = InferResponse::new(&p, model.labels(), model.model_version(), &worker_id, &new_request_id());
-    resp.processing_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let served = Inferred {
+        answer: Answer { prediction: Arc::new(p), cache_hit: false, idempotency_hit: false },
+        by: AnsweredBy { name: MODEL_NAME, model },
+        processing_time: started.elapsed(),
+    };
+    let resp = InferResponse::new(&served, &worker_id, &new_request_id());
     match serde_json::to_string_pretty(&resp) {
         Ok(json) => {
             println!("{json}");

@@ -1,6 +1,7 @@
-//! `POST /infer/batch`: many texts in one request. Each text is validated and looked up in
-//! the cache on its own; the rest go to the model as one batch; each gets its own answer (or
-//! its own error) in order, and its own request-log row. A bad text fails only itself.
+//! `POST /infer/batch` (and OIP): many texts in one request. Each text is validated and
+//! looked up in the cache on its own; the rest go to the model as one batch; each gets its own
+//! answer (or its own error) in order, and its own request-log row. A bad text fails only
+//! itself.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,11 +9,10 @@ use std::time::Instant;
 
 use falcon_backend::{Backend, Prediction};
 
+use super::answer::{Answer, AnsweredBy, BatchInferred, MODEL_NAME};
 use super::row::{Answered, Outcome, TextFacts};
 use super::{InferError, Pipeline, RequestMeta, Subject, validate_text};
-use crate::api::{BatchItem, BatchResponse};
 use crate::cache::cache_key;
-use crate::error_type::ErrorType;
 use crate::request_log::LogRecord;
 use crate::telemetry::metrics;
 
@@ -27,7 +27,7 @@ struct Slot {
     text: Option<String>,
     /// What its row keeps of the text (when the entry is a string).
     facts: Option<TextFacts>,
-    item: Option<BatchItem>,
+    result: Option<Result<Answer, InferError>>,
     cache_key: Option<String>,
     inference_ms: Option<f64>,
 }
@@ -40,7 +40,7 @@ impl Pipeline {
         &self,
         meta: &RequestMeta,
         command: impl Future<Output = Result<BatchCommand, InferError>>,
-    ) -> Result<BatchResponse, InferError> {
+    ) -> Result<BatchInferred, InferError> {
         let mut subject = Subject::default();
         let result = match self.admit(meta, &mut subject) {
             Err(e) => Err(e),
@@ -51,10 +51,10 @@ impl Pipeline {
         };
         let elapsed = meta.received.elapsed();
         match result {
-            Ok(mut response) => {
+            Ok(mut answer) => {
                 metrics::record_request(true, false, elapsed);
-                response.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
-                Ok(response)
+                answer.processing_time = elapsed;
+                Ok(answer)
             }
             // The whole batch failed: one row, as a single request would have.
             Err(e) => match self.finish(meta, subject, Err(e)) {
@@ -69,7 +69,7 @@ impl Pipeline {
         meta: &RequestMeta,
         command: BatchCommand,
         subject: &Subject,
-    ) -> Result<BatchResponse, InferError> {
+    ) -> Result<BatchInferred, InferError> {
         if !self.0.readiness.model_loaded() {
             return Err(InferError::NotReady("model not loaded"));
         }
@@ -85,7 +85,7 @@ impl Pipeline {
         self.answer_from_cache(&mut slots).await;
         let deadline = meta.received + self.0.request_timeout;
         let started = Instant::now();
-        let todo: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].item.is_none()).collect();
+        let todo: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].result.is_none()).collect();
         let texts: Vec<String> = todo.iter().filter_map(|&i| slots[i].text.clone()).collect();
         if !texts.is_empty() {
             let answers =
@@ -96,14 +96,15 @@ impl Pipeline {
             for (&i, answer) in todo.iter().zip(answers) {
                 let slot = &mut slots[i];
                 slot.inference_ms = Some(inference_ms);
-                slot.item = Some(match answer {
+                slot.result = Some(match answer {
                     Ok(p) => {
+                        let prediction = Arc::new(p);
                         if let (Some(cache), Some(key)) = (&self.0.cache, slot.cache_key.take()) {
-                            cache.put(key, Arc::new(p.clone())).await;
+                            cache.put(key, Arc::clone(&prediction)).await;
                         }
-                        BatchItem::answer(&p, backend.labels(), false)
+                        Ok(Answer { prediction, cache_hit: false, idempotency_hit: false })
                     }
-                    Err(e) => error_item(&InferError::from(crate::inference::QueueError::Backend(e))),
+                    Err(e) => Err(InferError::from(crate::inference::QueueError::Backend(e))),
                 });
             }
         }
@@ -111,28 +112,26 @@ impl Pipeline {
         for slot in &slots {
             self.log_text(meta, subject, backend.as_ref(), slot, elapsed);
         }
-        Ok(BatchResponse {
+        Ok(BatchInferred {
             results: slots
                 .into_iter()
-                .map(|s| s.item.unwrap_or_else(|| error_item(&InferError::Internal("no answer".into()))))
+                .map(|s| s.result.unwrap_or_else(|| Err(InferError::Internal("no answer".into()))))
                 .collect(),
-            worker_id: self.0.worker_id.clone(),
-            model_version: backend.model_version().to_owned(),
-            processing_time_ms: 0.0,
-            request_id: meta.request_id.clone(),
+            by: AnsweredBy { name: MODEL_NAME, model: backend },
+            processing_time: elapsed,
         })
     }
 
     /// A text as the batch will treat it: its validation error, or ready for the cache.
     fn check(&self, backend: &Arc<dyn Backend>, value: serde_json::Value) -> Slot {
-        let mut slot = Slot { text: None, facts: None, item: None, cache_key: None, inference_ms: None };
+        let mut slot = Slot { text: None, facts: None, result: None, cache_key: None, inference_ms: None };
         let serde_json::Value::String(text) = value else {
-            slot.item = Some(error_item(&InferError::Validation("each entry of \"texts\" must be a string".into())));
+            slot.result = Some(Err(InferError::Validation("each entry of \"texts\" must be a string".into())));
             return slot;
         };
         slot.facts = Some(TextFacts::of(&text));
         if let Err(e) = validate_text(&text, backend.max_input_chars()) {
-            slot.item = Some(error_item(&e));
+            slot.result = Some(Err(e));
             slot.text = Some(text);
             return slot;
         }
@@ -143,13 +142,12 @@ impl Pipeline {
 
     async fn answer_from_cache(&self, slots: &mut [Slot]) {
         let Some(cache) = &self.0.cache else { return };
-        let backend = self.0.model.current();
-        for slot in slots.iter_mut().filter(|s| s.item.is_none()) {
+        for slot in slots.iter_mut().filter(|s| s.result.is_none()) {
             let Some(key) = &slot.cache_key else { continue };
             let hit: Option<Arc<Prediction>> = cache.get(key).await;
             metrics::record_cache(hit.is_some());
-            if let Some(p) = hit {
-                slot.item = Some(BatchItem::answer(&p, backend.labels(), true));
+            if let Some(prediction) = hit {
+                slot.result = Some(Ok(Answer { prediction, cache_hit: true, idempotency_hit: false }));
                 slot.cache_key = None;
             }
         }
@@ -164,23 +162,17 @@ impl Pipeline {
         slot: &Slot,
         elapsed: std::time::Duration,
     ) {
-        let success = matches!(slot.item, Some(BatchItem::Answer { .. }));
+        let success = matches!(slot.result, Some(Ok(_)));
         metrics::record_batch_text(success);
         let length = slot.facts.as_ref().map(|t| t.length);
-        if let Some(BatchItem::Answer { prediction, confidence, .. }) = &slot.item {
-            self.0.prediction_metrics.record(prediction, *confidence, length);
+        if let Some(Ok(answer)) = &slot.result {
+            self.0.prediction_metrics.record(answer.label(backend.labels()), answer.prediction.confidence, length);
         }
         let Some(log) = &self.0.request_log else { return };
-        let result = match &slot.item {
-            Some(BatchItem::Answer { prediction, confidence, probabilities, cache_hit }) => Ok(Answered {
-                prediction,
-                confidence: *confidence,
-                probabilities,
-                cache_hit: *cache_hit,
-                idempotency_hit: false,
-            }),
-            Some(BatchItem::Error { error, error_type }) => Err((*error_type, error.clone())),
-            None => Err((ErrorType::Internal, "no answer".to_owned())),
+        let result = match &slot.result {
+            Some(Ok(answer)) => Ok(Answered { labels: backend.labels(), answer }),
+            Some(Err(e)) => Err((e.error_type(), e.to_string())),
+            None => Err((crate::error_type::ErrorType::Internal, "no answer".to_owned())),
         };
         log.record(LogRecord::from_outcome(Outcome {
             meta,
@@ -194,9 +186,4 @@ impl Pipeline {
             result,
         }));
     }
-}
-
-/// A text's own error (counted by the HTTP layer when it answers).
-fn error_item(e: &InferError) -> BatchItem {
-    BatchItem::Error { error: e.to_string(), error_type: e.error_type() }
 }

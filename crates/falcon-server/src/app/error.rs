@@ -10,13 +10,10 @@ use crate::inference::QueueError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InferError {
-    /// The request body could not be parsed as the request format.
-    #[error("request body is not valid JSON: {0}")]
-    InvalidJson(String),
-    #[error("request body exceeds the limit of {limit} bytes")]
-    PayloadTooLarge { limit: usize },
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    /// The transport could not read a request from what the client sent (for HTTP: not
+    /// JSON, too large, another media type); it names the error type and says why.
+    #[error("{message}")]
+    Unreadable { error_type: ErrorType, message: String },
     /// A well-formed request whose content breaks a rule (text, idempotency key).
     #[error("{0}")]
     Validation(String),
@@ -55,9 +52,7 @@ impl InferError {
     /// Its stable name and status (`crate::error_type`, the one table).
     pub fn error_type(&self) -> ErrorType {
         match self {
-            Self::InvalidJson(_) => ErrorType::InvalidJson,
-            Self::PayloadTooLarge { .. } => ErrorType::PayloadTooLarge,
-            Self::UnsupportedMediaType => ErrorType::UnsupportedMediaType,
+            Self::Unreadable { error_type, .. } => *error_type,
             Self::Validation(_) => ErrorType::Validation,
             Self::NotReady(_) => ErrorType::NotReady,
             Self::IdempotencyConflict => ErrorType::IdempotencyConflict,

@@ -7,6 +7,7 @@
 //! extracts, calls, and maps the error.
 
 pub mod access;
+mod answer;
 mod batch;
 mod error;
 mod row;
@@ -17,18 +18,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use falcon_backend::{Backend, Prediction};
+use falcon_backend::Backend;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+pub use self::answer::{Answer, AnsweredBy, BatchInferred, Inferred, MODEL_NAME};
 pub use self::batch::BatchCommand;
 pub use self::error::InferError;
 use self::row::TextFacts;
-use crate::api::InferResponse;
 use crate::ballast::MemoryBallast;
 use crate::cache::redis::RedisStore;
 use crate::cache::{ResponseCache, cache_key};
-use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record};
+use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
 use crate::inference::InferenceQueue;
 use crate::lifecycle::{ModelSlot, Shadow};
 use crate::request_log::{LogRecord, RequestLog};
@@ -202,7 +203,9 @@ pub struct Pipeline(Arc<Parts>);
 
 /// What serving a request produced.
 struct Served {
-    response: InferResponse,
+    answer: Answer,
+    /// The model snapshot the request ran on.
+    model: Arc<dyn Backend>,
     /// Time in the model, queue wait included; `None` when it did not run.
     inference_ms: Option<f64>,
 }
@@ -305,7 +308,7 @@ impl Pipeline {
         &self,
         meta: &RequestMeta,
         command: impl Future<Output = Result<InferCommand, InferError>>,
-    ) -> Result<InferResponse, InferError> {
+    ) -> Result<Inferred, InferError> {
         let unfinished = Unfinished { pipeline: self, meta, armed: true };
         let mut subject = Subject::default();
         // Admission, the API key and the rate limit come before the body is read: a
@@ -406,30 +409,47 @@ impl Pipeline {
         fp: String,
     ) -> Result<Served, InferError> {
         let (Some(store), Some(key)) = (&self.0.idempotency, key) else {
-            return self.compute(meta, backend, text).await;
+            return self.compute(backend, text).await;
         };
         match store.claim(&key, &fp, self.0.idempotency_wait).await {
             // A record made by another model (before a reload) is not replayed: the new model
             // answers (the record stays as it was; the key is not reused for storing).
-            Claim::Replay(response) if response.model_version != backend.model_version() => {
-                self.compute(meta, backend, text).await
+            Claim::Replay(stored) if stored.model_version != backend.model_version() => {
+                self.compute(backend, text).await
             }
-            Claim::Replay(mut response) => {
-                // The stored answer, marked as a replay, under this request's own id.
-                response.idempotency_hit = true;
-                response.request_id.clone_from(&meta.request_id);
-                self.0.worker_id.clone_into(&mut response.worker_id);
-                Ok(Served { response, inference_ms: None })
-            }
+            // The stored answer, marked as a replay (a record that does not fit the model's
+            // labels is not replayed either).
+            Claim::Replay(stored) => match stored.prediction(backend.labels()) {
+                Some(prediction) => Ok(Served {
+                    answer: Answer {
+                        prediction: Arc::new(prediction),
+                        cache_hit: stored.cache_hit,
+                        idempotency_hit: true,
+                    },
+                    model: Arc::clone(backend),
+                    inference_ms: None,
+                }),
+                None => self.compute(backend, text).await,
+            },
             Claim::Conflict => Err(InferError::IdempotencyConflict),
-            Claim::Unavailable => self.compute(meta, backend, text).await,
+            Claim::Unavailable => self.compute(backend, text).await,
             Claim::Fresh => {
                 // Released on drop if this future never gets to settle the claim (the
                 // client went away, or the handler panicked).
                 let guard = ClaimGuard::new(Arc::clone(store), &key);
-                let served = self.compute(meta, backend, text).await;
+                let served = self.compute(backend, text).await;
                 match &served {
-                    Ok(s) => store.complete(&key, Record { fingerprint: fp, response: s.response.clone() }).await,
+                    Ok(s) => {
+                        let mut stored = StoredAnswer::new(
+                            &s.answer.prediction,
+                            backend.labels(),
+                            backend.model_version(),
+                            &self.0.worker_id,
+                            &meta.request_id,
+                        );
+                        stored.cache_hit = s.answer.cache_hit;
+                        store.complete(&key, Record { fingerprint: fp, response: stored }).await;
+                    }
                     Err(_) => store.release(&key).await,
                 }
                 guard.settled();
@@ -440,34 +460,23 @@ impl Pipeline {
 
     /// Cache, then the model, then the cache again; then, for a sampled request, the
     /// shadow model (which never holds up the answer).
-    async fn compute(
-        &self,
-        meta: &RequestMeta,
-        backend: &Arc<dyn Backend>,
-        text: String,
-    ) -> Result<Served, InferError> {
+    async fn compute(&self, backend: &Arc<dyn Backend>, text: String) -> Result<Served, InferError> {
         let shadow_text = self.0.shadow.as_ref().filter(|s| s.sampled()).map(|_| text.clone());
-        let served = self.compute_live(meta, backend, text).await;
+        let served = self.compute_live(backend, text).await;
         if let (Some(shadow), Some(text), Ok(s)) = (&self.0.shadow, shadow_text, &served) {
-            shadow.score(text, &s.response.prediction);
+            shadow.score(text, s.answer.label(backend.labels()));
         }
         served
     }
 
-    async fn compute_live(
-        &self,
-        meta: &RequestMeta,
-        backend: &Arc<dyn Backend>,
-        text: String,
-    ) -> Result<Served, InferError> {
+    async fn compute_live(&self, backend: &Arc<dyn Backend>, text: String) -> Result<Served, InferError> {
         let key = self.0.cache.as_ref().map(|_| cache_key(backend.model_version(), &backend.normalize(&text)));
         if let (Some(cache), Some(key)) = (&self.0.cache, &key) {
             let hit = cache.get(key).await;
             metrics::record_cache(hit.is_some());
             if let Some(prediction) = hit {
-                let mut response = self.respond(meta, backend.as_ref(), &prediction);
-                response.cache_hit = true;
-                return Ok(Served { response, inference_ms: None });
+                let answer = Answer { prediction, cache_hit: true, idempotency_hit: false };
+                return Ok(Served { answer, model: Arc::clone(backend), inference_ms: None });
             }
         }
         let started = Instant::now();
@@ -476,11 +485,8 @@ impl Pipeline {
         if let (Some(cache), Some(key)) = (&self.0.cache, key) {
             cache.put(key, Arc::clone(&prediction)).await;
         }
-        Ok(Served { response: self.respond(meta, backend.as_ref(), &prediction), inference_ms })
-    }
-
-    fn respond(&self, meta: &RequestMeta, b: &dyn Backend, p: &Prediction) -> InferResponse {
-        InferResponse::new(p, b.labels(), b.model_version(), &self.0.worker_id, &meta.request_id)
+        let answer = Answer { prediction, cache_hit: false, idempotency_hit: false };
+        Ok(Served { answer, model: Arc::clone(backend), inference_ms })
     }
 
     /// Stamps the time taken, writes the one row, counts the one request.
@@ -489,37 +495,27 @@ impl Pipeline {
         meta: &RequestMeta,
         subject: Subject,
         result: Result<Served, InferError>,
-    ) -> Result<InferResponse, InferError> {
+    ) -> Result<Inferred, InferError> {
         let elapsed = meta.received.elapsed();
-        let (cache_hit, success) = match &result {
-            Ok(s) => (s.response.cache_hit, true),
-            Err(_) => (false, false),
-        };
-        metrics::record_request(success, cache_hit, elapsed);
+        let cache_hit = result.as_ref().is_ok_and(|s| s.answer.cache_hit);
+        metrics::record_request(result.is_ok(), cache_hit, elapsed);
         let subject_key = subject.api_key_id.clone();
         if let Some(id) = &subject_key {
             metrics::record_api_key_request(id);
         }
-        if let Ok(Served { response, .. }) = &result
-            && !response.idempotency_hit
+        if let Ok(Served { answer, model, .. }) = &result
+            && !answer.idempotency_hit
         {
             let length = subject.text.as_ref().map(|t| t.length);
-            self.0.prediction_metrics.record(&response.prediction, response.confidence, length);
+            self.0.prediction_metrics.record(answer.label(model.labels()), answer.prediction.confidence, length);
         }
         if let Some(log) = &self.0.request_log {
             let model_version =
                 subject.model_version.unwrap_or_else(|| self.0.model.current().model_version().to_owned());
             let (inference_ms, outcome) = match &result {
-                Ok(Served { response: r, inference_ms }) => (
-                    *inference_ms,
-                    Ok(row::Answered {
-                        prediction: &r.prediction,
-                        confidence: r.confidence,
-                        probabilities: &r.probabilities,
-                        cache_hit: r.cache_hit,
-                        idempotency_hit: r.idempotency_hit,
-                    }),
-                ),
+                Ok(Served { answer, model, inference_ms }) => {
+                    (*inference_ms, Ok(row::Answered { labels: model.labels(), answer }))
+                }
                 Err(e) => (None, Err((e.error_type(), e.to_string()))),
             };
             log.record(LogRecord::from_outcome(row::Outcome {
@@ -534,10 +530,10 @@ impl Pipeline {
                 result: outcome,
             }));
         }
-        result.map(|Served { mut response, .. }| {
-            response.processing_time_ms = elapsed.as_secs_f64() * 1000.0;
-            tracing::debug!(request_id = %meta.request_id, prediction = %response.prediction, cache_hit = response.cache_hit, idempotency_hit = response.idempotency_hit, api_key_id = subject_key.as_deref(), "Inference served");
-            response
+        result.map(|Served { answer, model, .. }| {
+            let served = Inferred { answer, by: AnsweredBy { name: MODEL_NAME, model }, processing_time: elapsed };
+            tracing::debug!(request_id = %meta.request_id, prediction = served.label(), cache_hit = served.answer.cache_hit, idempotency_hit = served.answer.idempotency_hit, api_key_id = subject_key.as_deref(), "Inference served");
+            served
         })
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::RequestMeta;
+use super::answer::Answer;
 use crate::error_type::ErrorType;
 use crate::idempotency::fingerprint;
 use crate::request_log::LogRecord;
@@ -24,13 +25,10 @@ impl TextFacts {
     }
 }
 
-/// An answer, as the row records it.
+/// An answer, with the labels of the model that gave it.
 pub(crate) struct Answered<'a> {
-    pub prediction: &'a str,
-    pub confidence: f64,
-    pub probabilities: &'a BTreeMap<String, f64>,
-    pub cache_hit: bool,
-    pub idempotency_hit: bool,
+    pub labels: &'a [String],
+    pub answer: &'a Answer,
 }
 
 /// Everything a row says about one text's request.
@@ -64,12 +62,15 @@ impl LogRecord {
             ..LogRecord::new(&*o.meta.request_id, o.worker_id, o.model_version)
         };
         match o.result {
-            Ok(a) => {
-                row.prediction = Some(a.prediction.to_owned());
-                row.confidence = Some(a.confidence);
-                row.probabilities = serde_json::to_string(a.probabilities).ok();
-                row.cache_hit = a.cache_hit;
-                row.idempotency_hit = a.idempotency_hit;
+            Ok(Answered { labels, answer }) => {
+                let p = &answer.prediction;
+                row.prediction = Some(answer.label(labels).to_owned());
+                row.confidence = Some(p.confidence);
+                let by_label: BTreeMap<&str, f64> =
+                    labels.iter().map(String::as_str).zip(p.probabilities.iter().copied()).collect();
+                row.probabilities = serde_json::to_string(&by_label).ok();
+                row.cache_hit = answer.cache_hit;
+                row.idempotency_hit = answer.idempotency_hit;
             }
             Err((error_type, message)) => {
                 row.error_type = Some(error_type.as_str().to_owned());
@@ -116,14 +117,17 @@ mod tests {
         let meta = meta();
         let text = TextFacts::of("héllo");
         assert_eq!(text.length, 5, "characters, not bytes");
-        let probabilities = BTreeMap::from([("negative".to_owned(), 0.25), ("positive".to_owned(), 0.75)]);
-        let answered = Answered {
-            prediction: "positive",
-            confidence: 0.75,
-            probabilities: &probabilities,
+        let labels = ["negative".to_owned(), "positive".to_owned()];
+        let answer = Answer {
+            prediction: std::sync::Arc::new(falcon_backend::Prediction {
+                class: 1,
+                confidence: 0.75,
+                probabilities: vec![0.25, 0.75],
+            }),
             cache_hit: true,
             idempotency_hit: false,
         };
+        let answered = Answered { labels: &labels, answer: &answer };
         let ok = LogRecord::from_outcome(outcome(&meta, &text, Ok(answered)));
         assert!(ok.success && ok.cache_hit && !ok.idempotency_hit);
         assert_eq!(ok.prediction.as_deref(), Some("positive"));

@@ -10,6 +10,36 @@ use crate::app::InferError;
 use crate::error_type::ErrorType;
 use crate::telemetry::throttle::LogLimiter;
 
+/// What the HTTP layer cannot read: the wire format's own failures. The application sees
+/// them only as `InferError::Unreadable` (its row and its answer need the type and the
+/// message, nothing more).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    /// The body could not be parsed as the request format.
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+}
+
+impl WireError {
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            Self::InvalidJson(_) => ErrorType::InvalidJson,
+            Self::PayloadTooLarge { .. } => ErrorType::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorType::UnsupportedMediaType,
+        }
+    }
+}
+
+impl From<WireError> for InferError {
+    fn from(e: WireError) -> Self {
+        InferError::Unreadable { error_type: e.error_type(), message: e.to_string() }
+    }
+}
+
 /// Every way an HTTP request can fail: the application's errors, and the two that only
 /// exist at the HTTP layer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -224,9 +254,9 @@ mod tests {
     fn example(t: ErrorType) -> ApiError {
         let second = Duration::from_secs(1);
         match t {
-            ErrorType::InvalidJson => InferError::InvalidJson(String::new()).into(),
-            ErrorType::PayloadTooLarge => InferError::PayloadTooLarge { limit: 1 }.into(),
-            ErrorType::UnsupportedMediaType => InferError::UnsupportedMediaType.into(),
+            ErrorType::InvalidJson => InferError::from(WireError::InvalidJson(String::new())).into(),
+            ErrorType::PayloadTooLarge => InferError::from(WireError::PayloadTooLarge { limit: 1 }).into(),
+            ErrorType::UnsupportedMediaType => InferError::from(WireError::UnsupportedMediaType).into(),
             ErrorType::Validation => InferError::Validation(String::new()).into(),
             ErrorType::NotFound => ApiError::NotFound(String::new()),
             ErrorType::MethodNotAllowed => ApiError::MethodNotAllowed,

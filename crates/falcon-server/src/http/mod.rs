@@ -2,6 +2,7 @@
 //! extracts, validates the wire format, calls the application layer (`app`), and maps
 //! its errors once (`error.rs`).
 
+pub mod api;
 pub mod error;
 mod oip;
 pub mod openapi;
@@ -22,11 +23,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::{is_sane_request_id, new_request_id};
 use crate::app::access::Credential;
 use crate::app::{InferError, Pipeline, RequestMeta};
 use crate::config::Cidrs;
 use crate::telemetry::throttle::LogLimiter;
+use api::{is_sane_request_id, new_request_id};
 use error::{ApiError, ErrorResponse};
 
 /// Cloned into every request; everything inside is shared.

@@ -17,12 +17,7 @@ use super::AppState;
 pub use super::error::OipError;
 use super::error::{ApiError, HangUp};
 use super::routes::{BodyRules, read_json};
-use crate::api::{BatchItem, BatchResponse};
-use crate::app::{BatchCommand, InferError, RequestMeta};
-use crate::error_type::ErrorType;
-
-/// The model's name in the protocol's paths.
-pub const MODEL_NAME: &str = "sentiment";
+use crate::app::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
 
 /// The one model this server has.
 #[derive(ToSchema)]
@@ -300,33 +295,26 @@ const BODY: BodyRules = BodyRules {
     absent_is_json: true,
 };
 
-/// The answer's tensors; the request fails with the first text's error, if any.
-fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, answer: BatchResponse) -> Response {
-    let backend = s.pipeline.backend();
-    let labels = backend.labels();
-    let mut names = Vec::with_capacity(answer.results.len());
-    let mut probabilities = Vec::with_capacity(answer.results.len() * labels.len());
-    for item in answer.results {
-        match item {
-            BatchItem::Answer { prediction, probabilities: p, .. } => {
-                probabilities.extend(labels.iter().map(|l| p.get(l).copied().unwrap_or(0.0) as f32));
-                names.push(prediction);
+/// The answer's tensors, read with the labels of the model snapshot that answered; the
+/// request fails with the first text's error, if any.
+fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, served: BatchInferred) -> Response {
+    let labels = served.by.labels();
+    let n = served.results.len();
+    let mut names = Vec::with_capacity(n);
+    let mut probabilities = Vec::with_capacity(n * labels.len());
+    for result in &served.results {
+        match result {
+            Ok(answer) => {
+                names.push(answer.label(labels));
+                probabilities.extend(answer.prediction.probabilities.iter().map(|&p| p as f32));
             }
-            // A text's error is a bad input (`validation_error`) or the model's failure.
-            BatchItem::Error { error, error_type } => {
-                let e = match error_type {
-                    ErrorType::Validation => InferError::Validation(error),
-                    _ => InferError::Internal(error),
-                };
-                return s.oip_error_response(&meta.request_id, e);
-            }
+            Err(e) => return s.oip_error_response(&meta.request_id, e.clone()),
         }
     }
-    let n = names.len();
     Json(OipInferResponse {
-        model_name: MODEL_NAME,
-        model_version: answer.model_version,
-        id: id.unwrap_or_else(|| answer.request_id.clone()),
+        model_name: served.by.name,
+        model_version: served.by.version().to_owned(),
+        id: id.unwrap_or_else(|| meta.request_id.clone()),
         outputs: vec![
             OipOutputTensor { name: "label", datatype: "BYTES", shape: vec![n], data: Value::from(names) },
             OipOutputTensor {
@@ -336,7 +324,7 @@ fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, answer: BatchRe
                 data: Value::from(probabilities),
             },
         ],
-        parameters: OipInferParameters { worker_id: answer.worker_id, request_id: answer.request_id },
+        parameters: OipInferParameters { worker_id: s.worker_id().to_owned(), request_id: meta.request_id.clone() },
     })
     .into_response()
 }

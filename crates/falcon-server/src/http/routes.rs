@@ -1,12 +1,12 @@
 //! Handlers: extract, validate the wire format, call the pipeline, answer.
 
 use super::AppState;
-use super::error::{ApiError, HangUp, count};
-use super::openapi::{ErrorBody, InferenceErrors};
-use crate::api::{
-    Backends, BatchItem, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness,
-    ReadinessChecks, ReloadAnswer, ServiceInfo,
+use super::api::{
+    Backends, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness, ReadinessChecks,
+    ReloadAnswer, ServiceInfo,
 };
+use super::error::{ApiError, HangUp, WireError, count};
+use super::openapi::{ErrorBody, InferenceErrors};
 use crate::app::{BatchCommand, InferCommand, InferError, RequestMeta};
 use crate::telemetry::metrics;
 use axum::Json;
@@ -136,7 +136,7 @@ pub async fn infer(
 ) -> Response {
     let hang_up = HangUp::watch();
     let response = match s.pipeline.infer(&meta, read_command(&s, &meta, &headers, body)).await {
-        Ok(response) => Json(response).into_response(),
+        Ok(served) => Json(InferResponse::new(&served, s.worker_id(), &meta.request_id)).into_response(),
         Err(e) => s.error_response(&meta.request_id, e),
     };
     hang_up.answered();
@@ -148,7 +148,7 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError
     let mut source = Some(e);
     while let Some(err) = source {
         if err.is::<LengthLimitError>() {
-            return InferError::PayloadTooLarge { limit };
+            return WireError::PayloadTooLarge { limit }.into();
         }
         // hyper reports a body cut short (EOF, reset) as a body error, not a parse error.
         if err.downcast_ref::<hyper::Error>().is_some_and(|h| !h.is_parse()) {
@@ -166,7 +166,7 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError
         }
         source = err.source();
     }
-    InferError::InvalidJson("the request body could not be read".into())
+    WireError::InvalidJson("the request body could not be read".into()).into()
 }
 
 /// Whether the body says it is JSON. A body without a Content-Type counts as JSON only where
@@ -237,13 +237,11 @@ pub async fn infer_batch(
     };
     let hang_up = HangUp::watch();
     let response = match s.pipeline.infer_batch(&meta, command).await {
-        Ok(response) => {
-            for item in &response.results {
-                if let BatchItem::Error { error_type, .. } = item {
-                    count(*error_type);
-                }
+        Ok(served) => {
+            for e in served.results.iter().filter_map(|r| r.as_ref().err()) {
+                count(e.error_type());
             }
-            Json(response).into_response()
+            Json(BatchResponse::new(&served, s.worker_id(), &meta.request_id)).into_response()
         }
         Err(e) => s.error_response(&meta.request_id, e),
     };
@@ -289,7 +287,7 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
     let body = read.map_err(|e| body_error(e.as_ref(), limit))?.to_bytes();
     if !is_json(headers, absent_is_json) {
-        return Err(InferError::UnsupportedMediaType);
+        return Err(WireError::UnsupportedMediaType.into());
     }
     // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
     // text never reaches an error body, a log line or a row.
@@ -298,8 +296,8 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         let at = format!("at line {} column {}", e.line(), e.column());
         match e.classify() {
             Category::Data => InferError::Validation(format!("{shape} ({at})")),
-            Category::Eof => InferError::InvalidJson(format!("unexpected end of input {at}")),
-            Category::Syntax | Category::Io => InferError::InvalidJson(format!("syntax error {at}")),
+            Category::Eof => WireError::InvalidJson(format!("unexpected end of input {at}")).into(),
+            Category::Syntax | Category::Io => WireError::InvalidJson(format!("syntax error {at}")).into(),
         }
     })
 }
@@ -331,7 +329,8 @@ pub async fn admin_reload(
     }
     match s.pipeline.model().reload("POST /admin/reload").await {
         Ok(reload) => {
-            Json(ReloadAnswer { status: "reloaded", worker_id: s.worker_id().to_owned(), reload }).into_response()
+            Json(ReloadAnswer { status: "reloaded", worker_id: s.worker_id().to_owned(), reload: reload.into() })
+                .into_response()
         }
         Err(e) => s.error_response(&meta.request_id, ApiError::ReloadFailed(e)),
     }

@@ -1,11 +1,13 @@
-//! Request and response bodies of the HTTP API (shared with `falcon predict`).
+//! Request and response bodies of the HTTP API (shared with `falcon predict`), built from
+//! the application's answers (`app::Inferred`, `app::BatchInferred`).
 
 use std::collections::BTreeMap;
 
-use crate::error_type::ErrorType;
-use falcon_backend::Prediction;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::app::{Answer, BatchInferred, InferError, Inferred};
+use crate::error_type::ErrorType;
 
 /// POST /infer body: a JSON object with a string `text`. Unknown fields are ignored. Only
 /// an object is accepted: serde would otherwise read `["some text"]` as this struct too.
@@ -114,19 +116,26 @@ mod decimals {
 }
 
 impl InferResponse {
-    pub fn new(p: &Prediction, labels: &[String], model_version: &str, worker_id: &str, request_id: &str) -> Self {
+    /// The answer to a served `POST /infer`.
+    pub fn new(served: &Inferred, worker_id: &str, request_id: &str) -> Self {
+        let p = &served.answer.prediction;
         Self {
-            prediction: labels.get(p.class).cloned().unwrap_or_default(),
+            prediction: served.label().to_owned(),
             confidence: p.confidence,
-            probabilities: labels.iter().cloned().zip(p.probabilities.iter().copied()).collect(),
-            cache_hit: false,
-            idempotency_hit: false,
+            probabilities: by_label(served.by.labels(), &p.probabilities),
+            cache_hit: served.answer.cache_hit,
+            idempotency_hit: served.answer.idempotency_hit,
             worker_id: worker_id.to_owned(),
-            model_version: model_version.to_owned(),
-            processing_time_ms: 0.0,
+            model_version: served.by.version().to_owned(),
+            processing_time_ms: served.processing_time.as_secs_f64() * 1000.0,
             request_id: request_id.to_owned(),
         }
     }
+}
+
+/// Every class's probability, by its label.
+fn by_label(labels: &[String], probabilities: &[f64]) -> BTreeMap<String, f64> {
+    labels.iter().cloned().zip(probabilities.iter().copied()).collect()
 }
 
 /// POST /infer/batch body: `{"texts": [...]}`. Entries are checked one by one (a number
@@ -163,12 +172,16 @@ pub enum BatchItem {
 }
 
 impl BatchItem {
-    pub fn answer(p: &Prediction, labels: &[String], cache_hit: bool) -> Self {
-        Self::Answer {
-            prediction: labels.get(p.class).cloned().unwrap_or_default(),
-            confidence: p.confidence,
-            probabilities: labels.iter().cloned().zip(p.probabilities.iter().copied()).collect(),
-            cache_hit,
+    /// One text's answer or error, read with the answering model's `labels`.
+    pub fn new(result: &Result<Answer, InferError>, labels: &[String]) -> Self {
+        match result {
+            Ok(answer) => Self::Answer {
+                prediction: answer.label(labels).to_owned(),
+                confidence: answer.prediction.confidence,
+                probabilities: by_label(labels, &answer.prediction.probabilities),
+                cache_hit: answer.cache_hit,
+            },
+            Err(e) => Self::Error { error: e.to_string(), error_type: e.error_type() },
         }
     }
 }
@@ -183,6 +196,19 @@ pub struct BatchResponse {
     #[serde(serialize_with = "decimals::three")]
     pub processing_time_ms: f64,
     pub request_id: String,
+}
+
+impl BatchResponse {
+    /// The answer to a served batch.
+    pub fn new(served: &BatchInferred, worker_id: &str, request_id: &str) -> Self {
+        Self {
+            results: served.results.iter().map(|r| BatchItem::new(r, served.by.labels())).collect(),
+            worker_id: worker_id.to_owned(),
+            model_version: served.by.version().to_owned(),
+            processing_time_ms: served.processing_time.as_secs_f64() * 1000.0,
+            request_id: request_id.to_owned(),
+        }
+    }
 }
 
 /// `GET /`: what this is.
@@ -273,7 +299,31 @@ pub struct ReloadAnswer {
     /// Always `reloaded`.
     pub status: &'static str,
     pub worker_id: String,
-    pub reload: crate::lifecycle::Reloaded,
+    pub reload: Reloaded,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reloaded {
+    pub previous_version: String,
+    pub model_version: String,
+    /// Where the model came from (the file, or the build).
+    pub source: String,
+    pub load_ms: f64,
+    /// False when the file held the model already served (same version).
+    pub changed: bool,
+}
+
+impl From<crate::lifecycle::Reloaded> for Reloaded {
+    fn from(r: crate::lifecycle::Reloaded) -> Self {
+        Self {
+            previous_version: r.previous_version,
+            model_version: r.model_version,
+            source: r.source,
+            load_ms: r.load_ms,
+            changed: r.changed,
+        }
+    }
 }
 
 /// A fresh request id: a UUID v7, time-ordered, so the request log's index on it grows at
