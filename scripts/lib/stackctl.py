@@ -121,8 +121,10 @@ class Stack:
         return int(out[-1]) if out and out[-1].isdigit() else -1
 
     def settled_rows(self, within: float = 90) -> int:
-        """The row count once every worker's buffer and spool are empty and it stopped changing."""
-        deadline, last = time.time() + within, -2
+        """The row count once every worker's buffer and spool are empty and it stopped changing.
+        Raises if that does not happen WITHIN seconds: a count taken while rows are still on
+        their way would undercount a start and hide lost rows at the end."""
+        deadline, last, idle = time.time() + within, -2, False
         while time.time() < deadline:
             idle = all(log_drained(p) for p in self.workers)
             n = self.rows()
@@ -130,7 +132,10 @@ class Stack:
                 return n
             last = n
             time.sleep(1)
-        return self.rows()
+        raise RuntimeError(
+            f"the request log did not settle within {within:.0f} s: {last} rows, "
+            f"{'every' if idle else 'not every'} worker's buffer and spool empty"
+        )
 
     def log_lines(self, since: float) -> list[dict]:
         """The workers' JSON log lines from SINCE (a Unix time) on."""

@@ -3,8 +3,25 @@
 #   . "$(dirname "$0")/lib/throwaway.sh"
 # Nothing here touches a shared Redis or Postgres.
 
-# A free TCP port on 127.0.0.1 (picked by the kernel).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free TCP port on 127.0.0.1 from 12000-19999: below the kernel's ephemeral range
+# (32768-60999), so no outgoing connection takes it while a server is stopped and started
+# again on it, and apart from the Rust suite's 20000-31999.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(1000):
+    port = random.randrange(12000, 20000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    raise SystemExit("no free port in 12000-19999")
+PY
+}
 
 # Waits until `curl` gets a 2xx from $1, for at most $2 seconds.
 wait_http() {

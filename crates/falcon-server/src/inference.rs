@@ -405,20 +405,104 @@ mod tests {
         assert!(matches!(r, Err(QueueError::Timeout(_))));
     }
 
+    /// Blocks every call until opened; counts the calls that have started.
+    struct Gate {
+        labels: Vec<String>,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        entered: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Backend for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            Ok(texts.iter().map(|_| Prediction { class: 0, confidence: 1.0, probabilities: vec![1.0, 0.0] }).collect())
+        }
+        fn model_version(&self) -> &str {
+            "gate"
+        }
+        fn labels(&self) -> &[String] {
+            &self.labels
+        }
+        fn normalize(&self, text: &str) -> String {
+            text.to_owned()
+        }
+        fn max_input_chars(&self) -> usize {
+            100
+        }
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    /// Opens the gate when dropped, so a failing test unwinds (the queue joins its threads).
+    struct OpenOnDrop(Arc<Gate>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
+    /// Polls `f` once (a queue submission happens at the first poll): `Some` of its output
+    /// if that finished it.
+    async fn start<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            done = f => Some(done),
+            () = std::future::ready(()) => None,
+        }
+    }
+
     #[tokio::test]
     async fn full_queue_is_refused_not_buffered() {
-        // Two threads busy with slow jobs, a queue of one: the fourth job cannot wait.
-        let q = Arc::new(InferenceQueue::start(2, 1, 1).unwrap());
-        let mut pending = Vec::new();
-        for _ in 0..3 {
-            let q = Arc::clone(&q);
-            pending.push(tokio::spawn(async move { q.predict(&echo(), "slow".into(), Duration::from_secs(5)).await }));
-            tokio::time::sleep(Duration::from_millis(30)).await;
+        // Two threads held inside the model, a queue of one: the fourth job cannot wait.
+        let gate = Arc::new(Gate {
+            labels: vec!["a".into(), "b".into()],
+            open: Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            entered: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let model: Arc<dyn Backend> = gate.clone();
+        let q = InferenceQueue::start(2, 1, 1).unwrap();
+        let _unblock = OpenOnDrop(Arc::clone(&gate));
+        let wait = Duration::from_secs(30);
+        let mut a = Box::pin(q.predict(&model, "a".into(), wait));
+        let mut b = Box::pin(q.predict(&model, "b".into(), wait));
+        assert!(start(&mut a).await.is_none() && start(&mut b).await.is_none(), "the model is blocked");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gate.entered.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "the threads never took the jobs");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let r = q.predict(&echo(), "x".into(), Duration::from_secs(5)).await;
-        assert_eq!(r, Err(QueueError::Full));
-        for p in pending {
-            assert!(p.await.unwrap().is_ok());
+        // The queue's one place. Seen: right after both threads had entered the model, the
+        // std channel refused this job as Full (about 1 run in 15); it takes it on a retry.
+        // The fourth job must then be refused.
+        let mut c = loop {
+            let mut c = Box::pin(q.predict(&model, "c".into(), wait));
+            match start(&mut c).await {
+                None => break c,
+                Some(answer) => assert_eq!(answer, Err(QueueError::Full)),
+            }
+            assert!(std::time::Instant::now() < deadline, "the queue never took a third job");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(start(&mut c).await.is_none());
+        assert_eq!(q.predict(&model, "d".into(), wait).await, Err(QueueError::Full));
+        gate.open();
+        for job in [a, b, c] {
+            assert!(job.await.is_ok());
         }
     }
 }

@@ -95,16 +95,19 @@ fn an_open_api_on_a_public_address_warns_at_start() {
         l["message"].as_str().is_some_and(|m| m.starts_with("No API keys configured"))
     });
     assert_eq!(line["level"], "WARN");
+    // The warning comes before "Worker listening" (start-up checks the keys first), and
+    // start() has read the log up to that line: a warning would be there already.
     let quiet = Worker::start(&[]);
-    std::thread::sleep(Duration::from_millis(200));
     assert!(!quiet.log_messages().iter().any(|m| m.starts_with("No API keys configured")), "loopback is not public");
 }
 
 #[tokio::test]
 async fn a_client_past_its_budget_gets_429_with_retry_after_and_others_do_not() {
+    // One request a minute past the burst: no token comes back while the test runs, however
+    // slow the machine.
     let w = Worker::start(&[
         ("RATE_LIMIT_ENABLED", "true"),
-        ("RATE_LIMIT_PER_MINUTE", "60"),
+        ("RATE_LIMIT_PER_MINUTE", "1"),
         ("RATE_LIMIT_BURST", "5"),
         ("API_KEYS", "alpha:key-a,beta:key-b"),
     ]);
@@ -118,7 +121,7 @@ async fn a_client_past_its_budget_gets_429_with_retry_after_and_others_do_not() 
     let r = post(&c, &url, body.clone(), &[("Authorization", "Bearer key-a")]).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert!((50..=60).contains(&retry), "Retry-After {retry}: the next token, a minute after the first");
     assert_eq!(r.headers()["ratelimit-limit"], "5");
     assert_eq!(r.headers()["ratelimit-remaining"], "0");
     assert_eq!(r.json::<Value>().await.unwrap()["error_type"], "rate_limited");
@@ -130,7 +133,8 @@ async fn a_client_past_its_budget_gets_429_with_retry_after_and_others_do_not() 
 
 #[tokio::test]
 async fn x_forwarded_for_picks_the_budget_only_from_a_trusted_proxy() {
-    let limits = [("RATE_LIMIT_ENABLED", "true"), ("RATE_LIMIT_PER_MINUTE", "60"), ("RATE_LIMIT_BURST", "2")];
+    // No token comes back while the test runs (one a minute): only the burst counts.
+    let limits = [("RATE_LIMIT_ENABLED", "true"), ("RATE_LIMIT_PER_MINUTE", "1"), ("RATE_LIMIT_BURST", "2")];
     let c = reqwest::Client::new();
     let body = json!({ "text": "who am i" });
     // The test client is on loopback, which is trusted by default: each forwarded address
@@ -172,9 +176,17 @@ async fn past_max_concurrent_requests_a_request_is_refused_before_any_work() {
     )
     .unwrap();
     slow.write_all(&body[..5]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Until the worker has admitted the slow request, another one may still get the place.
     let c = reqwest::Client::new();
-    let r = post(&c, &w.url("/infer"), json!({ "text": "second" }), &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = post(&c, &w.url("/infer"), json!({ "text": "second" }), &[]).await;
+        if r.status() != 200 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slow request never held the place");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let answer: Value = r.json().await.unwrap();
@@ -183,8 +195,16 @@ async fn past_max_concurrent_requests_a_request_is_refused_before_any_work() {
     assert_eq!(metric(&c, &w, "concurrency_limited_total{worker_id=\"it-worker\"}").await, 1.0);
     // The place comes back when the slow request ends.
     slow.write_all(&body[5..]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(post(&c, &w.url("/infer"), json!({ "text": "third" }), &[]).await.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = post(&c, &w.url("/infer"), json!({ "text": "third" }), &[]).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only the concurrency limit refuses");
+        assert!(std::time::Instant::now() < deadline, "the place never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -81,17 +81,21 @@ fn a_slow_header_and_an_idle_keep_alive_connection_are_closed_after_the_header_t
 fn past_the_connection_cap_new_connections_are_closed_at_once_and_counted() {
     let w = Worker::start(&[("HTTP_MAX_CONNECTIONS", "3"), ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "3")]);
     let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(w.addr).unwrap()).collect();
-    // Once the three are accepted (the worker holds their sockets), a fourth is closed at once.
+    // Once the three are accepted (the worker holds their sockets), a fourth is closed at once:
+    // well within the 3 s header timeout that would close it otherwise, and with no answer.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut extra = loop {
+    loop {
         let mut s = TcpStream::connect(w.addr).unwrap();
-        if let Some(took) = closed_within(&mut s, Duration::from_millis(500)) {
-            assert!(took < Duration::from_millis(500));
-            break s;
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => panic!("a refused connection got an answer: {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
         }
         assert!(Instant::now() < deadline, "a connection past the cap was never closed");
-    };
-    assert!(closed_within(&mut extra, Duration::from_millis(100)).is_some());
+    }
     // The silent ones time out, and the worker answers again, having counted the refusals.
     let metrics = metrics_once_answering(&w, Duration::from_secs(15));
     assert!(metric_value(&metrics, "http_connections_refused_total{") >= 1.0);
@@ -217,11 +221,13 @@ fn series_count(metrics: &str) -> usize {
         .count()
 }
 
-fn rss(pid: u32) -> f64 {
+/// The process's anonymous memory (its heap: the binary's and the model's file pages come
+/// and go with the page cache), in bytes.
+fn anon_rss(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap()
@@ -294,10 +300,11 @@ async fn abuse_round(w: &Worker, c: &reqwest::Client, seed: u64) {
     }
 }
 
-/// A bounded abuse run (two rounds: the first touches every code path once). Afterwards
-/// the worker is up, its RSS is back within 10 % of where it stood after the first round,
-/// `/metrics` has the same series (no label grows with the input), and every request that
-/// reached a handler is exactly one row.
+/// A bounded abuse run (a first round touches every code path once, then six more).
+/// Afterwards the worker is up, its anonymous memory shows no trend over the six rounds (the
+/// least-squares slope, as the 200k-request test fits it: no single allocator swing
+/// decides), `/metrics` has the same series (no label grows with the input), and every
+/// request that reached a handler is exactly one row.
 #[tokio::test]
 async fn an_abuse_run_leaves_the_worker_as_it_was() {
     let dir = crate::common::fresh_dir();
@@ -315,13 +322,21 @@ async fn an_abuse_run_leaves_the_worker_as_it_was() {
     }
     abuse_round(&w, &c, 0x2545_f491_4f6c_dd1d).await;
     let before_metrics = metrics_once_answering(&w, Duration::from_secs(5));
-    let before_rss = rss(w.child.id());
-    abuse_round(&w, &c, 0x9e37_79b9_7f4a_7c15).await;
+    let mut samples = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..6 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        abuse_round(&w, &c, seed).await;
+        samples.push((f64::from(round), anon_rss(w.child.id())));
+    }
     let after_metrics = metrics_once_answering(&w, Duration::from_secs(5));
     assert!(raw_get(&w, "/healthz").unwrap().starts_with("HTTP/1.1 200"), "the worker is up");
     assert_eq!(series_count(&after_metrics), series_count(&before_metrics), "no metric label grew with the input");
-    let after_rss = rss(w.child.id());
-    assert!((after_rss / before_rss - 1.0).abs() <= 0.10, "RSS {before_rss} -> {after_rss}");
+    // A round is 320 hostile connections and ~300 requests: 512 KiB a round is what a leak
+    // of ~1 KiB each would grow by.
+    let per_round = crate::common::slope(&samples);
+    let mb: Vec<String> = samples.iter().map(|s| format!("{:.1}", s.1 / 1e6)).collect();
+    assert!(per_round < 512.0 * 1024.0, "anonymous memory grows {per_round:.0} bytes a round: {mb:?} MB");
     // One row per request that reached the /infer handler, and one count.
     let counted: f64 = after_metrics
         .lines()
@@ -331,5 +346,5 @@ async fn an_abuse_run_leaves_the_worker_as_it_was() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
     // One row for each counted request.
     crate::common::wait_for_sqlite_rows(&pool, counted as i64, Duration::from_secs(10)).await;
-    assert!(counted >= 300.0 + 2.0 * 40.0, "the hang-ups and cut bodies are among them: {counted}");
+    assert!(counted >= 300.0 + 7.0 * 2.0 * 40.0, "the hang-ups and cut bodies are among them: {counted}");
 }

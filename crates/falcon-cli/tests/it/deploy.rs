@@ -96,7 +96,13 @@ fn env_example_lists_every_setting_and_works_as_a_dot_env() {
     let dir = crate::common::fresh_dir();
     std::fs::write(dir.path().join(".env"), &example).unwrap();
     let w = Worker::start_in(dir.path(), &[("PORT", "0"), ("HOST", "127.0.0.1")]);
-    assert!(w.log_messages().iter().any(|m| m == "Worker listening"));
+    // Listening is what start_in waited for; with those settings it must also be ready.
+    let port = w.addr.port().to_string();
+    let ready = crate::common::falcon()
+        .args(["healthcheck", "--port", &port, "--path", "/readyz", "--timeout-seconds", "10"])
+        .output()
+        .unwrap();
+    assert_ok(&ready, "GET /readyz of a worker started with .env.example as its .env");
 }
 
 #[test]

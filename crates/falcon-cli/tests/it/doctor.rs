@@ -136,8 +136,21 @@ async fn a_database_slowed_by_a_lock_under_load_is_incident_1_with_the_database_
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    // The first slowed batch has been running for more than 5 s.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Wait for what the doctor looks for: the lock holder's query running for more than its
+    // 5 s threshold, and a request-log write waiting on the lock.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = pg.psql(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state <> 'idle' \
+               AND query LIKE '%pg_sleep(60)%' AND query_start < now() - interval '6 seconds') \
+             AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock')",
+        );
+        if seen == "t" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no long lock holder with a waiting writer after 40 s ({seen})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let base = w.url("");
     let db = pg.url();
     let (code, report) = tokio::task::spawn_blocking(move || {
@@ -254,11 +267,41 @@ fn watch_runs_again_until_interrupted() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let reports = text.matches("\"exit_code\"").count();
-    assert!(reports >= 3, "{reports} reports in 3 s: {text}");
-    assert_eq!(out.status.code(), Some(0), "the last report's status: healthy");
+    // Three reports, as they come; then Ctrl-C.
+    let mut child = child;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if line.contains("\"exit_code\"") {
+                let _ = tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    for i in 0..3 {
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("only {i} reports within 30 s each: {}", reader.join().unwrap());
+        }
+    }
+    let interrupted = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success(), "kill -INT failed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("doctor --watch still runs 10 s after Ctrl-C: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = reader.join().unwrap();
+    assert!(text.matches("\"exit_code\"").count() >= 3, "{text}");
+    assert_eq!(status.code(), Some(0), "the last report's status: healthy: {text}");
 }

@@ -595,14 +595,20 @@ fn load_until(w: &Worker, total: f64, rt: &tokio::runtime::Runtime, c: &reqwest:
     load_sampled(w, total, rt, c).into_iter().map(|(_, rss, _)| rss).collect()
 }
 
-/// Like `load_until`, keeping (requests served, RSS, anonymous RSS) after each round.
+/// Like `load_until`, keeping (requests served, RSS, anonymous RSS) after each round. Every
+/// round must serve requests, and the whole load must end within 15 minutes.
 fn load_sampled(w: &Worker, total: f64, rt: &tokio::runtime::Runtime, c: &reqwest::Client) -> Vec<(f64, f64, f64)> {
     let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    let mut last = -1.0;
     loop {
         let n = served(w, rt, c);
         if n >= total {
             return samples;
         }
+        assert!(n > last, "a round of load served nothing ({n} requests in all)");
+        assert!(Instant::now() < deadline, "{n} of {total} requests after 15 minutes");
+        last = n;
         let out = crate::common::falcon()
             .args(["load", "--addr", &w.addr.to_string(), "--scenario", "unique-text", "--connections", "8"])
             .args(["--duration", "4", "--warmup", "0", "--rounds", "1"])
@@ -621,15 +627,6 @@ fn proc_status_kb(pid: u32, field: &str) -> f64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-/// Least-squares slope of `y` over `x`.
-fn slope(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
-    let cov: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    let var: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-    cov / var
 }
 
 /// Median of the last five samples: one sample can catch the allocator mid-swing (seen:
@@ -658,7 +655,7 @@ fn without_the_drill_rss_stays_flat_over_200k_requests() {
     // The trend of anonymous memory (the heap: file pages of the binary and the model come
     // and go with the page cache) over 200k requests, fitted over every sample so that no
     // single allocator swing decides it.
-    let per_request = slope(&sampled.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
+    let per_request = crate::common::slope(&sampled.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
     println!("anonymous RSS trend over {} samples: {per_request:+.1} bytes per request", sampled.len());
     assert!(per_request < 15.0, "anonymous memory grows {per_request:.1} bytes per request");
     let (before, after) = (settled(&warm_samples), settled(&measured));

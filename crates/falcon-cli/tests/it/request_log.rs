@@ -154,7 +154,12 @@ async fn past_the_disk_bound_every_drop_is_counted_exactly() {
     pg.start_again();
     let expected = 1 + sent - dropped as i64;
     wait_rows(&pg, Duration::from_secs(30), "rows + drops = requests", |n| n >= expected);
-    std::thread::sleep(Duration::from_secs(1));
+    // Once the writer has nothing left (buffer and spool empty), no other row can come.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&c, &w, "log_buffer_size{").await != 0.0 || metric(&c, &w, "log_spool_bytes{").await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the request log never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(pg.count_rows(), expected);
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, dropped, "nothing more dropped");
 }

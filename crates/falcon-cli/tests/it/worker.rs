@@ -566,8 +566,15 @@ async fn the_drain_delay_answers_readyz_503_and_keeps_serving_before_closing() {
     assert_eq!(c.get(w.url("/readyz")).send().await.unwrap().status(), 200);
     let signalled = std::time::Instant::now();
     w.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = c.get(w.url("/readyz")).send().await.unwrap();
+    // Readiness turns 503 once the signal is handled, well before the 2 s delay ends.
+    let ready = loop {
+        let ready = c.get(w.url("/readyz")).send().await.unwrap();
+        if ready.status() != 200 {
+            break ready;
+        }
+        assert!(signalled.elapsed() < Duration::from_millis(1500), "still ready 1.5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["draining"], true, "{body}");

@@ -261,3 +261,25 @@ pub async fn wait_for_sqlite_rows(pool: &sqlx::SqlitePool, expected: i64, within
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Least-squares slope of `y` over `x`.
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let cov: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    cov / var
+}
+
+/// Where tests leave what a person should read after the run (`make test` prints it; the test
+/// output itself is captured).
+pub fn notes_dir() -> PathBuf {
+    repo().join("target/test-notes")
+}
+
+/// Leaves `text` as the note `name` for `make test` to print after the run.
+pub fn leave_note(name: &str, text: &str) {
+    let dir = notes_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.txt")), text).unwrap();
+}

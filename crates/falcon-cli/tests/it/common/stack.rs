@@ -33,6 +33,8 @@ impl StackCtl {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
             .env("STACK_DIR", &self.dir)
+            // Everything the stack starts names the suite's temp dir: check-leftovers.sh sees it.
+            .env("TMPDIR", std::env::temp_dir())
             .env("STACK_NGINX_PORT", self.nginx_port.to_string())
             .env("STACK_STATUS_PORT", free_port().to_string())
             .env("STACK_WORKER_PORTS", ports)
@@ -137,7 +139,16 @@ impl Stack {
 }
 
 impl Drop for Stack {
+    /// A stack that does not come down fails the test (its processes would outlive the
+    /// suite); while a test is already failing, the reason is printed instead.
     fn drop(&mut self) {
-        let _ = self.ctl.script(&["down"]);
+        let (ok, output) = self.ctl.script(&["down"]);
+        if !ok {
+            if std::thread::panicking() {
+                eprintln!("scripts/stack.sh down failed: {output}");
+            } else {
+                panic!("scripts/stack.sh down failed: {output}");
+            }
+        }
     }
 }
