@@ -56,7 +56,7 @@ bench-http: ## Load test of release workers against a bare axum floor in the sam
 
 bench-log: ## Request-log writer rows/s (Postgres, SQLite), Postgres cost per row, and criterion: a record's encode + journal append
 	./scripts/bench-log.sh
-	$(CARGO) bench --locked -p falcon-server --bench request_log
+	$(CARGO) bench --locked -p falcon-app --bench request_log
 
 load-test: ## k6 through the load balancer: SCENARIO=baseline|stress|spike|soak [STACK=native|compose] [DURATION=short]; verdict + bench/results/
 	SCENARIO=$(SCENARIO) STACK=$(STACK) DURATION=$(DURATION) ./scripts/load-test.sh

@@ -8,4 +8,4 @@ host=${PGHOST:-127.0.0.1} port=${PGPORT:-5432} user=${PGUSER:-postgres}
 db="falcon_bench_$$"
 psql -h "$host" -p "$port" -U "$user" -q -c "CREATE DATABASE $db"
 trap 'psql -h "$host" -p "$port" -U "$user" -q -c "DROP DATABASE IF EXISTS $db"' EXIT
-cargo run --release --locked -q -p falcon-server --example log_writer -- "postgres://$user@$host:$port/$db" "${BENCH_ROWS:-100000}"
+cargo run --release --locked -q -p falcon-app --example log_writer -- "postgres://$user@$host:$port/$db" "${BENCH_ROWS:-100000}"

@@ -10,9 +10,9 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use falcon_app::error_type::ErrorType;
 use falcon_model::SentimentModel;
 use falcon_server::http::{AppState, router};
-use falcon_server::telemetry::metrics::ERROR_TYPES;
 use falcon_server::{Config, build_state};
 use http_body_util::BodyExt;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -117,7 +117,7 @@ fn check(path: &str, status: StatusCode, body: &[u8]) {
         let message = json["error"].as_str().unwrap_or_else(|| panic!("{path} {status}: no error: {json}"));
         assert!(!message.is_empty());
         if let Some(kind) = json["error_type"].as_str() {
-            assert!(ERROR_TYPES.contains(&kind), "{path}: unknown error_type {kind}");
+            assert!(ErrorType::ALL.iter().any(|t| t.as_str() == kind), "{path}: unknown error_type {kind}");
         } else {
             assert!(path.starts_with("/v2"), "{path} {status}: an error without error_type: {json}");
         }

@@ -4,7 +4,7 @@
 //! NaN float is not equal to itself).
 #![no_main]
 
-use falcon_server::request_log::LogRecord;
+use falcon_app::adapters::request_log::LogRecord;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

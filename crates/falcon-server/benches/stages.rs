@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use falcon_app::adapters::cache::{MemoryCache, cache_key};
 use falcon_backend::Prediction;
-use falcon_server::cache::{MemoryCache, cache_key};
 use falcon_server::http::api::{InferResponse, new_request_id};
 
 const TEXT: &str =

@@ -11,26 +11,26 @@ use anyhow::Context;
 use falcon_backend::Backend;
 use tokio::net::TcpListener;
 
-use crate::app::access::{Admission, ApiKeys, RateLimits};
-use crate::app::{Parts, Pipeline, Readiness};
-use crate::ballast::MemoryBallast;
-use crate::cache::redis::{RedisCache, RedisStore};
-use crate::cache::{MemoryCache, ResponseCache};
-use crate::config::Config;
-use crate::config::ConnectionLimits;
 use crate::http::server;
 use crate::http::{AppState, router};
-use crate::idempotency::IdempotencyStore;
-use crate::inference::InferenceQueue;
-use crate::lifecycle::{ModelSlot, Shadow};
-use crate::request_log::{self, RequestLog, Sink, WriterConfig};
-use crate::resilience::retry::RETRY_WARNING_INTERVAL;
-use crate::resilience::{CircuitBreaker, RetryPolicy};
-use crate::tasks::Background;
-use crate::telemetry::metrics;
-use crate::telemetry::throttle::{LogLimiter, Throttle};
+use falcon_app::adapters::cache::redis::{RedisCache, RedisStore};
+use falcon_app::adapters::cache::{MemoryCache, ResponseCache};
+use falcon_app::adapters::idempotency::IdempotencyStore;
+use falcon_app::adapters::inference::InferenceQueue;
+use falcon_app::adapters::request_log::{self, RequestLog, Sink, WriterConfig};
+use falcon_app::adapters::resilience::retry::RETRY_WARNING_INTERVAL;
+use falcon_app::adapters::resilience::{CircuitBreaker, RetryPolicy};
+use falcon_app::ballast::MemoryBallast;
+use falcon_app::config::Config;
+use falcon_app::config::ConnectionLimits;
+use falcon_app::lifecycle::{ModelSlot, Shadow};
+use falcon_app::pipeline::access::{Admission, ApiKeys, RateLimits};
+use falcon_app::pipeline::{Parts, Pipeline, Readiness};
+use falcon_app::tasks::Background;
+use falcon_app::telemetry::metrics;
+use falcon_app::telemetry::throttle::{LogLimiter, Throttle};
 
-pub use crate::lifecycle::{LoadedBackend, Reloader};
+pub use falcon_app::lifecycle::{LoadedBackend, Reloader};
 
 /// The models a worker starts with: the one it serves, how to load it again (hot
 /// reload), and an optional candidate to shadow-score.
@@ -353,7 +353,7 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 /// Rate-limit state of clients that have been idle long enough is dropped every minute,
 /// so the limiter's memory follows the active clients, not every address ever seen.
-async fn forget_idle_clients(pipeline: Pipeline, mut stopping: crate::shutdown::Stopping) {
+async fn forget_idle_clients(pipeline: Pipeline, mut stopping: falcon_app::shutdown::Stopping) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -364,7 +364,7 @@ async fn forget_idle_clients(pipeline: Pipeline, mut stopping: crate::shutdown::
 }
 
 /// SIGHUP reloads the model (as `POST /admin/reload` does), until the worker stops.
-async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: crate::shutdown::Stopping) {
+async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: falcon_app::shutdown::Stopping) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,

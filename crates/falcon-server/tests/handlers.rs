@@ -548,7 +548,7 @@ async fn the_openapi_document_matches_the_router() {
     }
     let error_types: Vec<&str> =
         schemas["ErrorType"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    let all: Vec<&str> = falcon_server::error_type::ErrorType::ALL.iter().map(|t| t.as_str()).collect();
+    let all: Vec<&str> = falcon_app::error_type::ErrorType::ALL.iter().map(|t| t.as_str()).collect();
     assert_eq!(error_types, all);
     // A documented error body is what an error actually looks like.
     let required: Vec<&str> =

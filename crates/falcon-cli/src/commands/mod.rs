@@ -25,7 +25,7 @@ pub fn config_error(e: &clap::Error) -> ExitCode {
     let serving = std::env::args().nth(1).as_deref() == Some("serve");
     if serving && !variable.is_empty() {
         let worker_id = std::env::var("WORKER_ID").unwrap_or_else(|_| "falcon".into());
-        falcon_server::telemetry::logging::init(&worker_id, "INFO");
+        falcon_app::telemetry::logging::init(&worker_id, "INFO");
         let message = e.kind().to_string();
         tracing::error!(error = detail, kind = message, variable, "Invalid configuration");
     }

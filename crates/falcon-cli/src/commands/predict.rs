@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use falcon_server::app::{Answer, AnsweredBy, Inferred, MODEL_NAME, validate_text};
+use falcon_app::pipeline::{Answer, AnsweredBy, Inferred, MODEL_NAME, validate_text};
 use falcon_server::http::api::{InferResponse, new_request_id};
 
 use crate::backends;

@@ -10,7 +10,7 @@ use crate::backends::{self, LoadError};
 /// 2 for a setting that cannot work (an unknown `MODEL_BACKEND`, a malformed dependency URL).
 pub fn run(config: Config) -> ExitCode {
     let worker_id = config.worker_id();
-    falcon_server::telemetry::logging::init(&worker_id, &config.server.log_level);
+    falcon_app::telemetry::logging::init(&worker_id, &config.server.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

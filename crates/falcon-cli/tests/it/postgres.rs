@@ -146,7 +146,7 @@ async fn a_reused_request_id_makes_one_row_per_request() {
 /// `log_id`, and the batch goes again skipping what is already there, losing nothing.
 #[tokio::test]
 async fn a_batch_written_twice_is_one_row_per_record_and_its_new_records_are_kept() {
-    use falcon_server::request_log::{LogRecord, Sink};
+    use falcon_app::adapters::request_log::{LogRecord, Sink};
     let pg = Postgres::start();
     let sink = Sink::postgres(&pg.url(), 2, Duration::from_secs(10)).unwrap();
     sink.migrate().await.unwrap();

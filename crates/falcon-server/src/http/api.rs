@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::{Answer, BatchInferred, InferError, Inferred};
-use crate::error_type::ErrorType;
+use falcon_app::error_type::ErrorType;
+use falcon_app::pipeline::{Answer, BatchInferred, InferError, Inferred};
 
 /// POST /infer body: a JSON object with a string `text`. Unknown fields are ignored. Only
 /// an object is accepted: serde would otherwise read `["some text"]` as this struct too.
@@ -314,8 +314,8 @@ pub struct Reloaded {
     pub changed: bool,
 }
 
-impl From<crate::lifecycle::Reloaded> for Reloaded {
-    fn from(r: crate::lifecycle::Reloaded) -> Self {
+impl From<falcon_app::lifecycle::Reloaded> for Reloaded {
+    fn from(r: falcon_app::lifecycle::Reloaded) -> Self {
         Self {
             previous_version: r.previous_version,
             model_version: r.model_version,

@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::app::InferError;
-use crate::error_type::ErrorType;
-use crate::telemetry::throttle::LogLimiter;
+use falcon_app::error_type::ErrorType;
+use falcon_app::pipeline::InferError;
+use falcon_app::telemetry::throttle::LogLimiter;
 
 /// What the HTTP layer cannot read: the wire format's own failures. The application sees
 /// them only as `InferError::Unreadable` (its row and its answer need the type and the
@@ -55,14 +55,14 @@ pub enum ApiError {
     #[error("the request has more than {count} headers or {bytes} bytes of them")]
     HeadersTooLarge { count: usize, bytes: usize },
     #[error(transparent)]
-    ReloadFailed(#[from] crate::lifecycle::ReloadError),
+    ReloadFailed(#[from] falcon_app::lifecycle::ReloadError),
     /// An Open Inference Protocol path names a model this server does not have.
     #[error("unknown model '{name}'; this server has '{served}'")]
     UnknownModel { name: String, served: &'static str },
 }
 
 impl ApiError {
-    /// The status of its error type (the one table, `crate::error_type`).
+    /// The status of its error type (the one table, `falcon_app::error_type`).
     pub fn status(&self) -> StatusCode {
         status(self.error_type())
     }
@@ -90,7 +90,7 @@ pub fn status(t: ErrorType) -> StatusCode {
 /// where it answers it: an error body, a batch text's error, an OIP error, or a client
 /// that hung up before its answer (`HangUp`).
 pub fn count(t: ErrorType) {
-    crate::telemetry::metrics::record_error(t);
+    falcon_app::telemetry::metrics::record_error(t);
 }
 
 /// Counts `client_closed` if the handler holding it is dropped before it answers (the
@@ -264,11 +264,13 @@ mod tests {
             ErrorType::HeadersTooLarge => ApiError::HeadersTooLarge { count: 1, bytes: 1 },
             ErrorType::Unauthorized => InferError::Unauthorized("").into(),
             ErrorType::Forbidden => InferError::Forbidden("").into(),
-            ErrorType::RateLimited => {
-                InferError::RateLimited(crate::app::access::Limited { retry_after: second, limit: 1, window: second })
-                    .into()
-            }
-            ErrorType::ReloadFailed => ApiError::ReloadFailed(crate::lifecycle::ReloadError::NotConfigured),
+            ErrorType::RateLimited => InferError::RateLimited(falcon_app::pipeline::access::Limited {
+                retry_after: second,
+                limit: 1,
+                window: second,
+            })
+            .into(),
+            ErrorType::ReloadFailed => ApiError::ReloadFailed(falcon_app::lifecycle::ReloadError::NotConfigured),
             ErrorType::IdempotencyConflict => InferError::IdempotencyConflict.into(),
             ErrorType::NotReady => InferError::NotReady("").into(),
             ErrorType::Overloaded => InferError::Overloaded("").into(),

@@ -23,12 +23,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::app::access::Credential;
-use crate::app::{InferError, Pipeline, RequestMeta};
-use crate::config::Cidrs;
-use crate::telemetry::throttle::LogLimiter;
 use api::{is_sane_request_id, new_request_id};
 use error::{ApiError, ErrorResponse};
+use falcon_app::config::Cidrs;
+use falcon_app::pipeline::access::Credential;
+use falcon_app::pipeline::{InferError, Pipeline, RequestMeta};
+use falcon_app::telemetry::throttle::LogLimiter;
 
 /// Cloned into every request; everything inside is shared.
 #[derive(Clone)]

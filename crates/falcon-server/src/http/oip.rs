@@ -17,7 +17,7 @@ use super::AppState;
 pub use super::error::OipError;
 use super::error::{ApiError, HangUp};
 use super::routes::{BodyRules, read_json};
-use crate::app::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
+use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
 
 /// The one model this server has.
 #[derive(ToSchema)]

@@ -3,7 +3,7 @@
 //! The document is generated from the handlers' `#[utoipa::path]` attributes and the body
 //! types, and the router is built from the same list (`utoipa_axum::OpenApiRouter`), so a
 //! route cannot exist without being documented. The error types, their statuses and their
-//! descriptions come from `crate::error_type`, the table the metric series are registered from.
+//! descriptions come from `falcon_app::error_type`, the table the metric series are registered from.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Response, ResponseBuilder
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 pub use super::error::ErrorBody;
-use crate::error_type::ErrorType;
+use falcon_app::error_type::ErrorType;
 
 /// Where the document and the UI are served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -61,7 +61,7 @@ impl Modify for BearerKeys {
 }
 
 /// The errors every inference route answers with (`POST /infer` adds 409 for its key), from
-/// the one table (`crate::error_type`): each status lists its error types and what they mean.
+/// the one table (`falcon_app::error_type`): each status lists its error types and what they mean.
 pub struct InferenceErrors;
 
 /// The error types of `InferenceErrors`.

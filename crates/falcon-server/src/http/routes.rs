@@ -7,13 +7,13 @@ use super::api::{
 };
 use super::error::{ApiError, HangUp, WireError, count};
 use super::openapi::{ErrorBody, InferenceErrors};
-use crate::app::{BatchCommand, InferCommand, InferError, RequestMeta};
-use crate::telemetry::metrics;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use falcon_app::pipeline::{BatchCommand, InferCommand, InferError, RequestMeta};
+use falcon_app::telemetry::metrics;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 fn now() -> String {

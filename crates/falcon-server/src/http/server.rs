@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-pub use crate::config::ConnectionLimits;
-use crate::telemetry::metrics::{HTTP_ACCEPT_ERRORS, HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED};
-use crate::telemetry::throttle::Throttle;
+pub use falcon_app::config::ConnectionLimits;
+use falcon_app::telemetry::metrics::{HTTP_ACCEPT_ERRORS, HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED};
+use falcon_app::telemetry::throttle::Throttle;
 
 /// Serves `router` on `listener` until `shutdown` completes, then closes the listener,
 /// calls `closed`, and serves until every connection has closed (the caller bounds that by

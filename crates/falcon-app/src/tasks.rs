@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::request_log::Writer;
+use crate::adapters::request_log::Writer;
 use crate::shutdown::StopSender;
 use crate::shutdown::Stopping;
 

@@ -496,9 +496,9 @@ impl Config {
     }
 
     /// Breaker settings (the same for every dependency).
-    pub fn breaker(&self) -> crate::resilience::BreakerConfig {
+    pub fn breaker(&self) -> crate::adapters::resilience::BreakerConfig {
         let r = &self.resilience;
-        crate::resilience::BreakerConfig {
+        crate::adapters::resilience::BreakerConfig {
             enabled: r.circuit_breaker_enabled,
             failure_threshold: r.circuit_breaker_failure_threshold,
             open_for: Duration::from_secs_f64(r.circuit_breaker_timeout_seconds),

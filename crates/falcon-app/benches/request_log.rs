@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use falcon_server::request_log::LogRecord;
+use falcon_app::adapters::request_log::LogRecord;
 
 fn record() -> LogRecord {
     LogRecord {
@@ -19,7 +19,7 @@ fn record() -> LogRecord {
         processing_time_ms: 0.4,
         inference_time_ms: Some(0.01),
         client_ip: Some("127.0.0.1".into()),
-        ..LogRecord::new(falcon_server::http::api::new_request_id(), "bench", "bench")
+        ..LogRecord::new(uuid::Uuid::now_v7().to_string(), "bench", "bench")
     }
 }
 

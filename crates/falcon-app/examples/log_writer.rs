@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use falcon_server::request_log::{self, LogRecord, Sink, WriterConfig};
-use falcon_server::resilience::{BreakerConfig, CircuitBreaker};
+use falcon_app::adapters::request_log::{self, LogRecord, Sink, WriterConfig};
+use falcon_app::adapters::resilience::{BreakerConfig, CircuitBreaker};
 
 fn record(i: usize) -> LogRecord {
     LogRecord {
@@ -29,7 +29,7 @@ fn record(i: usize) -> LogRecord {
         processing_time_ms: 0.4,
         inference_time_ms: Some(0.01),
         client_ip: Some("127.0.0.1".into()),
-        ..LogRecord::new(falcon_server::http::api::new_request_id(), "bench", "bench")
+        ..LogRecord::new(uuid::Uuid::now_v7().to_string(), "bench", "bench")
     }
 }
 
@@ -58,7 +58,7 @@ async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f
         nice: 0,
     };
     let (log, writer, _probe) =
-        request_log::start(sink.clone(), breaker(), config, Some(spooling), falcon_server::shutdown::Stopping::never());
+        request_log::start(sink.clone(), breaker(), config, Some(spooling), falcon_app::shutdown::Stopping::never());
     let mut records: Vec<LogRecord> = (0..rows).map(record).collect();
     let started = Instant::now();
     let mut recording = Duration::ZERO;

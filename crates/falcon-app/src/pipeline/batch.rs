@@ -12,8 +12,8 @@ use falcon_backend::{Backend, Prediction};
 use super::answer::{Answer, AnsweredBy, BatchInferred, MODEL_NAME};
 use super::row::{Answered, Outcome, TextFacts};
 use super::{InferError, Pipeline, RequestMeta, Subject, validate_text};
-use crate::cache::cache_key;
-use crate::request_log::LogRecord;
+use crate::adapters::cache::cache_key;
+use crate::adapters::request_log::LogRecord;
 use crate::telemetry::metrics;
 
 /// What the transport read of a batch request: its entries, unchecked.
@@ -104,7 +104,7 @@ impl Pipeline {
                         }
                         Ok(Answer { prediction, cache_hit: false, idempotency_hit: false })
                     }
-                    Err(e) => Err(InferError::from(crate::inference::QueueError::Backend(e))),
+                    Err(e) => Err(InferError::from(crate::adapters::inference::QueueError::Backend(e))),
                 });
             }
         }

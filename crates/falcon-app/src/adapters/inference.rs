@@ -478,30 +478,31 @@ mod tests {
         let q = InferenceQueue::start(2, 1, 1).unwrap();
         let _unblock = OpenOnDrop(Arc::clone(&gate));
         let wait = Duration::from_secs(30);
-        let mut a = Box::pin(q.predict(&model, "a".into(), wait));
-        let mut b = Box::pin(q.predict(&model, "b".into(), wait));
-        assert!(start(&mut a).await.is_none() && start(&mut b).await.is_none(), "the model is blocked");
+        // One job at a time into the queue's one place, each taken by a thread before the
+        // next; then one more fills the place, and the fourth must be refused. (A job sent
+        // while the place is still taken is refused as Full: it is sent again.)
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while gate.entered.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-            assert!(std::time::Instant::now() < deadline, "the threads never took the jobs");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The queue's one place. Seen: right after both threads had entered the model, the
-        // std channel refused this job as Full (about 1 run in 15); it takes it on a retry.
-        // The fourth job must then be refused.
-        let mut c = loop {
-            let mut c = Box::pin(q.predict(&model, "c".into(), wait));
-            match start(&mut c).await {
-                None => break c,
-                Some(answer) => assert_eq!(answer, Err(QueueError::Full)),
+        let mut jobs = Vec::new();
+        for (i, text) in ["a", "b", "c"].into_iter().enumerate() {
+            let job = loop {
+                let mut job = Box::pin(q.predict(&model, text.into(), wait));
+                match start(&mut job).await {
+                    None => break job,
+                    Some(answer) => assert_eq!(answer, Err(QueueError::Full)),
+                }
+                assert!(std::time::Instant::now() < deadline, "the queue never took job {text}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            jobs.push(job);
+            // The first two are taken by the two threads, which the gate then holds.
+            while i < 2 && gate.entered.load(std::sync::atomic::Ordering::SeqCst) < i + 1 {
+                assert!(std::time::Instant::now() < deadline, "no thread took job {text}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            assert!(std::time::Instant::now() < deadline, "the queue never took a third job");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        assert!(start(&mut c).await.is_none());
+        }
         assert_eq!(q.predict(&model, "d".into(), wait).await, Err(QueueError::Full));
         gate.open();
-        for job in [a, b, c] {
+        for job in jobs {
             assert!(job.await.is_ok());
         }
     }

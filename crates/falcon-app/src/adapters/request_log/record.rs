@@ -414,14 +414,14 @@ mod tests {
     fn both_migrations_create_every_column() {
         for sql in [
             concat!(
-                include_str!("../../migrations/postgres/0001_inference_logs.sql"),
-                include_str!("../../migrations/postgres/0002_log_id.sql"),
-                include_str!("../../migrations/postgres/0004_api_key_id.sql")
+                include_str!("../../../migrations/postgres/0001_inference_logs.sql"),
+                include_str!("../../../migrations/postgres/0002_log_id.sql"),
+                include_str!("../../../migrations/postgres/0004_api_key_id.sql")
             ),
             concat!(
-                include_str!("../../migrations/sqlite/0001_inference_logs.sql"),
-                include_str!("../../migrations/sqlite/0002_log_id.sql"),
-                include_str!("../../migrations/sqlite/0004_api_key_id.sql")
+                include_str!("../../../migrations/sqlite/0001_inference_logs.sql"),
+                include_str!("../../../migrations/sqlite/0002_log_id.sql"),
+                include_str!("../../../migrations/sqlite/0004_api_key_id.sql")
             ),
         ] {
             for c in COLUMNS {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use crate::adapters::inference::QueueError;
 use crate::error_type::ErrorType;
-use crate::inference::QueueError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InferError {

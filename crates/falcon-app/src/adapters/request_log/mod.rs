@@ -1,5 +1,6 @@
-//! The request log: one row per POST /infer in `inference_logs`, written by a background
-//! writer so the request path never waits for the database.
+//! The request log: one row in `inference_logs` per `POST /infer`, per text of a batch
+//! (`/infer/batch`, OIP infer), and per batch that failed as a whole; written by a
+//! background writer so the request path never waits for the database.
 //!
 //! With the spool on (the default, `LOG_SPOOL_DIR`), `RequestLog::record` appends each
 //! record to a memory-mapped journal on disk before the response goes out: a copy, no
@@ -41,7 +42,7 @@ pub use record::{COLUMNS, DecodeError, LogRecord, Value};
 pub use sink::{Sink, WriteError};
 pub use spool::Spool;
 
-use crate::resilience::CircuitBreaker;
+use crate::adapters::resilience::CircuitBreaker;
 use crate::telemetry::metrics::{
     DB_DURATION, DB_OPERATIONS, DB_POOL_AVAILABLE, DB_POOL_SIZE, DROPPED_LOGS, LOG_BUFFER_SIZE, LOG_DEAD_LETTER,
     LOG_REPLAYED, LOG_SPOOL_BYTES, LOG_SPOOLED,

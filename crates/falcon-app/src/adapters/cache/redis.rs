@@ -12,7 +12,7 @@ use redis::{Cmd, FromRedisValue};
 
 use super::memory::MemoryCache;
 use super::{BoxFuture, ResponseCache};
-use crate::resilience::{CircuitBreaker, RetryPolicy};
+use crate::adapters::resilience::{CircuitBreaker, RetryPolicy};
 use crate::telemetry::metrics::{CACHE_ERRORS, FALLBACK_TRIGGERED};
 use crate::telemetry::throttle::Throttle;
 

@@ -26,13 +26,13 @@ pub use self::answer::{Answer, AnsweredBy, BatchInferred, Inferred, MODEL_NAME};
 pub use self::batch::BatchCommand;
 pub use self::error::InferError;
 use self::row::TextFacts;
+use crate::adapters::cache::redis::RedisStore;
+use crate::adapters::cache::{ResponseCache, cache_key};
+use crate::adapters::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
+use crate::adapters::inference::InferenceQueue;
+use crate::adapters::request_log::{LogRecord, RequestLog};
 use crate::ballast::MemoryBallast;
-use crate::cache::redis::RedisStore;
-use crate::cache::{ResponseCache, cache_key};
-use crate::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
-use crate::inference::InferenceQueue;
 use crate::lifecycle::{ModelSlot, Shadow};
-use crate::request_log::{LogRecord, RequestLog};
 use crate::telemetry::metrics;
 use crate::telemetry::throttle::LogLimiter;
 

@@ -138,10 +138,10 @@ mod tests {
             .with_writer(buf.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(target: "falcon_server::app", "server");
+            tracing::info!(target: "falcon_app::pipeline", "server");
             tracing::info!(target: "falcon_some_new_backend", "backend");
             tracing::info!(target: "falcon", "cli");
-            tracing::debug!(target: "falcon_server::app", "too detailed");
+            tracing::debug!(target: "falcon_app::pipeline", "too detailed");
             tracing::info!(target: "hyper::proto", "dependency chatter");
             tracing::warn!(target: "hyper::proto", "dependency warning");
         });

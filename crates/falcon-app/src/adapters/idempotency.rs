@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cache::redis::{RedisStore, record_fallback};
+use crate::adapters::cache::redis::{RedisStore, record_fallback};
 use crate::telemetry::metrics::{FALLBACK_TRIGGERED, IDEMPOTENCY_EVICTIONS, IDEMPOTENCY_HITS, IDEMPOTENCY_MISSES};
 
 /// What identifies "the same request": a hash of the exact text.

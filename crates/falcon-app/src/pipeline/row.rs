@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::RequestMeta;
 use super::answer::Answer;
+use crate::adapters::idempotency::fingerprint;
+use crate::adapters::request_log::LogRecord;
 use crate::error_type::ErrorType;
-use crate::idempotency::fingerprint;
-use crate::request_log::LogRecord;
 
 /// What the row keeps of a text: never the text itself, its fingerprint and its length,
 /// each computed once.
