@@ -8,7 +8,7 @@ SERVICE ?= worker-1
 SCENARIO ?= baseline
 FLAME_SCENARIO ?= unique-text
 
-.PHONY: help run build test lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
+.PHONY: help run build install test lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
 	failure-inject failure-inject-kill-worker failure-inject-sigterm-worker failure-inject-redis-down failure-inject-redis-slow failure-inject-postgres-down failure-inject-postgres-slow failure-inject-cpu-spike failure-inject-memory-growth \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
@@ -20,6 +20,9 @@ run: ## Run one worker on :8000 with embedded defaults (shipped model, in-proces
 
 build: ## Release build of the `falcon` binary (target/release/falcon)
 	$(CARGO) build --release --locked -p falcon-cli
+
+install: ## Put the `falcon` binary on your PATH (cargo install, into ~/.cargo/bin)
+	$(CARGO) install --locked --path crates/falcon-cli
 
 test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, nginx and validators if missing), then a check that it left no process or temp dir behind
 	./scripts/ensure-test-deps.sh

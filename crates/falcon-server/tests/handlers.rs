@@ -560,6 +560,12 @@ async fn the_openapi_document_matches_the_router() {
     required_sorted.sort_unstable();
     assert_eq!(fields, required_sorted);
 
+    // `/docs` redirects to the UI and says so in its body (curl without -L shows it).
+    let resp = router(s.clone()).oneshot(Request::get("/docs").body(Body::empty()).unwrap()).await.unwrap();
+    assert!(resp.status().is_redirection());
+    assert_eq!(resp.headers()["location"], "/docs/");
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(text, "The Swagger UI is at /docs/\n");
     let resp = router(s.clone()).oneshot(Request::get("/docs/").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let html = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();

@@ -248,7 +248,10 @@ async fn server_errors_are_incident_2_naming_the_error_type() {
     assert_eq!(f.len(), 1, "{report:#}");
     assert!(f[0]["evidence"].to_string().contains("inference_timeout"), "{report:#}");
     assert!(f[0]["cause"].as_str().unwrap().contains("INFERENCE_TIMEOUT_SECONDS"), "{report:#}");
-    assert!(commands(f[0]).iter().any(|c| c.starts_with("docker compose logs")), "{report:#}");
+    // A worker run by hand (no --deployment, no docker, no stack here): its own commands.
+    assert_eq!(report["deployment"], "local", "{report:#}");
+    assert!(commands(f[0]).iter().any(|c| c.starts_with("jq -c 'select(.level==\"ERROR\")' falcon.log")), "{report:#}");
+    assert!(!report.to_string().contains("docker"), "{report:#}");
 }
 
 #[test]

@@ -156,13 +156,20 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The Swagger UI answers a file it does not have with an empty 404: give it the standard
-/// `not_found` body, like every other unknown path.
+/// `not_found` body, like every other unknown path. Its redirect of `/docs` to `/docs/` is
+/// empty too: say where the UI is, so `curl /docs` without `-L` shows something.
 async fn docs_not_found(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let id = req.extensions().get::<RequestMeta>().map(|m| m.request_id.clone()).unwrap_or_default();
     let response = next.run(req).await;
     if response.status() == StatusCode::NOT_FOUND {
         return state.error_response(&id, ApiError::NotFound(routes::shown_path(&path)));
+    }
+    if response.status().is_redirection() {
+        let (parts, _) = response.into_parts();
+        let to = parts.headers.get(axum::http::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("/docs/");
+        let body = format!("The Swagger UI is at {to}\n");
+        return Response::from_parts(parts, axum::body::Body::from(body));
     }
     response
 }

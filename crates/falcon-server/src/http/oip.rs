@@ -192,21 +192,30 @@ pub struct OipTensor {
 
 /// An output tensor.
 #[derive(Serialize, ToSchema)]
-pub struct OipOutputTensor {
+pub struct OipOutputTensor<'a> {
     name: &'static str,
     datatype: &'static str,
     shape: Vec<usize>,
     /// `label`: the n predicted classes; `probabilities`: n × classes numbers, row by row.
     #[schema(value_type = Vec<Value>)]
-    data: Value,
+    data: TensorData<'a>,
+}
+
+/// A tensor's elements: FP32 as `f32` (written in its shortest form: `0.9667709`, not the
+/// `f64` widening `0.9667708873748779`), BYTES as strings.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TensorData<'a> {
+    Bytes(Vec<&'a str>),
+    Fp32(Vec<f32>),
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct OipInferResponse {
+pub struct OipInferResponse<'a> {
     model_name: &'static str,
     model_version: String,
     id: String,
-    outputs: Vec<OipOutputTensor>,
+    outputs: Vec<OipOutputTensor<'a>>,
     parameters: OipInferParameters,
 }
 
@@ -316,12 +325,12 @@ fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, served: BatchIn
         model_version: served.by.version().to_owned(),
         id: id.unwrap_or_else(|| meta.request_id.clone()),
         outputs: vec![
-            OipOutputTensor { name: "label", datatype: "BYTES", shape: vec![n], data: Value::from(names) },
+            OipOutputTensor { name: "label", datatype: "BYTES", shape: vec![n], data: TensorData::Bytes(names) },
             OipOutputTensor {
                 name: "probabilities",
                 datatype: "FP32",
                 shape: vec![n, labels.len()],
-                data: Value::from(probabilities),
+                data: TensorData::Fp32(probabilities),
             },
         ],
         parameters: OipInferParameters { worker_id: s.worker_id().to_owned(), request_id: meta.request_id.clone() },

@@ -47,8 +47,10 @@ pub struct DoctorArgs {
     /// Postgres to examine (read-only session; a SQLite path is skipped).
     #[arg(long = "database", env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// How the workers are deployed, for the commands it prints. Default: native with
-    /// --stack native, else compose.
+    /// How the workers are deployed, for the commands it prints. Default: what --stack
+    /// says; else detected: kubernetes in a pod, systemd where /etc/falcon/falcon.env is,
+    /// native where STACK_DIR holds a stack, compose where a docker daemon is, else local (one
+    /// worker run by hand: `make run`).
     #[arg(long, value_enum)]
     deployment: Option<Shape>,
     /// Seconds between the two metric scrapes that rates are computed from.
@@ -80,8 +82,7 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
             return ExitCode::from(super::EXIT_CONFIG);
         }
     };
-    let shape =
-        args.deployment.unwrap_or(if args.stack == Some(Stack::Native) { Shape::Native } else { Shape::Compose });
+    let shape = args.deployment.unwrap_or_else(|| Shape::detect(args.stack, &args.stack_dir));
     let book = Playbook {
         shape,
         stack_dir: inventory

@@ -17,6 +17,48 @@ pub enum Shape {
     Systemd,
     /// deploy/k8s: namespace falcon, deployment falcon-worker.
     Kubernetes,
+    /// One worker run by hand on this host (`make run`, `falcon serve`), its logs on the
+    /// terminal that runs it.
+    Local,
+}
+
+impl Shape {
+    /// The deployment in front of the operator, when `--deployment` does not say:
+    /// `--stack` names it; else a Kubernetes pod, a systemd host (the unit's env file), a
+    /// native stack whose directory is here, a host with a docker daemon, and last a worker
+    /// run by hand.
+    pub fn detect(stack: Option<super::Stack>, stack_dir: &std::path::Path) -> Self {
+        // A docker daemon to talk to (its socket, or DOCKER_HOST); a docker CLI alone is not
+        // a compose deployment.
+        let docker =
+            || std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists();
+        match stack {
+            Some(super::Stack::Native) => Self::Native,
+            Some(super::Stack::Compose) => Self::Compose,
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Self::Kubernetes,
+            None if std::path::Path::new(SYSTEMD_ENV_FILE).is_file() => Self::Systemd,
+            None if stack_dir.join("stack.env").is_file() => Self::Native,
+            None if docker() => Self::Compose,
+            None => Self::Local,
+        }
+    }
+}
+
+/// deploy/systemd's environment file.
+const SYSTEMD_ENV_FILE: &str = "/etc/falcon/falcon.env";
+
+/// The port of a worker named by its URL (`http://host:port`), 8000 if it names none.
+fn port_of(worker: &str) -> &str {
+    let authority = worker.trim_start_matches("http://").split('/').next().unwrap_or_default();
+    match authority.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => port,
+        _ => "8000",
+    }
+}
+
+/// The pid of the process listening on a worker's port.
+fn pid_of(worker: &str) -> String {
+    format!("$(lsof -t -iTCP:{} -sTCP:LISTEN)", port_of(worker))
 }
 
 /// What an operator does about a finding.
@@ -69,15 +111,24 @@ impl Playbook {
             (Shape::Kubernetes, Action::WorkerErrors(w)) => {
                 format!("kubectl -n falcon logs {w} --since=10m | jq -c 'select(.level==\"ERROR\")'")
             }
+            // A worker run by hand logs to its terminal: keep it (`make run 2>&1 | tee falcon.log`).
+            (Shape::Local, Action::WorkerErrors(_)) => {
+                "jq -c 'select(.level==\"ERROR\")' falcon.log | tail -n 20   # its stdout: make run 2>&1 | tee falcon.log"
+                    .into()
+            }
             (Shape::Native, Action::RestartWorker(w)) => format!("{stack}scripts/stack.sh restart {w}"),
             (Shape::Compose, Action::RestartWorker(w)) => format!("docker compose restart {w}"),
             (Shape::Systemd, Action::RestartWorker(_)) => "sudo systemctl restart falcon-inference".into(),
             (Shape::Kubernetes, Action::RestartWorker(w)) => format!("kubectl -n falcon delete pod {w}"),
+            (Shape::Local, Action::RestartWorker(w)) => format!("kill -TERM {} && make run", pid_of(w)),
             (Shape::Native, Action::WorkerEnv(w, var)) => format!("{stack}scripts/stack.sh env {w} | grep {var}"),
             (Shape::Compose, Action::WorkerEnv(w, var)) => format!("docker exec falcon-{w} printenv | grep {var}"),
             (Shape::Systemd, Action::WorkerEnv(_, var)) => format!("sudo grep {var} /etc/falcon/falcon.env"),
             (Shape::Kubernetes, Action::WorkerEnv(w, var)) => {
                 format!("kubectl -n falcon exec {w} -- printenv | grep {var}")
+            }
+            (Shape::Local, Action::WorkerEnv(w, var)) => {
+                format!("tr '\\0' '\\n' < /proc/{}/environ | grep {var}; grep {var} .env", pid_of(w))
             }
             (Shape::Native, Action::SetWorkerEnv(w, assignment)) => {
                 format!("{stack}{assignment} scripts/stack.sh restart {w}")
@@ -93,6 +144,9 @@ impl Playbook {
             }
             (Shape::Kubernetes, Action::SetWorkerEnv(_, assignment)) => {
                 format!("kubectl -n falcon set env deployment/falcon-worker {assignment}")
+            }
+            (Shape::Local, Action::SetWorkerEnv(w, assignment)) => {
+                format!("echo '{assignment}' >> .env && kill -TERM {} && make run", pid_of(w))
             }
             (_, Action::Metrics(url, pattern)) => format!("curl -s {url}/metrics | grep -E '{pattern}'"),
             (Shape::Compose, Action::RedisPing) => "docker exec falcon-redis redis-cli ping".into(),
@@ -116,6 +170,9 @@ impl Playbook {
             (Shape::Kubernetes, Action::RestartRedis) => {
                 format!("redis-cli -u '{redis}' ping   # Redis runs outside deploy/k8s: restart it where it runs")
             }
+            (Shape::Local, Action::RestartRedis) => {
+                format!("redis-cli -u '{redis}' ping   # restart Redis where it runs (sudo systemctl restart redis-server)")
+            }
             (Shape::Native, Action::PostgresReady) => format!("{stack}scripts/stack.sh pg_isready"),
             (Shape::Compose, Action::PostgresReady) => "docker exec falcon-postgres pg_isready -U falcon".into(),
             (_, Action::PostgresReady) => format!("pg_isready -d '{database}'"),
@@ -129,6 +186,9 @@ impl Playbook {
             (Shape::Systemd, Action::RestartPostgres) => "sudo systemctl restart postgresql".into(),
             (Shape::Kubernetes, Action::RestartPostgres) => {
                 format!("pg_isready -d '{database}'   # Postgres runs outside deploy/k8s: restart it where it runs")
+            }
+            (Shape::Local, Action::RestartPostgres) => {
+                format!("pg_isready -d '{database}'   # restart Postgres where it runs (sudo systemctl restart postgresql)")
             }
         }
     }
@@ -161,6 +221,50 @@ mod tests {
             book(Shape::Compose).command(&env),
             "docker exec falcon-worker-1 printenv | grep DEBUG_MEMORY_GROWTH"
         );
+    }
+
+    #[test]
+    fn a_worker_run_by_hand_gets_commands_for_its_own_port_and_no_docker() {
+        let local = book(Shape::Local);
+        let w = "http://127.0.0.1:8123";
+        assert_eq!(
+            local.command(&Action::RestartWorker(w)),
+            "kill -TERM $(lsof -t -iTCP:8123 -sTCP:LISTEN) && make run"
+        );
+        let env = local.command(&Action::WorkerEnv(w, "CACHE_ENABLED"));
+        assert!(env.starts_with("tr '\\0' '\\n' < /proc/$(lsof -t -iTCP:8123 -sTCP:LISTEN)/environ"), "{env}");
+        assert_eq!(port_of("http://localhost"), "8000");
+        for action in [
+            Action::WorkerErrors(w),
+            Action::RestartWorker(w),
+            Action::WorkerEnv(w, "X"),
+            Action::SetWorkerEnv(w, "X=1"),
+            Action::RedisPing,
+            Action::RestartRedis,
+            Action::PostgresReady,
+            Action::RestartPostgres,
+        ] {
+            let command = local.command(&action);
+            assert!(!command.contains("docker") && !command.contains("stack.sh"), "{command}");
+        }
+    }
+
+    #[test]
+    fn the_deployment_is_detected_from_what_this_host_has() {
+        let nothing = tempfile::tempdir().unwrap();
+        let stack = tempfile::tempdir().unwrap();
+        std::fs::write(stack.path().join("stack.env"), "").unwrap();
+        assert_eq!(Shape::detect(Some(super::super::Stack::Compose), nothing.path()), Shape::Compose);
+        assert_eq!(Shape::detect(Some(super::super::Stack::Native), nothing.path()), Shape::Native);
+        // What comes before a stack and docker in the order: this host (and CI's) has neither.
+        let pod_or_unit =
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || std::path::Path::new(SYSTEMD_ENV_FILE).exists();
+        if !pod_or_unit {
+            assert_eq!(Shape::detect(None, stack.path()), Shape::Native);
+            let docker =
+                std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists();
+            assert_eq!(Shape::detect(None, nothing.path()), if docker { Shape::Compose } else { Shape::Local });
+        }
     }
 
     #[test]
