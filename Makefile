@@ -28,10 +28,11 @@ test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, ng
 	./scripts/ensure-test-deps.sh
 	./scripts/test.sh
 
-lint: ## Formatting and clippy, warnings as errors
+lint: ## Formatting, clippy (warnings as errors), and no import cycle between the files of a crate
 	$(CARGO) fmt --all -- --check
 	rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	./scripts/check-imports.py crates/*/src
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -31,10 +31,25 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::eval::Evaluation;
-use crate::model::TrainingInfo;
+use crate::logistic::{FitReport, TrainConfig};
 use crate::tfidf::TfidfConfig;
 
 pub const MAGIC: &[u8; 8] = b"FALCONTF";
+/// How a model was trained; stored in the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    /// SHA-256 of the training files (see `Dataset::sha256`).
+    pub data_sha256: String,
+    pub n_samples: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub seed: u64,
+    pub test_fraction: f64,
+    pub tfidf: TfidfConfig,
+    pub optimizer: TrainConfig,
+    pub fit: FitReport,
+}
+
 /// The model file layout this build reads and writes (version 1 was the JSON file).
 pub const FORMAT_VERSION: u32 = 2;
 /// Larger files are refused before they are read (a wrong `MODEL_PATH` such as

@@ -5,30 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use falcon_backend::Prediction;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::eval::Evaluation;
-pub use crate::format::{Bytes, FORMAT_VERSION, MAX_FILE_BYTES, ModelMeta};
+pub use crate::format::{Bytes, FORMAT_VERSION, MAX_FILE_BYTES, ModelMeta, TrainingInfo};
 use crate::format::{Decoded, F32s, FormatError, Parts, Vocab, decode, encode};
-use crate::logistic::{FitReport, LogisticModel, TrainConfig};
+use crate::logistic::LogisticModel;
 use crate::tfidf::{TfidfConfig, Vectorizer, weigh};
 use crate::tokenize::{for_each_ngram, tokenize};
-
-/// How a model was trained; stored in the model file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingInfo {
-    /// SHA-256 of the training files (see `Dataset::sha256`).
-    pub data_sha256: String,
-    pub n_samples: usize,
-    pub n_train: usize,
-    pub n_test: usize,
-    pub seed: u64,
-    pub test_fraction: f64,
-    pub tfidf: TfidfConfig,
-    pub optimizer: TrainConfig,
-    pub fit: FitReport,
-}
 
 /// A loaded, ready-to-serve classifier. Prediction is pure and thread-safe; cloning
 /// shares the bytes.

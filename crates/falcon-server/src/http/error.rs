@@ -5,6 +5,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use falcon_app::error_type::ErrorType;
 use falcon_app::pipeline::InferError;
@@ -37,6 +40,17 @@ impl WireError {
 impl From<WireError> for InferError {
     fn from(e: WireError) -> Self {
         InferError::Unreadable { error_type: e.error_type(), message: e.to_string() }
+    }
+}
+
+/// How much of an unknown path a 404 body and its log line repeat.
+const PATH_ECHO_CHARS: usize = 64;
+
+/// An unknown path as an error body and log line repeat it: at most `PATH_ECHO_CHARS`.
+pub fn shown_path(path: &str) -> String {
+    match path.char_indices().nth(PATH_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_owned(),
     }
 }
 
@@ -129,10 +143,29 @@ pub struct ErrorBody<'a> {
     error: String,
     /// What went wrong, for a program: stable, and the `error_type` label of
     /// `inference_errors_total`.
-    #[schema(value_type = super::openapi::ErrorTypeSchema)]
+    #[schema(value_type = ErrorTypeSchema)]
     error_type: &'a str,
     request_id: &'a str,
     worker_id: &'a str,
+}
+
+/// The stable `error_type` of an error body: one of `ErrorType::ALL`.
+pub struct ErrorTypeSchema;
+
+impl PartialSchema for ErrorTypeSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorType::ALL.iter().map(|t| t.as_str())))
+            .description(Some("Stable error name; also the `error_type` label of `inference_errors_total`"))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorTypeSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ErrorType".into()
+    }
 }
 
 /// An `ApiError` with the context its body needs. Logging and counting happen here,

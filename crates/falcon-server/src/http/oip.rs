@@ -14,9 +14,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::body::{BodyRules, read_json};
 pub use super::error::OipError;
 use super::error::{ApiError, HangUp};
-use super::routes::{BodyRules, read_json};
 use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
 
 /// The one model this server has.
@@ -75,7 +75,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 fn not_ours(s: &AppState, meta: &RequestMeta, name: Result<Path<String>, PathRejection>) -> Option<Response> {
     let error: ApiError = match name {
         Ok(Path(name)) if name == MODEL_NAME => return None,
-        Ok(Path(name)) => ApiError::UnknownModel { name: super::routes::shown_path(&name), served: MODEL_NAME },
+        Ok(Path(name)) => ApiError::UnknownModel { name: super::error::shown_path(&name), served: MODEL_NAME },
         Err(e) => InferError::Validation(format!("invalid model name in the path: {}", e.body_text())).into(),
     };
     Some(s.oip_error_response(&meta.request_id, error))

@@ -9,12 +9,11 @@ use std::collections::BTreeMap;
 
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
-use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema};
 
-pub use super::error::ErrorBody;
+pub use super::error::{ErrorBody, ErrorTypeSchema};
 use falcon_app::error_type::ErrorType;
 
 /// Where the document and the UI are served.
@@ -127,25 +126,6 @@ pub fn error_responses(types: &[ErrorType]) -> BTreeMap<String, RefOr<Response>>
 impl IntoResponses for InferenceErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         error_responses(&INFERENCE_ERRORS)
-    }
-}
-
-/// The stable `error_type` of an error body: one of `ErrorType::ALL`.
-pub struct ErrorTypeSchema;
-
-impl PartialSchema for ErrorTypeSchema {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(ErrorType::ALL.iter().map(|t| t.as_str())))
-            .description(Some("Stable error name; also the `error_type` label of `inference_errors_total`"))
-            .into()
-    }
-}
-
-impl ToSchema for ErrorTypeSchema {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "ErrorType".into()
     }
 }
 

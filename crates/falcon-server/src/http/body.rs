@@ -1,0 +1,105 @@
+//! The one body reader of every inference route, whatever its protocol: a JSON body of at
+//! most `MAX_REQUEST_BODY_BYTES`, read within the request's deadline, given up once the
+//! worker drains, with a Content-Type that says JSON. Its failures are the wire format's
+//! own (`WireError`) or the request's (a timeout, a hang-up, the drain).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use super::error::WireError;
+use falcon_app::pipeline::{InferError, RequestMeta};
+
+/// Why a body could not be read: too large, the client gone, or not HTTP we understand.
+fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.is::<LengthLimitError>() {
+            return WireError::PayloadTooLarge { limit }.into();
+        }
+        // hyper reports a body cut short (EOF, reset) as a body error, not a parse error.
+        if err.downcast_ref::<hyper::Error>().is_some_and(|h| !h.is_parse()) {
+            return InferError::ClientClosed;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return InferError::ClientClosed;
+        }
+        source = err.source();
+    }
+    WireError::InvalidJson("the request body could not be read".into()).into()
+}
+
+/// Whether the body says it is JSON. A body without a Content-Type counts as JSON only where
+/// the protocol allows it (`absent_is_json`: the Open Inference Protocol, whose clients, such
+/// as tritonclient, send none).
+fn is_json(headers: &HeaderMap, absent_is_json: bool) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return absent_is_json;
+    };
+    let Ok(ct) = ct.to_str() else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// What a route expects of its JSON body.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyRules {
+    /// The fixed message for a body that is JSON of the wrong shape.
+    pub shape: &'static str,
+    /// A body without a Content-Type is read as JSON (else it is 415).
+    pub absent_is_json: bool,
+}
+
+impl BodyRules {
+    pub const fn json(shape: &'static str) -> Self {
+        Self { shape, absent_is_json: false }
+    }
+}
+
+/// The one body reader of every inference route, whatever its protocol: a JSON body of at
+/// most `MAX_REQUEST_BODY_BYTES`, read within the request's deadline, given up (503) once the
+/// worker drains, with a Content-Type that says JSON.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    body: Body,
+    rules: BodyRules,
+) -> Result<T, InferError> {
+    let BodyRules { shape, absent_is_json } = rules;
+    let limit = s.max_body_bytes;
+    let deadline = meta.received + s.pipeline.request_timeout();
+    // A body still arriving when the worker starts to drain is not waited for: the client
+    // gets 503 at once (a load balancer retries it elsewhere), and shutdown is not held up.
+    let read = tokio::select! {
+        biased;
+        read = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()) => read,
+        () = s.pipeline.readiness().drained() => return Err(InferError::NotReady("draining; send the request again")),
+    };
+    let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
+    let body = read.map_err(|e| body_error(e.as_ref(), limit))?.to_bytes();
+    if !is_json(headers, absent_is_json) {
+        return Err(WireError::UnsupportedMediaType.into());
+    }
+    // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
+    // text never reaches an error body, a log line or a row.
+    serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        let at = format!("at line {} column {}", e.line(), e.column());
+        match e.classify() {
+            Category::Data => InferError::Validation(format!("{shape} ({at})")),
+            Category::Eof => WireError::InvalidJson(format!("unexpected end of input {at}")).into(),
+            Category::Syntax | Category::Io => WireError::InvalidJson(format!("syntax error {at}")).into(),
+        }
+    })
+}
