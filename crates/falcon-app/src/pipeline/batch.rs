@@ -41,14 +41,7 @@ impl Pipeline {
         meta: &RequestMeta,
         command: impl Future<Output = Result<BatchCommand, InferError>>,
     ) -> Result<BatchInferred, InferError> {
-        let mut subject = Subject::default();
-        let result = match self.admit(meta, &mut subject) {
-            Err(e) => Err(e),
-            Ok(_permit) => match command.await {
-                Ok(command) => self.run_batch(meta, command, &subject).await,
-                Err(e) => Err(e),
-            },
-        };
+        let (subject, result) = self.admitted(meta, command, async |c, s| self.run_batch(meta, c, s).await).await;
         let elapsed = meta.received.elapsed();
         match result {
             Ok(mut answer) => {
@@ -67,12 +60,13 @@ impl Pipeline {
     async fn run_batch(
         &self,
         meta: &RequestMeta,
-        command: BatchCommand,
-        subject: &Subject,
+        command: Result<BatchCommand, InferError>,
+        subject: &mut Subject,
     ) -> Result<BatchInferred, InferError> {
         if !self.0.readiness.model_loaded() {
             return Err(InferError::NotReady("model not loaded"));
         }
+        let command = command?;
         let max = self.0.max_batch_texts;
         if command.texts.is_empty() || command.texts.len() > max {
             return Err(InferError::Validation(format!(

@@ -309,10 +309,22 @@ impl Pipeline {
         meta: &RequestMeta,
         command: impl Future<Output = Result<InferCommand, InferError>>,
     ) -> Result<Inferred, InferError> {
+        let (subject, result) = self.admitted(meta, command, async |c, s| self.run(meta, c, s).await).await;
+        self.finish(meta, subject, result)
+    }
+
+    /// The scaffold every request shares, whatever it asks and whatever its protocol:
+    /// admission (the place, the API key, the rate limit) before the body is read, so a
+    /// refused request costs microseconds; then the transport's command; then `work`. A
+    /// request dropped on the way (the client hung up) still ends in one `client_closed` row.
+    async fn admitted<C, T>(
+        &self,
+        meta: &RequestMeta,
+        command: impl Future<Output = Result<C, InferError>>,
+        work: impl AsyncFnOnce(Result<C, InferError>, &mut Subject) -> Result<T, InferError>,
+    ) -> (Subject, Result<T, InferError>) {
         let unfinished = Unfinished { pipeline: self, meta, armed: true };
         let mut subject = Subject::default();
-        // Admission, the API key and the rate limit come before the body is read: a
-        // refused request costs microseconds.
         let result = match self.admit(meta, &mut subject) {
             Err(e) => Err(e),
             Ok(_permit) => {
@@ -320,11 +332,11 @@ impl Pipeline {
                     ballast.grow();
                 }
                 let command = command.await;
-                self.run(meta, command, &mut subject).await
+                work(command, &mut subject).await
             }
         };
         unfinished.disarm();
-        self.finish(meta, subject, result)
+        (subject, result)
     }
 
     /// Admission (`MAX_CONCURRENT_REQUESTS`), the API key, the client's rate limit. The
