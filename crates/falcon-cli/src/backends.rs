@@ -18,20 +18,31 @@ pub const NAMES: [&str; 1] = ["tfidf"];
 pub enum LoadError {
     #[error("unknown MODEL_BACKEND {0:?}; this build has: {names}", names = NAMES.join(", "))]
     UnknownBackend(String),
+    /// The backend could not load its model; its own error says why.
     #[error(
-        "cannot load the model (set MODEL_PATH to a model file made by `falcon train`, or unset it for the built-in model): {0}"
+        "cannot load the {backend} model (set MODEL_PATH to a model file made by `falcon train`, or unset it for the built-in model): {source}"
     )]
-    Model(#[from] falcon_model::ModelError),
+    Model { backend: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+impl LoadError {
+    fn model(backend: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Model { backend, source: Box::new(e) }
+    }
 }
 
 /// Loads the model `name` selects: from `path`, or the one compiled into the binary.
 pub fn load(name: &str, path: Option<&Path>) -> Result<LoadedBackend, LoadError> {
     let started = Instant::now();
     let (backend, source): (Arc<dyn Backend>, String) = match name {
-        "tfidf" => match path {
-            Some(p) => (Arc::new(SentimentModel::load(p)?), p.display().to_string()),
-            None => (Arc::new(SentimentModel::shipped()?), "built-in".to_owned()),
-        },
+        "tfidf" => {
+            let model = match path {
+                Some(p) => SentimentModel::load(p),
+                None => SentimentModel::shipped(),
+            };
+            let source = path.map_or_else(|| "built-in".to_owned(), |p| p.display().to_string());
+            (Arc::new(model.map_err(|e| LoadError::model("tfidf", e))?), source)
+        }
         other => return Err(LoadError::UnknownBackend(other.to_owned())),
     };
     Ok(LoadedBackend { backend, source, load_time: started.elapsed() })
@@ -49,5 +60,15 @@ mod tests {
             assert_eq!(m.source, "built-in");
         }
         assert!(matches!(load("onnx", None), Err(LoadError::UnknownBackend(_))));
+    }
+
+    #[test]
+    fn a_model_that_does_not_load_names_its_backend_and_the_cause() {
+        let dir = std::env::temp_dir().join(format!("falcon-load-{}", std::process::id()));
+        std::fs::write(&dir, b"not a model").unwrap();
+        let e = load("tfidf", Some(&dir)).err().unwrap().to_string();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(e.starts_with("cannot load the tfidf model"), "{e}");
+        assert!(std::error::Error::source(&load("tfidf", Some(&dir)).err().unwrap()).is_some());
     }
 }

@@ -14,8 +14,18 @@ enum Weighting {
     SqrtBalanced,
 }
 
+/// The kinds of model this build trains.
+#[derive(Clone, Copy, ValueEnum)]
+enum TrainBackend {
+    /// TF-IDF word and bigram features and a logistic regression (the `tfidf` backend).
+    Tfidf,
+}
+
 #[derive(Args)]
 pub struct TrainArgs {
+    /// Which kind of model to train (the `MODEL_BACKEND` that serves it).
+    #[arg(long, value_enum, default_value = "tfidf")]
+    backend: TrainBackend,
     /// Folder with the VADER `*_GroundTruth.txt` files.
     #[arg(long, default_value = "data/vader")]
     data: PathBuf,
@@ -43,6 +53,8 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> ExitCode {
+    // One kind today; a backend that trains differently gets its own arm here.
+    let TrainBackend::Tfidf = args.backend;
     let started = Instant::now();
     let data = match load_vader_dir(&args.data) {
         Ok(d) => d,
