@@ -1,12 +1,16 @@
 //! The one mapping from failures to HTTP status codes and the stable JSON error body
 //! `{error, error_type, request_id, worker_id}`.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::openapi::RefOr;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr, ResponseBuilder};
 use utoipa::{PartialSchema, ToSchema};
 
 use falcon_app::error_type::ErrorType;
@@ -166,6 +170,72 @@ impl ToSchema for ErrorTypeSchema {
     fn name() -> std::borrow::Cow<'static, str> {
         "ErrorType".into()
     }
+}
+
+/// The errors every inference route can answer with, whatever its protocol (the OpenAPI
+/// document lists them for each).
+pub const INFERENCE_ERRORS: [ErrorType; 12] = [
+    ErrorType::InvalidJson,
+    ErrorType::Unauthorized,
+    ErrorType::Forbidden,
+    ErrorType::BodyTimeout,
+    ErrorType::PayloadTooLarge,
+    ErrorType::UnsupportedMediaType,
+    ErrorType::Validation,
+    ErrorType::RateLimited,
+    ErrorType::Overloaded,
+    ErrorType::NotReady,
+    ErrorType::InferenceTimeout,
+    ErrorType::RequestTimeout,
+];
+
+/// The headers an error of this type carries (`http::error::add_error_headers` sets them).
+fn error_headers(t: ErrorType) -> &'static [(&'static str, &'static str)] {
+    match t {
+        ErrorType::Unauthorized => &[("www-authenticate", "`Bearer realm=\"falcon\"`")],
+        ErrorType::RateLimited => &[
+            ("retry-after", "Seconds until a request will be admitted"),
+            ("ratelimit-limit", "Requests allowed per window"),
+            ("ratelimit-remaining", "Requests left in this window (0)"),
+            ("ratelimit-reset", "Seconds until the limit resets"),
+            ("ratelimit-policy", "`<limit>;w=<window seconds>`"),
+        ],
+        ErrorType::Overloaded | ErrorType::NotReady => &[("retry-after", "Seconds to wait")],
+        _ => &[],
+    }
+}
+
+/// One response per status for `types`, with the status `status` gives each and the body
+/// schema `body` (the standard `ErrorBody`, or OIP's `OipError`).
+pub fn error_responses(
+    types: &[ErrorType],
+    status: fn(ErrorType) -> StatusCode,
+    body: &str,
+) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+    let mut by_status: BTreeMap<u16, Vec<ErrorType>> = BTreeMap::new();
+    for &t in types {
+        by_status.entry(status(t).as_u16()).or_default().push(t);
+    }
+    by_status
+        .into_iter()
+        .map(|(status, types)| {
+            let description =
+                types.iter().map(|t| format!("`{t}`: {}", t.description())).collect::<Vec<_>>().join(" Or ");
+            let mut response = ResponseBuilder::new().description(description).content(
+                "application/json",
+                ContentBuilder::new().schema(Some(RefOr::Ref(Ref::from_schema_name(body)))).build(),
+            );
+            for (name, description) in types.iter().flat_map(|t| error_headers(*t)) {
+                let schema = match *name {
+                    "www-authenticate" | "ratelimit-policy" => String::schema(),
+                    _ => u32::schema(),
+                };
+                let header = HeaderBuilder::new().schema(Some(schema)).description(Some(*description)).build();
+                response = response.header(*name, header);
+            }
+            (status.to_string(), RefOr::T(response.build()))
+        })
+        .collect()
 }
 
 /// An `ApiError` with the context its body needs. Logging and counting happen here,

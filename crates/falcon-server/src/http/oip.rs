@@ -253,6 +253,18 @@ fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
     Ok((req.id, data))
 }
 
+/// The errors of an Open Inference Protocol infer, in its `{"error"}` body and with its
+/// statuses (`oip_status`: a request it cannot take is 400), from the same table.
+pub struct OipInferErrors;
+
+impl utoipa::IntoResponses for OipInferErrors {
+    fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        let mut types = super::error::INFERENCE_ERRORS.to_vec();
+        types.push(falcon_app::error_type::ErrorType::NotFound);
+        super::error::error_responses(&types, super::error::oip_status, "OipError")
+    }
+}
+
 /// Classifies the texts of a BYTES input tensor.
 ///
 /// Outputs `label` (`BYTES`, `[n]`) and `probabilities` (`FP32`, `[n, classes]`).
@@ -262,14 +274,7 @@ fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
     security((), ("api_key" = [])),
     responses(
         (status = 200, description = "The predictions", body = OipInferResponse),
-        (status = 400, description = "Not a valid inference request, or a text that breaks the rules", body = OipError),
-        (status = 401, description = "API keys are on and the key is missing or unknown", body = OipError),
-        (status = 403, description = "The key may not use this route", body = OipError),
-        (status = 404, description = "No such model", body = OipError),
-        (status = 408, description = "The body did not arrive in time", body = OipError),
-        (status = 429, description = "Over this client's rate limit", body = OipError),
-        (status = 503, description = "Overloaded or not ready", body = OipError),
-        (status = 504, description = "Inference or request timeout", body = OipError),
+        OipInferErrors,
     ))]
 pub async fn infer(
     State(s): State<AppState>,

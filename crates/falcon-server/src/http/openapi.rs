@@ -8,13 +8,11 @@
 use std::collections::BTreeMap;
 
 use utoipa::openapi::content::ContentBuilder;
-use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
-use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema};
+use utoipa::openapi::{OpenApi as Document, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoResponses, Modify, OpenApi};
 
 pub use super::error::{ErrorBody, ErrorTypeSchema};
-use falcon_app::error_type::ErrorType;
 
 /// Where the document and the UI are served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -63,69 +61,9 @@ impl Modify for BearerKeys {
 /// the one table (`falcon_app::error_type`): each status lists its error types and what they mean.
 pub struct InferenceErrors;
 
-/// The error types of `InferenceErrors`.
-const INFERENCE_ERRORS: [ErrorType; 12] = [
-    ErrorType::InvalidJson,
-    ErrorType::Unauthorized,
-    ErrorType::Forbidden,
-    ErrorType::BodyTimeout,
-    ErrorType::PayloadTooLarge,
-    ErrorType::UnsupportedMediaType,
-    ErrorType::Validation,
-    ErrorType::RateLimited,
-    ErrorType::Overloaded,
-    ErrorType::NotReady,
-    ErrorType::InferenceTimeout,
-    ErrorType::RequestTimeout,
-];
-
-/// The headers an error of this type carries (`http::error::add_error_headers` sets them).
-fn error_headers(t: ErrorType) -> &'static [(&'static str, &'static str)] {
-    match t {
-        ErrorType::Unauthorized => &[("www-authenticate", "`Bearer realm=\"falcon\"`")],
-        ErrorType::RateLimited => &[
-            ("retry-after", "Seconds until a request will be admitted"),
-            ("ratelimit-limit", "Requests allowed per window"),
-            ("ratelimit-remaining", "Requests left in this window (0)"),
-            ("ratelimit-reset", "Seconds until the limit resets"),
-            ("ratelimit-policy", "`<limit>;w=<window seconds>`"),
-        ],
-        ErrorType::Overloaded | ErrorType::NotReady => &[("retry-after", "Seconds to wait")],
-        _ => &[],
-    }
-}
-
-/// One response per status, in the standard body, for `types`.
-pub fn error_responses(types: &[ErrorType]) -> BTreeMap<String, RefOr<Response>> {
-    let mut by_status: BTreeMap<u16, Vec<ErrorType>> = BTreeMap::new();
-    for &t in types {
-        by_status.entry(t.status()).or_default().push(t);
-    }
-    by_status
-        .into_iter()
-        .map(|(status, types)| {
-            let description =
-                types.iter().map(|t| format!("`{t}`: {}", t.description())).collect::<Vec<_>>().join(" Or ");
-            let mut response = ResponseBuilder::new().description(description).content(
-                "application/json",
-                ContentBuilder::new().schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody")))).build(),
-            );
-            for (name, description) in types.iter().flat_map(|t| error_headers(*t)) {
-                let schema = match *name {
-                    "www-authenticate" | "ratelimit-policy" => String::schema(),
-                    _ => u32::schema(),
-                };
-                let header = HeaderBuilder::new().schema(Some(schema)).description(Some(*description)).build();
-                response = response.header(*name, header);
-            }
-            (status.to_string(), RefOr::T(response.build()))
-        })
-        .collect()
-}
-
 impl IntoResponses for InferenceErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        error_responses(&INFERENCE_ERRORS)
+        super::error::error_responses(&super::error::INFERENCE_ERRORS, super::error::status, "ErrorBody")
     }
 }
 
