@@ -469,10 +469,13 @@ def run(drill_name: str, short: bool) -> int:
 
 
 def main() -> None:
+    if "--list" in sys.argv:
+        print("\n".join(DRILLS))
+        return
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     short = "--short" in sys.argv or os.environ.get("DURATION") == "short"
     if len(args) != 1 or args[0] not in KINDS:
-        die(f"usage: failure_inject.py DRILL [--short]; DRILL is one of {', '.join(DRILLS)}")
+        die(f"usage: failure_inject.py DRILL [--short] | --list; DRILL is one of {', '.join(DRILLS)}")
     sys.exit(run(args[0], short))
 
 

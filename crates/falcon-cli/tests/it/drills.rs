@@ -8,26 +8,24 @@ use std::process::Command;
 use crate::common::repo;
 use crate::common::stack::Stack;
 
-const DRILLS: [&str; 8] = [
-    "kill-worker",
-    "sigterm-worker",
-    "redis-down",
-    "redis-slow",
-    "postgres-down",
-    "postgres-slow",
-    "cpu-spike",
-    "memory-growth",
-];
+/// Every drill the script has (`failure_inject.py --list`): a drill added there is run here.
+fn drills() -> Vec<String> {
+    let out = Command::new(repo().join("scripts/failure_inject.py")).arg("--list").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let drills: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert!(drills.len() >= 8, "{drills:?}");
+    drills
+}
 
 #[test]
 fn every_failure_drill_passes_its_short_form() {
     let stack = Stack::up_with(&[("STACK_NGINX_RATE", "100000r/s"), ("STACK_NGINX_BURST", "100000")]);
     let reports = tempfile::tempdir().unwrap();
     let mut failed = Vec::new();
-    for drill in DRILLS {
+    for drill in drills() {
         let report = reports.path().join(format!("{drill}.json"));
         let out = Command::new(repo().join("scripts/failure_inject.py"))
-            .arg(drill)
+            .arg(&drill)
             .arg("--short")
             .env("STACK_DIR", &stack.ctl.dir)
             .env("DRILL_REPORT", &report)
@@ -36,7 +34,7 @@ fn every_failure_drill_passes_its_short_form() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         eprintln!("{text}");
         if !out.status.success() || !text.contains("VERDICT: PASS") {
-            failed.push(drill);
+            failed.push(drill.clone());
             continue;
         }
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
