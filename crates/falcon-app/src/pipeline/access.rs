@@ -150,7 +150,9 @@ impl ApiKeys {
         let Some(header) = authorization else {
             return Err(InferError::Unauthorized("send Authorization: Bearer <API key>"));
         };
-        let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+        let token = header.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, t)| t);
+        let Some(token) = token else {
             return Err(InferError::Unauthorized("the Authorization header must be Bearer <API key>"));
         };
         let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
@@ -288,6 +290,11 @@ mod tests {
         assert_eq!(keys.authenticate(Some("Bearer root"), Scope::Admin), Ok(Caller::Key("ops".into())));
         assert!(matches!(keys.authenticate(Some("Bearer s3cret"), Scope::Admin), Err(InferError::Forbidden(_))));
         assert!(matches!(keys.authenticate(Some("Bearer nope"), Scope::Infer), Err(InferError::Unauthorized(_))));
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} s3cret");
+            assert_eq!(keys.authenticate(Some(&header), Scope::Infer), Ok(Caller::Key("billing".into())), "{scheme}");
+        }
+        assert!(matches!(keys.authenticate(Some("Basic s3cret"), Scope::Infer), Err(InferError::Unauthorized(_))));
         assert!(matches!(keys.authenticate(None, Scope::Infer), Err(InferError::Unauthorized(_))));
         assert!(matches!(keys.authenticate(Some("Basic abc"), Scope::Infer), Err(InferError::Unauthorized(_))));
         assert_eq!(ApiKeys::default().authenticate(None, Scope::Admin), Ok(Caller::Anyone));

@@ -50,12 +50,23 @@ impl From<WireError> for InferError {
 /// How much of an unknown path a 404 body and its log line repeat.
 const PATH_ECHO_CHARS: usize = 64;
 
-/// An unknown path as an error body and log line repeat it: at most `PATH_ECHO_CHARS`.
-pub fn shown_path(path: &str) -> String {
-    match path.char_indices().nth(PATH_ECHO_CHARS) {
-        Some((cut, _)) => format!("{}…", &path[..cut]),
-        None => path.to_owned(),
+/// A client's string as an error body, a log line and a row repeat it: at most
+/// `PATH_ECHO_CHARS` characters (then `…`), control characters escaped (`\u{1b}`), so a
+/// client can neither grow what is stored nor put terminal sequences into it.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == PATH_ECHO_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }
 
 /// Every way an HTTP request can fail: the application's errors, and the two that only
@@ -383,6 +394,15 @@ mod tests {
             ErrorType::ClientClosed => InferError::ClientClosed.into(),
             ErrorType::Internal => InferError::Internal(String::new()).into(),
         }
+    }
+
+    #[test]
+    fn client_strings_are_shown_bounded_and_without_control_characters() {
+        assert_eq!(shown("/no-such-path"), "/no-such-path");
+        let long = shown(&"x".repeat(200_000));
+        assert_eq!(long.chars().count(), PATH_ECHO_CHARS + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(shown("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\u{a}");
     }
 
     #[test]

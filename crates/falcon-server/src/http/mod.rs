@@ -164,7 +164,7 @@ async fn docs_not_found(State(state): State<AppState>, req: Request, next: Next)
     let id = req.extensions().get::<RequestMeta>().map(|m| m.request_id.clone()).unwrap_or_default();
     let response = next.run(req).await;
     if response.status() == StatusCode::NOT_FOUND {
-        return state.error_response(&id, ApiError::NotFound(error::shown_path(&path)));
+        return state.error_response(&id, ApiError::NotFound(error::shown(&path)));
     }
     if response.status().is_redirection() {
         let (parts, _) = response.into_parts();

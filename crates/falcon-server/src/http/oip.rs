@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::body::{BodyRules, read_json};
 pub use super::error::OipError;
-use super::error::{ApiError, HangUp};
+use super::error::{ApiError, HangUp, shown};
 use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
 
 /// The one model this server has.
@@ -75,7 +75,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 fn not_ours(s: &AppState, meta: &RequestMeta, name: Result<Path<String>, PathRejection>) -> Option<Response> {
     let error: ApiError = match name {
         Ok(Path(name)) if name == MODEL_NAME => return None,
-        Ok(Path(name)) => ApiError::UnknownModel { name: super::error::shown_path(&name), served: MODEL_NAME },
+        Ok(Path(name)) => ApiError::UnknownModel { name: super::error::shown(&name), served: MODEL_NAME },
         Err(e) => InferError::Validation(format!("invalid model name in the path: {}", e.body_text())).into(),
     };
     Some(s.oip_error_response(&meta.request_id, error))
@@ -229,12 +229,17 @@ pub struct OipInferParameters {
 fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
     let [input] =
         <[OipTensor; 1]>::try_from(req.inputs).map_err(|v| format!("expected 1 input tensor, got {}", v.len()))?;
+    // The client's strings are echoed bounded and escaped (`shown`): they reach the error
+    // body, the log line and the row.
+    let name = shown(&input.name);
     if input.datatype != "BYTES" {
-        return Err(format!("input '{}' must be BYTES, not {}", input.name, input.datatype));
+        return Err(format!("input '{name}' must be BYTES, not {}", shown(&input.datatype)));
     }
     let n = match input.shape.as_slice() {
         [n] | [n, 1] if *n >= 0 => *n as usize,
-        other => return Err(format!("input '{}' must have shape [n] or [n, 1], not {other:?}", input.name)),
+        other => {
+            return Err(format!("input '{name}' must have shape [n] or [n, 1], not {}", shown(&format!("{other:?}"))));
+        }
     };
     // Flat, or nested one level as [[t], [t], ...] for shape [n, 1].
     let data = match input.data {
@@ -245,10 +250,10 @@ fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
                 other => other,
             })
             .collect::<Vec<_>>(),
-        _ => return Err(format!("input '{}': data must be an array", input.name)),
+        _ => return Err(format!("input '{name}': data must be an array")),
     };
     if data.len() != n {
-        return Err(format!("input '{}': shape says {n} texts, data has {}", input.name, data.len()));
+        return Err(format!("input '{name}': shape says {n} texts, data has {}", data.len()));
     }
     Ok((req.id, data))
 }
@@ -354,6 +359,22 @@ mod tests {
             json!({ "inputs": [{ "name": "text", "shape": shape, "datatype": "BYTES", "data": data }] }),
         )
         .unwrap()
+    }
+
+    /// Issue 30 item 9: a 200 KB datatype and an escape sequence in the name were echoed as
+    /// they came into the error body and the row.
+    #[test]
+    fn a_request_s_own_strings_come_back_bounded_and_escaped() {
+        let huge: OipInferRequest = serde_json::from_value(json!({ "inputs": [{
+            "name": "te\u{1b}[2Jxt", "shape": [1], "datatype": "X".repeat(200_000), "data": ["a"] }] }))
+        .unwrap();
+        let message = texts(huge).unwrap_err();
+        assert!(message.len() < 200, "{} bytes", message.len());
+        assert!(!message.contains('\u{1b}'), "{message}");
+        let shape: OipInferRequest = serde_json::from_value(json!({ "inputs": [{
+            "name": "text", "shape": vec![2; 100_000], "datatype": "BYTES", "data": ["a"] }] }))
+        .unwrap();
+        assert!(texts(shape).unwrap_err().len() < 200);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::api::{
     ReloadAnswer, ServiceInfo,
 };
 use super::body::{BodyRules, read_json};
-use super::error::{ApiError, HangUp, count, shown_path};
+use super::error::{ApiError, HangUp, count, shown};
 use super::openapi::{ErrorBody, InferenceErrors};
 use axum::Json;
 use axum::body::Body;
@@ -89,7 +89,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 pub async fn not_found(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>, uri: Uri) -> Response {
-    s.error_response(&meta.request_id, ApiError::NotFound(shown_path(uri.path())))
+    s.error_response(&meta.request_id, ApiError::NotFound(shown(uri.path())))
 }
 
 pub async fn method_not_allowed(State(s): State<AppState>, Extension(meta): Extension<RequestMeta>) -> Response {
