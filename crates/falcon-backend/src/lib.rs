@@ -30,6 +30,17 @@ impl Prediction {
             .fold((0, f64::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
         Self { class, confidence, probabilities }
     }
+
+    /// The predicted class's name among `labels` (the answering model's, in its order); empty
+    /// if the model gave a class it has no label for.
+    pub fn label<'a>(&self, labels: &'a [String]) -> &'a str {
+        labels.get(self.class).map_or("", String::as_str)
+    }
+
+    /// Every class's probability with its name, in label order.
+    pub fn by_label<'a>(&'a self, labels: &'a [String]) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        labels.iter().map(String::as_str).zip(self.probabilities.iter().copied())
+    }
 }
 
 /// Why a backend could not answer.
@@ -78,6 +89,15 @@ pub trait Backend: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prediction_reads_by_its_model_s_labels() {
+        let labels = ["negative".to_owned(), "positive".to_owned()];
+        let p = Prediction::from_probabilities(vec![0.25, 0.75]);
+        assert_eq!(p.label(&labels), "positive");
+        assert_eq!(p.by_label(&labels).collect::<Vec<_>>(), [("negative", 0.25), ("positive", 0.75)]);
+        assert_eq!(Prediction { class: 5, ..p }.label(&labels), "");
+    }
 
     #[test]
     fn the_most_probable_class_wins_and_ties_go_to_the_first() {

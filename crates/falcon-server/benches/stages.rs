@@ -42,9 +42,9 @@ fn bench(c: &mut Criterion) {
 
     let labels: Vec<String> = ["negative", "neutral", "positive"].map(String::from).to_vec();
     let response = InferResponse {
-        prediction: labels[prediction.class].clone(),
+        prediction: prediction.label(&labels).to_owned(),
         confidence: prediction.confidence,
-        probabilities: labels.iter().cloned().zip(prediction.probabilities.iter().copied()).collect(),
+        probabilities: prediction.by_label(&labels).map(|(l, p)| (l.to_owned(), p)).collect(),
         cache_hit: false,
         idempotency_hit: false,
         worker_id: "worker-1".into(),

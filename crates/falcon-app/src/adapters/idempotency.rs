@@ -59,9 +59,9 @@ impl StoredAnswer {
         request_id: &str,
     ) -> Self {
         Self {
-            prediction: labels.get(prediction.class).cloned().unwrap_or_default(),
+            prediction: prediction.label(labels).to_owned(),
             confidence: prediction.confidence,
-            probabilities: labels.iter().cloned().zip(prediction.probabilities.iter().copied()).collect(),
+            probabilities: prediction.by_label(labels).map(|(l, p)| (l.to_owned(), p)).collect(),
             cache_hit: false,
             idempotency_hit: false,
             worker_id: worker_id.to_owned(),

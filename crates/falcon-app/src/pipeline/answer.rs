@@ -26,7 +26,7 @@ pub struct Answer {
 impl Answer {
     /// The predicted class's name among `labels` (the answering model's).
     pub fn label<'a>(&self, labels: &'a [String]) -> &'a str {
-        labels.get(self.prediction.class).map_or("", String::as_str)
+        self.prediction.label(labels)
     }
 }
 

@@ -66,8 +66,7 @@ impl LogRecord {
                 let p = &answer.prediction;
                 row.prediction = Some(answer.label(labels).to_owned());
                 row.confidence = Some(p.confidence);
-                let by_label: BTreeMap<&str, f64> =
-                    labels.iter().map(String::as_str).zip(p.probabilities.iter().copied()).collect();
+                let by_label: BTreeMap<&str, f64> = p.by_label(labels).collect();
                 row.probabilities = serde_json::to_string(&by_label).ok();
                 row.cache_hit = answer.cache_hit;
                 row.idempotency_hit = answer.idempotency_hit;

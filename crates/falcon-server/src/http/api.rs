@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use falcon_app::error_type::ErrorType;
 use falcon_app::pipeline::{Answer, BatchInferred, InferError, Inferred};
+use falcon_backend::Prediction;
 
 /// POST /infer body: a JSON object with a string `text`. Unknown fields are ignored. Only
 /// an object is accepted: serde would otherwise read `["some text"]` as this struct too.
@@ -122,7 +123,7 @@ impl InferResponse {
         Self {
             prediction: served.label().to_owned(),
             confidence: p.confidence,
-            probabilities: by_label(served.by.labels(), &p.probabilities),
+            probabilities: by_label(p, served.by.labels()),
             cache_hit: served.answer.cache_hit,
             idempotency_hit: served.answer.idempotency_hit,
             worker_id: worker_id.to_owned(),
@@ -134,8 +135,8 @@ impl InferResponse {
 }
 
 /// Every class's probability, by its label.
-fn by_label(labels: &[String], probabilities: &[f64]) -> BTreeMap<String, f64> {
-    labels.iter().cloned().zip(probabilities.iter().copied()).collect()
+fn by_label(p: &Prediction, labels: &[String]) -> BTreeMap<String, f64> {
+    p.by_label(labels).map(|(l, v)| (l.to_owned(), v)).collect()
 }
 
 /// POST /infer/batch body: `{"texts": [...]}`. Entries are checked one by one (a number
@@ -178,7 +179,7 @@ impl BatchItem {
             Ok(answer) => Self::Answer {
                 prediction: answer.label(labels).to_owned(),
                 confidence: answer.prediction.confidence,
-                probabilities: by_label(labels, &answer.prediction.probabilities),
+                probabilities: by_label(&answer.prediction, labels),
                 cache_hit: answer.cache_hit,
             },
             Err(e) => Self::Error { error: e.to_string(), error_type: e.error_type() },
