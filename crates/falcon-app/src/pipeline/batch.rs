@@ -60,13 +60,9 @@ impl Pipeline {
     async fn run_batch(
         &self,
         meta: &RequestMeta,
-        command: Result<BatchCommand, InferError>,
+        command: BatchCommand,
         subject: &mut Subject,
     ) -> Result<BatchInferred, InferError> {
-        if !self.0.readiness.model_loaded() {
-            return Err(InferError::NotReady("model not loaded"));
-        }
-        let command = command?;
         let max = self.0.max_batch_texts;
         if command.texts.is_empty() || command.texts.len() > max {
             return Err(InferError::Validation(format!(
@@ -103,17 +99,15 @@ impl Pipeline {
             }
         }
         let elapsed = meta.received.elapsed();
-        for slot in &slots {
-            self.log_text(meta, subject, backend.as_ref(), slot, elapsed);
+        // A text the model gave no answer for (it answered fewer than it was asked) fails alone.
+        let results: Vec<Result<Answer, InferError>> = slots
+            .iter_mut()
+            .map(|s| s.result.take().unwrap_or_else(|| Err(InferError::Internal("no answer".into()))))
+            .collect();
+        for (slot, result) in slots.iter().zip(&results) {
+            self.log_text(meta, subject, backend.as_ref(), slot, result, elapsed);
         }
-        Ok(BatchInferred {
-            results: slots
-                .into_iter()
-                .map(|s| s.result.unwrap_or_else(|| Err(InferError::Internal("no answer".into()))))
-                .collect(),
-            by: AnsweredBy { name: MODEL_NAME, model: backend },
-            processing_time: elapsed,
-        })
+        Ok(BatchInferred { results, by: AnsweredBy { name: MODEL_NAME, model: backend }, processing_time: elapsed })
     }
 
     /// A text as the batch will treat it: its validation error, or ready for the cache.
@@ -147,26 +141,25 @@ impl Pipeline {
         }
     }
 
-    /// The text's row, counters and prediction metrics.
+    /// The text's row, counters and prediction metrics, for its `result`.
     fn log_text(
         &self,
         meta: &RequestMeta,
         subject: &Subject,
         backend: &dyn Backend,
         slot: &Slot,
+        result: &Result<Answer, InferError>,
         elapsed: std::time::Duration,
     ) {
-        let success = matches!(slot.result, Some(Ok(_)));
-        metrics::record_batch_text(success);
+        metrics::record_batch_text(result.is_ok());
         let length = slot.facts.as_ref().map(|t| t.length);
-        if let Some(Ok(answer)) = &slot.result {
+        if let Ok(answer) = result {
             self.0.prediction_metrics.record(answer.label(backend.labels()), answer.prediction.confidence, length);
         }
         let Some(log) = &self.0.request_log else { return };
-        let result = match &slot.result {
-            Some(Ok(answer)) => Ok(Answered { labels: backend.labels(), answer }),
-            Some(Err(e)) => Err((e.error_type(), e.to_string())),
-            None => Err((crate::error_type::ErrorType::Internal, "no answer".to_owned())),
+        let result = match result {
+            Ok(answer) => Ok(Answered { labels: backend.labels(), answer }),
+            Err(e) => Err((e.error_type(), e.to_string())),
         };
         log.record(LogRecord::from_outcome(Outcome {
             meta,

@@ -315,13 +315,14 @@ impl Pipeline {
 
     /// The scaffold every request shares, whatever it asks and whatever its protocol:
     /// admission (the place, the API key, the rate limit) before the body is read, so a
-    /// refused request costs microseconds; then the transport's command; then `work`. A
-    /// request dropped on the way (the client hung up) still ends in one `client_closed` row.
+    /// refused request costs microseconds; then the transport's command; then, with a model
+    /// loaded, `work`. A request dropped on the way (the client hung up) still ends in one
+    /// `client_closed` row.
     async fn admitted<C, T>(
         &self,
         meta: &RequestMeta,
         command: impl Future<Output = Result<C, InferError>>,
-        work: impl AsyncFnOnce(Result<C, InferError>, &mut Subject) -> Result<T, InferError>,
+        work: impl AsyncFnOnce(C, &mut Subject) -> Result<T, InferError>,
     ) -> (Subject, Result<T, InferError>) {
         let unfinished = Unfinished { pipeline: self, meta, armed: true };
         let mut subject = Subject::default();
@@ -332,7 +333,15 @@ impl Pipeline {
                     ballast.grow();
                 }
                 let command = command.await;
-                work(command, &mut subject).await
+                // Not ready outranks a bad command: the client should try another worker.
+                if !self.0.readiness.model_loaded() {
+                    Err(InferError::NotReady("model not loaded"))
+                } else {
+                    match command {
+                        Ok(command) => work(command, &mut subject).await,
+                        Err(e) => Err(e),
+                    }
+                }
             }
         };
         unfinished.disarm();
@@ -384,13 +393,10 @@ impl Pipeline {
     async fn run(
         &self,
         meta: &RequestMeta,
-        command: Result<InferCommand, InferError>,
+        command: InferCommand,
         subject: &mut Subject,
     ) -> Result<Served, InferError> {
-        if !self.0.readiness.model_loaded() {
-            return Err(InferError::NotReady("model not loaded"));
-        }
-        let InferCommand { text, idempotency_key } = command?;
+        let InferCommand { text, idempotency_key } = command;
         // One model for the whole request: its cache key, inference, answer and row.
         let backend = self.0.model.current();
         subject.model_version = Some(backend.model_version().to_owned());
