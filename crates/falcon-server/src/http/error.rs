@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::content::ContentBuilder;
@@ -200,7 +200,8 @@ pub const INFERENCE_ERRORS: [ErrorType; 12] = [
     ErrorType::RequestTimeout,
 ];
 
-/// The headers an error of this type carries (`http::error::add_error_headers` sets them).
+/// The headers an error of this type carries: the OpenAPI document lists them, and
+/// `add_error_headers` sets each of them (its value from `header_value`).
 fn error_headers(t: ErrorType) -> &'static [(&'static str, &'static str)] {
     match t {
         ErrorType::Unauthorized => &[("www-authenticate", "`Bearer realm=\"falcon\"`")],
@@ -263,10 +264,9 @@ pub struct ErrorResponse<'a> {
 pub const ERROR_LINES_PER_SECOND: u32 = 20;
 
 impl ErrorResponse<'_> {
-    /// Counts the error and logs it (rate-limited): what every error answer does, whatever
-    /// the protocol's body. Returns its message.
-    fn report(&self) -> String {
-        let status = self.error.status();
+    /// Counts the error and logs it (rate-limited) with the status it is answered with: what
+    /// every error answer does, whatever the protocol's body. Returns its message.
+    fn report(&self, status: StatusCode) -> String {
         let kind = self.error.error_type();
         count(kind);
         let error_type = kind.as_str();
@@ -288,8 +288,9 @@ impl ErrorResponse<'_> {
     /// The Open Inference Protocol's answer: `{"error": …}`, with the protocol's status
     /// (its 4xx for a bad request are 400) and the same headers.
     pub fn into_oip_response(self) -> Response {
-        let message = self.report();
-        let mut response = (oip_status(self.error.error_type()), Json(OipError { error: message })).into_response();
+        let status = oip_status(self.error.error_type());
+        let message = self.report(status);
+        let mut response = (status, Json(OipError { error: message })).into_response();
         add_error_headers(&self.error, response.headers_mut());
         response
     }
@@ -315,10 +316,11 @@ pub fn oip_status(t: ErrorType) -> StatusCode {
 
 impl IntoResponse for ErrorResponse<'_> {
     fn into_response(self) -> Response {
-        let message = self.report();
+        let status = self.error.status();
+        let message = self.report(status);
         let error_type = self.error.error_type().as_str();
         let body = ErrorBody { error: message, error_type, request_id: self.request_id, worker_id: self.worker_id };
-        let mut response = (self.error.status(), Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
         add_error_headers(&self.error, response.headers_mut());
         response
     }
@@ -326,28 +328,32 @@ impl IntoResponse for ErrorResponse<'_> {
 
 /// What a client needs to act on the error: how to authenticate, when to come back.
 fn add_error_headers(error: &ApiError, headers: &mut axum::http::HeaderMap) {
-    use axum::http::HeaderValue;
-    let seconds = |d: std::time::Duration| HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64);
-    match error {
-        ApiError::Infer(InferError::Unauthorized(_)) => {
-            headers.insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"falcon\""));
+    let limited = match error {
+        ApiError::Infer(InferError::RateLimited(l)) => Some(l),
+        _ => None,
+    };
+    for (name, _) in error_headers(error.error_type()) {
+        if let Some(value) = header_value(name, limited) {
+            headers.insert(*name, value);
         }
-        ApiError::Infer(InferError::RateLimited(l)) => {
-            headers.insert("retry-after", seconds(l.retry_after));
-            headers.insert("ratelimit-limit", HeaderValue::from(l.limit));
-            headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
-            headers.insert("ratelimit-reset", seconds(l.retry_after));
-            headers.insert(
-                "ratelimit-policy",
-                HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.as_secs().max(1)))
-                    .unwrap_or(HeaderValue::from_static("")),
-            );
-        }
-        ApiError::Infer(InferError::Overloaded(_) | InferError::NotReady(_)) => {
-            headers.insert("retry-after", HeaderValue::from(1u32));
-        }
-        _ => {}
     }
+}
+
+/// The value of the error header `name` (one of `error_headers`); `limited` is the rate
+/// limit that refused the request, if one did.
+fn header_value(name: &str, limited: Option<&falcon_app::pipeline::access::Limited>) -> Option<HeaderValue> {
+    let seconds = |d: std::time::Duration| HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64);
+    Some(match (name, limited) {
+        ("www-authenticate", _) => HeaderValue::from_static("Bearer realm=\"falcon\""),
+        ("retry-after" | "ratelimit-reset", Some(l)) => seconds(l.retry_after),
+        ("retry-after", None) => HeaderValue::from(1u32),
+        ("ratelimit-limit", Some(l)) => HeaderValue::from(l.limit),
+        ("ratelimit-remaining", Some(_)) => HeaderValue::from(0u32),
+        ("ratelimit-policy", Some(l)) => {
+            HeaderValue::from_str(&format!("{};w={}", l.limit, l.window.as_secs().max(1))).ok()?
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -403,6 +409,25 @@ mod tests {
         assert_eq!(long.chars().count(), PATH_ECHO_CHARS + 1);
         assert!(long.ends_with('…'));
         assert_eq!(shown("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\u{a}");
+    }
+
+    #[test]
+    fn every_error_carries_the_headers_the_document_lists_for_it() {
+        for &t in ErrorType::ALL {
+            let mut headers = axum::http::HeaderMap::new();
+            add_error_headers(&example(t), &mut headers);
+            let documented: Vec<&str> = error_headers(t).iter().map(|(name, _)| *name).collect();
+            let set: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(set.len(), documented.len(), "{t}: set {set:?}, documented {documented:?}");
+            assert!(
+                documented.iter().all(|name| headers.contains_key(*name)),
+                "{t}: set {set:?}, documented {documented:?}"
+            );
+        }
+        let mut headers = axum::http::HeaderMap::new();
+        add_error_headers(&example(ErrorType::RateLimited), &mut headers);
+        assert_eq!(headers["ratelimit-policy"], "1;w=1");
+        assert_eq!(headers["retry-after"], "1");
     }
 
     #[test]
