@@ -176,17 +176,13 @@ async fn past_max_concurrent_requests_a_request_is_refused_before_any_work() {
     )
     .unwrap();
     slow.write_all(&body[..5]).unwrap();
-    // Until the worker has admitted the slow request, another one may still get the place.
+    // A sleep, not a poll: a request sent before the worker has admitted the slow one takes
+    // the place, and the slow one is refused instead (a poll made that race 3 runs in 8).
+    // Waiting on the admission needs a signal the worker does not give yet (see issue 29's
+    // note).
+    std::thread::sleep(Duration::from_millis(200));
     let c = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let r = loop {
-        let r = post(&c, &w.url("/infer"), json!({ "text": "second" }), &[]).await;
-        if r.status() != 200 {
-            break r;
-        }
-        assert!(std::time::Instant::now() < deadline, "the slow request never held the place");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let r = post(&c, &w.url("/infer"), json!({ "text": "second" }), &[]).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let answer: Value = r.json().await.unwrap();
