@@ -256,6 +256,27 @@ impl RateLimits {
 /// `MAX_CONCURRENT_REQUESTS`: requests being served at once.
 pub struct Admission(Arc<Semaphore>);
 
+/// An admitted request's place: its `MAX_CONCURRENT_REQUESTS` permit where there is a
+/// limit, and its count in `inference_requests_in_progress` until it is dropped.
+pub struct Place {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Place {
+    /// A place, or 503 `overloaded` at once when `admission` has none left.
+    pub fn take(admission: Option<&Admission>) -> Result<Self, InferError> {
+        let permit = admission.map(Admission::admit).transpose()?;
+        metrics::record_request_admitted();
+        Ok(Self { _permit: permit })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        metrics::record_request_left();
+    }
+}
+
 impl Admission {
     pub fn new(max: usize) -> Self {
         Self(Arc::new(Semaphore::new(max.max(1))))
@@ -331,5 +352,15 @@ mod tests {
         assert!(matches!(a.admit(), Err(InferError::Overloaded(_))));
         drop(p1);
         assert!(a.admit().is_ok());
+    }
+
+    #[test]
+    fn a_place_holds_the_permit_until_dropped() {
+        let a = Admission::new(1);
+        let place = Place::take(Some(&a)).unwrap();
+        assert!(matches!(Place::take(Some(&a)), Err(InferError::Overloaded(_))));
+        drop(place);
+        assert!(Place::take(Some(&a)).is_ok());
+        assert!(Place::take(None).is_ok(), "no limit: always a place");
     }
 }

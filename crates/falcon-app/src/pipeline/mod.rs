@@ -328,7 +328,7 @@ impl Pipeline {
         let mut subject = Subject::default();
         let result = match self.admit(meta, &mut subject) {
             Err(e) => Err(e),
-            Ok(_permit) => {
+            Ok(_place) => {
                 if let Some(ballast) = &self.0.ballast {
                     ballast.grow();
                 }
@@ -349,13 +349,9 @@ impl Pipeline {
     }
 
     /// Admission (`MAX_CONCURRENT_REQUESTS`), the API key, the client's rate limit. The
-    /// permit keeps the request's place until it is dropped.
-    fn admit(
-        &self,
-        meta: &RequestMeta,
-        subject: &mut Subject,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, InferError> {
-        let permit = self.0.admission.as_ref().map(access::Admission::admit).transpose()?;
+    /// place keeps the request's permit, and its count in progress, until it is dropped.
+    fn admit(&self, meta: &RequestMeta, subject: &mut Subject) -> Result<access::Place, InferError> {
+        let place = access::Place::take(self.0.admission.as_ref())?;
         let caller = self.0.api_keys.authenticate(meta.authorization.expose(), access::Scope::Infer)?;
         subject.api_key_id = caller.key_id().map(Arc::from);
         if let Some(limits) = &self.0.rate_limits {
@@ -365,7 +361,7 @@ impl Pipeline {
                 (None, None) => limits.check("ip:unknown", "ip")?,
             };
         }
-        Ok(permit)
+        Ok(place)
     }
 
     /// May this request reload the model? With API keys: a key with the `admin` scope.

@@ -54,6 +54,7 @@ pub const MEMORY_GROWTH_ENABLED: &str = "debug_memory_growth_enabled";
 pub const MEMORY_GROWTH_BYTES: &str = "debug_memory_growth_bytes";
 pub const RATE_LIMITED: &str = "rate_limited_total";
 pub const CONCURRENCY_LIMITED: &str = "concurrency_limited_total";
+pub const REQUESTS_IN_PROGRESS: &str = "inference_requests_in_progress";
 pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
 pub const BATCH_TEXTS: &str = "batch_texts_total";
 pub const MODEL_INFO: &str = "model_info";
@@ -282,6 +283,11 @@ pub fn register_access(key_ids: &[std::sync::Arc<str>]) {
         counter!(RATE_LIMITED, "key_type" => kind).absolute(0);
     }
     counter!(CONCURRENCY_LIMITED).absolute(0);
+    describe_gauge!(
+        REQUESTS_IN_PROGRESS,
+        "Inference requests admitted and not yet answered (each holds a MAX_CONCURRENT_REQUESTS place)."
+    );
+    gauge!(REQUESTS_IN_PROGRESS).set(0.0);
     for id in key_ids {
         counter!(API_KEY_REQUESTS, "api_key_id" => id.to_string()).absolute(0);
     }
@@ -297,6 +303,14 @@ pub fn record_rate_limited(key_type: &'static str) {
 
 pub fn record_concurrency_limited() {
     counter!(CONCURRENCY_LIMITED).increment(1);
+}
+
+pub fn record_request_admitted() {
+    gauge!(REQUESTS_IN_PROGRESS).increment(1.0);
+}
+
+pub fn record_request_left() {
+    gauge!(REQUESTS_IN_PROGRESS).decrement(1.0);
 }
 
 pub fn record_api_key_request(id: &str) {

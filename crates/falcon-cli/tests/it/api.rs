@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::common::{Worker, fresh_dir, metric, wait_for_sqlite_rows};
+use crate::common::{Worker, fresh_dir, metric, wait_for_metric, wait_for_sqlite_rows};
 
 fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -166,6 +166,9 @@ async fn futures_statuses(c: &reqwest::Client, url: &str, body: &Value, forwarde
 #[tokio::test]
 async fn past_max_concurrent_requests_a_request_is_refused_before_any_work() {
     let w = Worker::start(&[("MAX_CONCURRENT_REQUESTS", "1")]);
+    let c = reqwest::Client::new();
+    let in_progress = "inference_requests_in_progress{worker_id=\"it-worker\"}";
+    assert_eq!(metric(&c, &w, in_progress).await, 0.0, "the gauge exists at 0 from start-up");
     // A request whose body is still arriving holds the only place.
     let body = br#"{"text": "slow client"}"#;
     let mut slow = TcpStream::connect(w.addr).unwrap();
@@ -176,12 +179,9 @@ async fn past_max_concurrent_requests_a_request_is_refused_before_any_work() {
     )
     .unwrap();
     slow.write_all(&body[..5]).unwrap();
-    // A sleep, not a poll: a request sent before the worker has admitted the slow one takes
-    // the place, and the slow one is refused instead (a poll made that race 3 runs in 8).
-    // Waiting on the admission needs a signal the worker does not give yet (see issue 29's
-    // note).
-    std::thread::sleep(Duration::from_millis(200));
-    let c = reqwest::Client::new();
+    // Only once the worker has admitted the slow one: a request sent before would take the
+    // place, and the slow one would be refused instead.
+    wait_for_metric(&c, &w, in_progress, 1.0, Duration::from_secs(10)).await;
     let r = post(&c, &w.url("/infer"), json!({ "text": "second" }), &[]).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
@@ -201,6 +201,7 @@ async fn past_max_concurrent_requests_a_request_is_refused_before_any_work() {
         assert!(std::time::Instant::now() < deadline, "the place never came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    wait_for_metric(&c, &w, in_progress, 0.0, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

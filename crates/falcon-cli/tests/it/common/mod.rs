@@ -238,6 +238,19 @@ pub async fn metric(client: &reqwest::Client, w: &Worker, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} not in /metrics"))
 }
 
+/// Waits until the sample of `series` in `/metrics` reads `expected`; fails after `within`.
+pub async fn wait_for_metric(client: &reqwest::Client, w: &Worker, series: &str, expected: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = metric(client, w, series).await;
+        if value == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is {value} after {within:?}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// POST /infer with `text` (and an idempotency key); returns the status and JSON body.
 pub async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
     let mut req = c.post(w.url("/infer")).json(&serde_json::json!({ "text": text }));
