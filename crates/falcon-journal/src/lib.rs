@@ -226,8 +226,60 @@ impl Shared {
 pub struct Recovered {
     /// Segments holding records not yet committed.
     pub segments: usize,
-    /// Their size in bytes (an upper bound on the records in them).
+    /// Bytes of those records (frame headers included).
     pub bytes: u64,
+}
+
+/// Where segment `seq`'s uncommitted records start, given the commit point.
+fn first_record(seq: u64, committed: Position) -> u64 {
+    if seq == committed.segment { committed.offset.max(SEGMENT_HEADER) } else { SEGMENT_HEADER }
+}
+
+/// The end of the last whole frame of a segment file of `size` bytes: the first zero
+/// length, or a frame that would run past the file, ends it. Checksums are left to the
+/// reader, which counts a corrupt frame.
+fn frames_end(file: &File, size: u64) -> io::Result<u64> {
+    let mut at = SEGMENT_HEADER;
+    let mut header = [0u8; 4];
+    while at + FRAME_HEADER as u64 <= size {
+        file.read_exact_at(&mut header, at)?;
+        let len = u64::from(u32::from_le_bytes(header));
+        if len == 0 || len > MAX_PAYLOAD as u64 || at + FRAME_HEADER as u64 + len > size {
+            break;
+        }
+        at += FRAME_HEADER as u64 + len;
+    }
+    Ok(at.min(size))
+}
+
+impl Drop for Shared {
+    /// A clean close leaves only what has records to replay: the spare, an active segment
+    /// with nothing in it, and segments the database has every record of are deleted, and
+    /// the rest are cut to their records (segments are allocated whole, up front). Errors
+    /// are left for the next open, which deletes what has nothing to replay.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Unmapped first: nothing is cut while this process still maps it.
+        state.retired.clear();
+        let spare = state.spare.take().map(|spare| spare.seq);
+        if let Ok(none) = MmapMut::map_anon(1) {
+            drop(std::mem::replace(&mut state.active.map, none));
+        }
+        let (live, committed) = (std::mem::take(&mut state.live), state.committed);
+        for (seq, live) in live {
+            let path = self.segment_path(seq);
+            let _ = if live.used <= first_record(seq, committed) {
+                std::fs::remove_file(&path)
+            } else if live.used < live.size {
+                OpenOptions::new().write(true).open(&path).and_then(|file| file.set_len(live.used))
+            } else {
+                Ok(())
+            };
+        }
+        if let Some(seq) = spare {
+            let _ = std::fs::remove_file(self.segment_path(seq));
+        }
+    }
 }
 
 impl Journal {
@@ -272,11 +324,22 @@ impl Journal {
                 std::fs::remove_file(entry.path())?;
                 continue;
             }
-            let size = entry.metadata()?.len();
+            let file = File::open(entry.path())?;
+            let size = file.metadata()?.len();
+            let used = frames_end(&file, size)?;
+            if used <= first_record(seq, committed) {
+                // Nothing to replay: a spare never used, a failed start's first segment, or
+                // one the database has every record of.
+                std::fs::remove_file(entry.path())?;
+                continue;
+            }
             disk_bytes += size;
-            live.insert(seq, Live { used: size, size });
+            live.insert(seq, Live { used, size });
         }
-        let recovered = Recovered { segments: live.len(), bytes: live.values().map(|l| l.size).sum() };
+        let recovered = Recovered {
+            segments: live.len(),
+            bytes: live.iter().map(|(&seq, l)| l.used - first_record(seq, committed)).sum(),
+        };
         // New segments come after everything on disk and after the commit point, so a commit
         // point of an earlier run never applies to a segment of this one.
         let first_seq_this_run = live.keys().next_back().map_or(0, |last| last + 1).max(committed.segment + 1);
@@ -382,10 +445,14 @@ impl Journal {
         }
     }
 
-    /// Whether `prepare_spare` has something to do: no spare yet, and room for one.
+    /// Whether `prepare_spare` has something to do: the active segment half full, no spare
+    /// yet, and room for one. (An idle journal so takes one segment, not two; half a
+    /// segment of appends is the time a spare has to be made.)
     pub fn wants_spare(&self) -> bool {
         let state = lock(&self.shared.state);
-        state.spare.is_none() && state.disk_bytes + self.shared.options.segment_bytes <= self.shared.options.max_bytes
+        state.spare.is_none()
+            && state.active.len >= state.active.map.len() as u64 / 2
+            && state.disk_bytes + self.shared.options.segment_bytes <= self.shared.options.max_bytes
     }
 
     /// Whether a spare segment is ready.
@@ -640,6 +707,106 @@ mod tests {
         let batch = reader.read(usize::MAX).unwrap();
         let payloads = batch.frames.iter().map(|f| batch.payload(f).to_vec()).collect();
         (payloads, batch)
+    }
+
+    fn segment_files(dir: &Path) -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| (e.file_name().into_string().unwrap(), e.metadata().unwrap().len()))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Copies the journal's files as they are now: what a `kill -9` would leave.
+    fn crash_image(from: &Path) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+        }
+        to
+    }
+
+    #[test]
+    fn a_clean_close_leaves_only_records_to_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, _reader, _) = Journal::open(dir.path(), "w1", options()).unwrap();
+            journal.prepare_spare().unwrap();
+            assert_eq!(segment_files(dir.path()).len(), 2, "the active segment and a spare");
+        }
+        assert_eq!(segment_files(dir.path()), vec![], "nothing written: nothing left");
+        {
+            let (journal, mut reader, recovered) = Journal::open(dir.path(), "w1", options()).unwrap();
+            assert_eq!((recovered.segments, recovered.bytes), (0, 0));
+            for i in 0..150 {
+                journal.append(&record(i)).unwrap();
+            }
+            let done = reader.read(usize::MAX).unwrap();
+            reader.commit(done.end).unwrap();
+        }
+        assert_eq!(segment_files(dir.path()), vec![], "all committed: nothing left");
+        {
+            let (journal, mut reader, _) = Journal::open(dir.path(), "w1", options()).unwrap();
+            for i in 0..150 {
+                journal.append(&record(i)).unwrap();
+            }
+            let done = reader.read(100).unwrap();
+            reader.commit(done.end).unwrap();
+        }
+        let left = segment_files(dir.path());
+        assert!(!left.is_empty() && left.iter().all(|(_, size)| *size < 4096), "cut to their records: {left:?}");
+        let (_journal, mut reader, recovered) = Journal::open(dir.path(), "w1", options()).unwrap();
+        let (payloads, batch) = read_all(&mut reader);
+        assert_eq!(payloads, (100..150).map(record).collect::<Vec<_>>());
+        assert_eq!(batch.corrupt, 0);
+        let frames: u64 = payloads.iter().map(|p| (FRAME_HEADER + p.len()) as u64).sum();
+        assert_eq!(recovered.bytes, frames, "the records' bytes, not the files'");
+    }
+
+    #[test]
+    fn segments_a_crash_left_with_nothing_to_replay_are_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, mut reader, _) = Journal::open(dir.path(), "w1", options()).unwrap();
+        journal.prepare_spare().unwrap();
+        let image = crash_image(dir.path());
+        assert_eq!(segment_files(image.path()).len(), 2);
+        let (reopened, _reader, recovered) = Journal::open(image.path(), "w1", options()).unwrap();
+        assert_eq!((recovered.segments, recovered.bytes), (0, 0), "a failed start leaves no records");
+        assert_eq!(reopened.backlog_bytes(), 0);
+        assert_eq!(segment_files(image.path()).len(), 1, "only this run's active segment");
+
+        // A crash with 10 records in, 4 of them committed: 6 to replay, counted exactly.
+        for i in 0..10 {
+            journal.append(&record(i)).unwrap();
+        }
+        let first4 = reader.read(4).unwrap();
+        reader.commit(first4.end).unwrap();
+        let image = crash_image(dir.path());
+        let (reopened, mut reader, recovered) = Journal::open(image.path(), "w1", options()).unwrap();
+        let rest: Vec<Vec<u8>> = (4..10).map(record).collect();
+        let frames: u64 = rest.iter().map(|p| (FRAME_HEADER + p.len()) as u64).sum();
+        assert_eq!((recovered.segments, recovered.bytes), (1, frames));
+        assert_eq!(reopened.backlog_bytes(), frames, "log_spool_bytes reports the records, not the file");
+        assert_eq!(read_all(&mut reader).0, rest);
+    }
+
+    #[test]
+    fn a_spare_is_wanted_once_the_active_segment_is_half_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _reader, _) = Journal::open(dir.path(), "w1", options()).unwrap();
+        assert!(!journal.wants_spare(), "an idle journal takes one segment");
+        let mut i = 0;
+        while !journal.wants_spare() {
+            journal.append(&record(i)).unwrap();
+            i += 1;
+        }
+        assert!(i > 10, "wanted after {i} records");
+        journal.prepare_spare().unwrap();
+        assert!(!journal.wants_spare());
     }
 
     #[test]

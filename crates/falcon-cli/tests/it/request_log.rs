@@ -100,6 +100,45 @@ async fn at_saturation_through_a_30_s_postgres_outage_nothing_is_dropped_and_eve
     assert!(messages.iter().any(|m| m.starts_with("Flushed")), "{messages:?}");
 }
 
+/// The spool's segment files in `dir`, with their sizes.
+pub fn spool_segments(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .map(|e| (e.file_name().into_string().unwrap(), e.metadata().unwrap().len()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn an_idle_spool_takes_one_segment_and_a_clean_exit_leaves_none() {
+    let (spool, dir) = (fresh_dir(), fresh_dir());
+    let db = dir.path().join("log.db");
+    let env = [("LOG_SPOOL_DIR", spool.path().to_str().unwrap()), ("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())];
+    let mut w = Worker::start(&env);
+    let c = reqwest::Client::new();
+    let idle = spool_segments(spool.path());
+    assert_eq!(idle.len(), 1, "the active segment, no spare yet: {idle:?}");
+    for i in 0..20 {
+        assert_eq!(infer(&c, &w, &format!("text {i}"), None).await.0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&c, &w, "log_spool_bytes{").await != 0.0 {
+        assert!(Instant::now() < deadline, "the records never reached SQLite");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(spool_segments(spool.path()), vec![], "every record is in the database: no segment is left");
+
+    // Started again, it finds nothing to replay, says so, and reports an empty spool.
+    let w = Worker::start(&env);
+    assert_eq!(metric(&c, &w, "log_spool_bytes{").await, 0.0);
+    assert!(!w.log_messages().iter().any(|m| m.starts_with("Log spool from an earlier run")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_saturation_loses_no_answered_request() {
     let pg = Postgres::start();

@@ -211,18 +211,24 @@ fn missing_or_corrupt_model_fails_start_up_with_a_json_error() {
 }
 
 #[test]
-fn port_in_use_fails_start_up() {
+fn port_in_use_fails_start_up_and_leaves_no_spool_behind() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = falcon()
-        .arg("serve")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", &port)
-        .env("MODEL_PATH", shipped_model())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot listen on"));
+    let spool = fresh_dir();
+    for _ in 0..3 {
+        let out = falcon()
+            .arg("serve")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", &port)
+            .env("MODEL_PATH", shipped_model())
+            .env("LOG_SPOOL_DIR", spool.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("cannot listen on"));
+    }
+    // Failed starts used to leave two allocated segments each (issue 30, item 8).
+    assert_eq!(crate::request_log::spool_segments(spool.path()), Vec::<(String, u64)>::new());
 }
 
 #[test]
