@@ -334,8 +334,8 @@ pub struct AccessConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_burst: u32,
     /// Proxies whose X-Forwarded-For is believed (comma-separated CIDRs); a request from
-    /// anywhere else is known by its own address.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.1/32,::1/128", value_parser = cidrs)]
+    /// anywhere else is known by its own address. Empty (the default): no one is.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = cidrs)]
     pub trusted_proxies: Cidrs,
     /// Requests served at once; beyond, 503 overloaded at once with Retry-After (0: no limit).
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 0)]
@@ -351,7 +351,9 @@ pub struct AccessConfig {
 pub struct Cidrs(pub Vec<ipnet::IpNet>);
 
 impl Cidrs {
+    /// Whether `ip` is in one of the networks; `::ffff:a.b.c.d` counts as `a.b.c.d`.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
     }
 }
@@ -671,9 +673,10 @@ mod tests {
         assert!(c.access.trusted_proxies.contains("192.168.1.7".parse().unwrap()));
         assert!(!c.access.trusted_proxies.contains("192.168.1.8".parse().unwrap()));
         assert!(Config::from_args(["--trusted-proxies", "nginx"]).is_err());
+        assert!(c.access.trusted_proxies.contains("::ffff:10.1.2.3".parse().unwrap()), "an IPv4-mapped address");
         let d = Config::from_args(Vec::<String>::new()).unwrap();
-        assert!(d.access.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
-        assert!(!d.access.trusted_proxies.contains("10.0.0.1".parse().unwrap()));
+        assert!(!d.access.trusted_proxies.contains("127.0.0.1".parse().unwrap()), "no one by default");
+        assert!(!d.access.trusted_proxies.contains("::1".parse().unwrap()));
     }
 
     #[test]

@@ -45,9 +45,9 @@ macro_rules! error_types {
 error_types! {
     /// The body is not JSON (or, for OIP, not an inference request).
     InvalidJson = "invalid_json", 400;
-    /// The body is over `MAX_REQUEST_BODY_BYTES`.
+    /// The body is over `MAX_REQUEST_BODY_BYTES` (or its `Content-Length` says it will be).
     PayloadTooLarge = "payload_too_large", 413;
-    /// The body is not `application/json`.
+    /// The body is not `application/json`, or has a `Content-Encoding` (gzip …).
     UnsupportedMediaType = "unsupported_media_type", 415;
     /// JSON of the wrong shape, a text out of bounds, a bad idempotency key, or a batch with no texts or more than `MAX_BATCH_TEXTS`.
     Validation = "validation_error", 422;

@@ -140,13 +140,20 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), InferError> {
     Ok(())
 }
 
-/// Characters that show nothing: whitespace, control characters (NUL included) and the
+/// Characters that show nothing: whitespace, control characters (NUL included), the
 /// Unicode format characters a text can be padded with (zero-width space and joiners,
-/// soft hyphen, bidirectional marks, word joiner, byte-order mark).
+/// soft hyphen, bidirectional marks, word joiner, byte-order mark, tags), variation
+/// selectors, and the letters that are blank by design (Hangul fillers, the blank braille
+/// pattern, the combining grapheme joiner).
 fn invisible(c: char) -> bool {
     c.is_whitespace()
         || c.is_control()
-        || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{206A}'..='\u{206F}' | '\u{FEFF}')
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Checks a client's idempotency key: 1–128 visible ASCII characters.
@@ -352,16 +359,31 @@ impl Pipeline {
     /// place keeps the request's permit, and its count in progress, until it is dropped.
     fn admit(&self, meta: &RequestMeta, subject: &mut Subject) -> Result<access::Place, InferError> {
         let place = access::Place::take(self.0.admission.as_ref())?;
-        let caller = self.0.api_keys.authenticate(meta.authorization.expose(), access::Scope::Infer)?;
+        let caller = match self.0.api_keys.authenticate(meta.authorization.expose(), access::Scope::Infer) {
+            Ok(caller) => caller,
+            Err(refused) => {
+                // A wrong or missing key spends the client address's budget, so guessing
+                // keys is throttled like any other traffic (past it: 429, not 401).
+                if let Some(limits) = &self.0.rate_limits {
+                    Self::check_address(limits, meta)?;
+                }
+                return Err(refused);
+            }
+        };
         subject.api_key_id = caller.key_id().map(Arc::from);
         if let Some(limits) = &self.0.rate_limits {
-            match (caller.key_id(), &meta.client_ip) {
-                (Some(id), _) => limits.check(&format!("key:{id}"), "api_key")?,
-                (None, Some(ip)) => limits.check(&format!("ip:{ip}"), "ip")?,
-                (None, None) => limits.check("ip:unknown", "ip")?,
-            };
+            match caller.key_id() {
+                Some(id) => limits.check(&format!("key:{id}"), "api_key").map(drop)?,
+                None => Self::check_address(limits, meta)?,
+            }
         }
         Ok(place)
+    }
+
+    /// Spends one of the client address's budget.
+    fn check_address(limits: &access::RateLimits, meta: &RequestMeta) -> Result<(), InferError> {
+        let ip = meta.client_ip.as_deref().unwrap_or("unknown");
+        limits.check(&format!("ip:{ip}"), "ip").map(drop)
     }
 
     /// May this request reload the model? With API keys: a key with the `admin` scope.
@@ -405,7 +427,13 @@ impl Pipeline {
         }
         subject.idempotency_key.clone_from(&idempotency_key);
         let deadline = meta.received + self.0.request_timeout;
-        let serve = AssertUnwindSafe(self.serve(meta, &backend, text, idempotency_key, fp)).catch_unwind();
+        // With API keys, each key has its own idempotency keys: another client's `k` is not
+        // this one's (neither a conflict nor a replay of its answer).
+        let store_key = idempotency_key.map(|key| match &subject.api_key_id {
+            Some(id) => format!("{id}:{key}"),
+            None => key,
+        });
+        let serve = AssertUnwindSafe(self.serve(meta, &backend, text, store_key, fp)).catch_unwind();
         match tokio::time::timeout_at(deadline, serve).await {
             Ok(Ok(served)) => served,
             Ok(Err(_)) => Err(InferError::Internal("request handling panicked".into())),
@@ -562,7 +590,16 @@ mod tests {
         assert!(validate_text(&"a".repeat(10_001), 10_000).is_err());
         assert!(validate_text("", 10).is_err());
         assert!(validate_text(" \n\t ", 10).is_err());
-        for blank in ["\u{200B}\u{200B}", "\0\0", "\u{FEFF} \u{2060}", "\u{202E}\u{00AD}"] {
+        for blank in [
+            "\u{200B}\u{200B}",
+            "\0\0",
+            "\u{FEFF} \u{2060}",
+            "\u{202E}\u{00AD}",
+            "\u{E0041}\u{E007F}",
+            "\u{3164}\u{115F}\u{1160}\u{FFA0}",
+            "\u{2800}",
+            "\u{FE0F}\u{E0100}\u{034F}",
+        ] {
             assert!(validate_text(blank, 10).is_err(), "{blank:?} looks blank");
         }
         assert!(validate_text("\u{200B}ok", 10).is_ok());

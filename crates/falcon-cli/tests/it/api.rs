@@ -137,9 +137,11 @@ async fn x_forwarded_for_picks_the_budget_only_from_a_trusted_proxy() {
     let limits = [("RATE_LIMIT_ENABLED", "true"), ("RATE_LIMIT_PER_MINUTE", "1"), ("RATE_LIMIT_BURST", "2")];
     let c = reqwest::Client::new();
     let body = json!({ "text": "who am i" });
-    // The test client is on loopback, which is trusted by default: each forwarded address
-    // is a client of its own.
-    let w = Worker::start(&limits);
+    // The test client is on loopback, trusted here: each forwarded address is a client of
+    // its own.
+    let mut env = limits.to_vec();
+    env.push(("TRUSTED_PROXIES", "127.0.0.1/32"));
+    let w = Worker::start(&env);
     for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
         for _ in 0..2 {
             let r = post(&c, &w.url("/infer"), body.clone(), &[("X-Forwarded-For", client)]).await;

@@ -2,6 +2,7 @@
 //! `common` compiles once: the real binary on real sockets, with throwaway Redis, Postgres,
 //! nginx and Prometheus where a test needs them.
 
+mod abuse;
 mod api;
 mod bench;
 mod common;

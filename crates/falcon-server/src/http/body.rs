@@ -91,6 +91,14 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     if !is_json(headers, absent_is_json) {
         return Err(WireError::UnsupportedMediaType.into());
     }
+    // A compressed body is refused, not read as JSON bytes it is not.
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(
+            WireError::UnsupportedEncoding(super::error::shown(&String::from_utf8_lossy(encoding.as_bytes()))).into()
+        );
+    }
     // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
     // text never reaches an error body, a log line or a row.
     serde_json::from_slice(&body).map_err(|e| {

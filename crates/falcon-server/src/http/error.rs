@@ -29,6 +29,9 @@ pub enum WireError {
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// A `Content-Encoding` (gzip, br …) the server does not decode (the value, shown).
+    #[error("Content-Encoding {0} is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
 }
 
 impl WireError {
@@ -36,7 +39,7 @@ impl WireError {
         match self {
             Self::InvalidJson(_) => ErrorType::InvalidJson,
             Self::PayloadTooLarge { .. } => ErrorType::PayloadTooLarge,
-            Self::UnsupportedMediaType => ErrorType::UnsupportedMediaType,
+            Self::UnsupportedMediaType | Self::UnsupportedEncoding(_) => ErrorType::UnsupportedMediaType,
         }
     }
 }

@@ -11,12 +11,14 @@ mod routes;
 pub mod server;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -66,8 +68,11 @@ impl AppState {
 /// The client's address: the peer, unless the peer is a trusted proxy (`TRUSTED_PROXIES`),
 /// then the last `X-Forwarded-For` hop that is not itself a trusted proxy. A client cannot
 /// pick its own address (and so its rate-limit budget) by sending the header itself.
+/// An IPv4 client is known by its IPv4 address, whether it came as `a.b.c.d` or as
+/// `::ffff:a.b.c.d` (a dual-stack listener): one client, one budget.
 fn client_ip(req: &Request, trusted: &Cidrs) -> Option<String> {
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())?;
+    let peer =
+        req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_canonical())?;
     if !trusted.contains(peer) {
         return Some(peer.to_string());
     }
@@ -77,7 +82,8 @@ fn client_ip(req: &Request, trusted: &Cidrs) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|h| h.trim().parse().ok())
+        .filter_map(|h| h.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
         .collect();
     let client = hops.iter().rev().find(|ip| !trusted.contains(**ip)).or(hops.first()).copied().unwrap_or(peer);
     Some(client.to_string())
@@ -97,8 +103,18 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// The request's size limits, checked before anything else reads it.
-fn oversized(req: &Request) -> Option<ApiError> {
+/// The request's size limits, checked before anything else reads it. A declared body over
+/// `max_body_bytes` is 413 before a byte of it is read (so `Expect: 100-continue` gets no
+/// `100 Continue`).
+fn oversized(req: &Request, max_body_bytes: usize) -> Option<ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body_bytes as u64) {
+        return Some(InferError::from(error::WireError::PayloadTooLarge { limit: max_body_bytes }).into());
+    }
     let uri = req.uri();
     let target = uri.authority().map_or(0, |a| a.as_str().len()) + uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target > MAX_URI_BYTES {
@@ -192,10 +208,20 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         authorization: Credential::new(req.headers().get("authorization").and_then(|v| v.to_str().ok())),
     };
     let id = meta.request_id.clone();
-    let mut response = if let Some(error) = oversized(&req) {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let read_to_end = Arc::new(AtomicBool::new(false));
+    let mut response = if let Some(error) = oversized(&req, state.max_body_bytes) {
         state.error_response(&id, error)
     } else {
         req.extensions_mut().insert(meta);
+        let end = Arc::clone(&read_to_end);
+        let req = req.map(|body| {
+            axum::body::Body::new(body.with_trailers(async move {
+                end.store(true, Ordering::Relaxed);
+                None
+            }))
+        });
         let deadline = state.pipeline.request_timeout();
         match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(r) if r.extensions().get::<Panicked>().is_none() => r,
@@ -205,6 +231,11 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    // Answered before its body was read (401, 429, 413 …): the connection cannot carry
+    // another request, and the client is told so instead of finding out with EPIPE.
+    if has_body && !read_to_end.load(Ordering::Relaxed) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
