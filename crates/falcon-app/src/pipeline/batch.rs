@@ -1,7 +1,7 @@
 //! `POST /infer/batch` (and OIP): many texts in one request. Each text is validated and
 //! looked up in the cache on its own; the rest go to the model as one batch; each gets its own
 //! answer (or its own error) in order, and its own request-log row. A bad text fails only
-//! itself.
+//! itself, except in an all-or-nothing batch (OIP), where it fails the request.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +20,10 @@ use crate::telemetry::metrics;
 #[derive(Debug)]
 pub struct BatchCommand {
     pub texts: Vec<serde_json::Value>,
+    /// One failed text fails the request (the Open Inference Protocol answers a tensor or an
+    /// error): it is then one row and one error, and no text's prediction is counted.
+    /// Otherwise (`POST /infer/batch`) each text has its own answer or error.
+    pub all_or_nothing: bool,
 }
 
 /// One text's way through the batch.
@@ -30,6 +34,18 @@ struct Slot {
     result: Option<Result<Answer, InferError>>,
     cache_key: Option<String>,
     inference_ms: Option<f64>,
+}
+
+/// The first failed text's error (a validation error names its entry), if any.
+fn first_failure<'a>(results: impl Iterator<Item = Option<&'a Result<Answer, InferError>>>) -> Result<(), InferError> {
+    for (i, result) in results.enumerate() {
+        match result {
+            Some(Err(InferError::Validation(m))) => return Err(InferError::Validation(format!("entry {i}: {m}"))),
+            Some(Err(e)) => return Err(e.clone()),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl Pipeline {
@@ -72,6 +88,10 @@ impl Pipeline {
         }
         let backend = self.0.model.current();
         let mut slots: Vec<Slot> = command.texts.into_iter().map(|v| self.check(&backend, v)).collect();
+        if command.all_or_nothing {
+            // A bad entry fails the request before the cache or the model is asked.
+            first_failure(slots.iter().map(|s| s.result.as_ref()))?;
+        }
         self.answer_from_cache(&mut slots).await;
         let deadline = meta.received + self.0.request_timeout;
         let started = Instant::now();
@@ -104,6 +124,9 @@ impl Pipeline {
             .iter_mut()
             .map(|s| s.result.take().unwrap_or_else(|| Err(InferError::Internal("no answer".into()))))
             .collect();
+        if command.all_or_nothing {
+            first_failure(results.iter().map(Some))?;
+        }
         for (slot, result) in slots.iter().zip(&results) {
             self.log_text(meta, subject, backend.as_ref(), slot, result, elapsed);
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Worker, metric};
+use crate::common::{Worker, fresh_dir, metric, wait_for_sqlite_rows};
 
 async fn post(c: &reqwest::Client, url: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut req = c.post(url).json(&body);
@@ -166,4 +166,37 @@ async fn compressed_bodies_huge_declared_bodies_and_invisible_texts_are_refused(
         assert_eq!(r.status(), 422, "{:?}", text.escape_unicode().to_string());
         assert_eq!(r.json::<Value>().await.unwrap()["error_type"], "validation_error");
     }
+}
+
+/// Sum of the samples of the metric `name` whose labels include `with`, in `/metrics`.
+async fn metric_sum(c: &reqwest::Client, w: &Worker, name: &str, with: &str) -> f64 {
+    let text = c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Item 10: an Open Inference Protocol request with one bad entry is answered 400, and its
+/// row and its metrics say so: one error row, no prediction counted, no success.
+#[tokio::test]
+async fn an_oip_request_with_one_bad_entry_is_one_error_in_the_row_and_the_metrics() {
+    let dir = fresh_dir();
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
+    let c = reqwest::Client::new();
+    let request = json!({ "inputs": [{ "name": "text", "shape": [3], "datatype": "BYTES",
+                                       "data": ["a lovely day", "   ", "a dreadful day"] }] });
+    let r = post(&c, &w.url("/v2/models/sentiment/infer"), request, &[]).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("entry 1"), "{body}");
+    assert_eq!(metric_sum(&c, &w, "model_predictions_total", "").await, 0.0, "no prediction reached the client");
+    assert_eq!(metric_sum(&c, &w, "inference_requests_total", "status=\"success\"").await, 0.0);
+    assert_eq!(metric_sum(&c, &w, "inference_requests_total", "status=\"error\"").await, 1.0);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    wait_for_sqlite_rows(&pool, 1, Duration::from_secs(10)).await;
+    let (success, prediction, error_type): (bool, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT success, prediction, error_type FROM inference_logs").fetch_one(&pool).await.unwrap();
+    assert_eq!((success, prediction, error_type.as_deref()), (false, None, Some("validation_error")));
 }

@@ -297,7 +297,7 @@ pub async fn infer(
         let req: OipInferRequest = read_json(&s, &meta, &headers, body, BODY).await?;
         let (req_id, texts) = texts(req).map_err(InferError::Validation)?;
         id = req_id;
-        Ok(BatchCommand { texts })
+        Ok(BatchCommand { texts, all_or_nothing: true })
     };
     let answer = s.pipeline.infer_batch(&meta, command).await;
     let response = match answer {
@@ -314,8 +314,9 @@ const BODY: BodyRules = BodyRules {
     absent_is_json: true,
 };
 
-/// The answer's tensors, read with the labels of the model snapshot that answered; the
-/// request fails with the first text's error, if any.
+/// The answer's tensors, read with the labels of the model snapshot that answered. (The
+/// batch is all or nothing, so every text has an answer; were one missing, the request
+/// would fail with its error.)
 fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, served: BatchInferred) -> Response {
     let labels = served.by.labels();
     let n = served.results.len();

@@ -182,7 +182,7 @@ pub async fn infer_batch(
             BodyRules::json("the body must be a JSON object with an array field \"texts\""),
         )
         .await?;
-        Ok(BatchCommand { texts: req.texts })
+        Ok(BatchCommand { texts: req.texts, all_or_nothing: false })
     };
     let hang_up = HangUp::watch();
     let response = match s.pipeline.infer_batch(&meta, command).await {
