@@ -73,9 +73,11 @@ impl Application {
             "Model loaded"
         );
         metrics::record_model_loaded(model.load_time);
-        let (state, background) = build_state_with(config, models, handle).await?;
+        // Bound before anything that leaves state behind (the spool) is opened: a port in
+        // use fails the start with nothing to clean up. Nothing is accepted until `run`.
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (PORT/HOST)"))?;
+        let (state, background) = build_state_with(config, models, handle).await?;
         let limits = config.connection_limits();
         Ok(Self {
             listener,
@@ -166,15 +168,36 @@ pub async fn build_state_with(
     models: Models,
     metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<(AppState, Background)> {
-    let worker_id = config.worker_id();
     let mut background = Background::new();
+    match assemble(config, models, metrics_handle, &mut background).await {
+        Ok(state) => Ok((state, background)),
+        Err(e) => {
+            // What started is stopped before the error is returned: the request log's
+            // writer closes its spool, so a failed start leaves no segment behind.
+            background.shutdown(Duration::from_secs(5)).await;
+            Err(e)
+        }
+    }
+}
+
+async fn assemble(
+    config: &Config,
+    models: Models,
+    metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    background: &mut Background,
+) -> anyhow::Result<AppState> {
+    let worker_id = config.worker_id();
+    // The checks that can fail come before anything that starts.
+    let a = &config.access;
+    let api_keys = ApiKeys::load(a.api_keys_file.as_deref(), a.api_keys.as_ref().map(|k| k.expose()))
+        .map_err(|e| anyhow::anyhow!("{e} (API_KEYS_FILE / API_KEYS)"))?;
     let metrics_handle = metrics_handle.map(Arc::new);
     if let Some(h) = &metrics_handle {
         background
             .spawn("metrics_upkeep", metrics::run_upkeep(Arc::clone(h), Duration::from_secs(5), background.stopping()));
     }
-    let (redis, cache, idempotency) = build_stores(config, &mut background)?;
-    let (request_log, database_available) = build_request_log(config, &mut background).await?;
+    let (redis, cache, idempotency) = build_stores(config, background)?;
+    let (request_log, database_available) = build_request_log(config, background).await?;
     let queue = InferenceQueue::start(
         config.inference_threads(),
         config.server.inference_queue_capacity as usize,
@@ -197,9 +220,6 @@ pub async fn build_state_with(
     if reloadable {
         background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&model), background.stopping()));
     }
-    let a = &config.access;
-    let api_keys = ApiKeys::load(a.api_keys_file.as_deref(), a.api_keys.as_ref().map(|k| k.expose()))
-        .map_err(|e| anyhow::anyhow!("{e} (API_KEYS_FILE / API_KEYS)"))?;
     metrics::register_access(&api_keys.ids());
     if api_keys.is_empty() && !config.server.host.is_loopback() {
         tracing::warn!(host = %config.server.host, "No API keys configured (API_KEYS_FILE): the inference routes are open to anyone who can reach this address");
@@ -244,7 +264,7 @@ pub async fn build_state_with(
         error_log: Arc::new(LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1))),
         trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
     };
-    Ok((state, background))
+    Ok(state)
 }
 
 /// The request-log writer: Postgres when configured, else the embedded SQLite file.

@@ -200,3 +200,36 @@ async fn an_oip_request_with_one_bad_entry_is_one_error_in_the_row_and_the_metri
         sqlx::query_as("SELECT success, prediction, error_type FROM inference_logs").fetch_one(&pool).await.unwrap();
     assert_eq!((success, prediction, error_type.as_deref()), (false, None, Some("validation_error")));
 }
+
+/// Item 11: a client that hangs up mid-body on OIP is `client_closed` (not
+/// `payload_too_large`), and a malformed chunked body is the client's bad request (400), not
+/// a hang-up (499).
+#[tokio::test]
+async fn a_hang_up_mid_body_and_a_malformed_chunked_body_are_told_apart() {
+    let dir = fresh_dir();
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
+    let mut gone = TcpStream::connect(w.addr).unwrap();
+    write!(
+        gone,
+        "POST /v2/models/sentiment/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 200\r\n\r\n{{\"inputs\": [{{\"name\": \"text\""
+    )
+    .unwrap();
+    gone.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(gone);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    wait_for_sqlite_rows(&pool, 1, Duration::from_secs(10)).await;
+    let error_type: Option<String> =
+        sqlx::query_scalar("SELECT error_type FROM inference_logs").fetch_one(&pool).await.unwrap();
+    assert_eq!(error_type.as_deref(), Some("client_closed"));
+
+    for path in ["/infer", "/v2/models/sentiment/infer"] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let got = raw_exchange(w.addr, &head, b"zz-not-hex\r\n{}\r\n0\r\n\r\n", Duration::from_secs(10));
+        assert!(got.starts_with("HTTP/1.1 400"), "{path}: {got}");
+        assert!(got.contains("invalid_json") || got.contains("chunked"), "{path}: {got}");
+    }
+}

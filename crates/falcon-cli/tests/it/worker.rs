@@ -227,6 +227,17 @@ fn port_in_use_fails_start_up_and_leaves_no_spool_behind() {
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stdout).contains("cannot listen on"));
     }
+    // A start that fails on its settings leaves nothing either.
+    let out = falcon()
+        .arg("serve")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("API_KEYS", "no-key-here")
+        .env("LOG_SPOOL_DIR", spool.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("API_KEYS"));
     // Failed starts used to leave two allocated segments each (issue 30, item 8).
     assert_eq!(crate::request_log::spool_segments(spool.path()), Vec::<(String, u64)>::new());
 }

@@ -11,28 +11,30 @@ use super::AppState;
 use super::error::WireError;
 use falcon_app::pipeline::{InferError, RequestMeta};
 
-/// Why a body could not be read: too large, the client gone, or not HTTP we understand.
+/// Why a body could not be read: too large, the client gone, or not HTTP we understand (a
+/// malformed chunked encoding is the client's bad request, 400, not a hang-up).
 fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError {
     let mut source = Some(e);
+    let mut hyper_says_closed = false;
     while let Some(err) = source {
         if err.is::<LengthLimitError>() {
             return WireError::PayloadTooLarge { limit }.into();
         }
-        // hyper reports a body cut short (EOF, reset) as a body error, not a parse error.
-        if err.downcast_ref::<hyper::Error>().is_some_and(|h| !h.is_parse()) {
-            return InferError::ClientClosed;
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    WireError::InvalidJson("the body's chunked encoding is malformed".into()).into()
+                }
+                _ => InferError::ClientClosed,
+            };
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-            )
-        {
-            return InferError::ClientClosed;
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            hyper_says_closed |= h.is_incomplete_message() || h.is_closed() || h.is_canceled();
         }
         source = err.source();
+    }
+    if hyper_says_closed {
+        return InferError::ClientClosed;
     }
     WireError::InvalidJson("the request body could not be read".into()).into()
 }
