@@ -128,6 +128,10 @@ pub struct ServerConfig {
     /// (agreement, class mix and latency are metrics); unset = no shadow model.
     #[arg(long, env = "SHADOW_MODEL_PATH")]
     pub shadow_model_path: Option<std::path::PathBuf>,
+    /// How long a model reload (SIGHUP, POST /admin/reload) waits for its load; past it the
+    /// load is abandoned and, until it ends, no other reload starts.
+    #[arg(long, env = "MODEL_RELOAD_TIMEOUT_SECONDS", default_value = "60", value_parser = positive_seconds)]
+    pub model_reload_timeout_seconds: f64,
     /// Fraction of requests the shadow model scores (0 to 1).
     #[arg(long, env = "SHADOW_SAMPLE_RATE", default_value = "0.1", value_parser = fraction)]
     pub shadow_sample_rate: f64,

@@ -49,6 +49,12 @@ pub enum ReloadError {
     Load(String),
     #[error("the new model failed its checks: {0}")]
     Invalid(String),
+    /// The load did not finish within `MODEL_RELOAD_TIMEOUT_SECONDS` (a hung file system):
+    /// it is abandoned, and until it ends no other reload starts.
+    #[error("the load did not finish within {0:?} (MODEL_RELOAD_TIMEOUT_SECONDS); it is abandoned")]
+    TimedOut(Duration),
+    #[error("a reload is already in progress")]
+    InProgress,
 }
 
 /// What a successful reload did.
@@ -66,15 +72,33 @@ pub struct Reloaded {
 pub struct ModelSlot {
     current: ArcSwap<Served>,
     reloader: Option<Reloader>,
-    /// One reload at a time.
-    reloading: tokio::sync::Mutex<()>,
+    /// One reload at a time: held by the load itself, so a load abandoned after its timeout
+    /// keeps it until it ends (at most one thread ever waits on a hung file system).
+    reloading: Arc<tokio::sync::Mutex<()>>,
+    /// How long a reload waits for its load (`MODEL_RELOAD_TIMEOUT_SECONDS`).
+    reload_timeout: Duration,
 }
+
+/// `MODEL_RELOAD_TIMEOUT_SECONDS`'s default.
+pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ModelSlot {
     pub fn new(backend: Arc<dyn Backend>, source: String, reloader: Option<Reloader>) -> Self {
         metrics::record_model_info(backend.model_version(), None);
         metrics::record_reference_shares(backend.labels(), backend.reference_class_shares().as_deref());
-        Self { current: ArcSwap::from_pointee(Served { backend, source }), reloader, reloading: Default::default() }
+        Self {
+            current: ArcSwap::from_pointee(Served { backend, source }),
+            reloader,
+            reloading: Default::default(),
+            reload_timeout: DEFAULT_RELOAD_TIMEOUT,
+        }
+    }
+
+    /// The longest a reload waits for its load.
+    #[must_use]
+    pub fn with_reload_timeout(mut self, timeout: Duration) -> Self {
+        self.reload_timeout = timeout;
+        self
     }
 
     /// The model to use for one whole request.
@@ -89,9 +113,11 @@ impl ModelSlot {
     /// Loads, checks and swaps in the model at `MODEL_PATH`. Never on a request thread: the
     /// load and the smoke prediction run on the blocking pool.
     pub async fn reload(&self, trigger: &'static str) -> Result<Reloaded, ReloadError> {
-        let _one_at_a_time = self.reloading.lock().await;
         let previous = self.current.load_full();
-        let result = self.load_checked(&previous).await;
+        let result = match Arc::clone(&self.reloading).try_lock_owned() {
+            Ok(one_at_a_time) => self.load_checked(&previous, one_at_a_time).await,
+            Err(_) => Err(ReloadError::InProgress),
+        };
         let previous_version = previous.backend.model_version().to_owned();
         match result {
             Ok(loaded) => {
@@ -128,15 +154,25 @@ impl ModelSlot {
         }
     }
 
-    async fn load_checked(&self, previous: &Served) -> Result<LoadedBackend, ReloadError> {
+    /// Loads and checks on the blocking pool, waiting at most the reload timeout. The lock
+    /// goes with the load, not with this wait.
+    async fn load_checked(
+        &self,
+        previous: &Served,
+        one_at_a_time: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<LoadedBackend, ReloadError> {
         let reloader = self.reloader.clone().ok_or(ReloadError::NotConfigured)?;
         let labels = previous.backend.labels().to_vec();
         let job = move || {
+            let _held = one_at_a_time;
             let loaded = reloader().map_err(ReloadError::Load)?;
             check(loaded.backend.as_ref(), &labels).map_err(ReloadError::Invalid)?;
             Ok(loaded)
         };
-        tokio::task::spawn_blocking(job).await.map_err(|e| ReloadError::Load(format!("the loader panicked: {e}")))?
+        match tokio::time::timeout(self.reload_timeout, tokio::task::spawn_blocking(job)).await {
+            Ok(joined) => joined.map_err(|e| ReloadError::Load(format!("the loader panicked: {e}")))?,
+            Err(_) => Err(ReloadError::TimedOut(self.reload_timeout)),
+        }
     }
 }
 
@@ -319,6 +355,42 @@ mod tests {
         assert_eq!(slot.reload("test").await, Err(ReloadError::Load("no such file".into())));
         let fixed_slot = ModelSlot::new(fixed("v1", &["a", "b"], &[0.2, 0.8]), "built-in".into(), None);
         assert_eq!(fixed_slot.reload("test").await, Err(ReloadError::NotConfigured));
+    }
+
+    #[tokio::test]
+    async fn a_hung_load_is_abandoned_after_the_timeout_and_blocks_no_second_thread() {
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, n) = (Arc::clone(&release), Arc::clone(&loads));
+        let hangs: Reloader = Arc::new(move || {
+            // The first load hangs until released, as a read from a hung file system would.
+            if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                r.wait();
+            }
+            Ok(LoadedBackend {
+                backend: fixed("v2", &["a", "b"], &[0.6, 0.4]),
+                source: "next.bin".into(),
+                load_time: Duration::ZERO,
+            })
+        });
+        let slot = ModelSlot::new(fixed("v1", &["a", "b"], &[0.2, 0.8]), "first.bin".into(), Some(hangs))
+            .with_reload_timeout(Duration::from_millis(100));
+        assert_eq!(slot.reload("test").await, Err(ReloadError::TimedOut(Duration::from_millis(100))));
+        assert_eq!(slot.reload("test").await, Err(ReloadError::InProgress), "single flight while the load hangs");
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1, "no second thread was sent to hang");
+        assert_eq!(slot.current().model_version(), "v1");
+        // Once the hung load ends, reloads work again.
+        tokio::task::spawn_blocking(move || release.wait()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match slot.reload("test").await {
+                Ok(r) => break assert_eq!(r.model_version, "v2"),
+                Err(ReloadError::InProgress) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]

@@ -216,7 +216,10 @@ async fn assemble(
     };
     let reloadable = reloader.is_some();
     let prediction_metrics = metrics::PredictionMetrics::new(serving.backend.labels());
-    let model = Arc::new(ModelSlot::new(serving.backend, serving.source, reloader));
+    let model = Arc::new(
+        ModelSlot::new(serving.backend, serving.source, reloader)
+            .with_reload_timeout(Duration::from_secs_f64(config.server.model_reload_timeout_seconds)),
+    );
     if reloadable {
         background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&model), background.stopping()));
     }

@@ -22,7 +22,7 @@ pub fn run(config: Config) -> ExitCode {
         tracing::error!(error = %e.message, variable = e.variable, "Invalid configuration");
         return ExitCode::from(super::EXIT_CONFIG);
     }
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let (name, path) = (config.server.model_backend.clone(), config.server.model_path.clone());
         let model = match tokio::task::spawn_blocking(move || backends::load(&name, path.as_deref())).await {
             Ok(Ok(m)) => m,
@@ -74,5 +74,10 @@ pub fn run(config: Config) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The worker has drained and flushed. A blocking task still running now is a model load
+    // stuck on a hung file system (abandoned after MODEL_RELOAD_TIMEOUT_SECONDS): the exit
+    // does not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -233,3 +233,30 @@ async fn a_hang_up_mid_body_and_a_malformed_chunked_body_are_told_apart() {
         assert!(got.contains("invalid_json") || got.contains("chunked"), "{path}: {got}");
     }
 }
+
+/// Item 7: a reload from a hung file system (a FIFO as `MODEL_PATH`: its open never returns)
+/// is abandoned after `MODEL_RELOAD_TIMEOUT_SECONDS`, no second reload joins it, and SIGTERM
+/// still stops the worker.
+#[tokio::test]
+async fn a_reload_from_a_hung_file_system_is_bounded_single_flight_and_does_not_hold_up_the_exit() {
+    let dir = fresh_dir();
+    let model = dir.path().join("model.bin");
+    std::fs::copy(crate::common::shipped_model(), &model).unwrap();
+    let mut w = Worker::start(&[("MODEL_PATH", model.to_str().unwrap()), ("MODEL_RELOAD_TIMEOUT_SECONDS", "1")]);
+    std::fs::remove_file(&model).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&model).status().unwrap();
+    assert!(made.success());
+    let c = reqwest::Client::new();
+    let r = c.post(w.url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_type"], "reload_failed");
+    assert!(body["error"].as_str().unwrap().contains("MODEL_RELOAD_TIMEOUT_SECONDS"), "{body}");
+    let r = c.post(w.url("/admin/reload")).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("already in progress"), "{body}");
+    // Still serving the model it had.
+    assert_eq!(post(&c, &w.url("/infer"), json!({ "text": "still here" }), &[]).await.status(), 200);
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(Duration::from_secs(15)), Some(0), "the worker exits with a load still hung");
+}
