@@ -19,7 +19,8 @@ use crate::telemetry::metrics;
 /// What the transport read of a batch request: its entries, unchecked.
 #[derive(Debug)]
 pub struct BatchCommand {
-    pub texts: Vec<serde_json::Value>,
+    /// Each entry's text; `None`: the entry is not a string (its own validation error).
+    pub texts: Vec<Option<String>>,
     /// One failed text fails the request (the Open Inference Protocol answers a tensor or an
     /// error): it is then one row and one error, and no text's prediction is counted.
     /// Otherwise (`POST /infer/batch`) each text has its own answer or error.
@@ -134,9 +135,9 @@ impl Pipeline {
     }
 
     /// A text as the batch will treat it: its validation error, or ready for the cache.
-    fn check(&self, backend: &Arc<dyn Backend>, value: serde_json::Value) -> Slot {
+    fn check(&self, backend: &Arc<dyn Backend>, entry: Option<String>) -> Slot {
         let mut slot = Slot { text: None, facts: None, result: None, cache_key: None, inference_ms: None };
-        let serde_json::Value::String(text) = value else {
+        let Some(text) = entry else {
             slot.result = Some(Err(InferError::Validation("each entry of \"texts\" must be a string".into())));
             return slot;
         };

@@ -146,8 +146,8 @@ fn by_label(p: &Prediction, labels: &[String]) -> BTreeMap<String, f64> {
 pub struct BatchRequest {
     /// 1 to `MAX_BATCH_TEXTS` (default 64) texts. Each should be a string under the same
     /// rules as `text` of `POST /infer`; an entry that is not gets its own error in the answer.
-    #[schema(min_items = 1, max_items = 64)]
-    pub texts: Vec<serde_json::Value>,
+    #[schema(value_type = Vec<serde_json::Value>, min_items = 1, max_items = 64)]
+    pub texts: super::entries::Entries,
 }
 
 /// One answer of a batch, in the order of the texts: a prediction, or why this text got none.

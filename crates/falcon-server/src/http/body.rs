@@ -7,8 +7,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::AppState;
 use super::error::WireError;
+use super::{AppState, entries};
 use falcon_app::pipeline::{InferError, RequestMeta};
 
 /// Why a body could not be read: too large, the client gone, or not HTTP we understand (a
@@ -60,12 +60,28 @@ pub(super) struct BodyRules {
     pub shape: &'static str,
     /// A body without a Content-Type is read as JSON (else it is 415).
     pub absent_is_json: bool,
+    /// The body holds a batch (`Entries`), named so in errors: its parse stops past
+    /// `MAX_BATCH_TEXTS` entries.
+    pub batch: Option<&'static str>,
 }
 
 impl BodyRules {
     pub const fn json(shape: &'static str) -> Self {
-        Self { shape, absent_is_json: false }
+        Self { shape, absent_is_json: false, batch: None }
     }
+}
+
+/// The body's bytes, at most `limit` of them, in one buffer sized by the declared length:
+/// each chunk is copied in and freed as it arrives, so a body costs its size once.
+async fn collect(body: Body, limit: usize, declared: Option<usize>) -> Result<Vec<u8>, axum::BoxError> {
+    let mut body = Limited::new(body, limit);
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes)
 }
 
 /// The one body reader of every inference route, whatever its protocol: a JSON body of at
@@ -78,18 +94,20 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
     rules: BodyRules,
 ) -> Result<T, InferError> {
-    let BodyRules { shape, absent_is_json } = rules;
+    let BodyRules { shape, absent_is_json, batch } = rules;
     let limit = s.max_body_bytes;
     let deadline = meta.received + s.pipeline.request_timeout();
     // A body still arriving when the worker starts to drain is not waited for: the client
     // gets 503 at once (a load balancer retries it elsewhere), and shutdown is not held up.
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok());
     let read = tokio::select! {
         biased;
-        read = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()) => read,
+        read = tokio::time::timeout_at(deadline, collect(body, limit, declared)) => read,
         () = s.pipeline.readiness().drained() => return Err(InferError::NotReady("draining; send the request again")),
     };
     let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
-    let body = read.map_err(|e| body_error(e.as_ref(), limit))?.to_bytes();
+    let body = read.map_err(|e| body_error(e.as_ref(), limit))?;
     if !is_json(headers, absent_is_json) {
         return Err(WireError::UnsupportedMediaType.into());
     }
@@ -101,9 +119,20 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
             WireError::UnsupportedEncoding(super::error::shown(&String::from_utf8_lossy(encoding.as_bytes()))).into()
         );
     }
+    let parse = || serde_json::from_slice(&body);
+    let (parsed, exceeded) = match batch {
+        Some(_) => entries::with_limit(s.pipeline.max_batch_texts(), parse),
+        None => (parse(), false),
+    };
+    if let (true, Some(what)) = (exceeded, batch) {
+        let max = s.pipeline.max_batch_texts();
+        return Err(InferError::Validation(format!(
+            "{what} must hold 1 to {max} texts (MAX_BATCH_TEXTS); it holds more"
+        )));
+    }
     // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
     // text never reaches an error body, a log line or a row.
-    serde_json::from_slice(&body).map_err(|e| {
+    parsed.map_err(|e| {
         use serde_json::error::Category;
         let at = format!("at line {} column {}", e.line(), e.column());
         match e.classify() {

@@ -4,6 +4,7 @@
 
 pub mod api;
 mod body;
+mod entries;
 pub mod error;
 mod oip;
 pub mod openapi;

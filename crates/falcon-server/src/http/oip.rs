@@ -10,11 +10,11 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::body::{BodyRules, read_json};
+use super::entries::{Entries, Entry};
 pub use super::error::OipError;
 use super::error::{ApiError, HangUp, shown};
 use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
@@ -186,8 +186,8 @@ pub struct OipTensor {
     /// `BYTES`.
     #[schema(pattern = "^BYTES$")]
     datatype: String,
-    #[schema(value_type = Vec<Value>)]
-    data: Value,
+    #[schema(value_type = Vec<serde_json::Value>)]
+    data: Entries,
 }
 
 /// An output tensor.
@@ -226,7 +226,7 @@ pub struct OipInferParameters {
 }
 
 /// The texts of the request's one `BYTES` input, checked against its shape.
-fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
+fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Option<String>>), String> {
     let [input] =
         <[OipTensor; 1]>::try_from(req.inputs).map_err(|v| format!("expected 1 input tensor, got {}", v.len()))?;
     // The client's strings are echoed bounded and escaped (`shown`): they reach the error
@@ -242,16 +242,15 @@ fn texts(req: OipInferRequest) -> Result<(Option<String>, Vec<Value>), String> {
         }
     };
     // Flat, or nested one level as [[t], [t], ...] for shape [n, 1].
-    let data = match input.data {
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::Array(mut inner) if inner.len() == 1 => inner.pop().unwrap_or(Value::Null),
-                other => other,
-            })
-            .collect::<Vec<_>>(),
-        _ => return Err(format!("input '{name}': data must be an array")),
-    };
+    let data: Vec<Option<String>> = input
+        .data
+        .0
+        .into_iter()
+        .map(|e| match e {
+            Entry::Text(t) | Entry::Wrapped(t) => Some(t),
+            Entry::Other => None,
+        })
+        .collect();
     if data.len() != n {
         return Err(format!("input '{name}': shape says {n} texts, data has {}", data.len()));
     }
@@ -312,6 +311,7 @@ pub async fn infer(
 const BODY: BodyRules = BodyRules {
     shape: "the body must be an inference request: {\"inputs\": [{\"name\", \"shape\", \"datatype\": \"BYTES\", \"data\"}]}",
     absent_is_json: true,
+    batch: Some("an input's data"),
 };
 
 /// The answer's tensors, read with the labels of the model snapshot that answered. (The
@@ -351,7 +351,7 @@ fn respond(s: &AppState, meta: &RequestMeta, id: Option<String>, served: BatchIn
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -380,8 +380,10 @@ mod tests {
 
     #[test]
     fn texts_come_flat_or_nested_and_must_match_the_shape() {
-        assert_eq!(texts(request(json!([2]), json!(["a", "b"]))).unwrap().1, [json!("a"), json!("b")]);
-        assert_eq!(texts(request(json!([2, 1]), json!([["a"], ["b"]]))).unwrap().1, [json!("a"), json!("b")]);
+        let ab = [Some("a".to_owned()), Some("b".to_owned())];
+        assert_eq!(texts(request(json!([2]), json!(["a", "b"]))).unwrap().1, ab);
+        assert_eq!(texts(request(json!([2, 1]), json!([["a"], ["b"]]))).unwrap().1, ab);
+        assert_eq!(texts(request(json!([2]), json!([1, ["a", "b"]]))).unwrap().1, [None, None]);
         assert!(texts(request(json!([3]), json!(["a", "b"]))).unwrap_err().contains("shape says 3"));
         assert!(texts(request(json!([2, 2]), json!(["a", "b"]))).unwrap_err().contains("[n] or [n, 1]"));
         let fp32: OipInferRequest = serde_json::from_value(

@@ -6,6 +6,7 @@ use super::api::{
     ReloadAnswer, ServiceInfo,
 };
 use super::body::{BodyRules, read_json};
+use super::entries::Entry;
 use super::error::{ApiError, HangUp, count, shown};
 use super::openapi::{ErrorBody, InferenceErrors};
 use axum::Json;
@@ -179,10 +180,14 @@ pub async fn infer_batch(
             &meta,
             &headers,
             body,
-            BodyRules::json("the body must be a JSON object with an array field \"texts\""),
+            BodyRules {
+                batch: Some("\"texts\""),
+                ..BodyRules::json("the body must be a JSON object with an array field \"texts\"")
+            },
         )
         .await?;
-        Ok(BatchCommand { texts: req.texts, all_or_nothing: false })
+        let texts = req.texts.0.into_iter().map(|e| if let Entry::Text(t) = e { Some(t) } else { None }).collect();
+        Ok(BatchCommand { texts, all_or_nothing: false })
     };
     let hang_up = HangUp::watch();
     let response = match s.pipeline.infer_batch(&meta, command).await {
