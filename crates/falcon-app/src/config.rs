@@ -151,6 +151,11 @@ pub struct ServerConfig {
     #[arg(long, env = "MAX_REQUEST_BODY_BYTES", default_value_t = 256 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
     pub max_request_body_bytes: u32,
+    /// Bytes of request bodies being received at once, all connections together; a body
+    /// that would take more gets 503 overloaded at once (stalled uploads cannot pin memory).
+    #[arg(long, env = "MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_body_bytes_in_flight: u32,
 }
 
 /// Response cache settings.

@@ -71,7 +71,7 @@ error_types! {
     IdempotencyConflict = "idempotency_conflict", 409;
     /// The model is not loaded yet, or the worker is draining.
     NotReady = "not_ready", 503;
-    /// The inference queue or `MAX_CONCURRENT_REQUESTS` is full.
+    /// The inference queue, `MAX_CONCURRENT_REQUESTS` or `MAX_BODY_BYTES_IN_FLIGHT` is full.
     Overloaded = "overloaded", 503;
     /// The model did not answer within `INFERENCE_TIMEOUT_SECONDS`.
     InferenceTimeout = "inference_timeout", 504;

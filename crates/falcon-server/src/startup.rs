@@ -262,6 +262,7 @@ async fn assemble(
     let state = AppState {
         pipeline,
         max_body_bytes: config.server.max_request_body_bytes as usize,
+        body_budget: crate::http::body::BodyBudget::new(config.server.max_body_bytes_in_flight),
         started: Instant::now(),
         metrics: metrics_handle,
         error_log: Arc::new(LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1))),

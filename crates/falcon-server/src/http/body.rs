@@ -3,9 +3,12 @@
 //! worker drains, with a Content-Type that says JSON. Its failures are the wire format's
 //! own (`WireError`) or the request's (a timeout, a hang-up, the drain).
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::WireError;
 use super::{AppState, entries};
@@ -19,6 +22,9 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError
     while let Some(err) = source {
         if err.is::<LengthLimitError>() {
             return WireError::PayloadTooLarge { limit }.into();
+        }
+        if err.is::<OverBudget>() {
+            return InferError::Overloaded("the bodies being received hold MAX_BODY_BYTES_IN_FLIGHT");
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return match io.kind() {
@@ -71,13 +77,56 @@ impl BodyRules {
     }
 }
 
+/// `MAX_BODY_BYTES_IN_FLIGHT`: the bytes of request bodies being received at once, all
+/// connections together. A body reserves its declared length before its first byte is
+/// read (a chunked one, each chunk as it comes); past the budget it gets 503 `overloaded`
+/// at once, so clients that stall just short of the end cannot pin the worker's memory.
+#[derive(Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: u32) -> Self {
+        Self(Arc::new(Semaphore::new(bytes as usize)))
+    }
+
+    /// `bytes` more for `held`, or `OverBudget`.
+    fn take(&self, bytes: usize, held: &mut Option<OwnedSemaphorePermit>) -> Result<(), OverBudget> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let n = u32::try_from(bytes).map_err(|_| OverBudget)?;
+        let permit = Arc::clone(&self.0).try_acquire_many_owned(n).map_err(|_| OverBudget)?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// The bodies being received already hold `MAX_BODY_BYTES_IN_FLIGHT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the bodies being received hold MAX_BODY_BYTES_IN_FLIGHT")]
+struct OverBudget;
+
 /// The body's bytes, at most `limit` of them, in one buffer sized by the declared length:
-/// each chunk is copied in and freed as it arrives, so a body costs its size once.
-async fn collect(body: Body, limit: usize, declared: Option<usize>) -> Result<Vec<u8>, axum::BoxError> {
+/// each chunk is copied in and freed as it arrives, so a body costs its size once. The
+/// bytes are reserved in `budget` first; `held` keeps them until the caller is done.
+async fn collect(
+    body: Body,
+    limit: usize,
+    declared: Option<usize>,
+    budget: &BodyBudget,
+    held: &mut Option<OwnedSemaphorePermit>,
+) -> Result<Vec<u8>, axum::BoxError> {
+    let reserved = declared.unwrap_or(0).min(limit);
+    budget.take(reserved, held)?;
     let mut body = Limited::new(body, limit);
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut bytes = Vec::with_capacity(reserved);
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
+            let beyond = (bytes.len() + data.len()).saturating_sub(reserved.max(bytes.len()));
+            budget.take(beyond, held)?;
             bytes.extend_from_slice(&data);
         }
     }
@@ -101,9 +150,11 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     // gets 503 at once (a load balancer retries it elsewhere), and shutdown is not held up.
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok());
+    // Held until the body is parsed: its bytes count against the budget until then.
+    let mut held = None;
     let read = tokio::select! {
         biased;
-        read = tokio::time::timeout_at(deadline, collect(body, limit, declared)) => read,
+        read = tokio::time::timeout_at(deadline, collect(body, limit, declared, &s.body_budget, &mut held)) => read,
         () = s.pipeline.readiness().drained() => return Err(InferError::NotReady("draining; send the request again")),
     };
     let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;

@@ -3,7 +3,7 @@
 //! its errors once (`error.rs`).
 
 pub mod api;
-mod body;
+pub mod body;
 mod entries;
 pub mod error;
 mod oip;
@@ -39,6 +39,8 @@ use falcon_app::telemetry::throttle::LogLimiter;
 pub struct AppState {
     pub pipeline: Pipeline,
     pub max_body_bytes: usize,
+    /// Bytes of bodies being received now, all requests together (`MAX_BODY_BYTES_IN_FLIGHT`).
+    pub body_budget: body::BodyBudget,
     pub started: std::time::Instant,
     /// `None` renders an empty /metrics (socket-less handler tests).
     pub metrics: Option<Arc<PrometheusHandle>>,
