@@ -311,8 +311,14 @@ async fn sigkill_during_an_outage_with_a_spool_then_restart_delivers_the_rows() 
     for i in 0..200 {
         infer(&c, &w, &format!("survives kill -9 {i}"), None).await;
     }
-    // Every answered request is in the spool already: kill at once.
-    assert!(metric(&c, &w, "log_spool_bytes{").await > 0.0);
+    // Every answered request is in the spool already. The gauge is the writer's to set, at
+    // its next turn (it may be waiting on the failed write): wait until it shows them, then
+    // kill at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &w, "log_spool_bytes{").await == 0.0 {
+        assert!(Instant::now() < deadline, "log_spool_bytes never showed the spooled records");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     w.signal("KILL");
     w.wait_exit(Duration::from_secs(5));
     pg.start_again();
