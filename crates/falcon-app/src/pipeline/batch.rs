@@ -176,6 +176,7 @@ impl Pipeline {
         elapsed: std::time::Duration,
     ) {
         metrics::record_batch_text(result.is_ok());
+        metrics::record_text(result.is_ok());
         let length = slot.facts.as_ref().map(|t| t.length);
         if let Ok(answer) = result {
             self.0.prediction_metrics.record(answer.label(backend.labels()), answer.prediction.confidence, length);

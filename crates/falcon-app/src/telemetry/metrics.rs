@@ -57,6 +57,9 @@ pub const CONCURRENCY_LIMITED: &str = "concurrency_limited_total";
 pub const REQUESTS_IN_PROGRESS: &str = "inference_requests_in_progress";
 pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
 pub const BATCH_TEXTS: &str = "batch_texts_total";
+pub const INFERENCE_TEXTS: &str = "inference_texts_total";
+pub const LOG_ROWS_WRITTEN: &str = "log_rows_written_total";
+pub const ERRORS_WITHOUT_ROW: &str = "http_errors_without_row_total";
 pub const MODEL_INFO: &str = "model_info";
 pub const MODEL_RELOADS: &str = "model_reloads_total";
 pub const MODEL_PREDICTIONS: &str = "model_predictions_total";
@@ -147,6 +150,20 @@ fn register_all() {
     for error_type in ErrorType::ALL {
         counter!(INFERENCE_ERRORS, "error_type" => error_type.as_str()).absolute(0);
     }
+    describe_counter!(
+        INFERENCE_TEXTS,
+        "Texts answered, by status: one per request-log row the pipeline makes (a /infer request, each text of a batch, a request that failed as a whole)."
+    );
+    describe_counter!(
+        ERRORS_WITHOUT_ROW,
+        "Error answers that made no request-log row (refused before an inference handler, an unknown model, the admin endpoint), by error_type."
+    );
+    for status in ["success", "error"] {
+        counter!(INFERENCE_TEXTS, "status" => status).absolute(0);
+    }
+    for error_type in ErrorType::ALL {
+        counter!(ERRORS_WITHOUT_ROW, "error_type" => error_type.as_str()).absolute(0);
+    }
     counter!(CACHE_HITS).absolute(0);
     counter!(CACHE_MISSES).absolute(0);
     describe_counter!(CACHE_ERRORS, "Failed cache/idempotency operations against Redis, by operation.");
@@ -202,6 +219,8 @@ fn register_all() {
     counter!(LOG_SPOOLED).absolute(0);
     counter!(LOG_REPLAYED).absolute(0);
     counter!(LOG_DEAD_LETTER).absolute(0);
+    describe_counter!(LOG_ROWS_WRITTEN, "Request-log rows the database has accepted.");
+    counter!(LOG_ROWS_WRITTEN).absolute(0);
     for status in ["success", "error"] {
         counter!(DB_OPERATIONS, "operation" => "insert", "status" => status).absolute(0);
     }
@@ -315,6 +334,21 @@ pub fn record_request_left() {
 
 pub fn record_api_key_request(id: &str) {
     counter!(API_KEY_REQUESTS, "api_key_id" => id.to_owned()).increment(1);
+}
+
+/// One text answered (or failed): one request-log row.
+pub fn record_text(success: bool) {
+    counter!(INFERENCE_TEXTS, "status" => if success { "success" } else { "error" }).increment(1);
+}
+
+/// One error answer that made no request-log row.
+pub fn record_error_without_row(error_type: ErrorType) {
+    counter!(ERRORS_WITHOUT_ROW, "error_type" => error_type.as_str()).increment(1);
+}
+
+/// `rows` request-log rows are in the database.
+pub fn record_rows_written(rows: usize) {
+    counter!(LOG_ROWS_WRITTEN).increment(rows as u64);
 }
 
 pub fn record_batch_text(success: bool) {

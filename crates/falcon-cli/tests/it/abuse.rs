@@ -382,3 +382,83 @@ fn stalled_bodies_are_capped_by_the_bytes_in_flight() {
     assert!(refused >= CONNECTIONS - 64, "only {refused} of {CONNECTIONS} refused");
     assert!(bounded * 2 < unbounded, "bounded +{bounded} bytes, unbounded +{unbounded}");
 }
+
+/// Item 14: a mixed barrage, then the accounts reconcile from what the client saw, `/metrics`
+/// and the rows, with no other knowledge: every error the client saw is one
+/// `inference_errors_total`, made either a row (`inference_texts_total{status="error"}`) or
+/// none (`http_errors_without_row_total`); every text answered is a success row; every row
+/// is counted written; every request either reached the pipeline or is an error without a
+/// row.
+#[tokio::test]
+async fn after_a_mixed_barrage_metrics_rows_and_answers_agree() {
+    let dir = fresh_dir();
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
+    let c = reqwest::Client::new();
+    let json_post = |path: &str, body: Value| c.post(w.url(path)).json(&body);
+    let oip = |data: Value| json!({ "inputs": [{ "name": "text", "shape": [data.as_array().unwrap().len()], "datatype": "BYTES", "data": data }] });
+    let many_headers = (0..101).fold(c.get(w.url("/healthz")), |r, i| r.header(format!("x-h{i}"), "v"));
+    let requests = vec![
+        json_post("/infer", json!({ "text": "a lovely day" })),
+        json_post("/infer", json!({ "text": "a dreadful day" })),
+        json_post("/infer", json!({ "text": "a lovely day" })),
+        json_post("/infer", json!({ "text": "   " })),
+        c.post(w.url("/infer")).header("Content-Type", "application/json").body("{"),
+        c.post(w.url("/infer")).header("Content-Type", "text/plain").body("hello"),
+        c.get(w.url("/infer")),
+        c.get(w.url("/no/such/route")),
+        c.get(w.url(&format!("/{}", "u".repeat(9000)))),
+        many_headers,
+        json_post("/infer/batch", json!({ "texts": ["good news", "", 42, "bad news", "good news"] })),
+        json_post("/infer/batch", json!({ "texts": vec!["x"; 100] })),
+        json_post("/v2/models/sentiment/infer", oip(json!(["fine", "awful"]))),
+        json_post("/v2/models/sentiment/infer", oip(json!(["fine", 7]))),
+        json_post("/v2/models/no-such-model/infer", oip(json!(["fine"]))),
+        c.post(w.url("/infer")).header("Content-Type", "application/json").body(vec![b' '; 300 * 1024]),
+    ];
+    let sent = requests.len();
+    let (mut errors_seen, mut texts_answered) = (0usize, 0usize);
+    for request in requests {
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status >= 400 {
+            errors_seen += 1;
+        } else if let Some(results) = body["results"].as_array() {
+            let failed = results.iter().filter(|r| r.get("error_type").is_some()).count();
+            errors_seen += failed;
+            texts_answered += results.len() - failed;
+        } else if let Some(outputs) = body["outputs"].as_array() {
+            texts_answered += outputs[0]["shape"][0].as_u64().unwrap() as usize;
+        } else {
+            texts_answered += 1;
+        }
+    }
+    let sum = |name: &'static str, with: &'static str| {
+        let (c, w) = (&c, &w);
+        async move { metric_sum(c, w, name, with).await as usize }
+    };
+    let texts_ok = sum("inference_texts_total", "status=\"success\"").await;
+    let texts_failed = sum("inference_texts_total", "status=\"error\"").await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    wait_for_sqlite_rows(&pool, (texts_ok + texts_failed) as i64, Duration::from_secs(20)).await;
+    let rows_ok: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inference_logs WHERE success").fetch_one(&pool).await.unwrap();
+    let rows_failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inference_logs WHERE NOT success").fetch_one(&pool).await.unwrap();
+    let without_row = sum("http_errors_without_row_total", "").await;
+    assert_eq!(sum("inference_errors_total", "").await, errors_seen, "one error counted per error answered");
+    assert_eq!(without_row + texts_failed, errors_seen, "each error made a row or is counted without one");
+    assert_eq!(texts_ok, texts_answered, "one success per text answered");
+    assert_eq!((rows_ok as usize, rows_failed as usize), (texts_ok, texts_failed), "one row per text");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sum("log_rows_written_total", "").await as i64 != rows_ok + rows_failed {
+        assert!(std::time::Instant::now() < deadline, "log_rows_written_total never reached the rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sum("inference_requests_total", "").await + without_row,
+        sent,
+        "every request reached the pipeline or is an error without a row"
+    );
+}

@@ -295,6 +295,7 @@ impl ErrorResponse<'_> {
         let message = self.report(status);
         let mut response = (status, Json(OipError { error: message })).into_response();
         add_error_headers(&self.error, response.headers_mut());
+        response.extensions_mut().insert(Answered(self.error.error_type()));
         response
     }
 }
@@ -321,12 +322,35 @@ impl IntoResponse for ErrorResponse<'_> {
     fn into_response(self) -> Response {
         let status = self.error.status();
         let message = self.report(status);
-        let error_type = self.error.error_type().as_str();
-        let body = ErrorBody { error: message, error_type, request_id: self.request_id, worker_id: self.worker_id };
+        let kind = self.error.error_type();
+        let body = ErrorBody {
+            error: message,
+            error_type: kind.as_str(),
+            request_id: self.request_id,
+            worker_id: self.worker_id,
+        };
         let mut response = (status, Json(body)).into_response();
         add_error_headers(&self.error, response.headers_mut());
+        response.extensions_mut().insert(Answered(kind));
         response
     }
+}
+
+/// On a response: it is this error's answer (counted in `inference_errors_total`). The
+/// request-context middleware also counts it in `http_errors_without_row_total` unless
+/// the pipeline made its row (`Piped`).
+#[derive(Debug, Clone, Copy)]
+pub struct Answered(pub ErrorType);
+
+/// On a response: the pipeline served the request, so its rows are made and counted
+/// (`inference_texts_total`).
+#[derive(Debug, Clone, Copy)]
+pub struct Piped;
+
+/// Marks `response` as one the pipeline served.
+pub fn piped(mut response: Response) -> Response {
+    response.extensions_mut().insert(Piped);
+    response
 }
 
 /// What a client needs to act on the error: how to authenticate, when to come back.

@@ -235,6 +235,13 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    // An error that made no request-log row: what reconciles inference_errors_total with
+    // the rows (inference_texts_total{status="error"}).
+    if let Some(error::Answered(kind)) = response.extensions().get::<error::Answered>().copied()
+        && response.extensions().get::<error::Piped>().is_none()
+    {
+        falcon_app::telemetry::metrics::record_error_without_row(kind);
+    }
     // Answered before its body was read (401, 429, 413 …): the connection cannot carry
     // another request, and the client is told so instead of finding out with EPIPE.
     if has_body && !read_to_end.load(Ordering::Relaxed) {

@@ -16,7 +16,7 @@ use super::AppState;
 use super::body::{BodyRules, read_json};
 use super::entries::{Entries, Entry};
 pub use super::error::OipError;
-use super::error::{ApiError, HangUp, shown};
+use super::error::{ApiError, HangUp, piped, shown};
 use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
 
 /// The one model this server has.
@@ -304,7 +304,7 @@ pub async fn infer(
         Err(e) => s.oip_error_response(&meta.request_id, e),
     };
     hang_up.answered();
-    response
+    piped(response)
 }
 
 /// How OIP reads its body: the shared reader, JSON also without a Content-Type.

@@ -7,7 +7,7 @@ use super::api::{
 };
 use super::body::{BodyRules, read_json};
 use super::entries::Entry;
-use super::error::{ApiError, HangUp, count, shown};
+use super::error::{ApiError, HangUp, count, piped, shown};
 use super::openapi::{ErrorBody, InferenceErrors};
 use axum::Json;
 use axum::body::Body;
@@ -130,7 +130,7 @@ pub async fn infer(
         Err(e) => s.error_response(&meta.request_id, e),
     };
     hang_up.answered();
-    response
+    piped(response)
 }
 
 /// The wire format of POST /infer: a JSON body `{"text": …}` of at most
@@ -200,7 +200,7 @@ pub async fn infer_batch(
         Err(e) => s.error_response(&meta.request_id, e),
     };
     hang_up.answered();
-    response
+    piped(response)
 }
 
 /// Reloads the model from MODEL_PATH, as SIGHUP does.

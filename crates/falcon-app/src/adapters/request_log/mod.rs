@@ -538,6 +538,7 @@ impl WriterState {
                 Outcome::Written => {
                     self.breaker.record_success();
                     self.available.store(true, Ordering::Relaxed);
+                    crate::telemetry::metrics::record_rows_written(batch.records.len());
                     self.written(batch);
                 }
                 Outcome::Unavailable { error, remigrate } => {
@@ -684,6 +685,7 @@ impl WriterState {
                 }
             }
         }
+        crate::telemetry::metrics::record_rows_written(written.len());
         self.dead_letter(&dead, &error);
         written.extend(dead);
         Ok(Batch { records: written, origin, replayed, rejections })
