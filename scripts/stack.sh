@@ -149,7 +149,8 @@ start_worker() {
   port=${ports[$((n - 1))]}
   pid_alive "$STACK_DIR/$name.pid" && die "$name is already running"
   # Settings for this worker: the caller's environment, then the stack's own. The stack's
-  # nginx runs on this host, so loopback is the one proxy trusted for X-Forwarded-For. As in compose,
+  # nginx runs on this host, so loopback is the one proxy trusted for X-Forwarded-For; the
+  # three workers share one text hash key file (the first makes it). As in compose,
   # the workers see POSTGRES_* and DEBUG_MEMORY_GROWTH, so `scripts/stack.sh env` answers
   # the runbook's printenv checks.
   local pg_port=${STACK_DATABASE_URL##*@127.0.0.1:}
@@ -160,6 +161,7 @@ start_worker() {
     DEBUG_MEMORY_GROWTH=${DEBUG_MEMORY_GROWTH:-false} \
     DEBUG_MEMORY_GROWTH_MB_PER_REQUEST=${DEBUG_MEMORY_GROWTH_MB_PER_REQUEST:-0} \
     LOG_SPOOL_DIR=$STACK_DIR/spool-$name TRUSTED_PROXIES=${TRUSTED_PROXIES:-127.0.0.1/32} \
+    TEXT_HASH_KEY_FILE=${TEXT_HASH_KEY_FILE:-$STACK_DIR/text_hash.key} \
     setsid "$FALCON_BIN" serve >>"$STACK_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$STACK_DIR/$name.pid"
   wait_http "http://127.0.0.1:$port/readyz" 30 || die "$name did not become ready (see $STACK_DIR/$name.log)"

@@ -330,6 +330,15 @@ pub struct AccessConfig {
     /// (use API_KEYS_FILE in production); never logged.
     #[arg(long, env = "API_KEYS", hide_env_values = true)]
     pub api_keys: Option<Secret>,
+    /// The deployment's key for every stored hash of a text (the row's text_hash, the
+    /// idempotency fingerprint, the cache key): HMAC-SHA256, at least 16 bytes. Every worker
+    /// of a deployment needs the same one. Unset or empty: read from TEXT_HASH_KEY_FILE.
+    #[arg(long, env = "TEXT_HASH_KEY", hide_env_values = true)]
+    pub text_hash_key: Option<Secret>,
+    /// Where the text hash key is kept when TEXT_HASH_KEY is unset: created with a random
+    /// key on the first start.
+    #[arg(long, env = "TEXT_HASH_KEY_FILE", default_value = "data/text_hash.key")]
+    pub text_hash_key_file: PathBuf,
     /// Rate-limit each client (its API key id, else its address): RATE_LIMIT_PER_MINUTE
     /// with bursts of RATE_LIMIT_BURST; beyond, 429 rate_limited with Retry-After.
     #[arg(long, env = "RATE_LIMIT_ENABLED", default_value_t = false, action = ArgAction::Set)]

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
+pub mod text_key;
 
 pub use config::Config;
 

@@ -1,5 +1,5 @@
 //! The request path stage by stage, so a regression shows up in one stage: normalise and
-//! hash (the cache key), the in-process cache's get and insert (unique keys, a full cache:
+//! hash (the cache key, HMAC-SHA256), the in-process cache's get and insert (unique keys, a full cache:
 //! every insert evicts), the request id, and the response's serialisation.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failure should stop it loudly
 use std::hint::black_box;
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use falcon_app::adapters::cache::{MemoryCache, cache_key};
+use falcon_app::adapters::cache::MemoryCache;
+use falcon_app::text_key::TextKey;
 use falcon_backend::Prediction;
 use falcon_server::http::api::{InferResponse, new_request_id};
 
@@ -15,6 +16,8 @@ const TEXT: &str =
     "The service was quick and the staff were friendly, but the food arrived cold and the bill was simply wrong.";
 
 fn bench(c: &mut Criterion) {
+    let key = TextKey::new(b"the benchmark's text hash key").unwrap();
+    let cache_key = |version: &str, text: &str| key.cache_key(version, text);
     c.bench_function("stage_normalize_and_cache_key", |b| {
         b.iter(|| cache_key("v1", &falcon_model::normalize(black_box(TEXT))))
     });

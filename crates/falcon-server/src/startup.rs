@@ -29,6 +29,7 @@ use falcon_app::pipeline::{Parts, Pipeline, Readiness};
 use falcon_app::tasks::Background;
 use falcon_app::telemetry::metrics;
 use falcon_app::telemetry::throttle::{LogLimiter, Throttle};
+use falcon_app::text_key::TextKey;
 
 pub use falcon_app::lifecycle::{LoadedBackend, Reloader};
 
@@ -191,6 +192,11 @@ async fn assemble(
     let a = &config.access;
     let api_keys = ApiKeys::load(a.api_keys_file.as_deref(), a.api_keys.as_ref().map(|k| k.expose()))
         .map_err(|e| anyhow::anyhow!("{e} (API_KEYS_FILE / API_KEYS)"))?;
+    let text_key = match a.text_hash_key.as_ref().map(|k| k.expose()).filter(|k| !k.is_empty()) {
+        Some(key) => TextKey::new(key.as_bytes()),
+        None => TextKey::load_or_create(&a.text_hash_key_file),
+    }
+    .map_err(|e| anyhow::anyhow!("{e} (TEXT_HASH_KEY / TEXT_HASH_KEY_FILE)"))?;
     let metrics_handle = metrics_handle.map(Arc::new);
     if let Some(h) = &metrics_handle {
         background
@@ -254,6 +260,7 @@ async fn assemble(
         rate_limits,
         admission: (a.max_concurrent_requests > 0).then(|| Admission::new(a.max_concurrent_requests as usize)),
         max_batch_texts: a.max_batch_texts as usize,
+        text_key,
         prediction_metrics,
     });
     if rate_limited {

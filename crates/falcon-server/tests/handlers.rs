@@ -86,6 +86,8 @@ async fn state_from(fake: Arc<Fake>, args: &[&str]) -> AppState {
         "false",
         "--inference-threads",
         "2",
+        "--text-hash-key",
+        "a handler test's text hash key",
     ];
     all.extend_from_slice(args);
     let config = Config::from_args(all).unwrap();

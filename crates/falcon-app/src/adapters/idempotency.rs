@@ -14,17 +14,11 @@ use std::time::Duration;
 use falcon_backend::Prediction;
 use metrics::counter;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::adapters::cache::redis::{RedisStore, record_fallback};
 use crate::telemetry::metrics::{FALLBACK_TRIGGERED, IDEMPOTENCY_EVICTIONS, IDEMPOTENCY_HITS, IDEMPOTENCY_MISSES};
-
-/// What identifies "the same request": a hash of the exact text.
-pub fn fingerprint(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
 
 /// A stored answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]

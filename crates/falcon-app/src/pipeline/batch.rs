@@ -12,7 +12,6 @@ use falcon_backend::{Backend, Prediction};
 use super::answer::{Answer, AnsweredBy, BatchInferred, MODEL_NAME};
 use super::row::{Answered, Outcome, TextFacts};
 use super::{InferError, Pipeline, RequestMeta, Subject, validate_text};
-use crate::adapters::cache::cache_key;
 use crate::adapters::request_log::LogRecord;
 use crate::telemetry::metrics;
 
@@ -141,13 +140,17 @@ impl Pipeline {
             slot.result = Some(Err(InferError::Validation("each entry of \"texts\" must be a string".into())));
             return slot;
         };
-        slot.facts = Some(TextFacts::of(&text));
+        slot.facts = Some(TextFacts::of(&text, &self.0.text_key));
         if let Err(e) = validate_text(&text, backend.max_input_chars()) {
             slot.result = Some(Err(e));
             slot.text = Some(text);
             return slot;
         }
-        slot.cache_key = self.0.cache.as_ref().map(|_| cache_key(backend.model_version(), &backend.normalize(&text)));
+        slot.cache_key = self
+            .0
+            .cache
+            .as_ref()
+            .map(|_| self.0.text_key.cache_key(backend.model_version(), &backend.normalize(&text)));
         slot.text = Some(text);
         slot
     }

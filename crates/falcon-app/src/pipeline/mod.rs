@@ -26,8 +26,8 @@ pub use self::answer::{Answer, AnsweredBy, BatchInferred, Inferred, MODEL_NAME};
 pub use self::batch::BatchCommand;
 pub use self::error::InferError;
 use self::row::TextFacts;
+use crate::adapters::cache::ResponseCache;
 use crate::adapters::cache::redis::RedisStore;
-use crate::adapters::cache::{ResponseCache, cache_key};
 use crate::adapters::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
 use crate::adapters::inference::InferenceQueue;
 use crate::adapters::request_log::{LogRecord, RequestLog};
@@ -200,6 +200,8 @@ pub struct Parts {
     pub admission: Option<access::Admission>,
     /// `MAX_BATCH_TEXTS`.
     pub max_batch_texts: usize,
+    /// The deployment's key for every stored hash of a text (`TEXT_HASH_KEY`).
+    pub text_key: crate::text_key::TextKey,
     /// Answers by class, confidence, input length (handles resolved once).
     pub prediction_metrics: metrics::PredictionMetrics,
 }
@@ -419,7 +421,7 @@ impl Pipeline {
         let backend = self.0.model.current();
         subject.model_version = Some(backend.model_version().to_owned());
         validate_text(&text, backend.max_input_chars())?;
-        let facts = TextFacts::of(&text);
+        let facts = TextFacts::of(&text, &self.0.text_key);
         let fp = facts.hash.clone();
         subject.text = Some(facts);
         if let Some(key) = &idempotency_key {
@@ -512,7 +514,11 @@ impl Pipeline {
     }
 
     async fn compute_live(&self, backend: &Arc<dyn Backend>, text: String) -> Result<Served, InferError> {
-        let key = self.0.cache.as_ref().map(|_| cache_key(backend.model_version(), &backend.normalize(&text)));
+        let key = self
+            .0
+            .cache
+            .as_ref()
+            .map(|_| self.0.text_key.cache_key(backend.model_version(), &backend.normalize(&text)));
         if let (Some(cache), Some(key)) = (&self.0.cache, &key) {
             let hit = cache.get(key).await;
             metrics::record_cache(hit.is_some());

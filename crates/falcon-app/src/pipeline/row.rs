@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::RequestMeta;
 use super::answer::Answer;
-use crate::adapters::idempotency::fingerprint;
 use crate::adapters::request_log::LogRecord;
 use crate::error_type::ErrorType;
+use crate::text_key::TextKey;
 
 /// What the row keeps of a text: never the text itself, its fingerprint and its length,
 /// each computed once.
@@ -20,8 +20,9 @@ pub(crate) struct TextFacts {
 }
 
 impl TextFacts {
-    pub fn of(text: &str) -> Self {
-        Self { hash: fingerprint(text), length: i32::try_from(text.chars().count()).unwrap_or(i32::MAX) }
+    /// The text's keyed hash (`TextKey`) and length.
+    pub fn of(text: &str, key: &TextKey) -> Self {
+        Self { hash: key.hash(text), length: i32::try_from(text.chars().count()).unwrap_or(i32::MAX) }
     }
 }
 
@@ -114,7 +115,8 @@ mod tests {
     #[test]
     fn an_answer_and_an_error_fill_their_own_columns_and_share_the_rest() {
         let meta = meta();
-        let text = TextFacts::of("héllo");
+        let key = TextKey::new(&[7; 32]).unwrap();
+        let text = TextFacts::of("héllo", &key);
         assert_eq!(text.length, 5, "characters, not bytes");
         let labels = ["negative".to_owned(), "positive".to_owned()];
         let answer = Answer {
@@ -140,7 +142,7 @@ mod tests {
         );
         assert_eq!(failed.prediction, None);
         for row in [&ok, &failed] {
-            assert_eq!(row.text_hash.as_deref(), Some(fingerprint("héllo").as_str()));
+            assert_eq!(row.text_hash.as_deref(), Some(key.hash("héllo").as_str()));
             assert_eq!(row.text_length, Some(5));
             assert_eq!(
                 (row.request_id.as_str(), row.worker_id.as_str(), row.model_version.as_str()),

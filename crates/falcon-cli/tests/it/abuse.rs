@@ -462,3 +462,48 @@ async fn after_a_mixed_barrage_metrics_rows_and_answers_agree() {
         "every request reached the pipeline or is an error without a row"
     );
 }
+
+/// The `text_hash` of the one row in the SQLite log at `db`, once it is there.
+async fn only_text_hash(db: &std::path::Path) -> String {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    wait_for_sqlite_rows(&pool, 1, Duration::from_secs(10)).await;
+    sqlx::query_scalar("SELECT text_hash FROM inference_logs").fetch_one(&pool).await.unwrap()
+}
+
+/// Item 3: what is stored of a text is an HMAC under the deployment's key, not its plain
+/// SHA-256: "I love this" no longer gives the c876e4cc… anyone can compute. Zero-config, the
+/// key is made on the first start (data/text_hash.key, 0600) and kept; equal texts still hash
+/// alike within a deployment, and apart across deployments.
+#[tokio::test]
+async fn a_stored_text_hash_is_keyed_by_the_deployment() {
+    use sha2::{Digest, Sha256};
+    let plain = hex::encode(Sha256::digest(b"I love this"));
+    let c = reqwest::Client::new();
+    let dir = fresh_dir();
+    let run = |db: &str, key: &'static str| {
+        let db = dir.path().join(db);
+        let w =
+            Worker::start_in(dir.path(), &[("TEXT_HASH_KEY", key), ("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
+        (w, db)
+    };
+    let (w, db) = run("first.db", "");
+    assert_eq!(post(&c, &w.url("/infer"), json!({ "text": "I love this" }), &[]).await.status(), 200);
+    let first = only_text_hash(&db).await;
+    drop(w);
+    assert_ne!(first, plain, "the plain SHA-256 of a guessable text");
+    let key_file = dir.path().join("data/text_hash.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim().len(), 64, "32 random bytes, hex");
+    let key = falcon_app::text_key::TextKey::load_or_create(&key_file).unwrap();
+    assert_eq!(first, key.hash("I love this"));
+
+    let (w, db) = run("again.db", "");
+    post(&c, &w.url("/infer"), json!({ "text": "I love this" }), &[]).await;
+    assert_eq!(only_text_hash(&db).await, first, "the key is kept across restarts");
+    drop(w);
+    let (w, db) = run("other.db", "another deployment's key");
+    post(&c, &w.url("/infer"), json!({ "text": "I love this" }), &[]).await;
+    let other = only_text_hash(&db).await;
+    assert!(other != first && other != plain, "another deployment's hashes do not match");
+}

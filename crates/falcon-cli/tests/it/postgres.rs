@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use crate::common::postgres::Postgres;
 use crate::common::{Worker, infer, metric};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// A worker logging to `pg`, with `extra` settings.
 pub fn worker(pg: &Postgres, id: &str, extra: &[(&str, &str)]) -> Worker {
@@ -60,7 +59,7 @@ async fn every_request_makes_exactly_one_row_with_the_right_fields() {
          FROM inference_logs WHERE request_id = '{first}'"
     ));
     let text = "row number 0 was great";
-    let hash = hex::encode(Sha256::digest(text.as_bytes()));
+    let hash = crate::common::text_hash(text);
     let model_version = hit["model_version"].as_str().unwrap();
     assert_eq!(row, format!("w-log|{hash}|{}|positive|t|f|{model_version}|t|t", text.len()));
     let hit_id = hit["request_id"].as_str().unwrap();

@@ -125,9 +125,12 @@ impl Worker {
     /// in `dir` with only `PATH`, the worker defaults and `env`, and waits until it listens.
     pub fn start_with(cmd: Command, dir: &std::path::Path, env: &[(&str, &str)]) -> Worker {
         let mut cmd = isolated(cmd, dir);
+        // One text hash key for every test worker, as one deployment has: workers that share
+        // a Redis agree on idempotency fingerprints and cache keys. (Empty: the key file.)
         cmd.env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("WORKER_ID", "it-worker")
+            .env("TEXT_HASH_KEY", TEXT_HASH_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -226,6 +229,14 @@ impl Drop for Worker {
             panic!("the worker wrote {} log lines that are not JSON, e.g. {:?}", bad.len(), bad[0]);
         }
     }
+}
+
+/// The text hash key of every test worker (`Worker::start_with`), as one deployment's.
+pub const TEXT_HASH_KEY: &str = "the integration tests' text hash key";
+
+/// What a test worker stores of `text` (`text_hash`).
+pub fn text_hash(text: &str) -> String {
+    falcon_app::text_key::TextKey::new(TEXT_HASH_KEY.as_bytes()).unwrap().hash(text)
 }
 
 /// Reads one sample of `/metrics` whose line starts with `series` (name and labels).
