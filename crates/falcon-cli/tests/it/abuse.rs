@@ -13,15 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Worker, fresh_dir, metric, wait_for_sqlite_rows};
-
-async fn post(c: &reqwest::Client, url: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut req = c.post(url).json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
-}
+use crate::common::{Worker, fresh_dir, metric, post, wait_for_sqlite_rows};
 
 /// Sends `head` (and `body`) on a new connection and reads until the server closes it or
 /// `within` passes; returns what came back.

@@ -11,18 +11,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::common::{Worker, fresh_dir, metric, wait_for_metric, wait_for_sqlite_rows};
+use crate::common::{Worker, fresh_dir, metric, post, wait_for_metric, wait_for_sqlite_rows};
 
 fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut req = c.post(url).json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
 }
 
 #[tokio::test]

@@ -262,6 +262,15 @@ pub async fn wait_for_metric(client: &reqwest::Client, w: &Worker, series: &str,
     }
 }
 
+/// POST `body` as JSON to `url` with `headers`.
+pub async fn post(c: &reqwest::Client, url: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = c.post(url).json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
 /// POST /infer with `text` (and an idempotency key); returns the status and JSON body.
 pub async fn infer(c: &reqwest::Client, w: &Worker, text: &str, key: Option<&str>) -> (u16, Value) {
     let mut req = c.post(w.url("/infer")).json(&serde_json::json!({ "text": text }));
