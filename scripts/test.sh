@@ -16,12 +16,13 @@ if [ $# -gt 0 ]; then
   rc=$?
 else
   # The failure drills compare latencies with and without a fault, and the memory checks
-  # of the abuse tests fit a slope or take a peak: they run after the rest, on a machine no
-  # other test is loading (the 600 stalled uploads of one would move the others' numbers).
-  serial=(drills:: connections::an_abuse_run abuse::stalled_bodies abuse::a_batch_of_nested_arrays)
+  # fit a slope or take a peak: they run after the rest, one at a time, on a machine no
+  # other test is loading (the 600 stalled uploads of one would move another's slope).
+  serial=(drills:: connections::an_abuse_run observability::without_the_drill_rss
+    abuse::stalled_bodies abuse::a_batch_of_nested_arrays)
   TMPDIR=$suite cargo test --workspace --locked -- "${serial[@]/#/--skip=}"
   rc=$?
-  TMPDIR=$suite cargo test -p falcon-cli --locked --test it -- "${serial[@]}" || rc=1
+  TMPDIR=$suite cargo test -p falcon-cli --locked --test it -- --test-threads=1 "${serial[@]}" || rc=1
 fi
 echo "make test: cargo test took $(($(date +%s) - started)) s"
 for note in "$notes"/*.txt; do
