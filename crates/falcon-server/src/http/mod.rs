@@ -218,13 +218,18 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         state.error_response(&id, error)
     } else {
         req.extensions_mut().insert(meta);
-        let end = Arc::clone(&read_to_end);
-        let req = req.map(|body| {
-            axum::body::Body::new(body.with_trailers(async move {
-                end.store(true, Ordering::Relaxed);
-                None
-            }))
-        });
+        // Only a request with a body is watched (GETs, probes and scrapes pass untouched).
+        let req = if has_body {
+            let end = Arc::clone(&read_to_end);
+            req.map(|body| {
+                axum::body::Body::new(body.with_trailers(async move {
+                    end.store(true, Ordering::Relaxed);
+                    None
+                }))
+            })
+        } else {
+            req
+        };
         let deadline = state.pipeline.request_timeout();
         match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(r) if r.extensions().get::<Panicked>().is_none() => r,
