@@ -311,9 +311,11 @@ def single_servers(tmp: Path, report: dict) -> None:
         logs["redis+postgres"]["rows"] = int(sh(
             f"psql -h 127.0.0.1 -p {pg_port} -U postgres -tAc 'SELECT count(*) FROM inference_logs'"))
         report["request_log"] = logs
-        # Storage per request, for sizing: Postgres (table + indexes) per row, Redis per key.
+        # Storage per request, for sizing: Postgres (table + indexes, over every day partition
+        # of the partitioned table) per row, Redis per key.
         pg_bytes = int(sh(f"psql -h 127.0.0.1 -p {pg_port} -U postgres -tAc "
-                          "\"SELECT pg_total_relation_size('inference_logs')\""))
+                          "\"SELECT coalesce(sum(pg_total_relation_size(relid)), 0) "
+                          "FROM pg_partition_tree('inference_logs')\""))
         info = sh(f"redis-cli -p {redis_port} info memory")
         used = next(int(line.split(":")[1]) for line in info.splitlines() if line.startswith("used_memory:"))
         keys = int(sh(f"redis-cli -p {redis_port} dbsize"))

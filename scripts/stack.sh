@@ -13,6 +13,7 @@
 #   scripts/stack.sh redis-cli [ARGS...]                  # redis-cli on the stack's Redis
 #   scripts/stack.sh psql [ARGS...]                       # psql as falcon on falcon_inference
 #   scripts/stack.sh pg_isready                           # pg_isready on the stack's Postgres
+#   scripts/stack.sh falcon log prune --dry-run           # a falcon command with the stack's Redis and Postgres
 #   scripts/stack.sh render-nginx                         # only write STACK_DIR/nginx/*.conf
 #
 # Settings (environment):
@@ -45,7 +46,7 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_redis() {
   local port
-  port=$(start_throwaway_redis "$STACK_DIR/redis" --maxmemory 256mb --maxmemory-policy allkeys-lru) \
+  port=$(start_throwaway_redis "$STACK_DIR/redis" --maxmemory 256mb --maxmemory-policy volatile-lru) \
     || die "throwaway redis-server did not start"
   echo "$port" >"$STACK_DIR/redis.port"
   echo "redis://127.0.0.1:$port/0"
@@ -76,7 +77,7 @@ dependency() {
         start)
           pid_alive "$STACK_DIR/redis/redis.pid" && die "redis is already running"
           THROWAWAY_PORT=$(cat "$STACK_DIR/redis.port") start_throwaway_redis "$STACK_DIR/redis" \
-            --maxmemory 256mb --maxmemory-policy allkeys-lru >/dev/null || die "redis-server did not start"
+            --maxmemory 256mb --maxmemory-policy volatile-lru >/dev/null || die "redis-server did not start"
           ;;
       esac
       ;;
@@ -321,6 +322,8 @@ case "${1:-}" in
     ;;
   redis-cli) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; redis-cli -u "$STACK_REDIS_URL" "${@:2}" ;;
   psql) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; psql "$STACK_DATABASE_URL" "${@:2}" ;;
+  falcon) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"
+    REDIS_URL=$STACK_REDIS_URL DATABASE_URL=$STACK_DATABASE_URL "$FALCON_BIN" "${@:2}" ;;
   pg_isready) [ -f "$ENV_FILE" ] || die "not up"; source "$ENV_FILE"; pg_isready -d "$STACK_DATABASE_URL" ;;
   stats) cmd_stats ;;
   *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

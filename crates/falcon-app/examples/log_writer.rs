@@ -4,7 +4,9 @@
 //!    `LOG_WRITER_CONCURRENCY` values and for the embedded SQLite file. Target ≥ 60,000 rows/s.
 //! 2. the request path's cost of `record` alone (encode + journal append), per record.
 //!    Target ≤ 2 µs.
-//! 3. Postgres's own cost per row: a server-side COPY from a file into the table as the
+//! 3. retention's cost to the SQLite writer: the same run while a prune deletes as many
+//!    expired rows. No record may be lost.
+//! 4. Postgres's own cost per row: a server-side COPY from a file into the table as the
 //!    migrations leave it, and into the previous schema. Target ≤ 6 µs/row.
 //!
 //! `cargo run --release -p falcon-server --example log_writer -- DATABASE_URL [ROWS]`
@@ -56,6 +58,7 @@ async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f
         op_timeout: Duration::from_secs(30),
         concurrency,
         nice: 0,
+        retention: request_log::Retention::days(0),
     };
     let (log, writer, _probe) =
         request_log::start(sink.clone(), breaker(), config, Some(spooling), falcon_app::shutdown::Stopping::never());
@@ -79,6 +82,34 @@ async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f
 
 async fn count(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(pool).await.unwrap()
+}
+
+/// Retention's cost to the SQLite writer at saturation: the same records through the writer
+/// while the prune deletes as many expired rows, against the writer alone (measured just
+/// before). Every record must still be a row.
+async fn sqlite_retention_cost(rows: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0).await.unwrap();
+    sqlite.migrate().await.unwrap();
+    let old = chrono::Utc::now() - chrono::Duration::days(40);
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(5_000) {
+        let batch: Vec<LogRecord> = chunk.iter().map(|&i| LogRecord { created_at: old, ..record(i) }).collect();
+        sqlite.write(&batch).await.unwrap();
+    }
+    let pruner = sqlite.clone();
+    let prune = tokio::spawn(async move {
+        let started = Instant::now();
+        let done = pruner.maintain(request_log::Retention::days(30), chrono::Utc::now(), false).await.unwrap();
+        (done.rows, started.elapsed().as_secs_f64())
+    });
+    let (rate, record_us) = through_writer(&sqlite, rows, 1).await;
+    let (deleted, prune_s) = prune.await.unwrap();
+    let Sink::Sqlite(pool) = &sqlite else { unreachable!("a SQLite sink") };
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(pool).await.unwrap();
+    assert_eq!((deleted, left), (rows as u64, rows as i64), "every expired row deleted, every new record a row");
+    println!(
+        "{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"while_pruning_rows\":{deleted},\"prune_s\":{prune_s:.2},\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
+    );
 }
 
 #[tokio::main]
@@ -111,6 +142,7 @@ async fn main() {
     println!(
         "{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
     );
+    sqlite_retention_cost(rows).await;
     if only_sqlite {
         return;
     }

@@ -263,6 +263,12 @@ pub struct DatabaseConfig {
     /// The embedded request log, used when no Postgres is configured.
     #[arg(long, env = "REQUEST_LOG_SQLITE_PATH", default_value = "data/request_log.db")]
     pub request_log_sqlite_path: PathBuf,
+    /// Days of request-log rows kept, in whole UTC days: today and the N days before it.
+    /// Older day partitions (Postgres) or rows (SQLite) are removed hourly, off the request
+    /// path. 0 keeps everything.
+    #[arg(long, env = "REQUEST_LOG_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub request_log_retention_days: u32,
     /// Most rows in one batch (one COPY into Postgres, or 128-row INSERTs into SQLite).
     #[arg(long, env = "LOG_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub log_batch_size: u32,
@@ -316,6 +322,23 @@ pub struct DatabaseConfig {
     #[arg(long, env = "LOG_BUFFER_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub log_buffer_size: u32,
+}
+
+impl DatabaseConfig {
+    /// The Postgres URL, from `DATABASE_URL` or built from `POSTGRES_*`; `None` when
+    /// Postgres is not configured (the request log then goes to SQLite).
+    pub fn postgres_url(&self) -> Option<Secret> {
+        let d = self;
+        if let Some(url) = &d.database_url {
+            return Some(url.clone());
+        }
+        let host = d.postgres_host.as_ref()?;
+        let auth = match &d.postgres_password {
+            Some(p) => format!("{}:{}@", percent_encode(&d.postgres_user), percent_encode(p.expose())),
+            None => format!("{}@", percent_encode(&d.postgres_user)),
+        };
+        Some(Secret(format!("postgres://{auth}{host}:{}/{}", d.postgres_port, d.postgres_db)))
+    }
 }
 
 /// Who may call the inference routes, and how much (API keys, rate limits, admission).
@@ -493,16 +516,7 @@ impl Config {
     /// The Postgres URL, from `DATABASE_URL` or built from `POSTGRES_*`; `None` when
     /// Postgres is not configured (the request log then goes to SQLite).
     pub fn postgres_url(&self) -> Option<Secret> {
-        let d = &self.database;
-        if let Some(url) = &d.database_url {
-            return Some(url.clone());
-        }
-        let host = d.postgres_host.as_ref()?;
-        let auth = match &d.postgres_password {
-            Some(p) => format!("{}:{}@", percent_encode(&d.postgres_user), percent_encode(p.expose())),
-            None => format!("{}@", percent_encode(&d.postgres_user)),
-        };
-        Some(Secret(format!("postgres://{auth}{host}:{}/{}", d.postgres_port, d.postgres_db)))
+        self.database.postgres_url()
     }
 
     /// The spool directory, `None` when `LOG_SPOOL_DIR` is empty (spool off).

@@ -48,6 +48,23 @@ impl Stopping {
     pub fn never() -> Self {
         Self(None)
     }
+
+    /// Waits for `ticks`' next tick: true then, false once shutdown has begun. A periodic
+    /// task is `let mut ticks = every(d); while stopping.tick(&mut ticks).await { … }`.
+    pub async fn tick(&mut self, ticks: &mut tokio::time::Interval) -> bool {
+        tokio::select! {
+            _ = ticks.tick() => true,
+            () = self.wait() => false,
+        }
+    }
+}
+
+/// Ticks every `period`, the first at once; a late tick delays the next rather than
+/// bunching them.
+pub fn every(period: std::time::Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     /// Drive a running worker with HTTP load and report throughput and latency.
     Load(commands::load::LoadArgs),
+    /// The request log's storage: `falcon log prune` removes what is past retention (what
+    /// workers do every hour).
+    Log(commands::log::LogArgs),
     /// Exit 0 if the worker on this host answers its health endpoint with 200 (for
     /// container HEALTHCHECKs).
     Healthcheck(commands::healthcheck::HealthcheckArgs),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => commands::predict::run(&args),
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Load(args) => commands::load::run(&args),
+        Command::Log(args) => commands::log::run(&args),
         Command::Healthcheck(args) => commands::healthcheck::run(&args),
         Command::Openapi => commands::openapi::run(),
     }

@@ -304,6 +304,7 @@ async fn build_request_log(
         op_timeout: timeout,
         concurrency: d.log_writer_concurrency as usize,
         nice: d.log_writer_nice,
+        retention: request_log::Retention::days(d.request_log_retention_days),
     };
     let spool = config.log_spool_dir().and_then(|dir| open_spool(dir, config));
     let spooled = spool.is_some();
@@ -336,6 +337,10 @@ type Stores = (Option<Arc<RedisStore>>, Option<Arc<dyn ResponseCache>>, Option<A
 
 /// Redis when configured (shared cache and idempotency, breaker, retries), else the
 /// in-process cache and idempotency store.
+/// How often each worker deletes the idempotency records and locks that are due: they live
+/// at most this much past their TTL.
+const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<Stores> {
     let ttl = Duration::from_secs(config.cache.cache_ttl_seconds);
     let idem_ttl = Duration::from_secs(config.idempotency.idempotency_ttl_seconds);
@@ -377,6 +382,12 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
         .idempotency
         .idempotency_enabled
         .then(|| Arc::new(IdempotencyStore::redis(Arc::clone(&store), idem_ttl, config.idempotency_claim_ttl())));
+    if let Some(idem) = &idem {
+        // Records carry no Redis TTL (so `volatile-lru` never evicts them): the workers
+        // delete them when they are due.
+        background
+            .spawn("idempotency_sweeper", Arc::clone(idem).run_sweeper(IDEMPOTENCY_SWEEP_EVERY, background.stopping()));
+    }
     tracing::info!(l1_ttl_seconds = l1_ttl.as_secs(), "Using Redis for the response cache and idempotency keys");
     Ok((Some(store), cache, idem))
 }
@@ -385,12 +396,9 @@ fn build_stores(config: &Config, background: &mut Background) -> anyhow::Result<
 /// Rate-limit state of clients that have been idle long enough is dropped every minute,
 /// so the limiter's memory follows the active clients, not every address ever seen.
 async fn forget_idle_clients(pipeline: Pipeline, mut stopping: falcon_app::shutdown::Stopping) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = every.tick() => pipeline.forget_idle_clients(),
-            () = stopping.wait() => return,
-        }
+    let mut ticks = falcon_app::shutdown::every(Duration::from_secs(60));
+    while stopping.tick(&mut ticks).await {
+        pipeline.forget_idle_clients();
     }
 }
 

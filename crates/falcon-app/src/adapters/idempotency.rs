@@ -2,10 +2,20 @@
 //! it; the same key with a different body is a conflict; concurrent requests with one key
 //! run the model once. In-process without Redis; across workers with it.
 //!
-//! Across workers the claim is a Redis lock, `SET idempotency-lock:<key> <fingerprint> NX PX`,
-//! so exactly one request computes. The others poll `idempotency:<key>` until the response is
-//! there. If the lock expires or is released without a response (the owner failed), the
-//! next poll claims it.
+//! Across workers the claim is a Redis lock, `idempotency-lock:<key>` holding the owner's
+//! fingerprint, so exactly one request computes. The others poll `idempotency:<key>` until
+//! the response is there. If the lock expires or is released without a response (the owner
+//! failed), the next poll claims it.
+//!
+//! Redis may run out of memory; the cache's entries must give way then, never an idempotency
+//! record (a retried payment-style request would be computed twice). So records and locks
+//! carry no Redis TTL, and Redis runs with `maxmemory-policy volatile-lru`, which evicts only
+//! keys that have one: the cache's. Their expiry is kept in the sorted set
+//! `idempotency-expiry` (member: the key, score: when it expires, in Redis's clock, ms),
+//! written in the same script as the key, and each worker deletes what is due every few
+//! seconds (`sweep`). A lock is held while its score is in the future; one whose owner
+//! crashed is taken over after `lock_ttl`. Every step is one Lua script, so a key and its
+//! expiry never disagree. See docs/redis.md.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -201,12 +211,18 @@ impl IdempotencyStore {
             }
             Backend::Redis { store, ttl, .. } => {
                 let Ok(json) = serde_json::to_string(&record) else { return };
-                let set =
-                    redis::cmd("SET").arg(record_key(key)).arg(json).arg("EX").arg(ttl.as_secs().max(1)).to_owned();
-                if store.call::<()>("idempotency_set", &set).await.is_err() {
+                let complete = script(COMPLETE)
+                    .arg(3)
+                    .arg(record_key(key))
+                    .arg(lock_key(key))
+                    .arg(EXPIRY)
+                    .arg(json)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .to_owned();
+                if store.call::<()>("idempotency_set", &complete).await.is_err() {
                     record_fallback("idempotency_bypass");
+                    unlock(store, key).await;
                 }
-                let _ = store.call::<()>("idempotency_unlock", redis::cmd("DEL").arg(lock_key(key))).await;
             }
         }
     }
@@ -215,9 +231,7 @@ impl IdempotencyStore {
     pub async fn release(&self, key: &str) {
         match &self.0 {
             Backend::Memory { slots, .. } => release_memory(slots, key),
-            Backend::Redis { store, .. } => {
-                let _ = store.call::<()>("idempotency_unlock", redis::cmd("DEL").arg(lock_key(key))).await;
-            }
+            Backend::Redis { store, .. } => unlock(store, key).await,
         }
     }
 
@@ -268,6 +282,84 @@ impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             self.store.abandon(&key);
+        }
+    }
+}
+
+/// The sorted set of when each idempotency key in Redis expires.
+pub const EXPIRY: &str = "idempotency-expiry";
+
+/// Redis's clock in milliseconds, for the scripts below: every worker reads the same clock.
+const NOW_MS: &str =
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+
+/// KEYS: lock, expiry set. ARGV: fingerprint, lock TTL (ms). Takes the lock unless it is
+/// held: nil when taken, else the holder's fingerprint. A lock written by an earlier build
+/// (with a Redis TTL, no expiry score) is held while its TTL runs.
+const LOCK: &str = "local owner = redis.call('GET', KEYS[1]) \
+if owner then \
+  local due = redis.call('ZSCORE', KEYS[2], KEYS[1]) \
+  if (due and tonumber(due) > now) or (not due and redis.call('PTTL', KEYS[1]) > 0) then return owner end \
+end \
+redis.call('SET', KEYS[1], ARGV[1]) \
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), KEYS[1]) \
+return false";
+
+/// KEYS: record, lock, expiry set. ARGV: record JSON, record TTL (ms). Stores the record,
+/// with no Redis TTL, and gives up the lock.
+const COMPLETE: &str = "redis.call('SET', KEYS[1], ARGV[1]) \
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), KEYS[1]) \
+redis.call('DEL', KEYS[2]) \
+redis.call('ZREM', KEYS[3], KEYS[2]) \
+return 1";
+
+/// KEYS: lock, expiry set. Gives up the lock.
+const UNLOCK: &str = "redis.call('DEL', KEYS[1]) redis.call('ZREM', KEYS[2], KEYS[1]) return 1";
+
+/// KEYS: expiry set. ARGV: most keys. Deletes keys whose expiry is due; returns how many.
+const SWEEP: &str = "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1])) \
+for _, k in ipairs(due) do redis.call('DEL', k) end \
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end \
+return #due";
+
+/// Keys one sweep script deletes at most.
+const SWEEP_BATCH: u64 = 500;
+
+/// `EVAL` of `body`, with Redis's clock in `now`.
+fn script(body: &str) -> redis::Cmd {
+    redis::cmd("EVAL").arg(format!("{NOW_MS}{body}")).to_owned()
+}
+
+async fn unlock(store: &RedisStore, key: &str) {
+    let unlock = script(UNLOCK).arg(2).arg(lock_key(key)).arg(EXPIRY).to_owned();
+    let _ = store.call::<()>("idempotency_unlock", &unlock).await;
+}
+
+impl IdempotencyStore {
+    /// Deletes the Redis records and locks whose time is up; returns how many. (The
+    /// in-process store expires its own.)
+    pub async fn sweep(&self) -> Result<u64, crate::adapters::cache::redis::StoreError> {
+        let Backend::Redis { store, .. } = &self.0 else { return Ok(0) };
+        let mut deleted = 0;
+        loop {
+            let sweep = script(SWEEP).arg(1).arg(EXPIRY).arg(SWEEP_BATCH).to_owned();
+            let n: u64 = store.call("idempotency_sweep", &sweep).await?;
+            deleted += n;
+            if n < SWEEP_BATCH {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Sweeps every `every` until `stopping`.
+    pub async fn run_sweeper(self: Arc<Self>, every: Duration, mut stopping: crate::shutdown::Stopping) {
+        let mut ticks = crate::shutdown::every(every);
+        while stopping.tick(&mut ticks).await {
+            if let Ok(n) = self.sweep().await
+                && n > 0
+            {
+                tracing::debug!(keys = n, "Deleted expired idempotency records and locks");
+            }
         }
     }
 }
@@ -359,35 +451,29 @@ async fn claim_redis(store: &RedisStore, lock_ttl: Duration, key: &str, fp: &str
             Ok(None) => {}
             Err(()) => return Claim::Unavailable,
         }
-        let lock = redis::cmd("SET")
+        let lock = script(LOCK)
+            .arg(2)
             .arg(lock_key(key))
+            .arg(EXPIRY)
             .arg(fp)
-            .arg("NX")
-            .arg("PX")
-            .arg(lock_ttl.as_millis() as u64)
+            .arg(lock_ttl.as_millis().max(1) as u64)
             .to_owned();
         match store.call::<Option<String>>("idempotency_lock", &lock).await {
-            Ok(Some(_)) => {
+            Ok(None) => {
                 // The previous owner may have stored its record and unlocked between our GET
-                // and our SET NX. It writes the record before unlocking, so look once more.
+                // and our lock. It writes the record before unlocking, so look once more.
                 return match stored(store, key, fp).await {
                     Ok(None) => Claim::Fresh,
                     Ok(Some(verdict)) => {
-                        let _ = store.call::<()>("idempotency_unlock", redis::cmd("DEL").arg(lock_key(key))).await;
+                        unlock(store, key).await;
                         verdict
                     }
                     Err(()) => Claim::Unavailable,
                 };
             }
-            Ok(None) => {
-                // Someone else is computing; a different body under the same key conflicts now.
-                if let Ok(Some(owner)) =
-                    store.call::<Option<String>>("idempotency_get", redis::cmd("GET").arg(lock_key(key))).await
-                    && owner != fp
-                {
-                    return Claim::Conflict;
-                }
-            }
+            // Someone else is computing; a different body under the same key conflicts now.
+            Ok(Some(owner)) if owner != fp => return Claim::Conflict,
+            Ok(Some(_)) => {}
             Err(_) => return Claim::Unavailable,
         }
         if Instant::now() + POLL > deadline {

@@ -50,6 +50,11 @@ pub const LOG_SPOOLED: &str = "log_spooled_total";
 pub const LOG_REPLAYED: &str = "log_replayed_total";
 pub const LOG_DEAD_LETTER: &str = "log_dead_letter_total";
 pub const DROPPED_LOGS: &str = "dropped_logs_total";
+pub const REQUEST_LOG_PARTITIONS_DROPPED: &str = "request_log_partitions_dropped_total";
+pub const REQUEST_LOG_ROWS_PRUNED: &str = "request_log_rows_pruned_total";
+pub const REQUEST_LOG_RETENTION_DAYS: &str = "request_log_retention_days";
+pub const REQUEST_LOG_MAINTAINED_AT: &str = "request_log_maintenance_last_success_timestamp_seconds";
+pub const REQUEST_LOG_DATABASE_BYTES: &str = "request_log_database_bytes";
 pub const MEMORY_GROWTH_ENABLED: &str = "debug_memory_growth_enabled";
 pub const MEMORY_GROWTH_BYTES: &str = "debug_memory_growth_bytes";
 pub const RATE_LIMITED: &str = "rate_limited_total";
@@ -219,6 +224,28 @@ fn register_all() {
     counter!(LOG_SPOOLED).absolute(0);
     counter!(LOG_REPLAYED).absolute(0);
     counter!(LOG_DEAD_LETTER).absolute(0);
+    describe_counter!(
+        REQUEST_LOG_PARTITIONS_DROPPED,
+        "Day partitions of inference_logs dropped past REQUEST_LOG_RETENTION_DAYS (Postgres)."
+    );
+    counter!(REQUEST_LOG_PARTITIONS_DROPPED).absolute(0);
+    describe_counter!(
+        REQUEST_LOG_ROWS_PRUNED,
+        "Rows of the embedded (SQLite) request log deleted past REQUEST_LOG_RETENTION_DAYS."
+    );
+    counter!(REQUEST_LOG_ROWS_PRUNED).absolute(0);
+    describe_gauge!(REQUEST_LOG_RETENTION_DAYS, "REQUEST_LOG_RETENTION_DAYS as configured (0: rows kept forever).");
+    describe_gauge!(
+        REQUEST_LOG_MAINTAINED_AT,
+        Unit::Seconds,
+        "When the request log's maintenance (partitions ahead, retention) last completed, Unix time; 0 before the first."
+    );
+    gauge!(REQUEST_LOG_MAINTAINED_AT).set(0.0);
+    describe_gauge!(
+        REQUEST_LOG_DATABASE_BYTES,
+        Unit::Bytes,
+        "Size of the request log's database (Postgres: the database; SQLite: the file), read at each maintenance run."
+    );
     describe_counter!(LOG_ROWS_WRITTEN, "Request-log rows the database has accepted.");
     counter!(LOG_ROWS_WRITTEN).absolute(0);
     for status in ["success", "error"] {
@@ -482,12 +509,9 @@ pub async fn run_upkeep(
     every: Duration,
     mut stopping: crate::shutdown::Stopping,
 ) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => handle.run_upkeep(),
-            () = stopping.wait() => return,
-        }
+    let mut ticks = crate::shutdown::every(every);
+    while stopping.tick(&mut ticks).await {
+        handle.run_upkeep();
     }
 }
 

@@ -1,6 +1,7 @@
 pub mod doctor;
 pub mod healthcheck;
 pub mod load;
+pub mod log;
 pub mod model;
 pub mod openapi;
 pub mod predict;

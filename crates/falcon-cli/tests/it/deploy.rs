@@ -65,7 +65,7 @@ fn compose_file_follows_the_compose_spec_and_the_runbook_names() {
         assert_eq!(services["nginx"]["depends_on"][w]["condition"], "service_healthy");
     }
     let redis = services["redis"]["command"].to_string();
-    assert!(redis.contains("\"256mb\"") && redis.contains("\"allkeys-lru\""), "{redis}");
+    assert!(redis.contains("\"256mb\"") && redis.contains("\"volatile-lru\""), "{redis}");
     assert!(services["postgres"]["healthcheck"]["test"].to_string().contains("pg_isready"));
     assert_eq!(services["postgres"]["environment"]["POSTGRES_DB"], "${POSTGRES_DB:-falcon_inference}");
     assert_eq!(services["postgres"]["environment"]["POSTGRES_USER"], "${POSTGRES_USER:-falcon}");

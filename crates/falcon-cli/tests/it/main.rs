@@ -18,6 +18,7 @@ mod openapi;
 mod postgres;
 mod redis;
 mod request_log;
+mod retention;
 mod runbook;
 mod stack;
 mod worker;

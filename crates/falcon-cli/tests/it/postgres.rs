@@ -107,11 +107,17 @@ async fn every_request_makes_exactly_one_row_with_the_right_fields() {
             && !indexes.contains("worker_id_created_at"),
         "{indexes}"
     );
-    // The runbook's time queries can use the BRIN index (planner told to avoid scanning).
+    // The runbook's time queries can use the BRIN index, each day partition's own copy of it
+    // (planner told to avoid scanning).
     let plan = pg.psql(
         "SET enable_seqscan = off; EXPLAIN SELECT COUNT(*) FROM inference_logs WHERE created_at > NOW() - INTERVAL '1 minute';",
     );
-    assert!(plan.contains("inference_logs_created_at_brin"), "{plan}");
+    assert!(plan.contains("Bitmap Index Scan on inference_logs_p") && !plan.contains("Seq Scan"), "{plan}");
+    let brin = pg.psql(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+         WHERE a.amname = 'brin' AND i.indrelid = (SELECT to_regclass('inference_logs_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')))",
+    );
+    assert_eq!(brin, "1", "today's partition has the BRIN index on created_at");
     assert_eq!(
         metric(&c, &w, "db_operations_total{worker_id=\"w-log\",operation=\"insert\",status=\"error\"}").await,
         0.0

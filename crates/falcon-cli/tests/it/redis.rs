@@ -288,3 +288,88 @@ async fn an_idempotency_key_that_looks_like_a_lock_does_not_clash() {
     assert_eq!(redis.count_keys("idempotency:*"), 2, "two records, one per key");
     assert_eq!(redis.count_keys("idempotency-lock:*"), 0, "locks are released");
 }
+
+/// Redis past `maxmemory` with cache entries evicts them, never an idempotency record: after
+/// thousands of evictions every keyed request still replays its first answer. The same run
+/// under `allkeys-lru` (the policy this deployment used before) loses records, so the test
+/// can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_evicts_cache_entries_and_never_an_idempotency_record() {
+    const KEYED: usize = 200;
+    for (policy, keeps_every_record) in [("volatile-lru", true), ("allkeys-lru", false)] {
+        let redis = RedisServer::start();
+        assert_eq!(redis.command(&format!("CONFIG SET maxmemory-policy {policy}")).as_deref(), Some("+OK"));
+        let w = worker(&redis, "w-full", &[]);
+        let c = reqwest::Client::new();
+        for i in 0..KEYED {
+            let (status, body) =
+                infer(&c, &w, &format!("order {i} arrived on time"), Some(&format!("order-{i}"))).await;
+            assert_eq!((status, &body["idempotency_hit"]), (200, &json!(false)));
+        }
+        // Bound memory a little above what it holds now, then fill it with cache entries.
+        let bound = redis.info("used_memory") + (1 << 20);
+        assert_eq!(redis.command(&format!("CONFIG SET maxmemory {bound}")).as_deref(), Some("+OK"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0;
+        while redis.info("evicted_keys") < 2_000 {
+            assert!(Instant::now() < deadline, "{policy}: Redis did not evict 2,000 keys ({n} texts sent)");
+            let batch: Vec<_> = (0..16)
+                .map(|j| {
+                    let (c, url) = (c.clone(), w.url("/infer"));
+                    let text = format!("unique text number {} for the cache", n + j);
+                    async move { c.post(url).json(&json!({ "text": text })).send().await.unwrap().status() }
+                })
+                .collect();
+            for status in futures_util::future::join_all(batch).await {
+                assert_eq!(status, 200);
+            }
+            n += 16;
+        }
+        let mut replayed = 0;
+        for i in 0..KEYED {
+            let (status, body) =
+                infer(&c, &w, &format!("order {i} arrived on time"), Some(&format!("order-{i}"))).await;
+            assert_eq!(status, 200);
+            // A replay, not the model run again because the record was gone.
+            if body["idempotency_hit"] == true {
+                replayed += 1;
+            }
+        }
+        if keeps_every_record {
+            assert_eq!(
+                replayed,
+                KEYED,
+                "{policy}: every record replays after {} evictions",
+                redis.info("evicted_keys")
+            );
+            assert_eq!(redis.count_keys("idempotency:*"), KEYED);
+            assert!(redis.count_keys("cache:*") > 0, "the cache still works, within the bound");
+            let metrics = c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            let bypassed: Vec<&str> =
+                metrics.lines().filter(|l| l.contains("idempotency_bypass") && !l.ends_with(" 0")).collect();
+            assert!(bypassed.is_empty(), "idempotency was never bypassed: {bypassed:?}");
+        } else {
+            assert!(replayed < KEYED, "{policy}: expected lost records, all {KEYED} replayed");
+        }
+    }
+}
+
+/// Idempotency records carry no Redis TTL; the workers delete them when they are due.
+#[tokio::test]
+async fn idempotency_records_have_no_redis_ttl_and_the_workers_delete_them_when_due() {
+    let redis = RedisServer::start();
+    let w = worker(&redis, "w-ttl", &[("IDEMPOTENCY_TTL_SECONDS", "1")]);
+    let c = reqwest::Client::new();
+    let (_, first) = infer(&c, &w, "Loved every minute", Some("order-ttl")).await;
+    assert_eq!(first["idempotency_hit"], false);
+    assert_eq!(redis.command("TTL idempotency:order-ttl").as_deref(), Some(":-1"), "no TTL: never evicted");
+    assert_eq!(redis.command("ZCARD idempotency-expiry").as_deref(), Some(":1"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis.count_keys("idempotency:*") != 0 {
+        assert!(Instant::now() < deadline, "the record was not deleted after its TTL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis.command("ZCARD idempotency-expiry").as_deref(), Some(":0"));
+    let (_, again) = infer(&c, &w, "Loved every minute", Some("order-ttl")).await;
+    assert_eq!(again["idempotency_hit"], false, "an expired key computes afresh");
+}

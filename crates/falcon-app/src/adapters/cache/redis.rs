@@ -139,13 +139,8 @@ impl RedisStore {
     /// PINGs Redis every `every`; a success closes the breaker at once, so the cache is
     /// back as soon as Redis is, not after the breaker's open period.
     pub async fn run_health_probe(self: Arc<Self>, every: Duration, mut stopping: crate::shutdown::Stopping) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = stopping.wait() => return,
-            }
+        let mut ticks = crate::shutdown::every(every);
+        while stopping.tick(&mut ticks).await {
             let mut conn = self.conn.clone();
             let ping = tokio::time::timeout(self.op_timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
             let ok = matches!(ping, Ok(Ok(_)));

@@ -23,6 +23,7 @@
 //! journal for the next start.
 
 mod record;
+pub mod retention;
 pub mod sink;
 pub mod spool;
 
@@ -39,6 +40,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 pub use record::{COLUMNS, DecodeError, LogRecord, Value};
+pub use retention::Retention;
 pub use sink::{Sink, WriteError};
 pub use spool::Spool;
 
@@ -225,6 +227,8 @@ pub struct WriterConfig {
     /// The writer thread's `nice` (`LOG_WRITER_NICE`): how readily it yields the CPU to
     /// request threads.
     pub nice: i32,
+    /// How long rows are kept (`REQUEST_LOG_RETENTION_DAYS`); see `retention`.
+    pub retention: Retention,
 }
 
 /// Starts the writer; returns the request path's handle, the writer, and the database
@@ -270,6 +274,8 @@ pub fn start(
         down_warning: Throttle::new(Duration::from_secs(10)),
         read_warning: Throttle::new(Duration::from_secs(10)),
     };
+    // Partitions ahead and retention, on the writer's thread: off the request path, at its priority.
+    let maintenance = retention::keep(sink.clone(), config.retention);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
     let spawned = std::thread::Builder::new().name("request-log-writer".into()).spawn(move || {
@@ -281,6 +287,7 @@ pub fn start(
             runtime.block_on(async {
                 tokio::select! {
                     () = state.run() => {}
+                    () = maintenance => {}
                     _ = stop => {}
                 }
             });
@@ -374,13 +381,8 @@ async fn probe(
     timeout: Duration,
     mut stopping: crate::shutdown::Stopping,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stopping.wait() => return,
-        }
+    let mut ticks = crate::shutdown::every(Duration::from_secs(1));
+    while stopping.tick(&mut ticks).await {
         let ok = matches!(tokio::time::timeout(timeout, sink.ping()).await, Ok(Ok(())));
         available.store(ok, Ordering::Relaxed);
         if ok {

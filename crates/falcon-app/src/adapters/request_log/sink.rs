@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
 use super::{COLUMNS, LogRecord, Value};
@@ -36,9 +36,13 @@ fn stage_table() -> String {
     )
 }
 
+/// The table is partitioned by day, so its unique index is (log_id, created_at): a record
+/// written twice has both the same.
 fn insert_from_stage() -> String {
     let cols = COLUMNS.join(", ");
-    format!("INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (log_id) DO NOTHING")
+    format!(
+        "INSERT INTO inference_logs ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT (log_id, created_at) DO NOTHING"
+    )
 }
 
 /// Rows in one SQLite INSERT: 128 × 20 values stays well below SQLite's limit on bound values.
@@ -170,7 +174,10 @@ impl Sink {
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL: durable across a process crash; only an OS crash can lose
             // the last commits. A full fsync per batch cost a third of /infer throughput.
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            // Pages freed by retention go back to the file system (`retention`); takes
+            // effect on a new file, and an older one is converted at its first prune.
+            .auto_vacuum(SqliteAutoVacuum::Incremental);
         // The connection lives for the process (no idle or lifetime limit), and it is opened
         // from a thread at the writer's lower priority: sqlx runs SQLite on a thread of its
         // own, which inherits that priority, so the inserts yield to request threads.

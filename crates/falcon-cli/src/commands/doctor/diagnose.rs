@@ -101,6 +101,12 @@ pub struct WorkerStats {
     /// Shadow model: sampled texts it agreed / disagreed on, since start.
     pub shadow_agreed: f64,
     pub shadow_disagreed: f64,
+    /// `REQUEST_LOG_RETENTION_DAYS`, when the worker exports it.
+    pub retention_days: Option<f64>,
+    /// When the request log's maintenance last completed (Unix time; 0: not yet).
+    pub log_maintained_at: Option<f64>,
+    /// The request log's database size, as the worker last read it.
+    pub log_database_bytes: Option<f64>,
 }
 
 impl WorkerStats {
@@ -172,6 +178,9 @@ impl WorkerStats {
             b.series("model_info", &[]).find(|x| x.value >= 1.0).and_then(|x| x.labels.get("model_version").cloned());
         s.shadow_agreed = b.total("shadow_agreement_total", &[("outcome", "agree")]);
         s.shadow_disagreed = b.total("shadow_agreement_total", &[("outcome", "disagree")]);
+        s.retention_days = b.sum("request_log_retention_days", &[]);
+        s.log_maintained_at = b.sum("request_log_maintenance_last_success_timestamp_seconds", &[]);
+        s.log_database_bytes = b.sum("request_log_database_bytes", &[]);
         let started = (a.sum("process_start_time_seconds", &[]), b.sum("process_start_time_seconds", &[]));
         if let (Some(before), Some(after)) = started {
             s.restarted_between_scrapes = (after - before).abs() > 0.5;
@@ -199,6 +208,7 @@ pub fn diagnose(seen: &Seen, stats: &[WorkerStats], book: &Playbook) -> Vec<Find
         errors(s, book, &mut findings);
         latency(s, seen, book, &mut findings);
         memory(s, book, &mut findings);
+        log_maintenance(s, book, &mut findings);
     }
     slow_database(seen, stats, book, &mut findings);
     drift(stats, book, &mut findings);
@@ -206,6 +216,62 @@ pub fn diagnose(seen: &Seen, stats: &[WorkerStats], book: &Playbook) -> Vec<Find
     postgres(seen.postgres.as_ref(), stats, book, &mut findings);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.incident.cmp(&b.incident)));
     findings
+}
+
+/// How long the request log's maintenance (hourly) may go without completing before it is a
+/// finding: two missed runs.
+const MAINTENANCE_OVERDUE_SECONDS: f64 = 2.0 * 3600.0 + 300.0;
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// A worker whose request-log maintenance has not completed for two runs: partitions are not
+/// made ahead and nothing past retention is removed, so the log's disk grows until it fills.
+fn log_maintenance(s: &WorkerStats, book: &Playbook, out: &mut Vec<Finding>) {
+    let (Some(days), Some(at), Some(uptime)) = (s.retention_days, s.log_maintained_at, s.uptime_seconds) else {
+        return;
+    };
+    let since = if at > 0.0 { unix_now() - at } else { uptime };
+    if since < MAINTENANCE_OVERDUE_SECONDS {
+        return;
+    }
+    let name = s.name.as_str();
+    let mut f = finding(
+        5,
+        Severity::Warning,
+        Some(name),
+        format!("{name}: request-log maintenance has not completed for {}", human_duration(since)),
+        if days > 0.0 {
+            format!(
+                "rows past the {days:.0}-day retention are not being removed and the coming days' partitions are \
+                 not made: the request log's disk grows until it fills; its WARN lines name the failing step"
+            )
+        } else {
+            "the coming days' partitions are not made (retention is off: REQUEST_LOG_RETENTION_DAYS=0); its WARN \
+             lines name the failing step"
+                .into()
+        },
+    );
+    if let Some(bytes) = s.log_database_bytes {
+        f.evidence.push(format!("request-log database {}", human_bytes(bytes)));
+    }
+    if let Some(bytes) = s.spool_bytes {
+        f.evidence.push(format!("spool {}", human_bytes(bytes)));
+    }
+    f.commands.push(book.command(&Action::WorkerErrors(name)));
+    f.commands.push(book.command(&Action::PruneLog(if days > 0.0 { days as u32 } else { 30 })));
+    out.push(f);
+}
+
+fn human_duration(seconds: f64) -> String {
+    if seconds >= 2.0 * 86_400.0 {
+        format!("{:.0} days", seconds / 86_400.0)
+    } else if seconds >= 2.0 * 3600.0 {
+        format!("{:.0} hours", seconds / 3600.0)
+    } else {
+        format!("{:.0} minutes", seconds / 60.0)
+    }
 }
 
 fn finding(incident: u8, severity: Severity, worker: Option<&str>, title: String, cause: String) -> Finding {
@@ -526,6 +592,7 @@ fn redis(seen: Option<&RedisSeen>, stats: &[WorkerStats], book: &Playbook, out: 
         out.push(f);
     }
     let Some(r) = seen else { return };
+    redis_eviction(r, book, out);
     if let (Some(used), Some(max)) = (r.used_memory, r.maxmemory.filter(|m| *m > 0)) {
         let share = used as f64 / max as f64;
         let noeviction = r.maxmemory_policy.as_deref() == Some("noeviction");
@@ -558,6 +625,55 @@ fn redis(seen: Option<&RedisSeen>, stats: &[WorkerStats], book: &Playbook, out: 
             f.evidence.push(format!("SLOWLOG LEN {n}"));
         }
         f.commands.push(book.command(&Action::RedisSlowlog));
+        out.push(f);
+    }
+}
+
+/// Redis near `maxmemory` or evicting, and a policy that may evict idempotency records.
+fn redis_eviction(r: &RedisSeen, book: &Playbook, out: &mut Vec<Finding>) {
+    let policy = r.maxmemory_policy.as_deref().unwrap_or("");
+    let full = match (r.used_memory, r.maxmemory.filter(|m| *m > 0)) {
+        (Some(used), Some(max)) => Some((used, max, used as f64 / max as f64)),
+        _ => None,
+    };
+    let evicted = r.evicted_keys.unwrap_or(0);
+    if policy.starts_with("allkeys-") {
+        let mut f = finding(
+            4,
+            Severity::Warning,
+            None,
+            format!("Redis runs maxmemory-policy {policy}: it may evict idempotency records"),
+            "a full Redis evicts any key, so a retried request can be computed twice; volatile-lru evicts only \
+             cache entries (idempotency records carry no TTL)"
+                .into(),
+        );
+        if evicted > 0 {
+            f.evidence.push(format!("evicted_keys {evicted}"));
+        }
+        f.commands.push(book.command(&Action::RedisMemory));
+        out.push(f);
+    } else if policy != "noeviction" && (evicted > 0 || full.is_some_and(|(_, _, share)| share > 0.9)) {
+        let mut f = finding(
+            4,
+            Severity::Warning,
+            None,
+            match full {
+                Some((_, _, share)) if share > 0.9 => format!("Redis is {:.0} % of maxmemory", share * 100.0),
+                _ => format!("Redis has evicted {evicted} keys"),
+            },
+            "cache entries give way to the maxmemory bound (idempotency records never do): the hit rate suffers, \
+             and once only records are left, writes fail; raise maxmemory or lower the TTLs"
+                .into(),
+        );
+        if let Some((used, max, _)) = full {
+            f.evidence.push(format!(
+                "used_memory {} of maxmemory {}",
+                human_bytes(used as f64),
+                human_bytes(max as f64)
+            ));
+        }
+        f.evidence.push(format!("evicted_keys {evicted}, maxmemory-policy {}", or_none(policy)));
+        f.commands.push(book.command(&Action::RedisMemory));
         out.push(f);
     }
 }
@@ -652,6 +768,48 @@ fn postgres(seen: Option<&PostgresSeen>, stats: &[WorkerStats], book: &Playbook,
         f.commands.push(book.command(&Action::PostgresSql(SQL_CONNECTIONS)));
         out.push(f);
     }
+    expired_partitions(p, stats, book, out);
+}
+
+/// Day partitions of the request log still on disk two hours after retention expired them:
+/// the database grows faster than retention removes it.
+fn expired_partitions(p: &PostgresSeen, stats: &[WorkerStats], book: &Playbook, out: &mut Vec<Finding>) {
+    let Some(partitions) = &p.log_partitions else { return };
+    // The workers' retention; the default when no worker says.
+    let days =
+        stats.iter().filter_map(|s| s.retention_days).fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
+    let days = days.unwrap_or(30.0);
+    if days <= 0.0 {
+        return;
+    }
+    let now = unix_now();
+    let overdue: Vec<&str> = partitions
+        .iter()
+        .filter(|x| x.ends_unix.is_some_and(|end| end + days * 86_400.0 + MAINTENANCE_OVERDUE_SECONDS < now))
+        .map(|x| x.name.as_str())
+        .collect();
+    if overdue.is_empty() {
+        return;
+    }
+    let mut f = finding(
+        5,
+        Severity::Warning,
+        None,
+        format!("{} request-log partitions are past the {days:.0}-day retention and still on disk", overdue.len()),
+        "the workers' hourly maintenance is not dropping them: the database grows faster than retention \
+         removes it, until the disk fills"
+            .into(),
+    );
+    let shown: Vec<&str> = overdue.iter().take(3).copied().collect();
+    f.evidence.push(format!("oldest: {}{}", shown.join(", "), if overdue.len() > 3 { ", ..." } else { "" }));
+    if let Some(bytes) = p.database_bytes {
+        f.evidence.push(format!("database size {}", human_bytes(bytes as f64)));
+    }
+    f.commands.push(book.command(&Action::PruneLog(days as u32)));
+    if let Some(s) = stats.first() {
+        f.commands.push(book.command(&Action::WorkerErrors(&s.name)));
+    }
+    out.push(f);
 }
 
 /// PredictionDriftDetected's line: a population-stability index above 0.2.
@@ -735,7 +893,7 @@ pub fn human_bytes(bytes: f64) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::super::gather::{HttpAnswer, Target};
+    use super::super::gather::{HttpAnswer, PartitionSeen, Target};
     use super::super::playbook::Shape;
     use super::*;
 
@@ -869,5 +1027,75 @@ mod tests {
         let incidents: Vec<_> = findings.iter().map(|f| (f.incident, f.severity)).collect();
         assert_eq!(incidents, [(4, Severity::Critical), (5, Severity::Critical)], "{findings:#?}");
         assert!(findings[1].title.contains("dropped"));
+    }
+
+    fn run_with(redis: Option<RedisSeen>, postgres: Option<PostgresSeen>, workers: Vec<WorkerSeen>) -> Vec<Finding> {
+        let seen = Seen { workers, balancer: None, redis, postgres };
+        let stats: Vec<_> = seen.workers.iter().map(WorkerStats::from_seen).collect();
+        let book = Playbook { shape: Shape::Compose, stack_dir: None, redis: None, database: None };
+        diagnose(&seen, &stats, &book)
+    }
+
+    #[test]
+    fn a_redis_that_evicts_or_may_evict_idempotency_records_is_incident_4() {
+        let redis = |policy: &str, used: u64, evicted: u64| RedisSeen {
+            used_memory: Some(used),
+            maxmemory: Some(1000),
+            maxmemory_policy: Some(policy.into()),
+            evicted_keys: Some(evicted),
+            ..RedisSeen::default()
+        };
+        assert!(run_with(Some(redis("volatile-lru", 500, 0)), None, vec![]).is_empty(), "room and no evictions");
+        let evicting = run_with(Some(redis("volatile-lru", 500, 12)), None, vec![]);
+        assert_eq!(evicting.len(), 1, "{evicting:#?}");
+        assert_eq!((evicting[0].incident, evicting[0].severity), (4, Severity::Warning));
+        assert!(evicting[0].title.contains("evicted 12 keys"), "{}", evicting[0].title);
+        assert!(evicting[0].commands[0].contains("evicted_keys"), "{:?}", evicting[0].commands);
+        let full = run_with(Some(redis("volatile-lru", 950, 0)), None, vec![]);
+        assert!(full[0].title.contains("95 % of maxmemory"), "{}", full[0].title);
+        let allkeys = run_with(Some(redis("allkeys-lru", 100, 0)), None, vec![]);
+        assert_eq!(allkeys.len(), 1, "{allkeys:#?}");
+        assert!(allkeys[0].title.contains("may evict idempotency records"), "{}", allkeys[0].title);
+    }
+
+    #[test]
+    fn partitions_past_retention_and_a_stalled_maintenance_are_incident_5() {
+        let now = unix_now();
+        let day = 86_400.0;
+        let part = |name: &str, ends: Option<f64>| PartitionSeen { name: name.into(), ends_unix: ends };
+        let pg = |partitions: Vec<PartitionSeen>| PostgresSeen {
+            database_bytes: Some(5 << 30),
+            log_partitions: Some(partitions),
+            ..PostgresSeen::default()
+        };
+        let kept =
+            pg(vec![part("inference_logs_default", None), part("inference_logs_p_recent", Some(now - 29.0 * day))]);
+        let metrics = |at: f64| {
+            format!(
+                "{QUIET}request_log_retention_days 30\nrequest_log_maintenance_last_success_timestamp_seconds {at}\n"
+            )
+        };
+        let fresh = metrics(now - 600.0);
+        assert!(run_with(None, Some(kept), vec![worker(&fresh, &fresh)]).is_empty());
+        let stale =
+            pg(vec![part("inference_logs_p_old", Some(now - 35.0 * day)), part("inference_logs_default", None)]);
+        let findings = run_with(None, Some(stale), vec![worker(&fresh, &fresh)]);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!((findings[0].incident, findings[0].severity), (5, Severity::Warning));
+        assert!(findings[0].title.contains("past the 30-day retention"), "{}", findings[0].title);
+        assert!(findings[0].evidence.iter().any(|e| e.contains("inference_logs_p_old")), "{:?}", findings[0].evidence);
+        assert!(findings[0].commands[0].contains("falcon log prune --older-than 30d --dry-run"));
+
+        let overdue = metrics(now - 3.0 * 3600.0);
+        let findings = run(vec![worker(&overdue, &overdue)]);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(
+            findings[0].title.contains("request-log maintenance has not completed for 3 hours"),
+            "{}",
+            findings[0].title
+        );
+        // Never completed: counts from the worker's start (QUIET's start time is long ago).
+        let never = metrics(0.0);
+        assert_eq!(run(vec![worker(&never, &never)]).len(), 1);
     }
 }

@@ -143,6 +143,7 @@ pub struct RedisSeen {
     pub used_memory: Option<u64>,
     pub maxmemory: Option<u64>,
     pub maxmemory_policy: Option<String>,
+    pub evicted_keys: Option<u64>,
     pub slowlog_len: Option<i64>,
     pub connected_clients: Option<u64>,
     pub ops_per_sec: Option<u64>,
@@ -167,6 +168,17 @@ pub struct PostgresSeen {
     pub waiting_on_locks: Option<i64>,
     pub rows_last_minute: Option<i64>,
     pub rows_error: Option<String>,
+    pub database_bytes: Option<i64>,
+    /// The request log's partitions (`None`: not partitioned, or not readable).
+    pub log_partitions: Option<Vec<PartitionSeen>>,
+}
+
+/// A partition of `inference_logs`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionSeen {
+    pub name: String,
+    /// Where its range ends (Unix time); `None` for the default partition.
+    pub ends_unix: Option<f64>,
 }
 
 /// What one run of the doctor saw.
@@ -332,6 +344,7 @@ async fn redis_facts(url: &str, seen: &mut RedisSeen) -> redis::RedisResult<()> 
     seen.used_memory = field("used_memory").and_then(|v| v.parse().ok());
     seen.maxmemory = field("maxmemory").and_then(|v| v.parse().ok());
     seen.maxmemory_policy = field("maxmemory_policy");
+    seen.evicted_keys = field("evicted_keys").and_then(|v| v.parse().ok());
     seen.connected_clients = field("connected_clients").and_then(|v| v.parse().ok());
     seen.ops_per_sec = field("instantaneous_ops_per_sec").and_then(|v| v.parse().ok());
     // CONFIG and SLOWLOG may be renamed or denied for a read-only user: not an outage.
@@ -393,6 +406,20 @@ async fn postgres_facts(url: &str, seen: &mut PostgresSeen) -> Result<(), sqlx::
         Ok(n) => seen.rows_last_minute = Some(n),
         Err(e) => seen.rows_error = Some(e.to_string()),
     }
+    seen.database_bytes =
+        sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&mut con).await.ok();
+    let partitions: Result<Vec<(String, Option<f64>)>, _> = sqlx::query_as(
+        "SELECT c.relname::text, extract(epoch FROM \
+                substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz)::float8 \
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = to_regclass('inference_logs') ORDER BY 2 NULLS LAST",
+    )
+    .fetch_all(&mut con)
+    .await;
+    seen.log_partitions = partitions
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.into_iter().map(|(name, ends_unix)| PartitionSeen { name, ends_unix }).collect());
     let _ = con.close().await;
     Ok(())
 }

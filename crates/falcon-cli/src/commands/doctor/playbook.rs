@@ -75,6 +75,8 @@ pub enum Action<'a> {
     PostgresReady,
     PostgresSql(&'a str),
     RestartPostgres,
+    /// `falcon log prune --dry-run` with this many days.
+    PruneLog(u32),
 }
 
 /// Queries the runbook runs on Postgres.
@@ -153,13 +155,13 @@ impl Playbook {
             (Shape::Native, Action::RedisPing) => format!("{stack}scripts/stack.sh redis-cli ping"),
             (_, Action::RedisPing) => format!("redis-cli -u '{redis}' ping"),
             (Shape::Compose, Action::RedisMemory) => {
-                "docker exec falcon-redis redis-cli INFO memory | grep -E 'used_memory_human|maxmemory'".into()
+                "docker exec falcon-redis redis-cli INFO | grep -E 'used_memory_human|maxmemory|evicted_keys'".into()
             }
             (Shape::Native, Action::RedisMemory) => {
-                format!("{stack}scripts/stack.sh redis-cli INFO memory | grep -E 'used_memory_human|maxmemory'")
+                format!("{stack}scripts/stack.sh redis-cli INFO | grep -E 'used_memory_human|maxmemory|evicted_keys'")
             }
             (_, Action::RedisMemory) => {
-                format!("redis-cli -u '{redis}' INFO memory | grep -E 'used_memory_human|maxmemory'")
+                format!("redis-cli -u '{redis}' INFO | grep -E 'used_memory_human|maxmemory|evicted_keys'")
             }
             (Shape::Compose, Action::RedisSlowlog) => "docker exec falcon-redis redis-cli SLOWLOG GET 10".into(),
             (Shape::Native, Action::RedisSlowlog) => format!("{stack}scripts/stack.sh redis-cli SLOWLOG GET 10"),
@@ -181,6 +183,19 @@ impl Playbook {
                 format!("docker exec falcon-postgres psql -U falcon -d falcon_inference -c \"{sql}\"")
             }
             (_, Action::PostgresSql(sql)) => format!("psql '{database}' -c \"{sql}\""),
+            (Shape::Native, Action::PruneLog(days)) => {
+                format!("{stack}scripts/stack.sh falcon log prune --older-than {days}d --dry-run")
+            }
+            (Shape::Compose, Action::PruneLog(days)) => {
+                format!("docker exec falcon-worker-1 falcon log prune --older-than {days}d --dry-run")
+            }
+            (Shape::Systemd, Action::PruneLog(days)) => format!(
+                "sudo sh -c 'set -a; . /etc/falcon/falcon.env; falcon log prune --older-than {days}d --dry-run'"
+            ),
+            (Shape::Kubernetes, Action::PruneLog(days)) => {
+                format!("kubectl -n falcon exec deploy/falcon-worker -- falcon log prune --older-than {days}d --dry-run")
+            }
+            (Shape::Local, Action::PruneLog(days)) => format!("falcon log prune --older-than {days}d --dry-run"),
             (Shape::Native, Action::RestartPostgres) => format!("{stack}scripts/stack.sh restart postgres"),
             (Shape::Compose, Action::RestartPostgres) => "docker compose restart postgres".into(),
             (Shape::Systemd, Action::RestartPostgres) => "sudo systemctl restart postgresql".into(),
@@ -243,9 +258,18 @@ mod tests {
             Action::RestartRedis,
             Action::PostgresReady,
             Action::RestartPostgres,
+            Action::PruneLog(30),
         ] {
             let command = local.command(&action);
             assert!(!command.contains("docker") && !command.contains("stack.sh"), "{command}");
+        }
+    }
+
+    #[test]
+    fn the_prune_is_spelled_for_each_deployment_and_changes_nothing() {
+        for shape in [Shape::Native, Shape::Compose, Shape::Systemd, Shape::Kubernetes, Shape::Local] {
+            let command = book(shape).command(&Action::PruneLog(7));
+            assert!(command.contains("falcon log prune --older-than 7d --dry-run"), "{command}");
         }
     }
 

@@ -72,6 +72,16 @@ impl RedisServer {
         Some(line.trim_end().to_owned())
     }
 
+    /// A numeric field of `INFO` (`used_memory`, `evicted_keys`), read with redis-cli.
+    pub fn info(&self, field: &str) -> u64 {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string(), "INFO"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in INFO: {text}"))
+    }
+
     /// Number of keys matching a pattern (`KEYS pattern`). Fails if Redis does not answer:
     /// an unreachable server must never read as "no keys".
     pub fn count_keys(&self, pattern: &str) -> usize {
