@@ -47,8 +47,15 @@ fn breaker() -> Arc<CircuitBreaker> {
     ))
 }
 
-/// Records through the writer (journal on) until all are written; returns (rows/s, µs per record call).
-async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f64) {
+/// Records through the writer (journal on) until all are written; returns (rows/s, µs per
+/// record call). `alongside` is awaited before the writer is finished (which closes the
+/// sink's pool): work that shares the pool and must end first.
+async fn through_writer(
+    sink: &Sink,
+    rows: usize,
+    concurrency: usize,
+    alongside: impl std::future::Future<Output = ()>,
+) -> (f64, f64) {
     let spool = tempfile::tempdir().unwrap();
     let (spooling, _) = request_log::open_spool(spool.path(), "bench", 4 << 30).unwrap();
     let config = WriterConfig {
@@ -75,6 +82,7 @@ async fn through_writer(sink: &Sink, rows: usize, concurrency: usize) -> (f64, f
         // Let the writer run as it would between requests.
         tokio::task::yield_now().await;
     }
+    alongside.await;
     drop(log);
     writer.finish(Duration::from_secs(600)).await;
     (rows as f64 / started.elapsed().as_secs_f64(), recording.as_secs_f64() * 1e6 / rows as f64)
@@ -102,10 +110,11 @@ async fn sqlite_retention_cost(rows: usize) {
         let done = pruner.maintain(request_log::Retention::days(30), chrono::Utc::now(), false).await.unwrap();
         (done.rows, started.elapsed().as_secs_f64())
     });
-    let (rate, record_us) = through_writer(&sqlite, rows, 1).await;
-    let (deleted, prune_s) = prune.await.unwrap();
-    let Sink::Sqlite(pool) = &sqlite else { unreachable!("a SQLite sink") };
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(pool).await.unwrap();
+    let mut pruned = None;
+    let (rate, record_us) = through_writer(&sqlite, rows, 1, async { pruned = Some(prune.await.unwrap()) }).await;
+    let (deleted, prune_s) = pruned.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("bench.db").display())).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap();
     assert_eq!((deleted, left), (rows as u64, rows as i64), "every expired row deleted, every new record a row");
     println!(
         "{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"while_pruning_rows\":{deleted},\"prune_s\":{prune_s:.2},\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
@@ -128,7 +137,7 @@ async fn main() {
         // A pool per writer: the writer runs its own runtime, and a connection opened on a
         // runtime that has ended cannot be used from the next one.
         let sink = Sink::postgres(&url, 8, Duration::from_secs(30)).unwrap();
-        let (rate, record_us) = through_writer(&sink, rows, concurrency).await;
+        let (rate, record_us) = through_writer(&sink, rows, concurrency, async {}).await;
         assert_eq!(count(&pool).await as usize, rows, "every record must be in the table");
         println!(
             "{{\"bench\":\"writer\",\"sink\":\"postgres\",\"rows\":{rows},\"concurrency\":{concurrency},\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
@@ -138,7 +147,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0).await.unwrap();
     sqlite.migrate().await.unwrap();
-    let (rate, record_us) = through_writer(&sqlite, rows, 1).await;
+    let (rate, record_us) = through_writer(&sqlite, rows, 1, async {}).await;
     println!(
         "{{\"bench\":\"writer\",\"sink\":\"sqlite\",\"rows\":{rows},\"concurrency\":1,\"rows_per_s\":{rate:.0},\"record_us\":{record_us:.2}}}"
     );

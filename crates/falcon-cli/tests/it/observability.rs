@@ -27,7 +27,7 @@ async fn scrape(c: &reqwest::Client, w: &Worker) -> String {
     c.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
-const ALERTS: [&str; 16] = [
+const ALERTS: [&str; 17] = [
     "HighP95Latency",
     "VeryHighP95Latency",
     "HighErrorRate",
@@ -43,6 +43,7 @@ const ALERTS: [&str; 16] = [
     "LowCacheHitRate",
     "CacheErrors",
     "DatabaseOperationSlow",
+    "RequestLogMaintenanceStalled",
     "PredictionDriftDetected",
 ];
 

@@ -48,6 +48,22 @@ fn insert_from_stage() -> String {
 /// Rows in one SQLite INSERT: 128 × 20 values stays well below SQLite's limit on bound values.
 const SQLITE_ROWS_PER_STATEMENT: usize = 128;
 
+/// `batch` in chunks of `SQLITE_ROWS_PER_STATEMENT` rows, then the rest in chunks of the
+/// largest power of two that fits: every chunk's length is a power of two up to 128.
+fn sqlite_chunks(batch: &[LogRecord]) -> impl Iterator<Item = &[LogRecord]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size =
+            if rest.len() >= SQLITE_ROWS_PER_STATEMENT { SQLITE_ROWS_PER_STATEMENT } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 /// A SQLite INSERT of `rows` rows (prepared once per size and cached by the connection).
 fn sqlite_insert(rows: usize) -> String {
     let row = format!("({})", ["?"; COLUMNS.len()].join(", "));
@@ -230,23 +246,20 @@ impl Sink {
         written.map_err(|e| WriteError::classify(&e))
     }
 
-    /// SQLite: multi-row INSERTs of up to 128 rows, prepared once and cached, in one
-    /// transaction. Each statement is a round trip to SQLite's worker thread, so rows per
-    /// statement is what sets the rate.
+    /// SQLite: multi-row INSERTs of up to 128 rows, in one transaction. Each statement is a
+    /// round trip to SQLite's worker thread, so rows per statement is what sets the rate.
+    /// The connection caches each statement it prepares, and one of 128 rows holds 2,560
+    /// parameters: so the rows go in chunks of 128 and the rest in chunks of a power of two
+    /// (`sqlite_chunks`), at most eight statements in all. (A statement for every length of
+    /// the last chunk grew the worker by megabytes as new lengths came.)
     async fn sqlite_insert(pool: &SqlitePool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
+        static STATEMENTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
         let mut tx = pool.begin().await?;
         let mut inserted = 0;
-        for rows in batch.chunks(SQLITE_ROWS_PER_STATEMENT) {
-            // The full-size statement's text is built once; only a batch's last, shorter
-            // chunk builds its own.
-            static FULL: std::sync::LazyLock<String> =
-                std::sync::LazyLock::new(|| sqlite_insert(SQLITE_ROWS_PER_STATEMENT));
-            let sql = if rows.len() == SQLITE_ROWS_PER_STATEMENT {
-                std::borrow::Cow::Borrowed(FULL.as_str())
-            } else {
-                std::borrow::Cow::Owned(sqlite_insert(rows.len()))
-            };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_ref()));
+        for rows in sqlite_chunks(batch) {
+            let size = rows.len();
+            let sql = STATEMENTS[size.trailing_zeros() as usize].get_or_init(|| sqlite_insert(size));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for r in rows {
                 for value in r.values() {
                     q = match value {
@@ -340,6 +353,22 @@ mod tests {
             created_at: chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00.5Z").unwrap().into(),
             ..LogRecord::new("req-1", "w\t1", "v1")
         }
+    }
+
+    #[test]
+    fn sqlite_statements_come_in_eight_sizes() {
+        let batch: Vec<LogRecord> = (0..500).map(|_| record()).collect();
+        let sizes: Vec<usize> = sqlite_chunks(&batch).map(<[LogRecord]>::len).collect();
+        assert_eq!(sizes, [128, 128, 128, 64, 32, 16, 4]);
+        assert_eq!(sqlite_chunks(&batch[..1]).map(<[LogRecord]>::len).collect::<Vec<_>>(), [1]);
+        assert_eq!(sqlite_chunks(&[]).count(), 0);
+        let mut all = std::collections::BTreeSet::new();
+        for n in 0..=600 {
+            let chunks: Vec<usize> = sqlite_chunks(&batch[..n.min(500)]).map(<[LogRecord]>::len).collect();
+            assert_eq!(chunks.iter().sum::<usize>(), n.min(500), "every row once");
+            all.extend(chunks);
+        }
+        assert_eq!(all.into_iter().collect::<Vec<_>>(), [1, 2, 4, 8, 16, 32, 64, 128]);
     }
 
     #[test]
