@@ -99,12 +99,12 @@ pub fn partition_name(day: NaiveDate) -> String {
 /// A partition of `inference_logs` as the catalog describes it; `None` bounds are
 /// MINVALUE / MAXVALUE (or, for the default partition, none at all).
 #[derive(Debug, sqlx::FromRow)]
-struct Partition {
-    name: String,
-    is_default: bool,
-    lower: Option<DateTime<Utc>>,
-    upper: Option<DateTime<Utc>>,
-    rows_estimate: f32,
+pub struct Partition {
+    pub name: String,
+    pub is_default: bool,
+    pub lower: Option<DateTime<Utc>>,
+    pub upper: Option<DateTime<Utc>>,
+    pub rows_estimate: f32,
 }
 
 impl Partition {
@@ -114,14 +114,20 @@ impl Partition {
     }
 }
 
+/// The partitions of `inference_logs`, oldest end first (none when the table is missing or
+/// not partitioned). The maintenance and `falcon doctor` read them alike.
+pub async fn partitions(conn: &mut sqlx::PgConnection) -> Result<Vec<Partition>, sqlx::Error> {
+    sqlx::query_as(PARTITIONS).fetch_all(conn).await
+}
+
 const PARTITIONS: &str = "SELECT c.relname::text AS name,
        pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
        substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \\(''([^'']+)''\\)')::timestamptz AS lower,
        substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz AS upper,
        c.reltuples AS rows_estimate
   FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
- WHERE i.inhparent = 'inference_logs'::regclass
- ORDER BY 1";
+ WHERE i.inhparent = to_regclass('inference_logs')
+ ORDER BY upper NULLS LAST, name";
 
 /// How often a worker runs maintenance, once its first run (at start) has worked.
 pub const EVERY: Duration = Duration::from_secs(3600);
@@ -240,7 +246,7 @@ async fn maintain_postgres(
         return Ok(Maintenance { failed: vec![why.into()], ..Maintenance::default() });
     }
     sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))).execute(&mut *tx).await?;
-    let partitions: Vec<Partition> = sqlx::query_as(PARTITIONS).fetch_all(&mut *tx).await?;
+    let partitions = partitions(&mut tx).await?;
     let mut done = Maintenance::default();
 
     let cutoff = retention.cutoff(now);

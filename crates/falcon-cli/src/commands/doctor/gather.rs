@@ -408,18 +408,13 @@ async fn postgres_facts(url: &str, seen: &mut PostgresSeen) -> Result<(), sqlx::
     }
     seen.database_bytes =
         sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&mut con).await.ok();
-    let partitions: Result<Vec<(String, Option<f64>)>, _> = sqlx::query_as(
-        "SELECT c.relname::text, extract(epoch FROM \
-                substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz)::float8 \
-         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = to_regclass('inference_logs') ORDER BY 2 NULLS LAST",
-    )
-    .fetch_all(&mut con)
-    .await;
-    seen.log_partitions = partitions
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(|p| p.into_iter().map(|(name, ends_unix)| PartitionSeen { name, ends_unix }).collect());
+    // The same catalog read as the workers' maintenance.
+    let partitions = falcon_app::adapters::request_log::retention::partitions(&mut con).await;
+    seen.log_partitions = partitions.ok().filter(|p| !p.is_empty()).map(|p| {
+        p.into_iter()
+            .map(|p| PartitionSeen { ends_unix: p.upper.map(|u| u.timestamp() as f64), name: p.name })
+            .collect()
+    });
     let _ = con.close().await;
     Ok(())
 }
