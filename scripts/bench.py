@@ -22,7 +22,11 @@ What it measures, in this order:
 3. the native stack (scripts/stack.sh: real nginx, 3 release workers, throwaway Redis and
    Postgres, nginx's per-client limit raised so it is not what is measured): same and unique
    text through nginx, then k6's spike scenario (tests/load/spike.js, short form: 10 users,
-   300 at once, back to 10) with its latency second by second; rows = requests again.
+   300 at once, back to 10) with its latency second by second; rows = requests again;
+4. the peer (scripts/lib/peer.py): NVIDIA's perf_analyzer, Triton's own load tool, at
+   concurrency 1, 8 and 32 against Falcon's Open Inference Protocol route (cache off) and
+   against MLServer serving the same data's scikit-learn model, one at a time: infer/s, p50,
+   p99, CPU µs a request of each server's whole process tree, RSS, and the ratios.
 
 Settings (environment):
   BENCH_DURATION     seconds per scenario and server, split over the rounds (default 9)
@@ -30,6 +34,7 @@ Settings (environment):
   BENCH_OUT          where results.{json,md,png} go (default bench)
   BENCH_QUICK=1      a smoke run (make test): no criterion, 1 round, the spike at 1/4 length
   BENCH_STACK=0      skips section 3
+  BENCH_PEER=0       skips section 4 (which installs perf_analyzer and MLServer into .tools once)
   FALCON_BIN, FLOOR_BIN   the binaries (default target/release/falcon and
                      target/release/examples/floor; scripts/bench.sh builds them)
 Exit status 0 when every run completed and no row was lost (the targets are reported, not
@@ -54,7 +59,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
-from stackctl import ROOT, Stack, die, falcon_load, free_port, log_drained, metric, rss_mb  # noqa: E402
+from stackctl import ROOT, Stack, cpu_by_pid, die, falcon_load, free_port, log_drained, metric, rss_mb  # noqa: E402
+import peer  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROUNDS = 1 if QUICK else 3
@@ -156,36 +162,6 @@ def combine(reports: list[dict]) -> dict:
             for name in reports[0]["cpu_s"]
         },
     }
-
-
-def process_tree(pid: int) -> list[int]:
-    """PID and its descendants (a Postgres postmaster and its backends, nginx and its workers)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(parents.get(p, []))
-    return out
-
-
-def cpu_by_pid(roots: list[int]) -> dict[int, float]:
-    """User + system CPU seconds (all threads) of ROOTS and their descendants, by process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for pid in (p for root in roots for p in process_tree(root)):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
 
 
 def children_cpu() -> float:
@@ -474,6 +450,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"Spike through nginx (k6, tests/load/spike.js short form): {sp['requests']:,} requests, "
                   f"{sp['failed']} failed, worst second's p99 {peak['p99_ms']:.1f} ms at t = {peak['t_s']} s "
                   f"(k6 thresholds {'passed' if sp['k6_exit'] == 0 else 'FAILED'})."]
+    if "peer" in report:
+        lines += peer.markdown(report["peer"])
     lines += ["", "![throughput, latency and the spike](results.png)", ""]
     return "\n".join(lines)
 
@@ -551,6 +529,9 @@ def main() -> None:
         if os.environ.get("BENCH_STACK", "1") != "0":
             print("bench: native stack (nginx + 3 workers) and the k6 spike", flush=True)
             stack_section(Path(tmp), report)
+        if os.environ.get("BENCH_PEER", "1") != "0":
+            print("bench: perf_analyzer against Falcon and MLServer", flush=True)
+            peer.peer_section(Path(tmp), report, worker, QUICK)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "results.md").write_text(markdown(report))

@@ -82,3 +82,8 @@ if ! "$tools/bin/python" -c "import matplotlib" >/dev/null 2>&1; then
   echo "installing matplotlib into $tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check "matplotlib==3.10.7"
 fi
+# NVIDIA's perf_analyzer (from the tritonclient 2.41.0 wheel, with the two libraries it links)
+# drives the OIP route with Triton's own load tool (a short run in make test; make bench).
+./scripts/install-perf-analyzer.sh
+# MLServer, the peer of make bench's perf_analyzer section (its smoke run is in make test).
+./scripts/install-mlserver.sh

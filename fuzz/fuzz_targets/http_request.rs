@@ -1,6 +1,7 @@
 //! The HTTP layer of a real worker (the shipped model, in-process cache and idempotency),
 //! driven in-process with any method, path, headers and body: request parsing, content
-//! types, JSON, validation, the batch and Open Inference Protocol formats. No panic (the
+//! types, JSON, validation, the batch and Open Inference Protocol formats (with Triton's
+//! binary tensor data framing, when the input sets its header length). No panic (the
 //! worker turns one into a 500, so a 500 fails here), every error is a JSON body with a
 //! known `error_type` (or the protocol's `{"error": …}` under /v2), and every prediction is
 //! a probability distribution.
@@ -56,10 +57,12 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-const PATHS: [&str; 12] = [
+const PATHS: [&str; 14] = [
     "/infer",
     "/infer/batch",
     "/v2/models/sentiment/infer",
+    "/v2/models/sentiment/config",
+    "/v2/models/sentiment/versions/1/infer",
     "/v2/models/other/infer",
     "/v2/models/sentiment",
     "/v2",
@@ -71,8 +74,14 @@ const PATHS: [&str; 12] = [
     "/docs/",
 ];
 
-const CONTENT_TYPES: [&str; 5] =
-    ["application/json", "application/json; charset=utf-8", "text/plain", "application/problem+json", ""];
+const CONTENT_TYPES: [&str; 6] = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "text/plain",
+    "application/problem+json",
+    "application/octet-stream",
+    "",
+];
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -84,6 +93,9 @@ struct Input {
     idempotency_key: Option<String>,
     request_id: Option<String>,
     authorization: Option<String>,
+    /// `Inference-Header-Content-Length`: the body is a JSON header of this many bytes and
+    /// binary tensor data.
+    header_length: Option<u16>,
     body: Vec<u8>,
 }
 
@@ -102,13 +114,29 @@ fn request(input: &Input) -> Option<Request<Body>> {
             builder = builder.header(name, v.as_str());
         }
     }
+    if let Some(length) = input.header_length {
+        builder = builder.header("inference-header-content-length", length);
+    }
     // A path or header value the HTTP parser itself would refuse never reaches the worker.
     builder.body(Body::from(input.body.clone())).ok()
 }
 
-fn check(path: &str, status: StatusCode, body: &[u8]) {
+fn check(path: &str, status: StatusCode, header_length: Option<usize>, body: &[u8]) {
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {}", String::from_utf8_lossy(body));
     if path == "/metrics" || path.starts_with("/docs") {
+        return;
+    }
+    // A binary answer: its JSON header, then the outputs' bytes, which must add up.
+    if let Some(length) = header_length {
+        assert!(status.is_success() && length <= body.len(), "{path} {status}: header length {length}");
+        let header: Value = serde_json::from_slice(&body[..length]).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let sizes: u64 = header["outputs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{header}"))
+            .iter()
+            .filter_map(|o| o["parameters"]["binary_data_size"].as_u64())
+            .sum();
+        assert_eq!(sizes, (body.len() - length) as u64, "{header}");
         return;
     }
     let json: Value = serde_json::from_slice(body)
@@ -132,11 +160,15 @@ fuzz_target!(|input: Input| {
     let Some(req) = request(&input) else { return };
     let path = req.uri().path().to_owned();
     let f = fixture();
-    let (status, body) = f.runtime.block_on(async {
+    let (status, header_length, body) = f.runtime.block_on(async {
         let response = f.router.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
         let status = response.status();
+        let header_length = response
+            .headers()
+            .get("inference-header-content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        (status, body)
+        (status, header_length, body)
     });
-    check(&path, status, &body);
+    check(&path, status, header_length, &body);
 });

@@ -69,6 +69,36 @@ def rss_mb(pid: int) -> float:
     return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
 
 
+def process_tree(pid: int) -> list[int]:
+    """PID and its descendants (a Postgres postmaster and its backends, nginx and its workers)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_by_pid(roots: list[int]) -> dict[int, float]:
+    """User + system CPU seconds (all threads) of ROOTS and their descendants, by process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in (p for root in roots for p in process_tree(root)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def falcon_load(
     binary: str, addr: str, scenarios: list[str], seconds: float, connections: int, rate: float | None = None
 ) -> list[dict]:

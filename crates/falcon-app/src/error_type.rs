@@ -43,7 +43,7 @@ macro_rules! error_types {
 }
 
 error_types! {
-    /// The body is not JSON (or, for OIP, not an inference request).
+    /// The body is not JSON (or, for OIP, not an inference request, or its binary tensor data is malformed).
     InvalidJson = "invalid_json", 400;
     /// The body is over `MAX_REQUEST_BODY_BYTES` (or its `Content-Length` says it will be).
     PayloadTooLarge = "payload_too_large", 413;

@@ -643,3 +643,118 @@ async fn an_unknown_open_inference_protocol_model_is_a_404_in_the_protocols_shap
         assert!(body["error"].as_str().unwrap().contains("unknown model 'nope'"), "{uri}: {body}");
     }
 }
+
+/// A binary tensor data request (Triton's extension): `header` as its JSON part, then `data`.
+fn oip_binary(header: &Value, data: &[u8]) -> Request<Body> {
+    let json = serde_json::to_vec(header).unwrap();
+    let mut body = json.clone();
+    body.extend_from_slice(data);
+    Request::post("/v2/models/sentiment/infer")
+        .header("inference-header-content-length", json.len())
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// `texts` as BYTES elements: each a 4-byte little-endian length and its bytes.
+fn bytes_elements(texts: &[&str]) -> Vec<u8> {
+    texts.iter().flat_map(|t| (t.len() as u32).to_le_bytes().into_iter().chain(t.bytes())).collect()
+}
+
+fn binary_input(size: usize, shape: &[usize]) -> Value {
+    serde_json::json!({
+        "inputs": [{ "name": "text", "shape": shape, "datatype": "BYTES", "parameters": { "binary_data_size": size } }],
+        "parameters": { "binary_data_output": true },
+    })
+}
+
+/// Issue 35: binary inputs in, binary outputs out, as Triton's HTTP/REST binary tensor data
+/// extension frames them.
+#[tokio::test]
+async fn binary_tensor_data_goes_both_ways() {
+    let s = state().await;
+    let data = bytes_elements(&["a good day", "a bad day"]);
+    let resp = router(s.clone()).oneshot(oip_binary(&binary_input(data.len(), &[2, 1]), &data)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let header_length: usize = resp.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let header: Value = serde_json::from_slice(&body[..header_length]).unwrap();
+    let tail = &body[header_length..];
+    let label_size = header["outputs"][0]["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+    assert!(header["outputs"][0].get("data").is_none(), "{header}");
+    assert_eq!(&tail[..label_size], bytes_elements(&["positive", "negative"]));
+    let probabilities: Vec<f32> =
+        tail[label_size..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(probabilities, [0.2, 0.8, 0.8, 0.2]);
+    assert_eq!(header["outputs"][1]["shape"], serde_json::json!([2, 2]));
+}
+
+/// Bad framing is a clear 400 in the protocol's shape, whatever is wrong: a header length
+/// past the body, an element length past the data, sizes that do not match the shape or the
+/// body, text that is not UTF-8. The message says where, never what the bytes hold.
+#[tokio::test]
+async fn malformed_binary_tensor_data_is_a_clear_400() {
+    let s = state().await;
+    let data = bytes_elements(&["a good day"]);
+    let mut past_the_body = oip_binary(&binary_input(data.len(), &[1]), &data);
+    past_the_body.headers_mut().insert("inference-header-content-length", "100000".parse().unwrap());
+    let mut long_element = 1_000_000u32.to_le_bytes().to_vec();
+    long_element.extend_from_slice(b"secret text");
+    let mut not_utf8 = 3u32.to_le_bytes().to_vec();
+    not_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    let cases = [
+        (past_the_body, "says 100000 bytes; the body has"),
+        (
+            oip_binary(&binary_input(long_element.len(), &[1]), &long_element),
+            "element 0 says 1000000 bytes; 11 are left",
+        ),
+        (
+            oip_binary(&binary_input(data.len() + 5, &[1]), &data),
+            "binary_data_size 19; 14 bytes of binary data are left",
+        ),
+        (
+            oip_binary(&binary_input(data.len(), &[1]), &[data.clone(), vec![0; 3]].concat()),
+            "3 bytes of binary data follow",
+        ),
+        (oip_binary(&binary_input(data.len(), &[2]), &data), "its shape says 2 elements, its binary data holds 1"),
+        (oip_binary(&binary_input(not_utf8.len(), &[1]), &not_utf8), "element 0 is not UTF-8 text"),
+    ];
+    for (req, expected) in cases {
+        let (status, _, body) = send(&s, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{expected}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{expected}: {body}");
+        assert!(message.starts_with("binary tensor data is malformed"), "{body}");
+        assert!(!message.contains("secret"), "{body}");
+    }
+}
+
+/// Issue 35: the model configuration, and every model route with the version served; any
+/// other version is the protocol's 404.
+#[tokio::test]
+async fn the_model_configuration_and_versioned_paths_answer_for_the_version_served() {
+    let s = state().await;
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, _, config) = send(&s, get("/v2/models/sentiment/config")).await;
+    assert_eq!(status, StatusCode::OK, "{config}");
+    assert_eq!(config["name"], "sentiment");
+    assert_eq!(config["output"][1]["dims"], serde_json::json!([2]), "the fake model's two classes");
+    assert_eq!(config["parameters"]["model_version"]["string_value"], "fake-v1");
+    for uri in ["/v2/models/sentiment/versions/fake-v1", "/v2/models/sentiment/versions/fake-v1/ready"] {
+        let (status, _, body) = send(&s, get(uri)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+    let (status, _, versioned) = send(&s, get("/v2/models/sentiment/versions/fake-v1/config")).await;
+    assert_eq!((status, &versioned), (StatusCode::OK, &config));
+    let mut req = oip_infer(None, Body::from(OIP_BODY));
+    *req.uri_mut() = "/v2/models/sentiment/versions/fake-v1/infer".parse().unwrap();
+    let (status, _, body) = send(&s, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["model_version"], "fake-v1");
+    for uri in ["/v2/models/sentiment/versions/7/config", "/v2/models/sentiment/versions/7", "/v2/models/nope/config"] {
+        let (status, _, body) = send(&s, get(uri)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("version '7'") || e.contains("'nope'")), "{body}");
+    }
+}

@@ -77,6 +77,7 @@ impl Job {
 pub struct InferenceQueue {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    max_batch: usize,
 }
 
 impl InferenceQueue {
@@ -92,7 +93,12 @@ impl InferenceQueue {
                     .spawn(move || run_thread(&rx, max_batch.max(1)))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { tx: Some(tx), threads })
+        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1) })
+    }
+
+    /// How many threads run the model, and the most queued requests one takes at a wake-up.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.threads.len(), self.max_batch)
     }
 
     /// Classifies `text` with `backend`, waiting at most `timeout` for the answer.

@@ -61,7 +61,10 @@ impl Pipeline {
         let elapsed = meta.received.elapsed();
         match result {
             Ok(mut answer) => {
-                metrics::record_request(true, false, elapsed);
+                // Served from the cache when the cache answered every text (the model was
+                // not asked): as a single request whose answer came from the cache.
+                let cache_hit = answer.results.iter().all(|r| r.as_ref().is_ok_and(|a| a.cache_hit));
+                metrics::record_request(true, cache_hit, elapsed);
                 answer.processing_time = elapsed;
                 Ok(answer)
             }

@@ -290,6 +290,12 @@ impl Pipeline {
         self.0.max_batch_texts
     }
 
+    /// How the inference threads batch: (threads, the most queued requests one thread takes
+    /// at a wake-up). They take what is waiting and never wait for more.
+    pub fn inference_threads(&self) -> (usize, usize) {
+        self.0.queue.shape()
+    }
+
     pub fn cache_backend(&self) -> &'static str {
         self.0.cache.as_ref().map_or("disabled", |c| c.backend())
     }

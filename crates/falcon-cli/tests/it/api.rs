@@ -242,12 +242,16 @@ async fn a_batch_answers_each_text_in_order_with_its_own_errors_cache_hits_and_r
 }
 
 /// The Open Inference Protocol v2 with a real client: tritonclient[http] (installed into
-/// .tools/venv by scripts/ensure-test-deps.sh).
+/// .tools/venv by scripts/ensure-test-deps.sh), with JSON tensors, with its defaults (binary
+/// tensor data both ways), and with classification. Each request is one count and each text
+/// one row.
 #[tokio::test]
 async fn a_real_open_inference_protocol_client_reads_the_same_answers_as_post_infer() {
     let python = crate::common::repo().join(".tools/venv/bin/python");
     assert!(python.exists(), "scripts/ensure-test-deps.sh installs tritonclient into .tools/venv");
-    let w = Worker::start(&[]);
+    let dir = fresh_dir();
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap())]);
     let texts = ["I love it", "this is awful", "the meeting is at noon"];
     let script = crate::common::repo().join("crates/falcon-cli/tests/it/assets/oip_client.py");
     let addr = w.addr.to_string();
@@ -263,10 +267,19 @@ async fn a_real_open_inference_protocol_client_reads_the_same_answers_as_post_in
         (Some(true), Some(true), Some(true))
     );
     assert_eq!(seen["server"]["name"], "falcon");
+    assert_eq!(seen["server"]["extensions"], json!(["binary_tensor_data", "classification", "model_configuration"]));
     assert_eq!(seen["model"]["inputs"][0]["datatype"], "BYTES");
+    assert_eq!(seen["config"]["max_batch_size"], 64);
+    assert_eq!(seen["config"]["input"][0]["data_type"], "TYPE_STRING");
+    assert_eq!(seen["config"]["output"][1]["dims"], json!([3]));
     assert_eq!(seen["shape"], json!([3, 3]));
     assert_eq!(seen["id"], "oip-test");
     assert!(seen["unknown_model"].as_str().unwrap().contains("unknown model"), "{seen}");
+    // The defaults came back as binary data, and read the same as the JSON tensors.
+    assert!(seen["binary_header"]["label"]["binary_data_size"].as_u64().is_some(), "{seen}");
+    assert_eq!(seen["binary_header"]["probabilities"]["binary_data_size"], 36, "3 × 3 FP32");
+    assert_eq!(seen["binary_labels"], seen["labels"]);
+    assert_eq!(seen["binary_probabilities"], seen["probabilities"]);
     let c = reqwest::Client::new();
     for (i, text) in texts.iter().enumerate() {
         let answer: Value = post(&c, &w.url("/infer"), json!({ "text": text }), &[]).await.json().await.unwrap();
@@ -276,7 +289,21 @@ async fn a_real_open_inference_protocol_client_reads_the_same_answers_as_post_in
             let q = answer["probabilities"][label].as_f64().unwrap();
             assert!((p - q).abs() < 1e-6, "{text} {label}: {p} vs {q}");
         }
+        // Classification: the top class first, as "score:index:label".
+        let top = seen["classes"][i][0].as_str().unwrap();
+        let [score, index, label] = top.split(':').collect::<Vec<_>>()[..] else { panic!("{top}") };
+        assert_eq!(label, answer["prediction"], "{top}");
+        assert_eq!(["negative", "neutral", "positive"][index.parse::<usize>().unwrap()], label);
+        assert!((score.parse::<f64>().unwrap() - answer["confidence"].as_f64().unwrap()).abs() < 1e-6, "{top}");
+        assert_eq!(seen["classes"][i].as_array().unwrap().len(), 2);
     }
+    // Three inferences of three texts: three counts, nine rows (and the three /infer above:
+    // three more of each, from the cache).
+    let requests = "inference_requests_total{worker_id=\"it-worker\",status=\"success\",cache_hit=\"false\"}";
+    let hits = "inference_requests_total{worker_id=\"it-worker\",status=\"success\",cache_hit=\"true\"}";
+    assert_eq!((metric(&c, &w, requests).await, metric(&c, &w, hits).await), (1.0, 5.0));
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    wait_for_sqlite_rows(&pool, 12, Duration::from_secs(10)).await;
     // A malformed request is {"error": ...} with 400, as the protocol says.
     let r = post(
         &c,

@@ -1,6 +1,6 @@
 //! `make bench`'s report (scripts/bench.py) in its smoke form against the debug build: every
 //! section runs (floor, embedded and Redis + Postgres workers, the nginx stack, the k6
-//! spike), and the report holds what the README promises: ratios to the floor measured in
+//! spike, perf_analyzer against Falcon and MLServer), and the report holds what the README promises: ratios to the floor measured in
 //! the same run, rows = requests, a Markdown table and a PNG chart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -95,7 +95,24 @@ fn make_bench_writes_its_json_table_and_chart_with_every_section() {
     let users = timeline.iter().filter_map(|p| p["users"].as_f64()).fold(0.0, f64::max);
     assert!(users > 100.0, "the spike never reached its users: {spike}");
 
+    // The peer: perf_analyzer at 1, 8 and 32 against Falcon (JSON and binary tensors) and
+    // MLServer, each with its own CPU per request (counted by the server) and RSS.
+    let peer = report["peer"]["rows"].as_array().unwrap();
+    for server in ["falcon", "falcon (binary tensors)", "mlserver"] {
+        for concurrency in [1, 8, 32] {
+            let row = peer
+                .iter()
+                .find(|r| r["server"] == server && r["concurrency"] == concurrency)
+                .unwrap_or_else(|| panic!("no {server} c={concurrency} row: {peer:?}"));
+            for field in ["infer_per_s", "cpu_us_per_request", "rss_mb", "requests", "throughput_vs_mlserver"] {
+                assert!(row[field].as_f64().unwrap() > 0.0, "{field}: {row}");
+            }
+            assert!(row["p99_us"].as_u64().unwrap() >= row["p50_us"].as_u64().unwrap(), "{row}");
+        }
+    }
+
     let table = std::fs::read_to_string(out_dir.path().join("results.md")).unwrap();
+    assert!(table.contains("| mlserver | 32 |"), "{table}");
     assert!(table.contains("| embedded | unique-text |"), "{table}");
     assert!(table.contains("| nginx + 3 workers | same-text |"), "{table}");
     assert!(table.contains("| request log | requests | rows | dropped |"), "{table}");

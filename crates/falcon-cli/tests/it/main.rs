@@ -21,4 +21,5 @@ mod request_log;
 mod retention;
 mod runbook;
 mod stack;
+mod triton;
 mod worker;

@@ -48,7 +48,7 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError
 /// Whether the body says it is JSON. A body without a Content-Type counts as JSON only where
 /// the protocol allows it (`absent_is_json`: the Open Inference Protocol, whose clients, such
 /// as tritonclient, send none).
-fn is_json(headers: &HeaderMap, absent_is_json: bool) -> bool {
+pub(super) fn is_json(headers: &HeaderMap, absent_is_json: bool) -> bool {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return absent_is_json;
     };
@@ -66,9 +66,9 @@ pub(super) struct BodyRules {
     pub shape: &'static str,
     /// A body without a Content-Type is read as JSON (else it is 415).
     pub absent_is_json: bool,
-    /// The body holds a batch (`Entries`), named so in errors: its parse stops past
-    /// `MAX_BATCH_TEXTS` entries.
-    pub batch: Option<&'static str>,
+    /// The body holds a batch (`Entries`): its parse stops past `MAX_BATCH_TEXTS` entries,
+    /// and this says so in the protocol's terms (given the limit).
+    pub batch: Option<fn(usize) -> String>,
 }
 
 impl BodyRules {
@@ -133,17 +133,21 @@ async fn collect(
     Ok(bytes)
 }
 
-/// The one body reader of every inference route, whatever its protocol: a JSON body of at
-/// most `MAX_REQUEST_BODY_BYTES`, read within the request's deadline, given up (503) once the
-/// worker drains, with a Content-Type that says JSON.
-pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+/// A body as it arrived, its bytes still reserved in the in-flight budget until it is dropped.
+pub(super) struct Received {
+    pub bytes: Vec<u8>,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+/// The one body reader of every inference route, whatever its protocol: at most
+/// `MAX_REQUEST_BODY_BYTES`, read within the request's deadline, given up (503) once the
+/// worker drains.
+pub(super) async fn receive(
     s: &AppState,
     meta: &RequestMeta,
     headers: &HeaderMap,
     body: Body,
-    rules: BodyRules,
-) -> Result<T, InferError> {
-    let BodyRules { shape, absent_is_json, batch } = rules;
+) -> Result<Received, InferError> {
     let limit = s.max_body_bytes;
     let deadline = meta.received + s.pipeline.request_timeout();
     // A body still arriving when the worker starts to drain is not waited for: the client
@@ -158,31 +162,55 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         () = s.pipeline.readiness().drained() => return Err(InferError::NotReady("draining; send the request again")),
     };
     let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;
-    let body = read.map_err(|e| body_error(e.as_ref(), limit))?;
-    if !is_json(headers, absent_is_json) {
+    let bytes = read.map_err(|e| body_error(e.as_ref(), limit))?;
+    Ok(Received { bytes, _held: held })
+}
+
+/// A compressed body is refused, not read as bytes it is not.
+pub(super) fn uncompressed(headers: &HeaderMap) -> Result<(), InferError> {
+    match headers.get(header::CONTENT_ENCODING) {
+        Some(encoding) if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") => {
+            Err(WireError::UnsupportedEncoding(super::error::shown(&String::from_utf8_lossy(encoding.as_bytes())))
+                .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `receive`, then the body as JSON of the route's shape: with a Content-Type that says
+/// JSON, uncompressed.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    body: Body,
+    rules: BodyRules,
+) -> Result<T, InferError> {
+    let received = receive(s, meta, headers, body).await?;
+    if !is_json(headers, rules.absent_is_json) {
         return Err(WireError::UnsupportedMediaType.into());
     }
-    // A compressed body is refused, not read as JSON bytes it is not.
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
-        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return Err(
-            WireError::UnsupportedEncoding(super::error::shown(&String::from_utf8_lossy(encoding.as_bytes()))).into()
-        );
-    }
-    let parse = || serde_json::from_slice(&body);
+    uncompressed(headers)?;
+    parse_json(s, &received.bytes, rules)
+}
+
+/// JSON bytes as the route's request. Its messages are fixed: serde's own can quote the
+/// input (`invalid type: string "…"`), and raw text never reaches an error body, a log line
+/// or a row.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    bytes: &[u8],
+    rules: BodyRules,
+) -> Result<T, InferError> {
+    let BodyRules { shape, batch, .. } = rules;
+    let parse = || serde_json::from_slice(bytes);
     let (parsed, exceeded) = match batch {
         Some(_) => entries::with_limit(s.pipeline.max_batch_texts(), parse),
         None => (parse(), false),
     };
-    if let (true, Some(what)) = (exceeded, batch) {
-        let max = s.pipeline.max_batch_texts();
-        return Err(InferError::Validation(format!(
-            "{what} must hold 1 to {max} texts (MAX_BATCH_TEXTS); it holds more"
-        )));
+    if let (true, Some(too_many)) = (exceeded, batch) {
+        return Err(InferError::Validation(too_many(s.pipeline.max_batch_texts())));
     }
-    // Fixed messages: serde's own can quote the input (`invalid type: string "…"`), and raw
-    // text never reaches an error body, a log line or a row.
     parsed.map_err(|e| {
         use serde_json::error::Category;
         let at = format!("at line {} column {}", e.line(), e.column());

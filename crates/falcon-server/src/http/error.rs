@@ -32,12 +32,15 @@ pub enum WireError {
     /// A `Content-Encoding` (gzip, br …) the server does not decode (the value, shown).
     #[error("Content-Encoding {0} is not supported; send the body uncompressed")]
     UnsupportedEncoding(String),
+    /// The binary tensor data extension's framing is broken (where, never what the bytes hold).
+    #[error("binary tensor data is malformed: {0}")]
+    TensorData(String),
 }
 
 impl WireError {
     pub fn error_type(&self) -> ErrorType {
         match self {
-            Self::InvalidJson(_) => ErrorType::InvalidJson,
+            Self::InvalidJson(_) | Self::TensorData(_) => ErrorType::InvalidJson,
             Self::PayloadTooLarge { .. } => ErrorType::PayloadTooLarge,
             Self::UnsupportedMediaType | Self::UnsupportedEncoding(_) => ErrorType::UnsupportedMediaType,
         }
@@ -91,6 +94,9 @@ pub enum ApiError {
     /// An Open Inference Protocol path names a model this server does not have.
     #[error("unknown model '{name}'; this server has '{served}'")]
     UnknownModel { name: String, served: &'static str },
+    /// An Open Inference Protocol path names a version the model does not serve.
+    #[error("model '{name}' has no version '{version}'; it serves '{served}'")]
+    UnknownVersion { name: &'static str, version: String, served: String },
 }
 
 impl ApiError {
@@ -104,7 +110,7 @@ impl ApiError {
     pub fn error_type(&self) -> ErrorType {
         match self {
             Self::Infer(e) => e.error_type(),
-            Self::NotFound(_) | Self::UnknownModel { .. } => ErrorType::NotFound,
+            Self::NotFound(_) | Self::UnknownModel { .. } | Self::UnknownVersion { .. } => ErrorType::NotFound,
             Self::MethodNotAllowed => ErrorType::MethodNotAllowed,
             Self::UriTooLong { .. } => ErrorType::UriTooLong,
             Self::HeadersTooLarge { .. } => ErrorType::HeadersTooLarge,

@@ -144,8 +144,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(oip::live))
         .routes(routes!(oip::ready))
         .routes(routes!(oip::model_metadata))
+        .routes(routes!(oip::version_metadata))
         .routes(routes!(oip::model_ready))
+        .routes(routes!(oip::version_ready))
+        .routes(routes!(oip::model_config))
+        .routes(routes!(oip::version_config))
         .routes(routes!(oip::infer))
+        .routes(routes!(oip::version_infer))
 }
 
 /// The OpenAPI document served at `/openapi.json` (and printed by `falcon openapi`).

@@ -181,7 +181,7 @@ pub async fn infer_batch(
             &headers,
             body,
             BodyRules {
-                batch: Some("\"texts\""),
+                batch: Some(|max| format!("\"texts\" must hold 1 to {max} texts (MAX_BATCH_TEXTS); it holds more")),
                 ..BodyRules::json("the body must be a JSON object with an array field \"texts\"")
             },
         )

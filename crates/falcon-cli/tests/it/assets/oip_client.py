@@ -2,8 +2,10 @@
 
     oip_client.py HOST:PORT TEXT...
 
-Prints one JSON object: server and model metadata, and the label and probabilities of each
-text as the client decoded them. The Rust test compares them with POST /infer.
+Prints one JSON object: server and model metadata, the model configuration, and the label
+and probabilities of each text as the client decoded them, three ways: JSON tensors both
+ways; tritonclient's defaults (binary inputs, and binary outputs when none are named); and
+classification (the top 2 classes, binary). The Rust test compares them with POST /infer.
 """
 import json
 import sys
@@ -19,6 +21,7 @@ out = {
     "model_ready": client.is_model_ready("sentiment"),
     "server": client.get_server_metadata(),
     "model": client.get_model_metadata("sentiment"),
+    "config": client.get_model_config("sentiment"),
 }
 tensor = http.InferInput("text", [len(texts)], "BYTES")
 tensor.set_data_from_numpy(np.array(texts, dtype=object), binary_data=False)
@@ -33,6 +36,19 @@ out["labels"] = [l.decode() if isinstance(l, bytes) else str(l) for l in labels]
 out["probabilities"] = probabilities.astype(float).tolist()
 out["shape"] = list(probabilities.shape)
 out["id"] = result.get_response()["id"]
+
+# The client's defaults: binary input data, and every output as binary data.
+binary = http.InferInput("text", [len(texts), 1], "BYTES")
+binary.set_data_from_numpy(np.array(texts, dtype=object).reshape(len(texts), 1))
+result = client.infer("sentiment", [binary])
+out["binary_header"] = {o["name"]: o.get("parameters", {}) for o in result.get_response()["outputs"]}
+out["binary_labels"] = [l.decode() for l in result.as_numpy("label")]
+out["binary_probabilities"] = result.as_numpy("probabilities").astype(float).tolist()
+
+# Classification: the top 2 classes of each text, as "score:index:label".
+top = [http.InferRequestedOutput("probabilities", class_count=2)]
+result = client.infer("sentiment", [binary], outputs=top)
+out["classes"] = [[c.decode() for c in row] for row in result.as_numpy("probabilities")]
 try:
     client.get_model_metadata("no-such-model")
     out["unknown_model"] = "accepted"
