@@ -38,7 +38,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 	rustfmt --edition 2024 fuzz/fuzz_targets/*.rs
 
-bench: ## One run, one report: floor, embedded and Redis+Postgres workers, the nginx stack, a k6 spike, the model, RSS -> bench/results.{json,md,png}
+bench: ## One run, one report: floor, embedded and Redis+Postgres workers, the nginx stack, a k6 spike, the model, RSS, perf_analyzer vs MLServer -> bench/results.{json,md,png}
 	./scripts/bench.sh
 
 bench-all: bench bench-stages bench-model bench-memory bench-http bench-log ## Every benchmark: the report, then each detailed one

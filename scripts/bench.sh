@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release worker and the floor, installs what the report needs
-# (k6 and matplotlib, pinned, into .tools/venv) when missing, then runs scripts/bench.py,
+# (k6 and matplotlib, pinned, into .tools/venv; perf_analyzer and MLServer, by their install
+# scripts, when the peer section starts) when missing, then runs scripts/bench.py,
 # which writes bench/results.{json,md,png}. Settings: see scripts/bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."

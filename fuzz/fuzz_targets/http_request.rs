@@ -25,6 +25,9 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
     router: axum::Router,
     _state: AppState,
+    /// The worker's background tasks, which run as long as the fuzzer does. Kept here (not
+    /// `mem::forget`): LeakSanitizer reports what nothing points to at exit.
+    _background: falcon_app::tasks::Background,
 }
 
 fn fixture() -> &'static Fixture {
@@ -34,7 +37,7 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"));
-        let state = runtime.block_on(async {
+        let (state, background) = runtime.block_on(async {
             let config = Config::from_args([
                 "--worker-id",
                 "fuzz",
@@ -47,13 +50,9 @@ fn fixture() -> &'static Fixture {
             ])
             .unwrap_or_else(|e| panic!("config: {e}"));
             let model = SentimentModel::shipped().unwrap_or_else(|e| panic!("model: {e}"));
-            let (state, background) =
-                build_state(&config, Arc::new(model), None).await.unwrap_or_else(|e| panic!("state: {e}"));
-            // The worker's background tasks run as long as the fuzzer does.
-            std::mem::forget(background);
-            state
+            build_state(&config, Arc::new(model), None).await.unwrap_or_else(|e| panic!("state: {e}"))
         });
-        Fixture { runtime, router: router(state.clone()), _state: state }
+        Fixture { runtime, router: router(state.clone()), _state: state, _background: background }
     })
 }
 

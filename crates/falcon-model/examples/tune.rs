@@ -13,6 +13,7 @@ fn subset(d: &Dataset, idx: &[usize]) -> Dataset {
     Dataset {
         texts: idx.iter().map(|&i| d.texts[i].clone()).collect(),
         labels: idx.iter().map(|&i| d.labels[i]).collect(),
+        label_names: d.label_names.clone(),
         sha256: d.sha256.clone(),
         files: vec![],
     }

@@ -15,7 +15,7 @@ pub mod tfidf;
 pub mod tokenize;
 pub mod train;
 
-pub use dataset::{Dataset, LABELS, load_vader_dir};
+pub use dataset::{CsvColumns, Dataset, LABELS, load_csv, load_vader_dir};
 pub use error::ModelError;
 pub use model::{FORMAT_VERSION, MAX_INPUT_CHARS, ModelMeta, Prediction, SentimentModel};
 pub use tokenize::normalize;
@@ -41,7 +41,8 @@ mod tests {
                 labels.push(k);
             }
         }
-        Dataset { texts, labels, sha256: "test".into(), files: vec![] }
+        let label_names = LABELS.iter().map(|&l| l.to_owned()).collect();
+        Dataset { texts, labels, label_names, sha256: "test".into(), files: vec![] }
     }
 
     fn trained() -> SentimentModel {

@@ -1,7 +1,7 @@
 //! The training pipeline: split, fit TF-IDF on the training part, fit the classifier,
 //! evaluate on the held-out part.
 
-use crate::dataset::{Dataset, LABELS, stratified_split};
+use crate::dataset::{Dataset, stratified_split};
 use crate::error::ModelError;
 use crate::eval::evaluate;
 use crate::logistic::{LogisticModel, TrainConfig};
@@ -45,12 +45,16 @@ pub fn fit(data: &Dataset, opts: &TrainOptions) -> Result<Fitted, ModelError> {
     if data.texts.is_empty() {
         return Err(ModelError::NoData("the data set is empty".into()));
     }
+    if data.label_names.len() < 2 {
+        return Err(ModelError::NoData(format!("{} label(s); a classifier needs 2 or more", data.label_names.len())));
+    }
     let (train_idx, test_idx) = stratified_split(&data.labels, opts.test_fraction, opts.seed);
     let train_docs: Vec<Vec<String>> = train_idx.iter().map(|&i| tokenize(&data.texts[i])).collect();
     let vectorizer = Vectorizer::fit(&train_docs, opts.tfidf);
     let x_train: Vec<_> = train_docs.iter().map(|d| vectorizer.transform(d)).collect();
     let y_train: Vec<usize> = train_idx.iter().map(|&i| data.labels[i]).collect();
-    let (weights, fit) = LogisticModel::fit(&x_train, &y_train, vectorizer.len(), LABELS.len(), &opts.optimizer);
+    let classes = data.label_names.len();
+    let (weights, fit) = LogisticModel::fit(&x_train, &y_train, vectorizer.len(), classes, &opts.optimizer);
     let training = TrainingInfo {
         data_sha256: data.sha256.clone(),
         n_samples: data.texts.len(),
@@ -75,11 +79,18 @@ pub fn train(data: &Dataset, opts: &TrainOptions) -> Result<SentimentModel, Mode
 /// Stores fitted weights as a model and evaluates it, as it will be served (its stored
 /// weights, not the optimiser's), on the held-out split.
 pub fn build(data: &Dataset, f: &Fitted) -> Result<SentimentModel, ModelError> {
-    let labels = LABELS.iter().map(|s| (*s).to_owned()).collect();
+    let names: Vec<&str> = data.label_names.iter().map(String::as_str).collect();
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let unevaluated = evaluate(&[], &[], &LABELS);
-    let model = SentimentModel::new(labels, &f.vectorizer, &f.weights, f.training.clone(), unevaluated, created_at)?;
+    let unevaluated = evaluate(&[], &[], &names);
+    let model = SentimentModel::new(
+        data.label_names.clone(),
+        &f.vectorizer,
+        &f.weights,
+        f.training.clone(),
+        unevaluated,
+        created_at,
+    )?;
     let y_true: Vec<usize> = f.test_idx.iter().map(|&i| data.labels[i]).collect();
     let y_pred: Vec<usize> = f.test_idx.iter().map(|&i| model.predict(&data.texts[i]).class).collect();
-    model.with_metrics(evaluate(&y_true, &y_pred, &LABELS))
+    model.with_metrics(evaluate(&y_true, &y_pred, &names))
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use falcon_model::logistic::{ClassWeight, TrainConfig};
 use falcon_model::tfidf::TfidfConfig;
-use falcon_model::{TrainOptions, load_vader_dir, train};
+use falcon_model::{CsvColumns, Dataset, ModelError, TrainOptions, load_csv, load_vader_dir, train};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Weighting {
@@ -26,12 +26,22 @@ pub struct TrainArgs {
     /// Which kind of model to train (the `MODEL_BACKEND` that serves it).
     #[arg(long, value_enum, default_value = "tfidf")]
     backend: TrainBackend,
-    /// Folder with the VADER `*_GroundTruth.txt` files.
+    /// Folder with the VADER `*_GroundTruth.txt` files (the shipped sentiment model's data).
     #[arg(long, default_value = "data/vader")]
     data: PathBuf,
-    /// Where to write the model file.
-    #[arg(long, default_value = "models/classifier.bin")]
-    out: PathBuf,
+    /// Train on a CSV of your own instead: a header row, a text column and a label column
+    /// (any number of labels, 2 or more, taken from the data). Needs --out.
+    #[arg(long, conflicts_with = "data", requires = "out")]
+    csv: Option<PathBuf>,
+    /// The CSV's text column.
+    #[arg(long, default_value = "text", requires = "csv")]
+    text_column: String,
+    /// The CSV's label column.
+    #[arg(long, default_value = "label", requires = "csv")]
+    label_column: String,
+    /// Where to write the model file [default: models/classifier.bin, the shipped model].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Seed of the stratified 80/20 split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -56,21 +66,20 @@ pub fn run(args: &TrainArgs) -> ExitCode {
     // One kind today; a backend that trains differently gets its own arm here.
     let TrainBackend::Tfidf = args.backend;
     let started = Instant::now();
-    let data = match load_vader_dir(&args.data) {
+    let data = match load(args) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let counts = data.class_counts();
+    let counts: Vec<String> =
+        data.label_names.iter().zip(data.class_counts()).map(|(name, n)| format!("{name} {n}")).collect();
     println!(
-        "data: {} sentences from {} files (negative {}, neutral {}, positive {}), sha256 {}",
+        "data: {} texts from {} file(s) ({}), sha256 {}",
         data.texts.len(),
         data.files.len(),
-        counts[0],
-        counts[1],
-        counts[2],
+        counts.join(", "),
         &data.sha256[..16]
     );
     let opts = TrainOptions {
@@ -108,15 +117,24 @@ pub fn run(args: &TrainArgs) -> ExitCode {
         fit.converged
     );
     print!("{}", meta.metrics.render());
-    if let Err(e) = model.save(&args.out) {
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("models/classifier.bin"));
+    if let Err(e) = model.save(&out) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
     println!(
         "model {} written to {} in {:.1} s",
         model.model_version(),
-        args.out.display(),
+        out.display(),
         started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
+}
+
+/// The training data: the user's CSV, or the VADER folder.
+fn load(args: &TrainArgs) -> Result<Dataset, ModelError> {
+    match &args.csv {
+        Some(csv) => load_csv(csv, CsvColumns { text: &args.text_column, label: &args.label_column }),
+        None => load_vader_dir(&args.data),
+    }
 }

@@ -21,5 +21,6 @@ mod request_log;
 mod retention;
 mod runbook;
 mod stack;
+mod train;
 mod triton;
 mod worker;

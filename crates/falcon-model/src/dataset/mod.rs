@@ -1,4 +1,7 @@
-//! The VADER human-rated sentences (Hutto & Gilbert, ICWSM 2014) and the train/test split.
+//! The data a model learns from: the VADER human-rated sentences (Hutto & Gilbert, ICWSM
+//! 2014), the default, or a labelled CSV of the user's own (`csv`); and the train/test split.
+
+mod csv;
 
 use std::path::{Path, PathBuf};
 
@@ -20,11 +23,16 @@ pub fn label_for_rating(rating: f64) -> usize {
     }
 }
 
+pub use self::csv::{CsvColumns, load_csv};
+
 /// Labelled sentences and a fingerprint of the files they came from.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub texts: Vec<String>,
+    /// Each text's class: an index into `label_names`.
     pub labels: Vec<usize>,
+    /// The classes, in class-index order (VADER's: `LABELS`).
+    pub label_names: Vec<String>,
     /// SHA-256 over each source file's name and bytes, in name order.
     pub sha256: String,
     pub files: Vec<PathBuf>,
@@ -33,7 +41,7 @@ pub struct Dataset {
 impl Dataset {
     /// Number of sentences per class, in class-index order.
     pub fn class_counts(&self) -> Vec<usize> {
-        let mut counts = vec![0; LABELS.len()];
+        let mut counts = vec![0; self.label_names.len()];
         for &k in &self.labels {
             counts[k] += 1;
         }
@@ -80,7 +88,8 @@ pub fn load_vader_dir(dir: &Path) -> Result<Dataset, ModelError> {
             labels.push(label_for_rating(rating));
         }
     }
-    Ok(Dataset { texts, labels, sha256: hex::encode(hasher.finalize()), files })
+    let label_names = LABELS.iter().map(|&l| l.to_owned()).collect();
+    Ok(Dataset { texts, labels, label_names, sha256: hex::encode(hasher.finalize()), files })
 }
 
 /// A small deterministic PRNG (SplitMix64), so the split depends only on the seed.
