@@ -17,7 +17,8 @@ What it measures, in this order:
    - one worker with a throwaway Redis (the cache) and a throwaway Postgres (the request
      log) on the same cores: the same three;
    each Falcon figure is a ratio to the floor's figure for the same request, with its target
-   (issue 19); RSS of the embedded worker idle and after its load; every request made to the
+   (issue 19); RSS of the embedded worker idle and after its load; the idle CPU of the two
+   workers over 60 s before any load (issue 34: < 0.1 % of a core); every request made to the
    two logging workers must be a row, with nothing dropped;
 3. the native stack (scripts/stack.sh: real nginx, 3 release workers, throwaway Redis and
    Postgres, nginx's per-client limit raised so it is not what is measured): same and unique
@@ -81,6 +82,8 @@ TARGETS = {
 LOAD_RATES = [2000, 8000]  # unique-text req/s offered for the CPU-per-request curve
 CPU_GROUPS = ["server", "nginx", "redis", "postgres", "load generator"]
 P99_TARGET_MS = 4.0  # embedded, unique text, 50 connections
+IDLE_SECONDS = 3.0 if QUICK else 60.0  # idle CPU, measured over this long
+IDLE_TARGET_PERCENT = 0.1  # issue 34: an idle worker, every background task on, of one core
 
 
 def sh(script: str) -> str:
@@ -187,6 +190,18 @@ def measured_load(
     return report
 
 
+def idle_cpu(workers: dict[str, int]) -> dict:
+    """Each idle worker's CPU over IDLE_SECONDS, as a percentage of one core: what its
+    background tasks (log writer, probes, sweepers, maintenance, metrics) cost when no request
+    comes. Both workers are measured at once, before any load."""
+    time.sleep(2)  # start-up (migrations, the first maintenance) is not idling
+    before = {name: sum(cpu_by_pid([pid]).values()) for name, pid in workers.items()}
+    time.sleep(IDLE_SECONDS)
+    spent = {name: sum(cpu_by_pid([pid]).values()) - before[name] for name, pid in workers.items()}
+    return {"seconds": IDLE_SECONDS, "target_percent": IDLE_TARGET_PERCENT,
+            "percent": {name: round(cpu / IDLE_SECONDS * 100, 3) for name, cpu in spent.items()}}
+
+
 def settle(port: int, within: float = 120) -> None:
     """Waits until a worker's log buffer and spool are empty (every row written)."""
     deadline = time.time() + within
@@ -247,6 +262,7 @@ def single_servers(tmp: Path, report: dict) -> None:
                 "postgres": [postmaster(tmp / "postgres")],
             },
         }
+        report["idle_cpu"] = idle_cpu({"embedded": embedded.proc.pid, "redis+postgres": shared.proc.pid})
         runs: dict[tuple[str, str], list[dict]] = {}
         for _ in range(ROUNDS):
             for server in servers:
@@ -436,6 +452,12 @@ def markdown(report: dict) -> str:
     st = report["storage"]
     lines += ["", f"Storage: {st['postgres_bytes_per_row']} bytes per request-log row in Postgres (table and "
               f"indexes); {st['redis_bytes_per_key']} bytes of Redis memory per key ({st['redis_keys']:,} keys)."]
+    idle = report["idle_cpu"]
+    cells = ", ".join(
+        f"{name} {pct:.3f} % {'✓' if pct < idle['target_percent'] else '✗'}" for name, pct in idle["percent"].items()
+    )
+    lines += ["", f"Idle CPU over {idle['seconds']:g} s with every background task on, of one core "
+              f"(target < {idle['target_percent']:g} %): {cells}."]
     rss = report["rss_mb"]
     lines += ["", f"RSS of the embedded worker: {rss['idle']} MB idle, {rss['after_load']} MB after "
               f"{rss['after_load_requests']:,} requests."]

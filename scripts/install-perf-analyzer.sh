@@ -26,7 +26,14 @@ pip_download() {
 }
 pip_download manylinux1_x86_64 tritonclient==2.41.0
 pip_download manylinux2014_x86_64 nvidia-cuda-runtime-cu12==12.9.79
-(cd "$tmp" && apt-get download libb64-0d=1.2-5+b1 >/dev/null 2>&1)
+# apt's package lists may be missing or stale on a machine that had everything else: update
+# them once if the download does not find the package.
+if ! (cd "$tmp" && apt-get download libb64-0d=1.2-5+b1 >/dev/null 2>&1); then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  (cd "$tmp" && apt-get download libb64-0d=1.2-5+b1 >/dev/null)
+fi
 (cd "$tmp" && sha256sum --check --quiet) <<'EOF'
 cf4ed5df836fa99937678a9fd852f86ba05c7b83656dd0a540e20afdb9ab4629  tritonclient-2.41.0-py3-none-manylinux1_x86_64.whl
 25bba2dfb01d48a9b59ca474a1ac43c6ebf7011f1b0b8cc44f54eb6ac48a96c3  nvidia_cuda_runtime_cu12-12.9.79-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl

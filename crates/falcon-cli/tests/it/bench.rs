@@ -86,6 +86,12 @@ fn make_bench_writes_its_json_table_and_chart_with_every_section() {
     assert!(storage["redis_keys"].as_u64().unwrap() > 100, "{storage}");
     assert!(storage["redis_bytes_per_key"].as_u64().unwrap() > 50, "{storage}");
     assert!(report["rss_mb"]["idle"].as_f64().unwrap() > 1.0, "{}", report["rss_mb"]);
+    // Idle CPU of both workers, measured (not asserted: a figure, with its target).
+    let idle = &report["idle_cpu"];
+    for name in ["embedded", "redis+postgres"] {
+        assert!(idle["percent"][name].as_f64().is_some_and(|p| p >= 0.0), "{idle}");
+    }
+    assert_eq!(idle["target_percent"], 0.1, "{idle}");
     assert_eq!(report["rss_mb"]["stack_workers_after_load"].as_array().unwrap().len(), 3);
     // The spike: second by second, with the users k6 ran, and no failed request.
     let spike = &report["spike"];
@@ -113,6 +119,7 @@ fn make_bench_writes_its_json_table_and_chart_with_every_section() {
 
     let table = std::fs::read_to_string(out_dir.path().join("results.md")).unwrap();
     assert!(table.contains("| mlserver | 32 |"), "{table}");
+    assert!(table.contains("Idle CPU over 3 s with every background task on"), "{table}");
     assert!(table.contains("| embedded | unique-text |"), "{table}");
     assert!(table.contains("| nginx + 3 workers | same-text |"), "{table}");
     assert!(table.contains("| request log | requests | rows | dropped |"), "{table}");

@@ -519,11 +519,19 @@ impl WriterState {
                     return;
                 }
                 idle = nothing_left;
-                let pause =
-                    paused_until.map_or(RETRY_EVERY, |t| t.saturating_duration_since(tokio::time::Instant::now()));
+                // Paused: until the pause ends. Otherwise until a record or the close comes,
+                // and no sooner: both notify with `notify_one`, whose permit waits for this
+                // select if it comes first, so an idle writer needs no timer (issue 34: an
+                // idle worker's wake-ups).
+                let resume = async {
+                    match paused_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = self.shared.wake.notified(), if paused_until.is_none() => {}
-                    () = tokio::time::sleep(pause) => { paused_until = None; }
+                    () = resume => { paused_until = None; }
                     () = self.shared.closing.notified() => {}
                 }
                 continue;
