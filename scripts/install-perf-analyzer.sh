@@ -61,4 +61,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin/perf_analyzer" "$@"
 EOF
 chmod 755 "$dest/perf_analyzer"
-"$dest/perf_analyzer" --version
+"$dest/perf_analyzer" --version && echo

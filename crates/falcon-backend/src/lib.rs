@@ -55,7 +55,8 @@ pub enum BackendError {
 }
 
 /// A loaded model, ready to serve. Calls are synchronous and CPU-bound: the worker makes
-/// them on its inference threads, never on the async reactor.
+/// them on its inference threads, or, for a text the backend calls cheap (`runs_in_place`),
+/// on the runtime thread that holds the request when no request is queued.
 pub trait Backend: Send + Sync + 'static {
     /// The backend's name, as `MODEL_BACKEND` spells it (`tfidf`).
     fn name(&self) -> &'static str;
@@ -77,6 +78,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Longest text, in characters, that the model accepts.
     fn max_input_chars(&self) -> usize;
+
+    /// Whether `text` costs this backend a few microseconds, so that handing it to an
+    /// inference thread (a queue, a wake-up, a reply) would cost more than running it: the
+    /// worker then runs it in place on the request's runtime thread when no request is
+    /// waiting for the inference threads. A heavy backend (a transformer) answers `false`
+    /// and always goes through the inference threads and their batching.
+    fn runs_in_place(&self, text: &str) -> bool {
+        let _ = text;
+        false
+    }
 
     /// The share of each class (in label order) this model predicts on the data it was
     /// evaluated on, if its file records it: the baseline that drift monitoring compares

@@ -203,6 +203,11 @@ impl falcon_backend::Backend for SentimentModel {
         MAX_INPUT_CHARS
     }
 
+    /// Up to `IN_PLACE_BYTES` of text: about 20 µs here (a 20-word text takes 1.2 µs).
+    fn runs_in_place(&self, text: &str) -> bool {
+        text.len() <= IN_PLACE_BYTES
+    }
+
     fn reference_class_shares(&self) -> Option<Vec<f64>> {
         self.meta.metrics.predicted_shares()
     }
@@ -210,3 +215,7 @@ impl falcon_backend::Backend for SentimentModel {
 
 /// Longest text the TF-IDF model takes, in characters (the API's limit).
 pub const MAX_INPUT_CHARS: usize = 10_000;
+
+/// Longest text, in bytes, the worker may classify in place on a runtime thread (see
+/// `Backend::runs_in_place`); longer ones go to the inference threads.
+pub const IN_PLACE_BYTES: usize = 2048;

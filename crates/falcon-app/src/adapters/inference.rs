@@ -7,8 +7,14 @@
 //! Under load one wake-up serves many requests; with `spawn_blocking` every request paid a
 //! thread hand-off, which cost more CPU than the model itself (see docs/benchmarks.md). A
 //! full queue is refused at once, never buffered without bound.
+//!
+//! A text the backend calls cheap (`Backend::runs_in_place`: the TF-IDF model's few
+//! microseconds) skips the hand-off when no request is queued: it runs on the runtime
+//! thread that holds the request. At low load that saves the queue, two wake-ups and the
+//! reply for each request; under load the queue is rarely empty, and batching takes over.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -78,6 +84,8 @@ pub struct InferenceQueue {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     max_batch: usize,
+    /// Jobs sent and not yet taken by a thread.
+    queued: Arc<AtomicUsize>,
 }
 
 impl InferenceQueue {
@@ -85,15 +93,17 @@ impl InferenceQueue {
     pub fn start(threads: usize, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
+        let queued = Arc::new(AtomicUsize::new(0));
         let threads = (0..threads.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
+                let queued = Arc::clone(&queued);
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || run_thread(&rx, max_batch.max(1)))
+                    .spawn(move || run_thread(&rx, &queued, max_batch.max(1)))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1) })
+        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1), queued })
     }
 
     /// How many threads run the model, and the most queued requests one takes at a wake-up.
@@ -108,6 +118,9 @@ impl InferenceQueue {
         text: String,
         timeout: Duration,
     ) -> Result<Prediction, QueueError> {
+        if self.queued.load(Ordering::Relaxed) == 0 && backend.runs_in_place(&text) {
+            return run_in_place(backend.as_ref(), &text);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job { work: Work::One { text, reply }, backend: Arc::clone(backend) };
         Ok(self.submit(job, answer, timeout).await??)
@@ -134,7 +147,13 @@ impl InferenceQueue {
     /// for its answer.
     async fn submit<T>(&self, job: Job, answer: oneshot::Receiver<T>, timeout: Duration) -> Result<T, QueueError> {
         let tx = self.tx.as_ref().ok_or(QueueError::Stopped)?;
-        match tx.try_send(job) {
+        // Counted before the send, so a thread never takes a job it has not seen counted.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = tx.try_send(job);
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(QueueError::Full),
             Err(TrySendError::Disconnected(_)) => return Err(QueueError::Stopped),
@@ -175,7 +194,7 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-fn run_thread(rx: &Mutex<Receiver<Job>>, max_batch: usize) {
+fn run_thread(rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -193,6 +212,7 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, max_batch: usize) {
                 }
             }
         }
+        queued.fetch_sub(batch.len(), Ordering::Relaxed);
         metrics::record_batch(batch.iter().map(Job::len).sum());
         // Requests that already timed out or went away are not computed.
         batch.retain(|job| !job.abandoned());
@@ -270,6 +290,20 @@ fn run_batch(backend: &dyn Backend, batch: &mut Vec<Job>) {
     }
 }
 
+/// A cheap text on the caller's thread, as an inference thread would answer it alone: a
+/// panic is `Panicked` (logged), as when a thread drops the reply.
+fn run_in_place(backend: &dyn Backend, text: &str) -> Result<Prediction, QueueError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&[text]))) {
+        Ok(Ok(mut p)) if p.len() == 1 => p.pop().ok_or(QueueError::Panicked),
+        Ok(Ok(p)) => Err(BackendError::Failed(format!("{} predictions for 1 text", p.len())).into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            tracing::error!(text_chars = text.chars().count(), "Model panicked during inference");
+            Err(QueueError::Panicked)
+        }
+    }
+}
+
 /// One text through the model, a panic turned into an error.
 fn run_alone(backend: &dyn Backend, text: &str) -> Result<Prediction, BackendError> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&[text]))) {
@@ -339,6 +373,57 @@ mod tests {
 
     fn queue(capacity: usize) -> InferenceQueue {
         InferenceQueue::start(2, capacity, 8).unwrap()
+    }
+
+    /// Answers with the class 1 when it ran on an inference thread, 0 elsewhere; a text of
+    /// up to 4 bytes is cheap; "boom" panics.
+    struct Where(Vec<String>);
+
+    impl Backend for Where {
+        fn name(&self) -> &'static str {
+            "where"
+        }
+        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            assert!(!texts.contains(&"boom"), "bad input");
+            let on_thread = std::thread::current().name().is_some_and(|n| n.starts_with("inference-"));
+            let class = usize::from(on_thread);
+            Ok(texts.iter().map(|_| Prediction { class, confidence: 1.0, probabilities: vec![0.0, 1.0] }).collect())
+        }
+        fn model_version(&self) -> &str {
+            "where"
+        }
+        fn labels(&self) -> &[String] {
+            &self.0
+        }
+        fn normalize(&self, text: &str) -> String {
+            text.to_owned()
+        }
+        fn max_input_chars(&self) -> usize {
+            100
+        }
+        fn runs_in_place(&self, text: &str) -> bool {
+            text.len() <= 4
+        }
+    }
+
+    /// Issue 34: a cheap text runs on the caller's thread when nothing is queued; a costly
+    /// one, or any text while requests are queued, goes to the inference threads. A panic in
+    /// place is the same `Panicked` as on a thread, and the caller lives on.
+    #[tokio::test]
+    async fn a_cheap_text_runs_in_place_when_nothing_is_queued() {
+        let q = queue(16);
+        let backend: Arc<dyn Backend> = Arc::new(Where(vec!["a".into(), "b".into()]));
+        let t = Duration::from_secs(5);
+        assert_eq!(q.predict(&backend, "abc".into(), t).await.unwrap().class, 0, "in place");
+        assert_eq!(q.predict(&backend, "a longer text".into(), t).await.unwrap().class, 1, "on a thread");
+        assert_eq!(q.predict(&backend, "boom".into(), t).await, Err(QueueError::Panicked));
+        // A request waiting in the queue: the next cheap text queues behind it.
+        q.queued.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(q.predict(&backend, "abc".into(), t).await.unwrap().class, 1, "queued");
+        q.queued.fetch_sub(1, Ordering::Relaxed);
+        // Every job taken was uncounted: the count is back to none.
+        assert_eq!(q.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(q.predict(&backend, "abc".into(), t).await.unwrap().class, 0);
     }
 
     fn echo() -> Arc<dyn Backend> {
