@@ -141,7 +141,10 @@ fn register_all() {
     );
     describe_counter!(CACHE_HITS, "Predictions served from the response cache.");
     describe_counter!(CACHE_MISSES, "Cache look-ups that found nothing and ran the model.");
-    describe_histogram!(MODEL_INFERENCE_BATCH_SIZE, "Jobs an inference thread took from the queue in one wake-up.");
+    describe_histogram!(
+        MODEL_INFERENCE_BATCH_SIZE,
+        "Texts the model classified in one call: what an inference thread took in one wake-up, or 1 for a text run in place."
+    );
     describe_gauge!(PROCESS_START_TIME, Unit::Seconds, "When this worker process started (seconds since the epoch).");
     describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "Time the model file took to load at start-up.");
     describe_gauge!(MEMORY_USAGE, Unit::Bytes, "Resident set size of the worker process.");
