@@ -431,8 +431,10 @@ mod tests {
         assert_eq!(q.predict(&backend, "abc".into(), t).await.unwrap().class, 0, "in place");
         assert_eq!(q.predict(&backend, "a longer text".into(), t).await.unwrap().class, 1, "on a thread");
         assert_eq!(q.predict(&backend, "boom".into(), t).await, Err(QueueError::Panicked));
-        // A deadline under a millisecond is the threads' to keep.
-        assert_eq!(q.predict(&backend, "abc".into(), Duration::from_micros(500)).await.unwrap().class, 1);
+        // A deadline under a millisecond is the threads' to keep (answered there, or timed
+        // out waiting for them on a busy machine, but never in place).
+        let short = q.predict(&backend, "abc".into(), Duration::from_micros(500)).await;
+        assert!(matches!(short, Ok(Prediction { class: 1, .. }) | Err(QueueError::Timeout(_))), "{short:?}");
         // A request waiting in the queue: the next cheap text queues behind it.
         q.queued.fetch_add(1, Ordering::Relaxed);
         assert_eq!(q.predict(&backend, "abc".into(), t).await.unwrap().class, 1, "queued");
