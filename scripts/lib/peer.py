@@ -87,8 +87,9 @@ def measure(name: str, pid: int, addr: str, answered, texts: Path, interval_ms: 
     return rows
 
 
-def start_mlserver(tmp: Path) -> tuple[subprocess.Popen, int]:
-    """MLServer with the peer model, its HTTP port; waits until the model is ready."""
+def start_mlserver(tmp: Path) -> tuple[subprocess.Popen, int, int]:
+    """MLServer with the peer model, its HTTP and metrics ports; waits until the model is
+    ready."""
     models = tmp / "mlserver"
     trained = subprocess.run([ROOT / ".tools/mlserver/bin/python", ROOT / "scripts/peer/train.py", models],
                              capture_output=True, text=True, check=True)
@@ -106,7 +107,7 @@ def start_mlserver(tmp: Path) -> tuple[subprocess.Popen, int]:
             die(f"MLServer did not start:\n{(tmp / 'mlserver.log').read_text()[-3000:]}")
         time.sleep(0.5)
     print(f"bench:   MLServer's model: {trained.stdout.strip()}", flush=True)
-    return proc, settings["metrics_port"]
+    return proc, port, settings["metrics_port"]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -134,11 +135,10 @@ def peer_section(tmp: Path, report: dict, worker, quick: bool) -> None:
         rows += measure("falcon (binary tensors)", falcon.proc.pid, falcon.addr, answered, texts, interval, False, tmp)
     finally:
         falcon.stop()
-    proc, metrics_port = start_mlserver(tmp)
+    proc, http_port, metrics_port = start_mlserver(tmp)
     try:
         answered = lambda: metric(metrics_port, "model_infer_request_success_total") or 0  # noqa: E731
-        addr = f"127.0.0.1:{json.loads((tmp / 'mlserver/settings.json').read_text())['http_port']}"
-        rows += measure("mlserver", proc.pid, addr, answered, texts, interval, True, tmp)
+        rows += measure("mlserver", proc.pid, f"127.0.0.1:{http_port}", answered, texts, interval, True, tmp)
     finally:
         stop(proc)
     for row in rows:

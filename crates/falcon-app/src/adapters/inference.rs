@@ -305,28 +305,25 @@ fn run_batch(backend: &dyn Backend, batch: &mut Vec<Job>) {
 }
 
 /// A cheap text on the caller's thread, as an inference thread would answer it alone: a
-/// panic is `Panicked` (logged), as when a thread drops the reply.
+/// panic is `Panicked`, as when a thread drops the reply.
 fn run_in_place(backend: &dyn Backend, text: &str) -> Result<Prediction, QueueError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&[text]))) {
-        Ok(Ok(mut p)) if p.len() == 1 => p.pop().ok_or(QueueError::Panicked),
-        Ok(Ok(p)) => Err(BackendError::Failed(format!("{} predictions for 1 text", p.len())).into()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => {
-            tracing::error!(text_chars = text.chars().count(), "Model panicked during inference");
-            Err(QueueError::Panicked)
-        }
-    }
+    Ok(predict_one(backend, text).ok_or(QueueError::Panicked)??)
 }
 
 /// One text through the model, a panic turned into an error.
 fn run_alone(backend: &dyn Backend, text: &str) -> Result<Prediction, BackendError> {
+    predict_one(backend, text).unwrap_or_else(|| Err(BackendError::Failed("the model panicked on this text".into())))
+}
+
+/// One text through the model: its answer, or `None` when the model panicked (logged).
+fn predict_one(backend: &dyn Backend, text: &str) -> Option<Result<Prediction, BackendError>> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict_batch(&[text]))) {
-        Ok(Ok(mut p)) if p.len() == 1 => p.pop().ok_or_else(|| BackendError::Failed("no prediction".into())),
-        Ok(Ok(p)) => Err(BackendError::Failed(format!("{} predictions for 1 text", p.len()))),
-        Ok(Err(e)) => Err(e),
+        Ok(Ok(mut p)) if p.len() == 1 => Some(p.pop().ok_or_else(|| BackendError::Failed("no prediction".into()))),
+        Ok(Ok(p)) => Some(Err(BackendError::Failed(format!("{} predictions for 1 text", p.len())))),
+        Ok(Err(e)) => Some(Err(e)),
         Err(_) => {
             tracing::error!(text_chars = text.chars().count(), "Model panicked during inference");
-            Err(BackendError::Failed("the model panicked on this text".into()))
+            None
         }
     }
 }

@@ -48,7 +48,7 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> InferError
 /// Whether the body says it is JSON. A body without a Content-Type counts as JSON only where
 /// the protocol allows it (`absent_is_json`: the Open Inference Protocol, whose clients, such
 /// as tritonclient, send none).
-pub(super) fn is_json(headers: &HeaderMap, absent_is_json: bool) -> bool {
+fn is_json(headers: &HeaderMap, absent_is_json: bool) -> bool {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return absent_is_json;
     };
@@ -187,11 +187,17 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     rules: BodyRules,
 ) -> Result<T, InferError> {
     let received = receive(s, meta, headers, body).await?;
-    if !is_json(headers, rules.absent_is_json) {
+    json_headers(headers, rules.absent_is_json)?;
+    parse_json(s, &received.bytes, rules)
+}
+
+/// The headers of a JSON body: a Content-Type that says JSON (or none, where
+/// `absent_is_json`), and no compression.
+pub(super) fn json_headers(headers: &HeaderMap, absent_is_json: bool) -> Result<(), InferError> {
+    if !is_json(headers, absent_is_json) {
         return Err(WireError::UnsupportedMediaType.into());
     }
-    uncompressed(headers)?;
-    parse_json(s, &received.bytes, rules)
+    uncompressed(headers)
 }
 
 /// JSON bytes as the route's request. Its messages are fixed: serde's own can quote the

@@ -91,14 +91,11 @@ pub struct ModelPath {
 /// own answer would be plain text), 404 for a model this server does not have or a version it
 /// does not serve. `None` for ours.
 fn not_ours(s: &AppState, meta: &RequestMeta, path: Result<Path<ModelPath>, PathRejection>) -> Option<Response> {
+    let served = s.pipeline.backend();
     let error: ApiError = match path {
         Ok(Path(p)) if p.name != MODEL_NAME => ApiError::UnknownModel { name: shown(&p.name), served: MODEL_NAME },
-        Ok(Path(ModelPath { version: Some(v), .. })) if v != s.pipeline.backend().model_version() => {
-            ApiError::UnknownVersion {
-                name: MODEL_NAME,
-                version: shown(&v),
-                served: s.pipeline.backend().model_version().to_owned(),
-            }
+        Ok(Path(ModelPath { version: Some(v), .. })) if v != served.model_version() => {
+            ApiError::UnknownVersion { name: MODEL_NAME, version: shown(&v), served: served.model_version().to_owned() }
         }
         Ok(_) => return None,
         Err(e) => {
@@ -597,17 +594,19 @@ pub async fn infer(
     let mut asked = Asked::default();
     let command = async {
         let received = body::receive(&s, &meta, &headers, body).await?;
-        body::uncompressed(&headers)?;
         // With the binary tensor data extension, the body is a JSON header and bytes, whatever
         // its Content-Type says (tritonclient sends none, perf_analyzer octet-stream).
         let (header, data) = match headers.get(binary::HEADER_LENGTH) {
             Some(length) => {
+                body::uncompressed(&headers)?;
                 let (header, data) =
                     binary::split(&received.bytes, length).map_err(|m| InferError::from(WireError::TensorData(m)))?;
                 (header, Some(data))
             }
-            None if body::is_json(&headers, true) => (&received.bytes[..], None),
-            None => return Err(WireError::UnsupportedMediaType.into()),
+            None => {
+                body::json_headers(&headers, BODY.absent_is_json)?;
+                (&received.bytes[..], None)
+            }
         };
         let req: OipInferRequest = body::parse_json(&s, header, BODY)?;
         let (a, texts) = texts(req, data, s.pipeline.max_batch_texts())?;
