@@ -104,6 +104,10 @@ pub struct ServerConfig {
     /// Model file to serve [default: the model built into the binary].
     #[arg(long, env = "MODEL_PATH")]
     pub model_path: Option<PathBuf>,
+    /// A model repository file (TOML) naming the models to serve; unset = one model,
+    /// `sentiment`, from MODEL_BACKEND / MODEL_PATH. See docs/models.md.
+    #[arg(long, env = "MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
     /// Whole-request deadline; past it the client gets 504 `request_timeout`.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub request_timeout_seconds: f64,

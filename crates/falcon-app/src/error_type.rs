@@ -51,8 +51,10 @@ error_types! {
     UnsupportedMediaType = "unsupported_media_type", 415;
     /// JSON of the wrong shape, a text out of bounds, a bad idempotency key, or a batch with no texts or more than `MAX_BATCH_TEXTS`.
     Validation = "validation_error", 422;
-    /// No such route (or, for OIP, no such model).
+    /// No such route (or, for OIP, no such version of a model).
     NotFound = "not_found", 404;
+    /// The request names a model this worker does not serve (not in its repository, or unloaded).
+    ModelNotFound = "model_not_found", 404;
     /// The route does not take this method.
     MethodNotAllowed = "method_not_allowed", 405;
     /// The request target is over 8 KiB.
@@ -69,6 +71,8 @@ error_types! {
     ReloadFailed = "reload_failed", 422;
     /// The idempotency key was used with another text, or is in flight.
     IdempotencyConflict = "idempotency_conflict", 409;
+    /// The default model cannot be unloaded (it answers every request that names no model).
+    DefaultModel = "default_model", 409;
     /// The model is not loaded yet, or the worker is draining.
     NotReady = "not_ready", 503;
     /// The inference queue, `MAX_CONCURRENT_REQUESTS` or `MAX_BODY_BYTES_IN_FLIGHT` is full.
@@ -83,6 +87,28 @@ error_types! {
     ClientClosed = "client_closed", 499;
     /// A failure inside the worker; the cause goes to the log, never to the client.
     Internal = "internal_error", 500;
+}
+
+/// How much of an unknown path a 404 body and its log line repeat.
+pub const PATH_ECHO_CHARS: usize = 64;
+
+/// A client's string as an error body, a log line and a row repeat it: at most
+/// `PATH_ECHO_CHARS` characters (then `…`), control characters escaped (`\u{1b}`), so a
+/// client can neither grow what is stored nor put terminal sequences into it.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == PATH_ECHO_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl serde::Serialize for ErrorType {

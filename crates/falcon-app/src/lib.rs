@@ -13,6 +13,7 @@ pub mod ballast;
 pub mod config;
 pub mod error_type;
 pub mod lifecycle;
+pub mod models;
 pub mod pipeline;
 pub mod shutdown;
 pub mod tasks;

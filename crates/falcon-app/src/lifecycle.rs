@@ -77,21 +77,45 @@ pub struct ModelSlot {
     reloading: Arc<tokio::sync::Mutex<()>>,
     /// How long a reload waits for its load (`MODEL_RELOAD_TIMEOUT_SECONDS`).
     reload_timeout: Duration,
+    /// Whether this is the worker's default model, the one `model_info` and the reference
+    /// class shares describe.
+    default: bool,
+    /// The model's name in the repository, for log lines.
+    name: String,
 }
 
 /// `MODEL_RELOAD_TIMEOUT_SECONDS`'s default.
 pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ModelSlot {
+    /// The worker's default model (`model_info` and the reference class shares are its).
     pub fn new(backend: Arc<dyn Backend>, source: String, reloader: Option<Reloader>) -> Self {
         metrics::record_model_info(backend.model_version(), None);
         metrics::record_reference_shares(backend.labels(), backend.reference_class_shares().as_deref());
+        Self { default: true, ..Self::other(backend, source, reloader) }
+    }
+
+    /// Another model of the repository: the worker-wide model gauges are not its.
+    pub fn other(backend: Arc<dyn Backend>, source: String, reloader: Option<Reloader>) -> Self {
         Self {
             current: ArcSwap::from_pointee(Served { backend, source }),
             reloader,
             reloading: Default::default(),
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
+            default: false,
+            name: crate::models::DEFAULT_MODEL.to_owned(),
         }
+    }
+
+    /// The model's name in the repository (`sentiment` unless told).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The longest a reload waits for its load.
@@ -128,15 +152,18 @@ impl ModelSlot {
                     source: loaded.source.clone(),
                     load_ms: loaded.load_time.as_secs_f64() * 1000.0,
                 };
-                metrics::record_model_info(&reloaded.model_version, Some(&reloaded.previous_version));
-                metrics::record_reference_shares(
-                    loaded.backend.labels(),
-                    loaded.backend.reference_class_shares().as_deref(),
-                );
+                if self.default {
+                    metrics::record_model_info(&reloaded.model_version, Some(&reloaded.previous_version));
+                    metrics::record_reference_shares(
+                        loaded.backend.labels(),
+                        loaded.backend.reference_class_shares().as_deref(),
+                    );
+                }
                 self.current.store(Arc::new(Served { backend: loaded.backend, source: loaded.source }));
                 metrics::record_reload(true);
                 tracing::info!(
                     trigger,
+                    model = %self.name,
                     previous_version = %reloaded.previous_version,
                     model_version = %reloaded.model_version,
                     changed = reloaded.changed,
@@ -148,7 +175,7 @@ impl ModelSlot {
             }
             Err(error) => {
                 metrics::record_reload(false);
-                tracing::error!(trigger, model_version = %previous_version, error = %error, "Model reload failed; still serving the previous model");
+                tracing::error!(trigger, model = %self.name, model_version = %previous_version, error = %error, "Model reload failed; still serving the previous model");
                 Err(error)
             }
         }

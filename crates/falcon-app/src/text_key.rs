@@ -105,10 +105,12 @@ impl TextKey {
         self.digest(&[text.as_bytes()])
     }
 
-    /// The cache key of a text under a model version. The version is part of the key, so a
-    /// new model never serves an old model's answers.
-    pub fn cache_key(&self, model_version: &str, normalized_text: &str) -> String {
-        format!("cache:{}", self.digest(&[model_version.as_bytes(), &[0], normalized_text.as_bytes()]))
+    /// The cache key of a text for a model (its name in the repository) and version. Both
+    /// are part of the key, so neither another model nor a new version ever serves another's
+    /// answers.
+    pub fn cache_key(&self, model: &str, model_version: &str, normalized_text: &str) -> String {
+        let parts: [&[u8]; 5] = [model.as_bytes(), &[0], model_version.as_bytes(), &[0], normalized_text.as_bytes()];
+        format!("cache:{}", self.digest(&parts))
     }
 }
 
@@ -140,9 +142,11 @@ mod tests {
         assert_ne!(a.hash("I love this"), b.hash("I love this"));
         // Not the unsalted SHA-256 of the text (c876e4cc…), which anyone can compute.
         assert!(!a.hash("I love this").starts_with("c876e4cc"));
-        assert_ne!(a.cache_key("v1", "great movie"), a.cache_key("v2", "great movie"));
-        assert_ne!(a.cache_key("v1a", "b"), a.cache_key("v1", "ab"));
-        assert!(a.cache_key("v1", "x").starts_with("cache:"));
+        assert_ne!(a.cache_key("m", "v1", "great movie"), a.cache_key("m", "v2", "great movie"));
+        assert_ne!(a.cache_key("m", "v1", "great movie"), a.cache_key("n", "v1", "great movie"));
+        assert_ne!(a.cache_key("m", "v1a", "b"), a.cache_key("m", "v1", "ab"));
+        assert_ne!(a.cache_key("mv", "1", "x"), a.cache_key("m", "v1", "x"));
+        assert!(a.cache_key("m", "v1", "x").starts_with("cache:"));
         assert!(TextKey::new(b"short").is_err());
         assert_eq!(format!("{a:?}"), "TextKey(<redacted>)");
     }

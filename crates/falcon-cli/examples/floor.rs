@@ -29,6 +29,7 @@ async fn infer(Json(request): Json<InferRequest>) -> Json<InferResponse> {
         cache_hit: false,
         idempotency_hit: false,
         worker_id: "floor".into(),
+        model: "sentiment".into(),
         model_version: "floor".into(),
         processing_time_ms: 0.01,
         request_id: "00000000-0000-0000-0000-000000000000".into(),

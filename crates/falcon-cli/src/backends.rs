@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use falcon_app::models::{ModelLoader, ModelSpec, Repository, RepositoryError};
 use falcon_backend::Backend;
 use falcon_model::SentimentModel;
 use falcon_server::LoadedBackend;
@@ -46,6 +47,25 @@ pub fn load(name: &str, path: Option<&Path>) -> Result<LoadedBackend, LoadError>
         other => return Err(LoadError::UnknownBackend(other.to_owned())),
     };
     Ok(LoadedBackend { backend, source, load_time: started.elapsed() })
+}
+
+/// The repository a worker serves: the file (`MODEL_REPOSITORY`), checked against this
+/// build's backends, or one model named `sentiment` from `backend` and `path`.
+pub fn repository(file: Option<&Path>, backend: &str, path: Option<&Path>) -> Result<Repository, RepositoryError> {
+    match file {
+        Some(file) => Repository::read(file, &NAMES),
+        None => Ok(Repository::single(backend, path)),
+    }
+}
+
+/// Loads one model of a repository.
+pub fn load_spec(spec: &ModelSpec) -> Result<LoadedBackend, LoadError> {
+    load(&spec.backend, spec.location.as_deref())
+}
+
+/// The worker's loader: hot reload and the repository's load go through it.
+pub fn loader() -> ModelLoader {
+    Arc::new(|spec: &ModelSpec| load_spec(spec).map_err(|e| format!("{e:#}")))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ const TEXT: &str =
 
 fn bench(c: &mut Criterion) {
     let key = TextKey::new(b"the benchmark's text hash key").unwrap();
-    let cache_key = |version: &str, text: &str| key.cache_key(version, text);
+    let cache_key = |version: &str, text: &str| key.cache_key("sentiment", version, text);
     c.bench_function("stage_normalize_and_cache_key", |b| {
         b.iter(|| cache_key("v1", &falcon_model::normalize(black_box(TEXT))))
     });
@@ -51,6 +51,7 @@ fn bench(c: &mut Criterion) {
         cache_hit: false,
         idempotency_hit: false,
         worker_id: "worker-1".into(),
+        model: "sentiment".into(),
         model_version: "v1".into(),
         processing_time_ms: 0.094,
         request_id: new_request_id(),

@@ -2,6 +2,7 @@
 //! listener, serve until a shutdown signal, drain within the grace period, then stop every
 //! background task in order.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,14 +17,14 @@ use crate::http::{AppState, router};
 use falcon_app::adapters::cache::redis::{RedisCache, RedisStore};
 use falcon_app::adapters::cache::{MemoryCache, ResponseCache};
 use falcon_app::adapters::idempotency::IdempotencyStore;
-use falcon_app::adapters::inference::InferenceQueue;
 use falcon_app::adapters::request_log::{self, RequestLog, Sink, WriterConfig};
 use falcon_app::adapters::resilience::retry::RETRY_WARNING_INTERVAL;
 use falcon_app::adapters::resilience::{CircuitBreaker, RetryPolicy};
 use falcon_app::ballast::MemoryBallast;
 use falcon_app::config::Config;
 use falcon_app::config::ConnectionLimits;
-use falcon_app::lifecycle::{ModelSlot, Shadow};
+use falcon_app::lifecycle::Shadow;
+use falcon_app::models::{ModelLoader, QueueShape, Registry, Repository};
 use falcon_app::pipeline::access::{Admission, ApiKeys, RateLimits};
 use falcon_app::pipeline::{Parts, Pipeline, Readiness};
 use falcon_app::tasks::Background;
@@ -33,17 +34,27 @@ use falcon_app::text_key::TextKey;
 
 pub use falcon_app::lifecycle::{LoadedBackend, Reloader};
 
-/// The models a worker starts with: the one it serves, how to load it again (hot
-/// reload), and an optional candidate to shadow-score.
+/// The models a worker starts with: its repository, each model loaded, how to load them
+/// again (hot reload, the repository's load), and an optional candidate to shadow-score
+/// against the default model.
 pub struct Models {
-    pub serving: LoadedBackend,
-    pub reloader: Option<Reloader>,
+    pub repository: Repository,
+    /// One loaded model per model of the repository, by name.
+    pub loaded: BTreeMap<String, LoadedBackend>,
+    pub loader: Option<ModelLoader>,
+    /// The backends this build knows (the repository file is checked against them when it
+    /// is read again).
+    pub backends: Vec<String>,
     pub shadow: Option<LoadedBackend>,
 }
 
 impl From<LoadedBackend> for Models {
+    /// The zero-config worker: this one model, named `sentiment`, not reloadable.
     fn from(serving: LoadedBackend) -> Self {
-        Self { serving, reloader: None, shadow: None }
+        let backend = serving.backend.name().to_owned();
+        let repository = Repository::single(&backend, None);
+        let loaded = BTreeMap::from([(repository.default.clone(), serving)]);
+        Self { repository, loaded, loader: None, backends: vec![backend], shadow: None }
     }
 }
 
@@ -64,16 +75,19 @@ impl Application {
     pub async fn build(config: &Config, models: impl Into<Models>) -> anyhow::Result<Self> {
         let models = models.into();
         let handle = metrics::install(&config.worker_id());
-        let model = &models.serving;
-        let backend = &model.backend;
-        tracing::info!(
-            model_path = %model.source,
-            backend = backend.name(),
-            model_version = backend.model_version(),
-            load_ms = model.load_time.as_secs_f64() * 1000.0,
-            "Model loaded"
-        );
-        metrics::record_model_loaded(model.load_time);
+        for (name, model) in &models.loaded {
+            let backend = &model.backend;
+            tracing::info!(
+                model = %name,
+                model_path = %model.source,
+                backend = backend.name(),
+                model_version = backend.model_version(),
+                load_ms = model.load_time.as_secs_f64() * 1000.0,
+                "Model loaded"
+            );
+        }
+        let load_time = models.loaded.values().map(|m| m.load_time).sum();
+        metrics::record_model_loaded(load_time);
         // Bound before anything that leaves state behind (the spool) is opened: a port in
         // use fails the start with nothing to clean up. Nothing is accepted until `run`.
         let addr = SocketAddr::new(config.server.host, config.server.port);
@@ -130,6 +144,7 @@ impl Application {
             cache = state.pipeline.cache_backend(),
             model_version = state.pipeline.backend().model_version(),
             model_path = %state.pipeline.model().source(),
+            models = state.pipeline.models().served().len(),
             "Worker listening"
         );
         let closing = Arc::clone(state.pipeline.readiness());
@@ -204,15 +219,17 @@ async fn assemble(
     }
     let (redis, cache, idempotency) = build_stores(config, background)?;
     let (request_log, database_available) = build_request_log(config, background).await?;
-    let queue = InferenceQueue::start(
-        config.inference_threads(),
-        config.server.inference_queue_capacity as usize,
-        config.server.inference_max_batch as usize,
-    )
-    .context("cannot start the inference threads")?;
+    let shape = QueueShape {
+        threads: config.inference_threads(),
+        capacity: config.server.inference_queue_capacity as usize,
+        max_batch: config.server.inference_max_batch as usize,
+    };
+    let Models { repository, loaded, loader, backends, shadow } = models;
+    let reloadable = loader.is_some();
+    let reload_timeout = Duration::from_secs_f64(config.server.model_reload_timeout_seconds);
+    let models = Arc::new(Registry::start(repository, loaded, loader, backends, shape, reload_timeout)?);
     let readiness = Arc::new(Readiness::default());
     readiness.set_model_loaded(true);
-    let Models { serving, reloader, shadow } = models;
     let shadow = match shadow {
         Some(candidate) => Some(
             Shadow::start(candidate.backend, &candidate.source, config.server.shadow_sample_rate)
@@ -220,14 +237,8 @@ async fn assemble(
         ),
         None => None,
     };
-    let reloadable = reloader.is_some();
-    let prediction_metrics = metrics::PredictionMetrics::new(serving.backend.labels());
-    let model = Arc::new(
-        ModelSlot::new(serving.backend, serving.source, reloader)
-            .with_reload_timeout(Duration::from_secs_f64(config.server.model_reload_timeout_seconds)),
-    );
     if reloadable {
-        background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&model), background.stopping()));
+        background.spawn("model_reload_signal", reload_on_sighup(Arc::clone(&models), background.stopping()));
     }
     metrics::register_access(&api_keys.ids());
     if api_keys.is_empty() && !config.server.host.is_loopback() {
@@ -239,9 +250,8 @@ async fn assemble(
     let rate_limits = rate_limited.then(|| RateLimits::new(a.rate_limit_per_minute, a.rate_limit_burst));
     let pipeline = Pipeline::new(Parts {
         worker_id,
-        model,
+        models,
         shadow,
-        queue,
         cache,
         idempotency,
         request_log,
@@ -261,7 +271,6 @@ async fn assemble(
         admission: (a.max_concurrent_requests > 0).then(|| Admission::new(a.max_concurrent_requests as usize)),
         max_batch_texts: a.max_batch_texts as usize,
         text_key,
-        prediction_metrics,
     });
     if rate_limited {
         background.spawn("rate_limit_upkeep", forget_idle_clients(pipeline.clone(), background.stopping()));
@@ -402,8 +411,9 @@ async fn forget_idle_clients(pipeline: Pipeline, mut stopping: falcon_app::shutd
     }
 }
 
-/// SIGHUP reloads the model (as `POST /admin/reload` does), until the worker stops.
-async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: falcon_app::shutdown::Stopping) {
+/// SIGHUP reloads every served model (each as `POST /admin/reload` does the default one; a
+/// model that fails keeps its old version), until the worker stops.
+async fn reload_on_sighup(models: Arc<Registry>, mut stopping: falcon_app::shutdown::Stopping) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -415,8 +425,8 @@ async fn reload_on_sighup(model: Arc<ModelSlot>, mut stopping: falcon_app::shutd
     loop {
         tokio::select! {
             _ = hangups.recv() => {
-                // The outcome is logged and counted by `reload`.
-                let _ = model.reload("SIGHUP").await;
+                // Each outcome is logged and counted by its model's reload.
+                let _ = models.reload_all("SIGHUP").await;
             }
             () = stopping.wait() => return,
         }

@@ -758,3 +758,168 @@ async fn the_model_configuration_and_versioned_paths_answer_for_the_version_serv
         assert!(body["error"].as_str().is_some_and(|e| e.contains("version '7'") || e.contains("'nope'")), "{body}");
     }
 }
+
+/// A model that holds every call until it is opened, counting the calls inside.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    inside: AtomicUsize,
+    labels: Vec<String>,
+}
+
+impl Gate {
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Backend for Gate {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        Ok(texts.iter().map(|_| Prediction { class: 0, confidence: 1.0, probabilities: vec![1.0] }).collect())
+    }
+    fn model_version(&self) -> &str {
+        "gate-v1"
+    }
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+    fn normalize(&self, text: &str) -> String {
+        text.to_owned()
+    }
+    fn max_input_chars(&self) -> usize {
+        10_000
+    }
+}
+
+/// A worker serving `fast` (the default) and `slow` from one repository.
+async fn two_models(fast: Arc<dyn Backend>, slow: Arc<dyn Backend>, args: &[&str]) -> AppState {
+    use falcon_app::models::Repository;
+    use falcon_server::{LoadedBackend, Models};
+    let repository = Repository::parse(
+        "default = \"fast\"\n[models.fast]\nbackend = \"fake\"\n[models.slow]\nbackend = \"fake\"\n",
+        std::path::Path::new("."),
+        &["fake"],
+    )
+    .unwrap();
+    let loaded = |backend| LoadedBackend { backend, source: "test".into(), load_time: Duration::ZERO };
+    let models = Models {
+        repository,
+        loaded: [("fast".to_owned(), loaded(fast)), ("slow".to_owned(), loaded(slow))].into(),
+        loader: None,
+        backends: vec!["fake".into()],
+        shadow: None,
+    };
+    let mut all =
+        vec!["--worker-id", "test-w", "--request-log-enabled", "false", "--text-hash-key", "a handler test's key"];
+    all.extend_from_slice(args);
+    let config = Config::from_args(all).unwrap();
+    falcon_server::build_state_with(&config, models, None).await.unwrap().0
+}
+
+fn infer_model(model: &str, text: &str) -> Request<Body> {
+    infer(&serde_json::json!({ "text": text, "model": model }).to_string())
+}
+
+/// Each model has its own queue and threads: with every thread of one model stuck and its
+/// queue full, the other model answers every request, within its deadline. (With one shared
+/// queue the fast model's requests would wait behind the stuck ones and time out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saturated_model_never_delays_another() {
+    let gate = Arc::new(Gate { labels: vec!["only".into()], ..Gate::default() });
+    let args = [
+        "--inference-threads",
+        "2",
+        "--inference-queue-capacity",
+        "4",
+        "--inference-max-batch",
+        "1",
+        "--inference-timeout-seconds",
+        "2",
+        "--cache-enabled",
+        "false",
+    ];
+    let s = two_models(Arc::new(Fake::new()), Arc::clone(&gate) as Arc<dyn Backend>, &args).await;
+    // Saturate the slow model: 2 threads inside the model, 4 requests queued, the rest refused.
+    let stuck: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { send(&s, infer_model("slow", &format!("stuck {i}"))).await.0 })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gate.inside.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the slow model's threads never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut took = Vec::new();
+    for i in 0..200 {
+        let started = Instant::now();
+        let (status, _, body) = send(&s, infer_model("fast", &format!("a good text {i}"))).await;
+        took.push(started.elapsed());
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["model"], "fast");
+    }
+    took.sort_unstable();
+    println!("fast model p99 with the slow model saturated: {:?}", took[took.len() * 99 / 100]);
+    assert_eq!(gate.inside.load(Ordering::SeqCst), 2, "the slow model's threads are still held");
+    gate.release();
+    let statuses: Vec<StatusCode> =
+        futures_util::future::join_all(stuck).await.into_iter().map(Result::unwrap).collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count();
+    assert_eq!(ok + refused, statuses.len(), "{statuses:?}");
+    assert!(ok >= 2, "the held requests are answered once the model opens: {statuses:?}");
+}
+
+/// Requests name their model; the answer names it too; an unknown one is 404
+/// `model_not_found`, in both shapes; the default model cannot be unloaded.
+#[tokio::test]
+async fn requests_name_their_model_and_an_unknown_one_is_404() {
+    let gate = Arc::new(Gate { labels: vec!["only".into()], ..Gate::default() });
+    gate.release();
+    let s = two_models(Arc::new(Fake::new()), gate, &[]).await;
+    let (status, _, body) = send(&s, infer(r#"{"text":"a good day"}"#)).await;
+    assert_eq!(
+        (status, &body["model"], &body["prediction"]),
+        (StatusCode::OK, &Value::from("fast"), &Value::from("positive"))
+    );
+    let (status, _, body) = send(&s, infer_model("slow", "a good day")).await;
+    assert_eq!(
+        (status, &body["model"], &body["prediction"]),
+        (StatusCode::OK, &Value::from("slow"), &Value::from("only"))
+    );
+    let batch = Request::post("/infer/batch")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"texts":["a","b"],"model":"slow"}"#))
+        .unwrap();
+    let (status, _, body) = send(&s, batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["model"], "slow");
+    assert_eq!(body["results"][1]["prediction"], "only");
+    let (status, _, body) = send(&s, infer_model("nope\u{1b}", "a good day")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "model_not_found");
+    assert_eq!(body["error"], "unknown model 'nope\\u{1b}'; this worker serves: fast, slow");
+    let req = Request::get("/v2/models/nope/stats").body(Body::empty()).unwrap();
+    let (status, _, body) = send(&s, req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let req = Request::get("/v2/models/slow/stats").body(Body::empty()).unwrap();
+    let (status, _, body) = send(&s, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = &body["model_stats"][0];
+    assert_eq!((&stats["name"], &stats["inference_count"]), (&Value::from("slow"), &Value::from(3)), "{body}");
+    assert_eq!(stats["inference_stats"]["success"]["count"], 2, "one single and one batch request: {body}");
+    let ready = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await.2;
+    assert_eq!(ready["models"][0]["name"], "fast");
+    assert_eq!(ready["models"][0]["default"], true);
+    assert_eq!(ready["models"][1]["name"], "slow");
+}

@@ -51,9 +51,20 @@ pub struct StoredAnswer {
     pub model_version: String,
     pub processing_time_ms: f64,
     pub request_id: String,
+    /// The model that answered, by name (the answer's `model`). Absent in records of builds
+    /// that served one model: those were made by the default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl StoredAnswer {
+    /// Whether the model `name` made this record. A record without a name predates the
+    /// repository, when every answer came from the one model: it is taken as this one's, so
+    /// a retry across the upgrade is still a replay.
+    pub fn made_by(&self, name: &str) -> bool {
+        self.model.as_deref().is_none_or(|m| m == name)
+    }
+
     /// What to store of `prediction`, made by the model with `labels` and `model_version`.
     pub fn new(
         prediction: &Prediction,
@@ -72,6 +83,7 @@ impl StoredAnswer {
             model_version: model_version.to_owned(),
             processing_time_ms: 0.0,
             request_id: request_id.to_owned(),
+            model: None,
         }
     }
 
@@ -500,6 +512,7 @@ mod tests {
             model_version: "v".into(),
             processing_time_ms: 1.0,
             request_id: "r".into(),
+            model: None,
         }
     }
 

@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use falcon_backend::{Backend, BackendError, Prediction};
 use tokio::sync::oneshot;
 
+use crate::models::ModelStats;
 use crate::telemetry::metrics;
 
 /// Why the queue gave no prediction.
@@ -52,6 +53,8 @@ enum Work {
 struct Job {
     work: Work,
     backend: Arc<dyn Backend>,
+    /// When it was queued, for the model's queue time.
+    queued_at: Instant,
 }
 
 impl Job {
@@ -86,6 +89,8 @@ pub struct InferenceQueue {
     max_batch: usize,
     /// Jobs sent and not yet taken by a thread.
     queued: Arc<AtomicUsize>,
+    /// The model's statistics: queue and compute time, texts and calls.
+    stats: Arc<ModelStats>,
 }
 
 impl InferenceQueue {
@@ -94,16 +99,23 @@ impl InferenceQueue {
         let (tx, rx) = sync_channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(ModelStats::default());
         let threads = (0..threads.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
                 let queued = Arc::clone(&queued);
+                let stats = Arc::clone(&stats);
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || run_thread(&rx, &queued, max_batch.max(1)))
+                    .spawn(move || run_thread(&rx, &queued, &stats, max_batch.max(1)))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1), queued })
+        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1), queued, stats })
+    }
+
+    /// The statistics of the model this queue serves.
+    pub fn stats(&self) -> &Arc<ModelStats> {
+        &self.stats
     }
 
     /// How many threads run the model, and the most queued requests one takes at a wake-up.
@@ -120,18 +132,21 @@ impl InferenceQueue {
     ) -> Result<Prediction, QueueError> {
         if timeout >= IN_PLACE_MIN_DEADLINE && self.queued.load(Ordering::Relaxed) == 0 && backend.runs_in_place(&text)
         {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let answer = run_in_place(backend.as_ref(), &text);
+            let took = started.elapsed();
             // As a thread's batch of one: the histogram's sum stays the texts classified.
             metrics::record_batch(1);
+            self.stats.queue.add(1, Duration::ZERO);
+            self.stats.record_execution(1, 1, took);
             // Past the deadline is past the deadline, wherever the text ran.
-            if started.elapsed() > timeout {
+            if took > timeout {
                 return Err(QueueError::Timeout(timeout));
             }
             return answer;
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { work: Work::One { text, reply }, backend: Arc::clone(backend) };
+        let job = Job { work: Work::One { text, reply }, backend: Arc::clone(backend), queued_at: Instant::now() };
         Ok(self.submit(job, answer, timeout).await??)
     }
 
@@ -148,7 +163,7 @@ impl InferenceQueue {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { work: Work::Many { texts, reply }, backend: Arc::clone(backend) };
+        let job = Job { work: Work::Many { texts, reply }, backend: Arc::clone(backend), queued_at: Instant::now() };
         self.submit(job, answer, timeout).await
     }
 
@@ -208,7 +223,7 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-fn run_thread(rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize, max_batch: usize) {
+fn run_thread(rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize, stats: &ModelStats, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -228,24 +243,39 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize, max_batch: usize)
         }
         queued.fetch_sub(batch.len(), Ordering::Relaxed);
         metrics::record_batch(batch.iter().map(Job::len).sum());
+        let taken = Instant::now();
+        for job in &batch {
+            stats.queue.add(1, taken.saturating_duration_since(job.queued_at));
+        }
         // Requests that already timed out or went away are not computed.
         batch.retain(|job| !job.abandoned());
-        run_by_model(&mut batch);
+        run_by_model(&mut batch, stats);
     }
 }
 
 /// One `predict_batch` call per model in the batch: one, except around a hot reload.
-fn run_by_model(batch: &mut Vec<Job>) {
+fn run_by_model(batch: &mut Vec<Job>, stats: &ModelStats) {
     while let Some(first) = batch.first() {
         let backend = Arc::clone(&first.backend);
         if batch.iter().all(|j| Arc::ptr_eq(&j.backend, &backend)) {
-            run_batch(backend.as_ref(), batch);
+            run_timed(backend.as_ref(), batch, stats);
             return;
         }
         let (mut same, rest): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(|j| Arc::ptr_eq(&j.backend, &backend));
         *batch = rest;
-        run_batch(backend.as_ref(), &mut same);
+        run_timed(backend.as_ref(), &mut same, stats);
     }
+}
+
+/// `run_batch`, counted in the model's statistics.
+fn run_timed(backend: &dyn Backend, batch: &mut Vec<Job>, stats: &ModelStats) {
+    if batch.is_empty() {
+        return;
+    }
+    let (texts, requests) = (batch.iter().map(Job::len).sum(), batch.len());
+    let started = Instant::now();
+    run_batch(backend, batch);
+    stats.record_execution(texts, requests, started.elapsed());
 }
 
 /// One `predict_batch` call for every text of the batch. If it fails as a whole (or
@@ -281,7 +311,12 @@ fn run_batch(backend: &dyn Backend, batch: &mut Vec<Job>) {
                     Work::Many { texts, reply } => {
                         let _ = reply.send(texts.iter().map(|t| run_alone(backend, t)).collect());
                     }
-                    one @ Work::One { .. } => run_batch(backend, &mut vec![Job { work: one, backend: job.backend }]),
+                    one @ Work::One { .. } => {
+                        run_batch(
+                            backend,
+                            &mut vec![Job { work: one, backend: job.backend, queued_at: job.queued_at }],
+                        );
+                    }
                 }
             }
         }

@@ -9,9 +9,6 @@ use falcon_backend::{Backend, Prediction};
 
 use super::InferError;
 
-/// The name the worker serves its model under (OIP paths, answers).
-pub const MODEL_NAME: &str = "sentiment";
-
 /// One text's answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -34,7 +31,8 @@ impl Answer {
 /// change it under the request).
 #[derive(Clone)]
 pub struct AnsweredBy {
-    pub name: &'static str,
+    /// The model's name in the repository.
+    pub name: Arc<str>,
     pub model: Arc<dyn Backend>,
 }
 

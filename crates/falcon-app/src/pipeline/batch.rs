@@ -7,11 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use falcon_backend::{Backend, Prediction};
+use falcon_backend::Prediction;
 
-use super::answer::{Answer, AnsweredBy, BatchInferred, MODEL_NAME};
+use super::answer::{Answer, AnsweredBy, BatchInferred};
 use super::row::{Answered, Outcome, TextFacts};
-use super::{InferError, Pipeline, RequestMeta, Subject, validate_text};
+use super::{InferError, Model, Pipeline, RequestMeta, Subject, validate_text};
 use crate::adapters::request_log::LogRecord;
 use crate::telemetry::metrics;
 
@@ -24,6 +24,8 @@ pub struct BatchCommand {
     /// error): it is then one row and one error, and no text's prediction is counted.
     /// Otherwise (`POST /infer/batch`) each text has its own answer or error.
     pub all_or_nothing: bool,
+    /// The model the client named; `None`: the default model.
+    pub model: Option<String>,
 }
 
 /// One text's way through the batch.
@@ -65,6 +67,9 @@ impl Pipeline {
                 // not asked): as a single request whose answer came from the cache.
                 let cache_hit = answer.results.iter().all(|r| r.as_ref().is_ok_and(|a| a.cache_hit));
                 metrics::record_request(true, cache_hit, elapsed);
+                if let Some(model) = &subject.model {
+                    self.count_in_stats(model.stats(), Ok((cache_hit, (!cache_hit).then_some(0.0))), elapsed);
+                }
                 answer.processing_time = elapsed;
                 Ok(answer)
             }
@@ -89,8 +94,11 @@ impl Pipeline {
                 command.texts.len()
             )));
         }
-        let backend = self.0.model.current();
-        let mut slots: Vec<Slot> = command.texts.into_iter().map(|v| self.check(&backend, v)).collect();
+        let served = self.0.models.get(command.model.as_deref())?;
+        subject.model = Some(Arc::clone(&served));
+        let backend = served.current();
+        let model = Model { served: &served, backend: &backend };
+        let mut slots: Vec<Slot> = command.texts.into_iter().map(|v| self.check(model, v)).collect();
         if command.all_or_nothing {
             // A bad entry fails the request before the cache or the model is asked.
             first_failure(slots.iter().map(|s| s.result.as_ref()))?;
@@ -101,10 +109,12 @@ impl Pipeline {
         let todo: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].result.is_none()).collect();
         let texts: Vec<String> = todo.iter().filter_map(|&i| slots[i].text.clone()).collect();
         if !texts.is_empty() {
-            let answers =
-                tokio::time::timeout_at(deadline, self.0.queue.predict_many(&backend, texts, self.0.inference_timeout))
-                    .await
-                    .map_err(|_| InferError::RequestTimeout(self.0.request_timeout))??;
+            let answers = tokio::time::timeout_at(
+                deadline,
+                served.queue().predict_many(&backend, texts, self.0.inference_timeout),
+            )
+            .await
+            .map_err(|_| InferError::RequestTimeout(self.0.request_timeout))??;
             let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
             for (&i, answer) in todo.iter().zip(answers) {
                 let slot = &mut slots[i];
@@ -131,13 +141,15 @@ impl Pipeline {
             first_failure(results.iter().map(Some))?;
         }
         for (slot, result) in slots.iter().zip(&results) {
-            self.log_text(meta, subject, backend.as_ref(), slot, result, elapsed);
+            self.log_text(meta, subject, model, slot, result, elapsed);
         }
-        Ok(BatchInferred { results, by: AnsweredBy { name: MODEL_NAME, model: backend }, processing_time: elapsed })
+        let by = AnsweredBy { name: Arc::clone(served.name()), model: backend };
+        Ok(BatchInferred { results, by, processing_time: elapsed })
     }
 
     /// A text as the batch will treat it: its validation error, or ready for the cache.
-    fn check(&self, backend: &Arc<dyn Backend>, entry: Option<String>) -> Slot {
+    fn check(&self, model: Model<'_>, entry: Option<String>) -> Slot {
+        let backend = model.backend;
         let mut slot = Slot { text: None, facts: None, result: None, cache_key: None, inference_ms: None };
         let Some(text) = entry else {
             slot.result = Some(Err(InferError::Validation("each entry of \"texts\" must be a string".into())));
@@ -149,11 +161,7 @@ impl Pipeline {
             slot.text = Some(text);
             return slot;
         }
-        slot.cache_key = self
-            .0
-            .cache
-            .as_ref()
-            .map(|_| self.0.text_key.cache_key(backend.model_version(), &backend.normalize(&text)));
+        slot.cache_key = self.0.cache.as_ref().map(|_| self.cache_key(model.served, backend, &text));
         slot.text = Some(text);
         slot
     }
@@ -176,16 +184,17 @@ impl Pipeline {
         &self,
         meta: &RequestMeta,
         subject: &Subject,
-        backend: &dyn Backend,
+        model: Model<'_>,
         slot: &Slot,
         result: &Result<Answer, InferError>,
         elapsed: std::time::Duration,
     ) {
         metrics::record_batch_text(result.is_ok());
         metrics::record_text(result.is_ok());
+        let backend = model.backend;
         let length = slot.facts.as_ref().map(|t| t.length);
         if let Ok(answer) = result {
-            self.0.prediction_metrics.record(answer.label(backend.labels()), answer.prediction.confidence, length);
+            model.served.predictions().record(answer.label(backend.labels()), answer.prediction.confidence, length);
         }
         let Some(log) = &self.0.request_log else { return };
         let result = match result {

@@ -19,6 +19,13 @@ pub enum InferError {
     Validation(String),
     #[error("worker is not ready: {0}")]
     NotReady(&'static str),
+    /// The request names a model this worker does not serve (the name, as shown to the
+    /// client, and the models it does serve).
+    #[error("unknown model '{name}'; this worker serves: {served}")]
+    ModelNotFound { name: String, served: String },
+    /// The default model cannot be unloaded.
+    #[error("'{0}' is the default model (it answers requests that name none); it cannot be unloaded")]
+    DefaultModel(String),
     #[error("X-Idempotency-Key was already used with a different request body")]
     IdempotencyConflict,
     #[error("worker is overloaded: {0}")]
@@ -55,6 +62,8 @@ impl InferError {
             Self::Unreadable { error_type, .. } => *error_type,
             Self::Validation(_) => ErrorType::Validation,
             Self::NotReady(_) => ErrorType::NotReady,
+            Self::ModelNotFound { .. } => ErrorType::ModelNotFound,
+            Self::DefaultModel(_) => ErrorType::DefaultModel,
             Self::IdempotencyConflict => ErrorType::IdempotencyConflict,
             Self::Overloaded(_) => ErrorType::Overloaded,
             Self::InferenceTimeout(_) => ErrorType::InferenceTimeout,

@@ -22,17 +22,17 @@ use falcon_backend::Backend;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-pub use self::answer::{Answer, AnsweredBy, BatchInferred, Inferred, MODEL_NAME};
+pub use self::answer::{Answer, AnsweredBy, BatchInferred, Inferred};
 pub use self::batch::BatchCommand;
 pub use self::error::InferError;
 use self::row::TextFacts;
 use crate::adapters::cache::ResponseCache;
 use crate::adapters::cache::redis::RedisStore;
 use crate::adapters::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
-use crate::adapters::inference::InferenceQueue;
 use crate::adapters::request_log::{LogRecord, RequestLog};
 use crate::ballast::MemoryBallast;
 use crate::lifecycle::{ModelSlot, Shadow};
+use crate::models::{Registry, ServedModel};
 use crate::telemetry::metrics;
 use crate::telemetry::throttle::LogLimiter;
 
@@ -52,6 +52,8 @@ pub struct RequestMeta {
 #[derive(Debug, Clone)]
 pub struct InferCommand {
     pub text: String,
+    /// The model the client named; `None`: the default model.
+    pub model: Option<String>,
     /// The client's idempotency key, unchecked (the pipeline validates it).
     pub idempotency_key: Option<String>,
 }
@@ -123,7 +125,10 @@ pub struct Health {
     pub cache_backend: &'static str,
     pub idempotency_backend: &'static str,
     pub request_log: &'static str,
+    /// The default model's version.
     pub model_version: String,
+    /// Every model served, by name, with its version.
+    pub models: Vec<(Arc<str>, String)>,
 }
 
 /// Checks a text against the API's rules; the error says what is wrong.
@@ -168,11 +173,12 @@ pub fn validate_key(key: &str) -> Result<(), InferError> {
 /// Everything the pipeline runs on; `startup` assembles it from the configuration.
 pub struct Parts {
     pub worker_id: String,
-    /// The served model: each request takes one snapshot of it (hot reload swaps it).
-    pub model: Arc<ModelSlot>,
-    /// A candidate model scoring a sample of live texts (`SHADOW_MODEL_PATH`).
+    /// The served models, each with its queue: a request takes one snapshot of its model
+    /// (hot reload swaps it; unloading it lets the request finish).
+    pub models: Arc<Registry>,
+    /// A candidate model scoring a sample of the default model's live texts
+    /// (`SHADOW_MODEL_PATH`).
     pub shadow: Option<Shadow>,
-    pub queue: InferenceQueue,
     /// `None`: `CACHE_ENABLED=false`.
     pub cache: Option<Arc<dyn ResponseCache>>,
     /// `None`: `IDEMPOTENCY_ENABLED=false`.
@@ -202,8 +208,6 @@ pub struct Parts {
     pub max_batch_texts: usize,
     /// The deployment's key for every stored hash of a text (`TEXT_HASH_KEY`).
     pub text_key: crate::text_key::TextKey,
-    /// Answers by class, confidence, input length (handles resolved once).
-    pub prediction_metrics: metrics::PredictionMetrics,
 }
 
 /// The application layer. Cheap to clone: everything inside is shared.
@@ -215,8 +219,17 @@ struct Served {
     answer: Answer,
     /// The model snapshot the request ran on.
     model: Arc<dyn Backend>,
+    /// The served model it belongs to.
+    served: Arc<ServedModel>,
     /// Time in the model, queue wait included; `None` when it did not run.
     inference_ms: Option<f64>,
+}
+
+/// The model one request runs on: the served model and the snapshot taken of it.
+#[derive(Clone, Copy)]
+struct Model<'a> {
+    served: &'a Arc<ServedModel>,
+    backend: &'a Arc<dyn Backend>,
 }
 
 /// Records a request whose future was dropped before it finished.
@@ -252,6 +265,8 @@ impl Drop for Unfinished<'_> {
 struct Subject {
     text: Option<TextFacts>,
     idempotency_key: Option<String>,
+    /// The model the request named (once it is known to be served).
+    model: Option<Arc<ServedModel>>,
     /// The model the request ran on (its snapshot), for the row.
     model_version: Option<String>,
     /// The API key the request was made with (its id).
@@ -267,14 +282,20 @@ impl Pipeline {
         &self.0.worker_id
     }
 
-    /// The model being served now (a snapshot: a reload does not change it under you).
+    /// The default model being served now (a snapshot: a reload does not change it under
+    /// you).
     pub fn backend(&self) -> Arc<dyn Backend> {
-        self.0.model.current()
+        self.0.models.default_model().current()
     }
 
-    /// The served model's slot: hot reload goes through it.
+    /// The default model's slot: `POST /admin/reload` goes through it.
     pub fn model(&self) -> &Arc<ModelSlot> {
-        &self.0.model
+        self.0.models.default_model().slot()
+    }
+
+    /// The served models.
+    pub fn models(&self) -> &Arc<Registry> {
+        &self.0.models
     }
 
     pub fn readiness(&self) -> &Arc<Readiness> {
@@ -293,7 +314,7 @@ impl Pipeline {
     /// How the inference threads batch: (threads, the most queued requests one thread takes
     /// at a wake-up). They take what is waiting and never wait for more.
     pub fn inference_threads(&self) -> (usize, usize) {
-        self.0.queue.shape()
+        self.0.models.default_model().queue().shape()
     }
 
     pub fn cache_backend(&self) -> &'static str {
@@ -311,7 +332,13 @@ impl Pipeline {
             cache_backend: self.cache_backend(),
             idempotency_backend: p.idempotency.as_ref().map_or("disabled", |i| i.backend()),
             request_log: p.request_log.as_ref().map_or("disabled", RequestLog::backend),
-            model_version: p.model.current().model_version().to_owned(),
+            model_version: self.backend().model_version().to_owned(),
+            models: p
+                .models
+                .served()
+                .iter()
+                .map(|m| (Arc::clone(m.name()), m.current().model_version().to_owned()))
+                .collect(),
         }
     }
 
@@ -422,9 +449,11 @@ impl Pipeline {
         command: InferCommand,
         subject: &mut Subject,
     ) -> Result<Served, InferError> {
-        let InferCommand { text, idempotency_key } = command;
+        let InferCommand { text, model, idempotency_key } = command;
         // One model for the whole request: its cache key, inference, answer and row.
-        let backend = self.0.model.current();
+        let served = self.0.models.get(model.as_deref())?;
+        let backend = served.current();
+        subject.model = Some(Arc::clone(&served));
         subject.model_version = Some(backend.model_version().to_owned());
         validate_text(&text, backend.max_input_chars())?;
         let facts = TextFacts::of(&text, &self.0.text_key);
@@ -441,7 +470,8 @@ impl Pipeline {
             Some(id) => format!("{id}:{key}"),
             None => key,
         });
-        let serve = AssertUnwindSafe(self.serve(meta, &backend, text, store_key, fp)).catch_unwind();
+        let model = Model { served: &served, backend: &backend };
+        let serve = AssertUnwindSafe(self.serve(meta, model, text, store_key, fp)).catch_unwind();
         match tokio::time::timeout_at(deadline, serve).await {
             Ok(Ok(served)) => served,
             Ok(Err(_)) => Err(InferError::Internal("request handling panicked".into())),
@@ -453,20 +483,21 @@ impl Pipeline {
     async fn serve(
         &self,
         meta: &RequestMeta,
-        backend: &Arc<dyn Backend>,
+        model: Model<'_>,
         text: String,
         key: Option<String>,
         fp: String,
     ) -> Result<Served, InferError> {
+        let backend = model.backend;
         let (Some(store), Some(key)) = (&self.0.idempotency, key) else {
-            return self.compute(backend, text).await;
+            return self.compute(model, text).await;
         };
         match store.claim(&key, &fp, self.0.idempotency_wait).await {
-            // A record made by another model (before a reload) is not replayed: the new model
-            // answers (the record stays as it was; the key is not reused for storing).
-            Claim::Replay(stored) if stored.model_version != backend.model_version() => {
-                self.compute(backend, text).await
-            }
+            // The same key and text for another model is another request.
+            Claim::Replay(stored) if !stored.made_by(model.served.name()) => Err(InferError::IdempotencyConflict),
+            // A record made by another version (before a reload) is not replayed: the new
+            // version answers (the record stays as it was; the key is not reused for storing).
+            Claim::Replay(stored) if stored.model_version != backend.model_version() => self.compute(model, text).await,
             // The stored answer, marked as a replay (a record that does not fit the model's
             // labels is not replayed either).
             Claim::Replay(stored) => match stored.prediction(backend.labels()) {
@@ -477,17 +508,18 @@ impl Pipeline {
                         idempotency_hit: true,
                     },
                     model: Arc::clone(backend),
+                    served: Arc::clone(model.served),
                     inference_ms: None,
                 }),
-                None => self.compute(backend, text).await,
+                None => self.compute(model, text).await,
             },
             Claim::Conflict => Err(InferError::IdempotencyConflict),
-            Claim::Unavailable => self.compute(backend, text).await,
+            Claim::Unavailable => self.compute(model, text).await,
             Claim::Fresh => {
                 // Released on drop if this future never gets to settle the claim (the
                 // client went away, or the handler panicked).
                 let guard = ClaimGuard::new(Arc::clone(store), &key);
-                let served = self.compute(backend, text).await;
+                let served = self.compute(model, text).await;
                 match &served {
                     Ok(s) => {
                         let mut stored = StoredAnswer::new(
@@ -498,6 +530,7 @@ impl Pipeline {
                             &meta.request_id,
                         );
                         stored.cache_hit = s.answer.cache_hit;
+                        stored.model = Some(model.served.name().to_string());
                         store.complete(&key, Record { fingerprint: fp, response: stored }).await;
                     }
                     Err(_) => store.release(&key).await,
@@ -508,39 +541,69 @@ impl Pipeline {
         }
     }
 
-    /// Cache, then the model, then the cache again; then, for a sampled request, the
-    /// shadow model (which never holds up the answer).
-    async fn compute(&self, backend: &Arc<dyn Backend>, text: String) -> Result<Served, InferError> {
-        let shadow_text = self.0.shadow.as_ref().filter(|s| s.sampled()).map(|_| text.clone());
-        let served = self.compute_live(backend, text).await;
-        if let (Some(shadow), Some(text), Ok(s)) = (&self.0.shadow, shadow_text, &served) {
-            shadow.score(text, s.answer.label(backend.labels()));
+    /// Cache, then the model, then the cache again; then, for a sampled request to the
+    /// default model, the shadow model (which never holds up the answer).
+    async fn compute(&self, model: Model<'_>, text: String) -> Result<Served, InferError> {
+        let shadow = self.0.shadow.as_ref().filter(|_| Arc::ptr_eq(model.served, self.0.models.default_model()));
+        let shadow_text = shadow.filter(|s| s.sampled()).map(|_| text.clone());
+        let served = self.compute_live(model, text).await;
+        if let (Some(shadow), Some(text), Ok(s)) = (shadow, shadow_text, &served) {
+            shadow.score(text, s.answer.label(model.backend.labels()));
         }
         served
     }
 
-    async fn compute_live(&self, backend: &Arc<dyn Backend>, text: String) -> Result<Served, InferError> {
-        let key = self
-            .0
-            .cache
-            .as_ref()
-            .map(|_| self.0.text_key.cache_key(backend.model_version(), &backend.normalize(&text)));
+    async fn compute_live(&self, model: Model<'_>, text: String) -> Result<Served, InferError> {
+        let Model { served, backend } = model;
+        let key = self.0.cache.as_ref().map(|_| self.cache_key(served, backend, &text));
         if let (Some(cache), Some(key)) = (&self.0.cache, &key) {
             let hit = cache.get(key).await;
             metrics::record_cache(hit.is_some());
             if let Some(prediction) = hit {
                 let answer = Answer { prediction, cache_hit: true, idempotency_hit: false };
-                return Ok(Served { answer, model: Arc::clone(backend), inference_ms: None });
+                return Ok(Served {
+                    answer,
+                    model: Arc::clone(backend),
+                    served: Arc::clone(served),
+                    inference_ms: None,
+                });
             }
         }
         let started = Instant::now();
-        let prediction = Arc::new(self.0.queue.predict(backend, text, self.0.inference_timeout).await?);
+        let prediction = Arc::new(served.queue().predict(backend, text, self.0.inference_timeout).await?);
         let inference_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         if let (Some(cache), Some(key)) = (&self.0.cache, key) {
             cache.put(key, Arc::clone(&prediction)).await;
         }
         let answer = Answer { prediction, cache_hit: false, idempotency_hit: false };
-        Ok(Served { answer, model: Arc::clone(backend), inference_ms })
+        Ok(Served { answer, model: Arc::clone(backend), served: Arc::clone(served), inference_ms })
+    }
+
+    /// A text's response-cache key: the model's name and version and the normalised text.
+    fn cache_key(&self, served: &ServedModel, backend: &Arc<dyn Backend>, text: &str) -> String {
+        self.0.text_key.cache_key(served.name(), backend.model_version(), &backend.normalize(text))
+    }
+
+    /// One request in its model's statistics: answered (from the cache, or by the model
+    /// after the cache missed) or failed. `outcome`: whether the cache answered, and the
+    /// time in the model.
+    fn count_in_stats(
+        &self,
+        stats: &crate::models::ModelStats,
+        outcome: Result<(bool, Option<f64>), &InferError>,
+        elapsed: Duration,
+    ) {
+        match outcome {
+            Ok((cache_hit, inference_ms)) => {
+                stats.success.add(1, elapsed);
+                if cache_hit {
+                    stats.cache_hit.add(1, elapsed);
+                } else if self.0.cache.is_some() && inference_ms.is_some() {
+                    stats.cache_miss.add(1, elapsed);
+                }
+            }
+            Err(_) => stats.fail.add(1, elapsed),
+        }
     }
 
     /// Stamps the time taken, writes the one row, counts the one request.
@@ -558,17 +621,19 @@ impl Pipeline {
         if let Some(id) = &subject_key {
             metrics::record_api_key_request(id);
         }
-        if let Ok(Served { answer, model, .. }) = &result
+        if let Ok(Served { answer, model, served, .. }) = &result
             && !answer.idempotency_hit
         {
             let length = subject.text.as_ref().map(|t| t.length);
-            self.0.prediction_metrics.record(answer.label(model.labels()), answer.prediction.confidence, length);
+            served.predictions().record(answer.label(model.labels()), answer.prediction.confidence, length);
+        }
+        if let Some(model) = &subject.model {
+            self.count_in_stats(model.stats(), result.as_ref().map(|s| (s.answer.cache_hit, s.inference_ms)), elapsed);
         }
         if let Some(log) = &self.0.request_log {
-            let model_version =
-                subject.model_version.unwrap_or_else(|| self.0.model.current().model_version().to_owned());
+            let model_version = subject.model_version.unwrap_or_else(|| self.backend().model_version().to_owned());
             let (inference_ms, outcome) = match &result {
-                Ok(Served { answer, model, inference_ms }) => {
+                Ok(Served { answer, model, inference_ms, .. }) => {
                     (*inference_ms, Ok(row::Answered { labels: model.labels(), answer }))
                 }
                 Err(e) => (None, Err((e.error_type(), e.to_string()))),
@@ -585,8 +650,9 @@ impl Pipeline {
                 result: outcome,
             }));
         }
-        result.map(|Served { answer, model, .. }| {
-            let served = Inferred { answer, by: AnsweredBy { name: MODEL_NAME, model }, processing_time: elapsed };
+        result.map(|Served { answer, model, served, .. }| {
+            let by = AnsweredBy { name: Arc::clone(served.name()), model };
+            let served = Inferred { answer, by, processing_time: elapsed };
             tracing::debug!(request_id = %meta.request_id, prediction = served.label(), cache_hit = served.answer.cache_hit, idempotency_hit = served.answer.idempotency_hit, api_key_id = subject_key.as_deref(), "Inference served");
             served
         })

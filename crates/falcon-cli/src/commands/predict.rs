@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use falcon_app::pipeline::{Answer, AnsweredBy, Inferred, MODEL_NAME, validate_text};
+use falcon_app::pipeline::{Answer, AnsweredBy, Inferred, validate_text};
 use falcon_server::http::api::{InferResponse, new_request_id};
 
 use crate::backends;
@@ -19,10 +19,30 @@ pub struct PredictArgs {
     /// Model file to use [default: the model built into the binary].
     #[arg(long, env = "MODEL_PATH")]
     model_path: Option<PathBuf>,
+    /// A model repository file (TOML), as `falcon serve` takes it.
+    #[arg(long, env = "MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
+    /// The model of the repository to ask [default: the repository's default].
+    #[arg(long)]
+    model: Option<String>,
 }
 
 pub fn run(args: &PredictArgs) -> ExitCode {
-    let loaded = match backends::load(&args.model_backend, args.model_path.as_deref()) {
+    let repository =
+        match backends::repository(args.model_repository.as_deref(), &args.model_backend, args.model_path.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        };
+    let name = args.model.clone().unwrap_or_else(|| repository.default.clone());
+    let Some(spec) = repository.models.get(&name) else {
+        let known = repository.models.keys().cloned().collect::<Vec<_>>().join(", ");
+        eprintln!("error: unknown model {name:?}; {} has: {known}", repository.source());
+        return ExitCode::from(super::EXIT_CONFIG);
+    };
+    let loaded = match backends::load_spec(spec) {
         Ok(m) => m,
         Err(e @ backends::LoadError::UnknownBackend(_)) => {
             eprintln!("error: {e}");
@@ -53,7 +73,7 @@ pub fn run(args: &PredictArgs) -> ExitCode {
     let worker_id = std::env::var("WORKER_ID").unwrap_or_else(|_| "cli".into());
     let served = Inferred {
         answer: Answer { prediction: Arc::new(p), cache_hit: false, idempotency_hit: false },
-        by: AnsweredBy { name: MODEL_NAME, model },
+        by: AnsweredBy { name: Arc::from(name.as_str()), model },
         processing_time: started.elapsed(),
     };
     let resp = InferResponse::new(&served, &worker_id, &new_request_id());

@@ -1,8 +1,8 @@
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use std::sync::Arc;
-
-use falcon_server::{Application, Config, Models, Reloader, shutdown_signal};
+use falcon_app::models::Repository;
+use falcon_server::{Application, Config, LoadedBackend, Models, shutdown_signal};
 
 use crate::backends::{self, LoadError};
 
@@ -23,29 +23,24 @@ pub fn run(config: Config) -> ExitCode {
         return ExitCode::from(super::EXIT_CONFIG);
     }
     let code = runtime.block_on(async {
-        let (name, path) = (config.server.model_backend.clone(), config.server.model_path.clone());
-        let model = match tokio::task::spawn_blocking(move || backends::load(&name, path.as_deref())).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e @ LoadError::UnknownBackend(_))) => {
-                tracing::error!(error = %e, variable = "MODEL_BACKEND", "Invalid configuration");
-                return ExitCode::from(super::EXIT_CONFIG);
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = format!("{e:#}"), "Startup failed");
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Startup failed");
-                return ExitCode::FAILURE;
-            }
+        let s = &config.server;
+        let repository =
+            match backends::repository(s.model_repository.as_deref(), &s.model_backend, s.model_path.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, variable = "MODEL_REPOSITORY", "Invalid configuration");
+                    return ExitCode::from(super::EXIT_CONFIG);
+                }
+            };
+        let loaded = match load_all(&repository).await {
+            Ok(loaded) => loaded,
+            Err(code) => return code,
         };
-        // SIGHUP and POST /admin/reload load MODEL_PATH again through the same factory.
-        let (name, path) = (config.server.model_backend.clone(), config.server.model_path.clone());
-        let reloader: Reloader = Arc::new(move || backends::load(&name, path.as_deref()).map_err(|e| format!("{e:#}")));
         let shadow = match config.server.shadow_model_path.clone() {
             None => None,
             Some(path) => {
-                let name = config.server.model_backend.clone();
+                // Scored against the default model's answers, with the default model's backend.
+                let name = repository.models.get(&repository.default).map(|m| m.backend.clone()).unwrap_or_default();
                 match tokio::task::spawn_blocking(move || backends::load(&name, Some(&path))).await {
                     Ok(Ok(m)) => Some(m),
                     Ok(Err(e)) => {
@@ -59,7 +54,10 @@ pub fn run(config: Config) -> ExitCode {
                 }
             }
         };
-        let models = Models { serving: model, reloader: Some(reloader), shadow };
+        // SIGHUP, POST /admin/reload and the repository's load read the repository again and
+        // load through the same factory.
+        let backends = backends::NAMES.iter().map(|b| (*b).to_owned()).collect();
+        let models = Models { repository, loaded, loader: Some(backends::loader()), backends, shadow };
         let app = match Application::build(&config, models).await {
             Ok(app) => app,
             Err(e) => {
@@ -80,4 +78,33 @@ pub fn run(config: Config) -> ExitCode {
     // does not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Loads every model of the repository off the runtime. A model that does not load stops the
+/// start, with its name: an unknown backend is a configuration error (exit 2), anything else
+/// a failed start (exit 1).
+async fn load_all(repository: &Repository) -> Result<BTreeMap<String, LoadedBackend>, ExitCode> {
+    let mut loaded = BTreeMap::new();
+    for (name, spec) in &repository.models {
+        let owned = spec.clone();
+        match tokio::task::spawn_blocking(move || backends::load_spec(&owned)).await {
+            Ok(Ok(m)) => {
+                loaded.insert(name.clone(), m);
+            }
+            Ok(Err(e @ LoadError::UnknownBackend(_))) => {
+                tracing::error!(error = %e, model = %name, variable = "MODEL_BACKEND", "Invalid configuration");
+                return Err(ExitCode::from(super::EXIT_CONFIG));
+            }
+            Ok(Err(e)) => {
+                let error = format!("model {name:?} of {}: {e:#}", repository.source());
+                tracing::error!(error, model = %name, "Startup failed");
+                return Err(ExitCode::FAILURE);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, model = %name, "Startup failed");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(loaded)
 }

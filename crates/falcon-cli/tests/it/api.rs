@@ -267,7 +267,10 @@ async fn a_real_open_inference_protocol_client_reads_the_same_answers_as_post_in
         (Some(true), Some(true), Some(true))
     );
     assert_eq!(seen["server"]["name"], "falcon");
-    assert_eq!(seen["server"]["extensions"], json!(["binary_tensor_data", "classification", "model_configuration"]));
+    assert_eq!(
+        seen["server"]["extensions"],
+        json!(["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"])
+    );
     assert_eq!(seen["model"]["inputs"][0]["datatype"], "BYTES");
     assert_eq!(seen["config"]["max_batch_size"], 64);
     assert_eq!(seen["config"]["input"][0]["data_type"], "TYPE_STRING");

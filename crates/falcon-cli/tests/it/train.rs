@@ -8,7 +8,7 @@ use crate::common::{Worker, falcon, fresh_dir, post};
 
 /// A small topic data set: three labels (none of them the sentiment's), ten texts each,
 /// with a quoted text that holds a comma and a line break, and columns in another order.
-fn topics_csv() -> String {
+pub fn topics_csv() -> String {
     let mut csv = String::from("id,label,body\n");
     let topics = [
         ("billing", ["invoice", "charge", "refund", "payment", "bill"]),

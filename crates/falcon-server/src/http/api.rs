@@ -23,6 +23,10 @@ pub struct InferRequest {
         pattern = "[^\\x00-\\x20\\x7f-\\xa0\\xad\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u206a-\\u206f\\u3000\\ufeff]"
     )]
     pub text: String,
+    /// The model to ask (a model of the worker's repository); without it, the default model
+    /// (zero-config: `sentiment`).
+    #[schema(example = "sentiment", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    pub model: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for InferRequest {
@@ -34,18 +38,20 @@ impl<'de> Deserialize<'de> for InferRequest {
                 f.write_str("an object with a string field \"text\"")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<InferRequest, A::Error> {
-                let mut text = None;
+                let (mut text, mut model) = (None, None);
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "text" {
-                        if text.is_some() {
-                            return Err(serde::de::Error::duplicate_field("text"));
+                    match &*key {
+                        "text" if text.is_some() => return Err(serde::de::Error::duplicate_field("text")),
+                        "text" => text = Some(map.next_value::<String>()?),
+                        "model" if model.is_some() => return Err(serde::de::Error::duplicate_field("model")),
+                        "model" => model = Some(map.next_value::<Option<String>>()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
                         }
-                        text = Some(map.next_value::<String>()?);
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
                     }
                 }
-                text.map(|text| InferRequest { text }).ok_or_else(|| serde::de::Error::missing_field("text"))
+                let model = model.flatten();
+                text.map(|text| InferRequest { text, model }).ok_or_else(|| serde::de::Error::missing_field("text"))
             }
         }
         d.deserialize_map(Object)
@@ -77,7 +83,10 @@ pub struct InferResponse {
     pub idempotency_hit: bool,
     /// The worker that answered.
     pub worker_id: String,
-    /// The model that answered (its version changes when a reload swaps in another).
+    /// The model that answered, by name (the request's `model`, or the default).
+    #[serde(default)]
+    pub model: String,
+    /// The model's version that answered (it changes when a reload swaps in another).
     pub model_version: String,
     /// Time spent in the worker, in milliseconds.
     #[serde(serialize_with = "decimals::three")]
@@ -127,6 +136,7 @@ impl InferResponse {
             cache_hit: served.answer.cache_hit,
             idempotency_hit: served.answer.idempotency_hit,
             worker_id: worker_id.to_owned(),
+            model: served.by.name.to_string(),
             model_version: served.by.version().to_owned(),
             processing_time_ms: served.processing_time.as_secs_f64() * 1000.0,
             request_id: request_id.to_owned(),
@@ -148,6 +158,10 @@ pub struct BatchRequest {
     /// rules as `text` of `POST /infer`; an entry that is not gets its own error in the answer.
     #[schema(value_type = Vec<serde_json::Value>, min_items = 1, max_items = 64)]
     pub texts: super::entries::Entries,
+    /// The model to ask; without it, the default model.
+    #[serde(default)]
+    #[schema(example = "sentiment", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    pub model: Option<String>,
 }
 
 /// One answer of a batch, in the order of the texts: a prediction, or why this text got none.
@@ -193,6 +207,8 @@ pub struct BatchResponse {
     /// One entry per text, in the order of `texts`.
     pub results: Vec<BatchItem>,
     pub worker_id: String,
+    /// The model that answered, by name.
+    pub model: String,
     pub model_version: String,
     #[serde(serialize_with = "decimals::three")]
     pub processing_time_ms: f64,
@@ -205,6 +221,7 @@ impl BatchResponse {
         Self {
             results: served.results.iter().map(|r| BatchItem::new(r, served.by.labels())).collect(),
             worker_id: worker_id.to_owned(),
+            model: served.by.name.to_string(),
             model_version: served.by.version().to_owned(),
             processing_time_ms: served.processing_time.as_secs_f64() * 1000.0,
             request_id: request_id.to_owned(),
@@ -247,8 +264,21 @@ pub struct Readiness {
     pub draining: bool,
     pub checks: ReadinessChecks,
     pub backends: Backends,
+    /// The default model's version.
     pub model_version: String,
+    /// Every model this worker serves now, each ready (the default first).
+    pub models: Vec<ReadyModel>,
     pub timestamp: String,
+}
+
+/// A model the worker serves.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyModel {
+    #[schema(example = "sentiment")]
+    pub name: String,
+    pub model_version: String,
+    /// The model that answers requests naming none.
+    pub default: bool,
 }
 
 /// What readiness looked at. Redis and the database degrade the worker when down but never
@@ -355,6 +385,7 @@ mod rounding_tests {
             cache_hit: false,
             idempotency_hit: false,
             worker_id: "w".into(),
+            model: "sentiment".into(),
             model_version: "v".into(),
             processing_time_ms: 0.11732500000000001,
             request_id: "r".into(),
@@ -373,8 +404,14 @@ mod tests {
     #[test]
     fn only_an_object_with_a_string_text_is_a_request() {
         let ok: InferRequest = serde_json::from_str(r#"{"text": "hi", "other": [1, {"a": 2}]}"#).unwrap();
-        assert_eq!(ok.text, "hi");
+        assert_eq!((ok.text.as_str(), ok.model), ("hi", None));
+        let named: InferRequest = serde_json::from_str(r#"{"model": "topics", "text": "hi"}"#).unwrap();
+        assert_eq!(named.model.as_deref(), Some("topics"));
+        let null: InferRequest = serde_json::from_str(r#"{"text": "hi", "model": null}"#).unwrap();
+        assert_eq!(null.model, None, "a null model is the default");
         for bad in [
+            r#"{"text": "hi", "model": 5}"#,
+            r#"{"text": "hi", "model": "a", "model": "b"}"#,
             r#"["I love this"]"#,
             r#""I love this""#,
             r#"{"text": 5}"#,

@@ -53,27 +53,7 @@ impl From<WireError> for InferError {
     }
 }
 
-/// How much of an unknown path a 404 body and its log line repeat.
-const PATH_ECHO_CHARS: usize = 64;
-
-/// A client's string as an error body, a log line and a row repeat it: at most
-/// `PATH_ECHO_CHARS` characters (then `…`), control characters escaped (`\u{1b}`), so a
-/// client can neither grow what is stored nor put terminal sequences into it.
-pub fn shown(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == PATH_ECHO_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use falcon_app::error_type::shown;
 
 /// Every way an HTTP request can fail: the application's errors, and the two that only
 /// exist at the HTTP layer.
@@ -91,12 +71,9 @@ pub enum ApiError {
     HeadersTooLarge { count: usize, bytes: usize },
     #[error(transparent)]
     ReloadFailed(#[from] falcon_app::lifecycle::ReloadError),
-    /// An Open Inference Protocol path names a model this server does not have.
-    #[error("unknown model '{name}'; this server has '{served}'")]
-    UnknownModel { name: String, served: &'static str },
     /// An Open Inference Protocol path names a version the model does not serve.
     #[error("model '{name}' has no version '{version}'; it serves '{served}'")]
-    UnknownVersion { name: &'static str, version: String, served: String },
+    UnknownVersion { name: String, version: String, served: String },
 }
 
 impl ApiError {
@@ -110,7 +87,7 @@ impl ApiError {
     pub fn error_type(&self) -> ErrorType {
         match self {
             Self::Infer(e) => e.error_type(),
-            Self::NotFound(_) | Self::UnknownModel { .. } | Self::UnknownVersion { .. } => ErrorType::NotFound,
+            Self::NotFound(_) | Self::UnknownVersion { .. } => ErrorType::NotFound,
             Self::MethodNotAllowed => ErrorType::MethodNotAllowed,
             Self::UriTooLong { .. } => ErrorType::UriTooLong,
             Self::HeadersTooLarge { .. } => ErrorType::HeadersTooLarge,
@@ -412,6 +389,8 @@ mod tests {
             ErrorType::UnsupportedMediaType => InferError::from(WireError::UnsupportedMediaType).into(),
             ErrorType::Validation => InferError::Validation(String::new()).into(),
             ErrorType::NotFound => ApiError::NotFound(String::new()),
+            ErrorType::ModelNotFound => InferError::ModelNotFound { name: String::new(), served: String::new() }.into(),
+            ErrorType::DefaultModel => InferError::DefaultModel(String::new()).into(),
             ErrorType::MethodNotAllowed => ApiError::MethodNotAllowed,
             ErrorType::UriTooLong => ApiError::UriTooLong { limit: 1 },
             ErrorType::HeadersTooLarge => ApiError::HeadersTooLarge { count: 1, bytes: 1 },
@@ -439,7 +418,7 @@ mod tests {
     fn client_strings_are_shown_bounded_and_without_control_characters() {
         assert_eq!(shown("/no-such-path"), "/no-such-path");
         let long = shown(&"x".repeat(200_000));
-        assert_eq!(long.chars().count(), PATH_ECHO_CHARS + 1);
+        assert_eq!(long.chars().count(), falcon_app::error_type::PATH_ECHO_CHARS + 1);
         assert!(long.ends_with('…'));
         assert_eq!(shown("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\u{a}");
     }

@@ -151,6 +151,12 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(oip::version_config))
         .routes(routes!(oip::infer))
         .routes(routes!(oip::version_infer))
+        .routes(routes!(oip::repository::index))
+        .routes(routes!(oip::repository::load))
+        .routes(routes!(oip::repository::unload))
+        .routes(routes!(oip::repository::all_stats))
+        .routes(routes!(oip::repository::model_stats))
+        .routes(routes!(oip::repository::version_stats))
 }
 
 /// The OpenAPI document served at `/openapi.json` (and printed by `falcon openapi`).

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::api::{
     Backends, BatchRequest, BatchResponse, InferRequest, InferResponse, Liveness, Readiness, ReadinessChecks,
-    ReloadAnswer, ServiceInfo,
+    ReadyModel, ReloadAnswer, ServiceInfo,
 };
 use super::body::{BodyRules, read_json};
 use super::entries::Entry;
@@ -73,10 +73,22 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
             database_available: h.database_available.into(),
         },
         backends: Backends { cache: h.cache_backend, idempotency: h.idempotency_backend, request_log: h.request_log },
+        models: ready_models(&s, h.models),
         model_version: h.model_version,
         timestamp: now(),
     };
     (status, Json(body)).into_response()
+}
+
+/// The served models, the default first.
+fn ready_models(s: &AppState, models: Vec<(std::sync::Arc<str>, String)>) -> Vec<ReadyModel> {
+    let default = s.pipeline.models().default_model().name();
+    let mut models: Vec<ReadyModel> = models
+        .into_iter()
+        .map(|(name, model_version)| ReadyModel { default: name == *default, name: name.to_string(), model_version })
+        .collect();
+    models.sort_by_key(|m| !m.default);
+    models
 }
 
 /// Prometheus metrics, in the text exposition format.
@@ -152,7 +164,7 @@ async fn read_command(
     .await?;
     let idempotency_key =
         headers.get(IDEMPOTENCY_KEY_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    Ok(InferCommand { text: req.text, idempotency_key })
+    Ok(InferCommand { text: req.text, model: req.model, idempotency_key })
 }
 
 /// Classifies up to MAX_BATCH_TEXTS texts in one request.
@@ -187,7 +199,7 @@ pub async fn infer_batch(
         )
         .await?;
         let texts = req.texts.0.into_iter().map(|e| if let Entry::Text(t) = e { Some(t) } else { None }).collect();
-        Ok(BatchCommand { texts, all_or_nothing: false })
+        Ok(BatchCommand { texts, all_or_nothing: false, model: req.model })
     };
     let hang_up = HangUp::watch();
     let response = match s.pipeline.infer_batch(&meta, command).await {
@@ -222,10 +234,7 @@ pub async fn admin_reload(
     Extension(meta): Extension<RequestMeta>,
     req: Request,
 ) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let proxied = req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
-    let local = !proxied && peer.is_some_and(|ip| ip.is_loopback());
-    if let Err(e) = s.pipeline.authorize_admin(&meta, local) {
+    if let Err(e) = s.pipeline.authorize_admin(&meta, is_local(&req)) {
         return s.error_response(&meta.request_id, e);
     }
     match s.pipeline.model().reload("POST /admin/reload").await {
@@ -235,4 +244,12 @@ pub async fn admin_reload(
         }
         Err(e) => s.error_response(&meta.request_id, ApiError::ReloadFailed(e)),
     }
+}
+
+/// Whether a request came straight from this host: a loopback peer, and no proxy's
+/// `X-Forwarded-For` or `X-Real-IP` (admin routes without API keys answer only these).
+pub fn is_local(req: &Request) -> bool {
+    let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let proxied = req.headers().contains_key("x-forwarded-for") || req.headers().contains_key("x-real-ip");
+    !proxied && peer.is_some_and(|ip| ip.is_loopback())
 }

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 /// A model's configuration, as Triton's model configuration extension gives it.
 #[derive(Serialize, ToSchema)]
 pub struct OipModelConfig {
-    name: &'static str,
+    name: String,
     platform: String,
     backend: &'static str,
     version_policy: VersionPolicy,
@@ -90,7 +90,7 @@ struct StringValue {
 
 /// What the configuration is made of: the served model and how the worker batches.
 pub struct Served<'a> {
-    pub name: &'static str,
+    pub name: &'a str,
     pub backend: &'static str,
     pub version: &'a str,
     pub labels: &'a [String],
@@ -113,7 +113,7 @@ impl OipModelConfig {
         .map(|(k, v)| (k, StringValue { string_value: v }))
         .collect();
         Self {
-            name: m.name,
+            name: m.name.to_owned(),
             platform: format!("falcon_{}", m.backend),
             backend: m.backend,
             version_policy: VersionPolicy { latest: Latest { num_versions: 1 } },

@@ -7,6 +7,9 @@
 
 mod binary;
 mod config;
+pub mod repository;
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -23,15 +26,15 @@ use super::entries::{Entries, Entry};
 pub use super::error::OipError;
 use super::error::{ApiError, HangUp, WireError, piped, shown};
 pub use config::OipModelConfig;
-use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, MODEL_NAME, RequestMeta};
+use falcon_app::models::ServedModel;
+use falcon_app::pipeline::{BatchCommand, BatchInferred, InferError, RequestMeta};
+use falcon_backend::Backend;
 
-/// The one model this server has.
+/// A model of the worker's repository (zero-config: `sentiment`).
 #[derive(ToSchema)]
-#[allow(dead_code)] // a schema only: the path segment is read as a String and checked
-pub enum OipModelName {
-    #[schema(rename = "sentiment")]
-    Sentiment,
-}
+#[schema(example = "sentiment", pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+#[allow(dead_code)] // a schema only: the path segment is read as a String and looked up
+pub struct OipModelName(String);
 
 #[derive(Serialize, ToSchema)]
 pub struct OipServerMetadata {
@@ -59,7 +62,8 @@ pub async fn server_metadata() -> Json<OipServerMetadata> {
 }
 
 /// The protocol extensions this server implements, by Triton's names.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "classification", "model_configuration"];
+pub const EXTENSIONS: &[&str] =
+    &["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"];
 
 /// Server liveness.
 #[utoipa::path(get, path = "/v2/health/live", tag = "open-inference-protocol",
@@ -87,22 +91,33 @@ pub struct ModelPath {
     version: Option<String>,
 }
 
-/// The model of the path, as the protocol's errors: 400 for a path that is not UTF-8 (axum's
-/// own answer would be plain text), 404 for a model this server does not have or a version it
-/// does not serve. `None` for ours.
-fn not_ours(s: &AppState, meta: &RequestMeta, path: Result<Path<ModelPath>, PathRejection>) -> Option<Response> {
-    let served = s.pipeline.backend();
+/// The model of the path and the snapshot taken of it, or the protocol's error: 400 for a
+/// path that is not UTF-8 (axum's own answer would be plain text), 404 `model_not_found` for
+/// a model this worker does not serve, 404 `not_found` for a version it does not serve.
+fn resolve(
+    s: &AppState,
+    path: Result<Path<ModelPath>, PathRejection>,
+) -> Result<(Arc<ServedModel>, Arc<dyn Backend>), ApiError> {
     let error: ApiError = match path {
-        Ok(Path(p)) if p.name != MODEL_NAME => ApiError::UnknownModel { name: shown(&p.name), served: MODEL_NAME },
-        Ok(Path(ModelPath { version: Some(v), .. })) if v != served.model_version() => {
-            ApiError::UnknownVersion { name: MODEL_NAME, version: shown(&v), served: served.model_version().to_owned() }
-        }
-        Ok(_) => return None,
+        Ok(Path(ModelPath { name, version })) => match s.pipeline.models().get(Some(&name)) {
+            Ok(model) => {
+                let backend = model.current();
+                match version {
+                    Some(v) if v != backend.model_version() => ApiError::UnknownVersion {
+                        name: model.name().to_string(),
+                        version: shown(&v),
+                        served: backend.model_version().to_owned(),
+                    },
+                    _ => return Ok((model, backend)),
+                }
+            }
+            Err(e) => e.into(),
+        },
         Err(e) => {
             InferError::Validation(format!("invalid model name or version in the path: {}", e.body_text())).into()
         }
     };
-    Some(s.oip_error_response(&meta.request_id, error))
+    Err(error)
 }
 
 /// A tensor's name, type and shape (`-1`: any length).
@@ -115,7 +130,7 @@ pub struct OipTensorMetadata {
 
 #[derive(Serialize, ToSchema)]
 pub struct OipModelMetadata {
-    name: &'static str,
+    name: String,
     versions: Vec<String>,
     platform: String,
     inputs: Vec<OipTensorMetadata>,
@@ -131,7 +146,7 @@ pub struct OipModelParameters {
 
 #[derive(Serialize, ToSchema)]
 pub struct OipModelReady {
-    name: &'static str,
+    name: String,
     ready: bool,
 }
 
@@ -147,13 +162,13 @@ pub async fn model_metadata(
     Extension(meta): Extension<RequestMeta>,
     path: Result<Path<ModelPath>, PathRejection>,
 ) -> Response {
-    if let Some(r) = not_ours(&s, &meta, path) {
-        return r;
-    }
-    let backend = s.pipeline.backend();
+    let (model, backend) = match resolve(&s, path) {
+        Ok(m) => m,
+        Err(e) => return s.oip_error_response(&meta.request_id, e),
+    };
     let tensor = |name, datatype, shape| OipTensorMetadata { name, datatype, shape };
     Json(OipModelMetadata {
-        name: MODEL_NAME,
+        name: model.name().to_string(),
         versions: vec![backend.model_version().to_owned()],
         platform: format!("falcon_{}", backend.name()),
         // The batch dimension first, then each element's dims as the configuration says ([1]:
@@ -197,12 +212,13 @@ pub async fn model_ready(
     Extension(meta): Extension<RequestMeta>,
     path: Result<Path<ModelPath>, PathRejection>,
 ) -> Response {
-    if let Some(r) = not_ours(&s, &meta, path) {
-        return r;
-    }
+    let (model, _) = match resolve(&s, path) {
+        Ok(m) => m,
+        Err(e) => return s.oip_error_response(&meta.request_id, e),
+    };
     let ready = s.pipeline.health().ready;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(OipModelReady { name: MODEL_NAME, ready })).into_response()
+    (status, Json(OipModelReady { name: model.name().to_string(), ready })).into_response()
 }
 
 /// Readiness of a version of the model.
@@ -235,13 +251,13 @@ pub async fn model_config(
     Extension(meta): Extension<RequestMeta>,
     path: Result<Path<ModelPath>, PathRejection>,
 ) -> Response {
-    if let Some(r) = not_ours(&s, &meta, path) {
-        return r;
-    }
-    let backend = s.pipeline.backend();
-    let (threads, requests_per_wake_up) = s.pipeline.inference_threads();
+    let (model, backend) = match resolve(&s, path) {
+        Ok(m) => m,
+        Err(e) => return s.oip_error_response(&meta.request_id, e),
+    };
+    let (threads, requests_per_wake_up) = model.queue().shape();
     Json(OipModelConfig::of(&config::Served {
-        name: MODEL_NAME,
+        name: model.name(),
         backend: backend.name(),
         version: backend.model_version(),
         labels: backend.labels(),
@@ -381,7 +397,7 @@ impl TensorData<'_> {
 
 #[derive(Serialize, ToSchema)]
 pub struct OipInferResponse<'a> {
-    model_name: &'static str,
+    model_name: &'a str,
     model_version: String,
     id: String,
     outputs: Vec<OipOutputTensor<'a>>,
@@ -587,9 +603,10 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(r) = not_ours(&s, &meta, path) {
-        return r;
-    }
+    let model = match resolve(&s, path) {
+        Ok((model, _)) => model.name().to_string(),
+        Err(e) => return s.oip_error_response(&meta.request_id, e),
+    };
     let hang_up = HangUp::watch();
     let mut asked = Asked::default();
     let command = async {
@@ -611,7 +628,7 @@ pub async fn infer(
         let req: OipInferRequest = body::parse_json(&s, header, BODY)?;
         let (a, texts) = texts(req, data, s.pipeline.max_batch_texts())?;
         asked = a;
-        Ok(BatchCommand { texts, all_or_nothing: true })
+        Ok(BatchCommand { texts, all_or_nothing: true, model: Some(model) })
     };
     let answer = s.pipeline.infer_batch(&meta, command).await;
     let response = match answer {
@@ -708,7 +725,7 @@ fn respond(s: &AppState, meta: &RequestMeta, asked: Asked, served: BatchInferred
         outputs.push(tensor);
     }
     let answer = OipInferResponse {
-        model_name: served.by.name,
+        model_name: &served.by.name,
         model_version: served.by.version().to_owned(),
         id: asked.id.unwrap_or_else(|| meta.request_id.clone()),
         outputs,
