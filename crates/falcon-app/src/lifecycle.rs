@@ -77,41 +77,54 @@ pub struct ModelSlot {
     reloading: Arc<tokio::sync::Mutex<()>>,
     /// How long a reload waits for its load (`MODEL_RELOAD_TIMEOUT_SECONDS`).
     reload_timeout: Duration,
-    /// Whether this is the worker's default model, the one `model_info` and the reference
-    /// class shares describe.
+    /// Whether this is the worker's default model, the one `falcon_build_info` describes.
     default: bool,
-    /// The model's name in the repository, for log lines.
+    /// The model's name in the repository, for log lines and metric labels.
     name: String,
+    /// How many versions this slot has served: 1, then one more at each reload that swaps in
+    /// another version (Triton's integer version, which its tools parse).
+    generation: AtomicU64,
 }
 
 /// `MODEL_RELOAD_TIMEOUT_SECONDS`'s default.
 pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ModelSlot {
-    /// The worker's default model (`model_info` and the reference class shares are its).
+    /// The worker's one model, `sentiment` (zero-config, and tests).
     pub fn new(backend: Arc<dyn Backend>, source: String, reloader: Option<Reloader>) -> Self {
-        metrics::record_model_info(backend.model_version(), None);
-        metrics::record_reference_shares(backend.labels(), backend.reference_class_shares().as_deref());
-        Self { default: true, ..Self::other(backend, source, reloader) }
+        Self::serving(crate::models::DEFAULT_MODEL, true, backend, source, reloader)
     }
 
-    /// Another model of the repository: the worker-wide model gauges are not its.
-    pub fn other(backend: Arc<dyn Backend>, source: String, reloader: Option<Reloader>) -> Self {
+    /// The model `name` of the repository (`default`: the one that answers requests naming
+    /// none, which `falcon_build_info` describes). Its `model_info` and reference class
+    /// shares carry its name.
+    pub fn serving(
+        name: &str,
+        default: bool,
+        backend: Arc<dyn Backend>,
+        source: String,
+        reloader: Option<Reloader>,
+    ) -> Self {
+        metrics::record_model_info(name, backend.model_version(), None);
+        if default {
+            metrics::record_build_info(backend.model_version(), None);
+        }
+        metrics::record_reference_shares(name, backend.labels(), backend.reference_class_shares().as_deref());
         Self {
             current: ArcSwap::from_pointee(Served { backend, source }),
             reloader,
             reloading: Default::default(),
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
-            default: false,
-            name: crate::models::DEFAULT_MODEL.to_owned(),
+            default,
+            name: name.to_owned(),
+            generation: AtomicU64::new(1),
         }
     }
 
-    /// The model's name in the repository (`sentiment` unless told).
-    #[must_use]
-    pub fn named(mut self, name: &str) -> Self {
-        name.clone_into(&mut self.name);
-        self
+    /// The version being served as Triton counts versions: 1 for the one loaded first, one
+    /// more for each reload that swapped in another.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -152,14 +165,19 @@ impl ModelSlot {
                     source: loaded.source.clone(),
                     load_ms: loaded.load_time.as_secs_f64() * 1000.0,
                 };
+                metrics::record_model_info(&self.name, &reloaded.model_version, Some(&reloaded.previous_version));
                 if self.default {
-                    metrics::record_model_info(&reloaded.model_version, Some(&reloaded.previous_version));
-                    metrics::record_reference_shares(
-                        loaded.backend.labels(),
-                        loaded.backend.reference_class_shares().as_deref(),
-                    );
+                    metrics::record_build_info(&reloaded.model_version, Some(&reloaded.previous_version));
                 }
+                metrics::record_reference_shares(
+                    &self.name,
+                    loaded.backend.labels(),
+                    loaded.backend.reference_class_shares().as_deref(),
+                );
                 self.current.store(Arc::new(Served { backend: loaded.backend, source: loaded.source }));
+                if reloaded.changed {
+                    self.generation.fetch_add(1, Ordering::Relaxed);
+                }
                 metrics::record_reload(true);
                 tracing::info!(
                     trigger,

@@ -91,26 +91,30 @@ pub struct InferenceQueue {
     queued: Arc<AtomicUsize>,
     /// The model's statistics: queue and compute time, texts and calls.
     stats: Arc<ModelStats>,
+    /// `model_inference_batch_size{model}`.
+    batch_size: ::metrics::Histogram,
 }
 
 impl InferenceQueue {
-    /// Starts `threads` inference threads sharing a queue of `capacity` jobs.
-    pub fn start(threads: usize, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
+    /// Starts `threads` inference threads sharing a queue of `capacity` jobs, for the model
+    /// named `model` (its metrics' label).
+    pub fn start(model: &str, threads: usize, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(ModelStats::default());
+        let batch_size = metrics::batch_size(model);
         let threads = (0..threads.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
-                let queued = Arc::clone(&queued);
-                let stats = Arc::clone(&stats);
+                let counted =
+                    Counted { queued: Arc::clone(&queued), stats: Arc::clone(&stats), batch_size: batch_size.clone() };
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || run_thread(&rx, &queued, &stats, max_batch.max(1)))
+                    .spawn(move || run_thread(&rx, &counted, max_batch.max(1)))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1), queued, stats })
+        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1), queued, stats, batch_size })
     }
 
     /// The statistics of the model this queue serves.
@@ -136,7 +140,7 @@ impl InferenceQueue {
             let answer = run_in_place(backend.as_ref(), &text);
             let took = started.elapsed();
             // As a thread's batch of one: the histogram's sum stays the texts classified.
-            metrics::record_batch(1);
+            self.batch_size.record(1.0);
             self.stats.queue.add(1, Duration::ZERO);
             self.stats.record_execution(1, 1, took);
             // Past the deadline is past the deadline, wherever the text ran.
@@ -223,7 +227,15 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-fn run_thread(rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize, stats: &ModelStats, max_batch: usize) {
+/// What a thread counts: the jobs still queued, the model's statistics and batch sizes.
+struct Counted {
+    queued: Arc<AtomicUsize>,
+    stats: Arc<ModelStats>,
+    batch_size: ::metrics::Histogram,
+}
+
+fn run_thread(rx: &Mutex<Receiver<Job>>, counted: &Counted, max_batch: usize) {
+    let Counted { queued, stats, batch_size } = counted;
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -242,7 +254,7 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize, stats: &ModelStat
             }
         }
         queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        metrics::record_batch(batch.iter().map(Job::len).sum());
+        batch_size.record(batch.iter().map(Job::len).sum::<usize>() as f64);
         let taken = Instant::now();
         for job in &batch {
             stats.queue.add(1, taken.saturating_duration_since(job.queued_at));
@@ -418,7 +430,7 @@ mod tests {
     }
 
     fn queue(capacity: usize) -> InferenceQueue {
-        InferenceQueue::start(2, capacity, 8).unwrap()
+        InferenceQueue::start("sentiment", 2, capacity, 8).unwrap()
     }
 
     /// Answers with the class 1 when it ran on an inference thread, 0 elsewhere; a text of
@@ -523,7 +535,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_for_two_models_in_one_batch_each_get_their_own_model() {
-        let q = Arc::new(InferenceQueue::start(1, 1024, 256).unwrap());
+        let q = Arc::new(InferenceQueue::start("sentiment", 1, 1024, 256).unwrap());
         let labels = vec!["a".to_owned(), "b".to_owned()];
         let left: Arc<dyn Backend> = Arc::new(Echo(labels.clone(), Some(vec![0.9, 0.1])));
         let right: Arc<dyn Backend> = Arc::new(Echo(labels, Some(vec![0.2, 0.8])));
@@ -616,7 +628,7 @@ mod tests {
             entered: std::sync::atomic::AtomicUsize::new(0),
         });
         let model: Arc<dyn Backend> = gate.clone();
-        let q = InferenceQueue::start(2, 1, 1).unwrap();
+        let q = InferenceQueue::start("sentiment", 2, 1, 1).unwrap();
         let _unblock = OpenOnDrop(Arc::clone(&gate));
         let wait = Duration::from_secs(30);
         // One job at a time into the queue's one place, each taken by a thread before the

@@ -47,8 +47,8 @@ pub struct ServedModel {
 
 impl ServedModel {
     fn start(name: &str, slot: ModelSlot, shape: QueueShape) -> std::io::Result<Self> {
-        let queue = InferenceQueue::start(shape.threads, shape.capacity, shape.max_batch)?;
-        let predictions = PredictionMetrics::new(slot.current().labels());
+        let queue = InferenceQueue::start(name, shape.threads, shape.capacity, shape.max_batch)?;
+        let predictions = PredictionMetrics::new(name, slot.current().labels());
         Ok(Self { name: Arc::from(name), slot: Arc::new(slot), queue, predictions })
     }
 
@@ -165,13 +165,8 @@ impl Registry {
                 .ok_or_else(|| anyhow::anyhow!("model {name:?} of {} was not loaded", repository.source()))?;
             let is_default = *name == repository.default;
             let reloader = source.loader.is_some().then(|| reloader(&source, name));
-            let slot = if is_default {
-                ModelSlot::new(model.backend, model.source, reloader)
-            } else {
-                ModelSlot::other(model.backend, model.source, reloader)
-            }
-            .named(name)
-            .with_reload_timeout(reload_timeout);
+            let slot = ModelSlot::serving(name, is_default, model.backend, model.source, reloader)
+                .with_reload_timeout(reload_timeout);
             let model = ServedModel::start(name, slot, shape)
                 .map_err(|e| anyhow::anyhow!("cannot start the inference threads of model {name:?}: {e}"))?;
             served.insert(Arc::clone(model.name()), Arc::new(model));
@@ -266,8 +261,8 @@ impl Registry {
         };
         let model_version = loaded.backend.model_version().to_owned();
         let load_ms = loaded.load_time.as_secs_f64() * 1000.0;
-        let slot = ModelSlot::other(loaded.backend, loaded.source.clone(), Some(reloader(&self.source, name)))
-            .named(name)
+        let reload = Some(reloader(&self.source, name));
+        let slot = ModelSlot::serving(name, false, loaded.backend, loaded.source.clone(), reload)
             .with_reload_timeout(self.reload_timeout);
         let model = ServedModel::start(name, slot, self.shape)
             .map_err(|e| ReloadError::Load(format!("cannot start its inference threads: {e}")))?;
@@ -295,7 +290,9 @@ impl Registry {
             next
         });
         if let Some(model) = removed {
-            tracing::info!(trigger, model = name, model_version = model.current().model_version(), "Model unloaded");
+            let version = model.current().model_version().to_owned();
+            crate::telemetry::metrics::record_model_unloaded(name, &version);
+            tracing::info!(trigger, model = name, model_version = version, "Model unloaded");
             return Ok(true);
         }
         match self.read_repository().await {

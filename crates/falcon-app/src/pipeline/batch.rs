@@ -94,6 +94,7 @@ impl Pipeline {
                 command.texts.len()
             )));
         }
+        subject.model_name = Some(self.requested_model(command.model.as_deref()));
         let served = self.0.models.get(command.model.as_deref())?;
         subject.model = Some(Arc::clone(&served));
         let backend = served.current();
@@ -208,6 +209,7 @@ impl Pipeline {
             text: slot.facts.as_ref(),
             idempotency_key: None,
             api_key_id: subject.api_key_id.as_deref(),
+            model_name: Some(model.served.name()),
             elapsed,
             inference_ms: slot.inference_ms,
             result,

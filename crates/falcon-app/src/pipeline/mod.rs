@@ -31,6 +31,7 @@ use crate::adapters::cache::redis::RedisStore;
 use crate::adapters::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
 use crate::adapters::request_log::{LogRecord, RequestLog};
 use crate::ballast::MemoryBallast;
+use crate::error_type::shown;
 use crate::lifecycle::{ModelSlot, Shadow};
 use crate::models::{Registry, ServedModel};
 use crate::telemetry::metrics;
@@ -267,6 +268,8 @@ struct Subject {
     idempotency_key: Option<String>,
     /// The model the request named (once it is known to be served).
     model: Option<Arc<ServedModel>>,
+    /// The model's name as the request gave it (the default's when it gave none), for the row.
+    model_name: Option<String>,
     /// The model the request ran on (its snapshot), for the row.
     model_version: Option<String>,
     /// The API key the request was made with (its id).
@@ -451,6 +454,8 @@ impl Pipeline {
     ) -> Result<Served, InferError> {
         let InferCommand { text, model, idempotency_key } = command;
         // One model for the whole request: its cache key, inference, answer and row.
+        // The row names the model asked for, also when no such model is served.
+        subject.model_name = Some(self.requested_model(model.as_deref()));
         let served = self.0.models.get(model.as_deref())?;
         let backend = served.current();
         subject.model = Some(Arc::clone(&served));
@@ -584,6 +589,12 @@ impl Pipeline {
         self.0.text_key.cache_key(served.name(), backend.model_version(), &backend.normalize(text))
     }
 
+    /// The model a request asks for, as its row names it: the default's name when it names
+    /// none, else its own (as shown to a client: bounded, control characters escaped).
+    fn requested_model(&self, model: Option<&str>) -> String {
+        model.map_or_else(|| self.0.models.default_model().name().to_string(), shown)
+    }
+
     /// One request in its model's statistics: answered (from the cache, or by the model
     /// after the cache missed) or failed. `outcome`: whether the cache answered, and the
     /// time in the model.
@@ -645,6 +656,7 @@ impl Pipeline {
                 text: subject.text.as_ref(),
                 idempotency_key: subject.idempotency_key,
                 api_key_id: subject.api_key_id.as_deref(),
+                model_name: subject.model_name.as_deref(),
                 elapsed,
                 inference_ms,
                 result: outcome,

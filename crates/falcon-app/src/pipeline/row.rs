@@ -41,6 +41,8 @@ pub(crate) struct Outcome<'a> {
     pub text: Option<&'a TextFacts>,
     pub idempotency_key: Option<String>,
     pub api_key_id: Option<&'a str>,
+    /// The model the request named (`None`: it failed before its model was known).
+    pub model_name: Option<&'a str>,
     /// From arrival to the answer.
     pub elapsed: Duration,
     /// Time in the model, queue wait included; `None` when it did not run.
@@ -60,6 +62,7 @@ impl LogRecord {
             idempotency_key: o.idempotency_key,
             client_ip: o.meta.client_ip.clone(),
             api_key_id: o.api_key_id.map(str::to_owned),
+            model_name: o.model_name.map(str::to_owned),
             ..LogRecord::new(&*o.meta.request_id, o.worker_id, o.model_version)
         };
         match o.result {
@@ -106,6 +109,7 @@ mod tests {
             text: Some(text),
             idempotency_key: Some("k".into()),
             api_key_id: Some("billing"),
+            model_name: Some("topics"),
             elapsed: Duration::from_millis(3),
             inference_ms: Some(1.5),
             result,
@@ -150,6 +154,7 @@ mod tests {
             );
             assert_eq!(row.client_ip.as_deref(), Some("10.0.0.7"));
             assert_eq!(row.api_key_id.as_deref(), Some("billing"));
+            assert_eq!(row.model_name.as_deref(), Some("topics"));
             assert_eq!(row.idempotency_key.as_deref(), Some("k"));
             assert_eq!((row.processing_time_ms, row.inference_time_ms), (3.0, Some(1.5)));
         }

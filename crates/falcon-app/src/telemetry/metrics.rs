@@ -275,7 +275,6 @@ fn register_all() {
         let _ = histogram!(INFERENCE_DURATION, "cache_hit" => hit);
         let _ = histogram!(INFERENCE_DURATION_SUMMARY, "cache_hit" => hit);
     }
-    let _ = histogram!(MODEL_INFERENCE_BATCH_SIZE);
     describe_gauge!(
         MEMORY_GROWTH_ENABLED,
         "1 while the memory-growth drill (DEBUG_MEMORY_GROWTH) is on: memory grows with every request."
@@ -285,7 +284,7 @@ fn register_all() {
     gauge!(MEMORY_GROWTH_BYTES).set(0.0);
     describe_gauge!(
         MODEL_INFO,
-        "1 for the model version this worker serves (0 for versions it served before a reload)."
+        "1 for the version each model of this worker serves (0 for versions it served before a reload, and for a model unloaded)."
     );
     describe_counter!(MODEL_RELOADS, "Model reloads (SIGHUP, POST /admin/reload) by outcome.");
     for status in ["success", "failure"] {
@@ -311,8 +310,6 @@ fn register_all() {
     counter!(SHADOW_DROPPED).absolute(0);
     counter!(SHADOW_ERRORS).absolute(0);
     let _ = histogram!(SHADOW_DURATION);
-    let _ = histogram!(MODEL_CONFIDENCE);
-    let _ = histogram!(MODEL_INPUT_LENGTH);
     update_memory_usage();
 }
 
@@ -385,22 +382,34 @@ pub fn record_batch_text(success: bool) {
     counter!(BATCH_TEXTS, "outcome" => if success { "success" } else { "error" }).increment(1);
 }
 
-/// `model_info{model_version}`: 1 for the version now served, 0 for the one it replaced.
-pub fn record_model_info(version: &str, previous: Option<&str>) {
+/// `model_info{model, model_version}`: 1 for the version `model` serves now, 0 for the one
+/// it replaced.
+pub fn record_model_info(model: &str, version: &str, previous: Option<&str>) {
     if let Some(previous) = previous.filter(|p| *p != version) {
-        gauge!(MODEL_INFO, "model_version" => previous.to_owned()).set(0.0);
+        gauge!(MODEL_INFO, "model" => model.to_owned(), "model_version" => previous.to_owned()).set(0.0);
+    }
+    gauge!(MODEL_INFO, "model" => model.to_owned(), "model_version" => version.to_owned()).set(1.0);
+}
+
+/// `model_info` of a model no longer served: 0.
+pub fn record_model_unloaded(model: &str, version: &str) {
+    gauge!(MODEL_INFO, "model" => model.to_owned(), "model_version" => version.to_owned()).set(0.0);
+}
+
+/// `falcon_build_info{version, model_version}`: the build, and the default model's version.
+pub fn record_build_info(version: &str, previous: Option<&str>) {
+    if let Some(previous) = previous.filter(|p| *p != version) {
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "model_version" => previous.to_owned()).set(0.0);
     }
-    gauge!(MODEL_INFO, "model_version" => version.to_owned()).set(1.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "model_version" => version.to_owned()).set(1.0);
 }
 
-/// The served model's baseline class mix, and zeroed prediction counters for its labels.
-pub fn record_reference_shares(labels: &[String], shares: Option<&[f64]>) {
+/// A model's baseline class mix, and zeroed prediction counters for its labels.
+pub fn record_reference_shares(model: &str, labels: &[String], shares: Option<&[f64]>) {
     for (i, label) in labels.iter().enumerate() {
-        counter!(MODEL_PREDICTIONS, "class" => label.clone()).increment(0);
+        counter!(MODEL_PREDICTIONS, "model" => model.to_owned(), "class" => label.clone()).increment(0);
         if let Some(share) = shares.and_then(|s| s.get(i)) {
-            gauge!(MODEL_REFERENCE_SHARE, "class" => label.clone()).set(*share);
+            gauge!(MODEL_REFERENCE_SHARE, "model" => model.to_owned(), "class" => label.clone()).set(*share);
         }
     }
 }
@@ -412,17 +421,21 @@ pub fn record_reload(success: bool) {
 /// The per-answer prediction metrics, with their handles resolved once (a reload keeps the
 /// labels, so the handles stay right): no registry lookup or label allocation per answer.
 pub struct PredictionMetrics {
+    model: String,
     by_class: Vec<(String, metrics::Counter)>,
     confidence: metrics::Histogram,
     length: metrics::Histogram,
 }
 
 impl PredictionMetrics {
-    pub fn new(labels: &[String]) -> Self {
+    /// The handles of `model`'s answers, one counter per label.
+    pub fn new(model: &str, labels: &[String]) -> Self {
+        let class = |l: &String| counter!(MODEL_PREDICTIONS, "model" => model.to_owned(), "class" => l.clone());
         Self {
-            by_class: labels.iter().map(|l| (l.clone(), counter!(MODEL_PREDICTIONS, "class" => l.clone()))).collect(),
-            confidence: histogram!(MODEL_CONFIDENCE),
-            length: histogram!(MODEL_INPUT_LENGTH),
+            model: model.to_owned(),
+            by_class: labels.iter().map(|l| (l.clone(), class(l))).collect(),
+            confidence: histogram!(MODEL_CONFIDENCE, "model" => model.to_owned()),
+            length: histogram!(MODEL_INPUT_LENGTH, "model" => model.to_owned()),
         }
     }
 
@@ -430,7 +443,9 @@ impl PredictionMetrics {
     pub fn record(&self, label: &str, confidence: f64, length_chars: Option<i32>) {
         match self.by_class.iter().find(|(l, _)| l == label) {
             Some((_, c)) => c.increment(1),
-            None => counter!(MODEL_PREDICTIONS, "class" => label.to_owned()).increment(1),
+            None => {
+                counter!(MODEL_PREDICTIONS, "model" => self.model.clone(), "class" => label.to_owned()).increment(1)
+            }
         }
         self.confidence.record(confidence);
         if let Some(n) = length_chars {
@@ -487,8 +502,9 @@ pub fn record_model_loaded(elapsed: Duration) {
     gauge!(MODEL_LOAD_DURATION).set(elapsed.as_secs_f64());
 }
 
-pub fn record_batch(size: usize) {
-    histogram!(MODEL_INFERENCE_BATCH_SIZE).record(size as f64);
+/// `model_inference_batch_size` of `model`: the handle its inference threads record into.
+pub fn batch_size(model: &str) -> metrics::Histogram {
+    histogram!(MODEL_INFERENCE_BATCH_SIZE, "model" => model.to_owned())
 }
 
 /// Sets `memory_usage_bytes` to the current RSS (from /proc/self/statm; 0 elsewhere).

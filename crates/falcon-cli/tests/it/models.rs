@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Worker, falcon, fresh_dir, post};
+use crate::common::{Worker, falcon, fresh_dir, post, wait_for_sqlite_rows};
 
 /// Trains the topics model into `dir` and writes a repository naming it and the built-in
 /// sentiment model (a relative path: from the repository file's directory).
@@ -45,7 +45,11 @@ async fn admin(c: &reqwest::Client, w: &Worker, path: &str) -> (u16, Value) {
 async fn a_repository_of_two_models_serves_each_with_its_own_labels_and_loads_and_unloads_under_load() {
     let dir = fresh_dir();
     let file = repository(dir.path());
-    let w = Worker::start(&[("MODEL_REPOSITORY", file.to_str().unwrap())]);
+    let db = dir.path().join("log.db");
+    let w = Worker::start(&[
+        ("MODEL_REPOSITORY", file.to_str().unwrap()),
+        ("REQUEST_LOG_SQLITE_PATH", db.to_str().unwrap()),
+    ]);
     let c = reqwest::Client::new();
 
     // Each model answers with its own labels; the answer names it.
@@ -136,6 +140,39 @@ async fn a_repository_of_two_models_serves_each_with_its_own_labels_and_loads_an
     let ready: Value = c.get(w.url("/readyz")).send().await.unwrap().json().await.unwrap();
     let names: Vec<&Value> = ready["models"].as_array().unwrap().iter().map(|m| &m["name"]).collect();
     assert_eq!(names, [&json!("sentiment"), &json!("topics")], "{ready}");
+
+    // Each row names its model: sentiment's 1 + the load's; topics' 4 answers and its 404
+    // while unloaded; the unknown model's 404 under the name asked for.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    wait_for_sqlite_rows(&pool, 1 + ok as i64 + 5 + 1, Duration::from_secs(10)).await;
+    let rows: Vec<(Option<String>, bool, Option<String>, i64)> = sqlx::query_as(
+        "SELECT model_name, success, error_type, count(*) FROM inference_logs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let row = |m: &str, ok: bool, e: Option<&str>, n: u64| (Some(m.to_owned()), ok, e.map(str::to_owned), n as i64);
+    assert_eq!(
+        rows,
+        [
+            row("nope", false, Some("model_not_found"), 1),
+            row("sentiment", true, None, 1 + ok),
+            row("topics", false, Some("model_not_found"), 1),
+            row("topics", true, None, 4),
+        ]
+    );
+    let versions: Vec<(String, String)> =
+        sqlx::query_as("SELECT DISTINCT model_name, model_version FROM inference_logs WHERE success ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        versions,
+        [
+            ("sentiment".into(), a["model_version"].as_str().unwrap().into()),
+            ("topics".into(), t["model_version"].as_str().unwrap().into())
+        ]
+    );
 }
 
 /// A repository that cannot be served stops the start with one message naming the model.

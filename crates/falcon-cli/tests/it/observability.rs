@@ -120,7 +120,7 @@ const CONTRACT: &[(&str, &str, &[&str])] = &[
     ("fallback_triggered_total", "counter", &["dependency", "fallback_type"]),
     ("inference_duration_seconds", "histogram", &["cache_hit"]),
     ("db_operation_duration_seconds", "histogram", &["operation"]),
-    ("model_inference_batch_size", "histogram", &[]),
+    ("model_inference_batch_size", "histogram", &["model"]),
     ("circuit_breaker_state", "gauge", &["dependency"]),
     ("memory_usage_bytes", "gauge", &[]),
     ("db_connection_pool_size", "gauge", &[]),
@@ -383,8 +383,10 @@ async fn dashboard_and_alert_queries_parse_and_name_only_exposed_metrics() {
         assert!(titles.contains(&panel), "panel {panel:?} is missing: {titles:?}");
     }
     // Grafana's variables, as Grafana would substitute them.
-    let from_dashboard: Vec<String> =
-        dashboard_exprs(&d).into_iter().map(|e| e.replace("$__rate_interval", "1m").replace("$worker", ".*")).collect();
+    let from_dashboard: Vec<String> = dashboard_exprs(&d)
+        .into_iter()
+        .map(|e| e.replace("$__rate_interval", "1m").replace("$worker", ".*").replace("$model", ".*"))
+        .collect();
     assert!(from_dashboard.len() >= 10);
     let from_alerts = rule_exprs(&std::fs::read_to_string(deploy("prometheus/alerts/inference_alerts.yml")).unwrap());
     assert_eq!(from_alerts.len(), ALERTS.len());

@@ -272,6 +272,7 @@ fn predict_prints_the_infer_fields() {
             "cache_hit",
             "confidence",
             "idempotency_hit",
+            "model",
             "model_version",
             "prediction",
             "probabilities",

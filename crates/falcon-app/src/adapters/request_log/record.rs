@@ -195,6 +195,11 @@ log_record! {
     /// spooled by older builds.
     #[serde(default)]
     api_key_id: Option<String> as AsTyped, since 2;
+    /// The model the request named, by its name in the repository (the default when it named
+    /// none); NULL when it failed before its model was known, and in rows written before
+    /// model repositories (those were all the one model's).
+    #[serde(default)]
+    model_name: Option<String> as AsTyped, since 3;
 }
 
 impl LogRecord {
@@ -233,9 +238,9 @@ impl LogRecord {
 /// The journal's encoding of a record: a version byte, the caller's flags, then the values in
 /// `COLUMNS` order (text and JSON as a `u32` length and UTF-8, NULL as a zero tag). About a
 /// tenth of the cost of JSON both ways, and the request path pays the encoding. Version 2
-/// added `api_key_id` at the end; version 1 records (a spool from an older build) decode
-/// without it.
-const ENCODING_VERSION: u8 = 2;
+/// added `api_key_id` at the end, version 3 `model_name`; records of an older version (a
+/// spool from an older build) decode without the columns added since.
+const ENCODING_VERSION: u8 = 3;
 
 /// A journal frame that does not decode as a record.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +288,7 @@ impl LogRecord {
     pub fn decode(bytes: &[u8]) -> Result<(Self, u8), DecodeError> {
         let mut d = Decoder(bytes);
         let version = d.take(1)?[0];
-        if version != 1 && version != ENCODING_VERSION {
+        if !(1..=ENCODING_VERSION).contains(&version) {
             return Err(DecodeError("unknown version"));
         }
         let flags = d.take(1)?[0];
@@ -359,28 +364,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_spooled_by_the_previous_encoding_still_reads() {
-        // Version 1 had no api_key_id at the end: the same bytes without its NULL tag.
+    fn a_record_spooled_by_a_previous_encoding_still_reads() {
+        // Version 2 had no model_name at the end, version 1 no api_key_id before it: the same
+        // bytes without their NULL tags.
         let r = LogRecord::new("r", "w", "v");
-        let mut v2 = Vec::new();
-        r.encode(7, &mut v2);
-        assert_eq!(v2.pop(), Some(0), "api_key_id NULL is the last byte");
-        v2[0] = 1;
-        let (old, flags) = LogRecord::decode(&v2).unwrap();
-        assert_eq!((old, flags), (r.clone(), 7));
-        let keyed = LogRecord { api_key_id: Some("billing".into()), ..r };
         let mut bytes = Vec::new();
-        keyed.encode(0, &mut bytes);
-        assert_eq!(LogRecord::decode(&bytes).unwrap().0, keyed);
-        bytes[0] = 3;
+        r.encode(7, &mut bytes);
+        assert_eq!(bytes.pop(), Some(0), "model_name NULL is the last byte");
+        bytes[0] = 2;
+        assert_eq!(LogRecord::decode(&bytes).unwrap(), (r.clone(), 7));
+        assert_eq!(bytes.pop(), Some(0), "then api_key_id NULL");
+        bytes[0] = 1;
+        assert_eq!(LogRecord::decode(&bytes).unwrap(), (r.clone(), 7));
+        let named = LogRecord { api_key_id: Some("billing".into()), model_name: Some("topics".into()), ..r };
+        let mut bytes = Vec::new();
+        named.encode(0, &mut bytes);
+        assert_eq!(LogRecord::decode(&bytes).unwrap().0, named);
+        bytes[0] = 4;
+        assert!(LogRecord::decode(&bytes).is_err(), "an unknown version is refused");
+        bytes[0] = 0;
         assert!(LogRecord::decode(&bytes).is_err(), "an unknown version is refused");
     }
 
     #[test]
-    fn the_table_names_twenty_columns_log_id_first() {
-        assert_eq!(COLUMNS.len(), 20);
+    fn the_table_names_twenty_one_columns_log_id_first() {
+        assert_eq!(COLUMNS.len(), 21);
         assert_eq!(COLUMNS[0], "log_id", "values() writes the log id fallback into the first column");
         assert_eq!(COLUMNS[19], "api_key_id", "a column added later goes last (the journal reads older records)");
+        assert_eq!(COLUMNS[20], "model_name");
         let r = LogRecord::new("r", "w", "v");
         assert!(matches!(r.values()[7], Value::Json(None)), "probabilities are stored as JSON");
         assert!(matches!(r.values()[11], Value::Float(Some(_))), "processing time is required");
@@ -416,12 +427,14 @@ mod tests {
             concat!(
                 include_str!("../../../migrations/postgres/0001_inference_logs.sql"),
                 include_str!("../../../migrations/postgres/0002_log_id.sql"),
-                include_str!("../../../migrations/postgres/0004_api_key_id.sql")
+                include_str!("../../../migrations/postgres/0004_api_key_id.sql"),
+                include_str!("../../../migrations/postgres/0006_model_name.sql")
             ),
             concat!(
                 include_str!("../../../migrations/sqlite/0001_inference_logs.sql"),
                 include_str!("../../../migrations/sqlite/0002_log_id.sql"),
-                include_str!("../../../migrations/sqlite/0004_api_key_id.sql")
+                include_str!("../../../migrations/sqlite/0004_api_key_id.sql"),
+                include_str!("../../../migrations/sqlite/0006_model_name.sql")
             ),
         ] {
             for c in COLUMNS {
@@ -450,6 +463,8 @@ mod tests {
             error_message: Some("tab\there ✓".into()),
             idempotency_key: Some("k".into()),
             client_ip: Some("::1".into()),
+            api_key_id: Some("billing".into()),
+            model_name: Some("topics".into()),
             ..LogRecord::new("req", "w", "v")
         };
         for (record, flags) in [(full, 1u8), (LogRecord::new("r", "w", "v"), 0)] {

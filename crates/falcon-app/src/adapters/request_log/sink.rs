@@ -375,7 +375,7 @@ mod tests {
     fn copy_text_escapes_and_marks_nulls() {
         let text = copy_text(&[record(), record()]);
         let line = "log-1\treq-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
-                    line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\t\\N\n";
+                    line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\t\\N\t\\N\n";
         assert_eq!(text, format!("{line}{line}"));
         assert_eq!(text.lines().count(), 2, "escaped newlines never split a row");
         assert!(text.lines().all(|l| l.split('\t').count() == COLUMNS.len()));

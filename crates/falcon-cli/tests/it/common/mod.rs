@@ -239,14 +239,24 @@ pub fn text_hash(text: &str) -> String {
     falcon_app::text_key::TextKey::new(TEXT_HASH_KEY.as_bytes()).unwrap().hash(text)
 }
 
-/// Reads one sample of `/metrics` whose line starts with `series` (name and labels).
+/// Reads `series` (`name{label="value",…}`) from `/metrics`: the sum of every sample of that
+/// name that has those labels (and perhaps more, such as `model`). `name{` alone: every sample
+/// of the name. Fails if none matches.
 pub async fn metric(client: &reqwest::Client, w: &Worker, series: &str) -> f64 {
     let text = client.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    let (name, wanted) = series.split_once('{').unwrap_or((series, ""));
+    let wanted: Vec<&str> = wanted.trim_end_matches('}').split(',').filter(|l| !l.is_empty()).collect();
+    let samples: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let (sample, value) = l.rsplit_once(' ')?;
+            let (n, labels) = sample.split_once('{').unwrap_or((sample, ""));
+            let labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+            (n == name && wanted.iter().all(|w| labels.contains(w))).then(|| value.parse().ok()).flatten()
+        })
+        .collect();
+    assert!(!samples.is_empty(), "{series} not in /metrics");
+    samples.iter().sum()
 }
 
 /// Waits until the sample of `series` in `/metrics` reads `expected`; fails after `within`.

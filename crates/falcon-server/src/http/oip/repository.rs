@@ -167,8 +167,8 @@ impl From<(u64, u64)> for OipStatDuration {
 }
 
 /// Triton's `InferStatistics`. Falcon's model takes strings and gives its outputs in one
-/// step, so `compute_input` and `compute_output` are always 0 and `compute_infer` is the
-/// model's time.
+/// step, so `compute_input` and `compute_output` take 0 ns (with `compute_infer`'s count) and
+/// `compute_infer` is the model's time.
 #[derive(Serialize, ToSchema)]
 pub struct OipInferStatistics {
     success: OipStatDuration,
@@ -185,7 +185,12 @@ pub struct OipInferStatistics {
 #[derive(Serialize, ToSchema)]
 pub struct OipModelStatistics {
     name: String,
+    /// The version as Triton numbers them (`perf_analyzer` parses it as an integer): 1 for
+    /// the version loaded first, one more at each reload that swapped in another.
+    #[schema(example = "1")]
     version: String,
+    /// Falcon's own: the version served now, as everywhere else (`model_version`).
+    model_version: String,
     /// When it last answered, in milliseconds since the epoch (0: never).
     last_inference: u64,
     /// Texts classified (batch elements).
@@ -202,7 +207,8 @@ impl OipModelStatistics {
         let s: StatsSnapshot = model.stats().snapshot();
         Self {
             name: model.name().to_string(),
-            version: model.current().model_version().to_owned(),
+            version: model.slot().generation().to_string(),
+            model_version: model.current().model_version().to_owned(),
             last_inference: s.last_inference_ms,
             inference_count: s.inference_count,
             execution_count: s.execution_count,
@@ -210,9 +216,11 @@ impl OipModelStatistics {
                 success: s.success.into(),
                 fail: s.fail.into(),
                 queue: s.queue.into(),
-                compute_input: (0, 0).into(),
+                // Each request's input and output steps take no time of their own, and are
+                // counted with its inference, as Triton counts them (perf_analyzer checks).
+                compute_input: (s.compute.0, 0).into(),
                 compute_infer: s.compute.into(),
-                compute_output: (0, 0).into(),
+                compute_output: (s.compute.0, 0).into(),
                 cache_hit: s.cache_hit.into(),
                 cache_miss: s.cache_miss.into(),
             },
