@@ -8,7 +8,7 @@ SERVICE ?= worker-1
 SCENARIO ?= baseline
 FLAME_SCENARIO ?= unique-text
 
-.PHONY: help run build install test lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-http bench-log load-test fuzz train-model predict \
+.PHONY: help run build install test lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-models bench-http bench-log load-test fuzz train-model predict \
 	failure-inject failure-inject-kill-worker failure-inject-sigterm-worker failure-inject-redis-down failure-inject-redis-slow failure-inject-postgres-down failure-inject-postgres-slow failure-inject-cpu-spike failure-inject-memory-growth \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
@@ -41,7 +41,7 @@ fmt: ## Format the code
 bench: ## One run, one report: floor, embedded and Redis+Postgres workers, the nginx stack, a k6 spike, the model, RSS, perf_analyzer vs MLServer -> bench/results.{json,md,png}
 	./scripts/bench.sh
 
-bench-all: bench bench-stages bench-model bench-memory bench-http bench-log ## Every benchmark: the report, then each detailed one
+bench-all: bench bench-stages bench-model bench-memory bench-models bench-http bench-log ## Every benchmark: the report, then each detailed one
 
 bench-stages: ## criterion: each stage of the request path (normalise + key, cache get/insert, request id, response JSON)
 	$(CARGO) bench --locked -p falcon-server --bench stages
@@ -54,6 +54,9 @@ bench-model: ## criterion: prediction latency of the shipped model
 
 bench-memory: ## Model load time and RSS of a release worker at start-up and after 100k unique-text requests
 	./scripts/bench-memory.sh
+
+bench-models: ## Start-up time and RSS of a release worker serving 1, 2 and 5 models (MODEL_REPOSITORY)
+	./scripts/bench-models.sh
 
 bench-http: ## Load test of release workers against a bare axum floor in the same run; request log on vs off; Redis; Postgres
 	./scripts/bench-http.sh

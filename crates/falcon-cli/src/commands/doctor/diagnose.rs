@@ -93,10 +93,11 @@ pub struct WorkerStats {
     pub debug_memory_growth: bool,
     pub uptime_seconds: Option<f64>,
     pub restarted_between_scrapes: bool,
-    /// Answers by predicted class since the worker started.
-    pub predictions_by_class: Vec<(String, f64)>,
-    /// The served model's reference class mix (from its file).
-    pub reference_shares: Vec<(String, f64)>,
+    /// Answers by model and predicted class since the worker started.
+    pub predictions_by_class: Vec<(ModelClass, f64)>,
+    /// Each served model's reference class mix (from its file), by model and class.
+    pub reference_shares: Vec<(ModelClass, f64)>,
+    /// The default model's version.
     pub model_version: Option<String>,
     /// Shadow model: sampled texts it agreed / disagreed on, since start.
     pub shadow_agreed: f64,
@@ -172,10 +173,12 @@ impl WorkerStats {
         s.memory_bytes = b.sum("memory_usage_bytes", &[]);
         s.memory_bytes_per_second = gauge_slope(a, b, "memory_usage_bytes", secs);
         s.debug_memory_growth = b.total("debug_memory_growth_enabled", &[]) >= 1.0;
-        s.predictions_by_class = b.by_label("model_predictions_total", "class");
-        s.reference_shares = b.by_label("model_reference_class_share", "class");
-        s.model_version =
-            b.series("model_info", &[]).find(|x| x.value >= 1.0).and_then(|x| x.labels.get("model_version").cloned());
+        s.predictions_by_class = by_model_and_class(b, "model_predictions_total");
+        s.reference_shares = by_model_and_class(b, "model_reference_class_share");
+        s.model_version = b
+            .series("falcon_build_info", &[])
+            .find(|x| x.value >= 1.0)
+            .and_then(|x| x.labels.get("model_version").cloned());
         s.shadow_agreed = b.total("shadow_agreement_total", &[("outcome", "agree")]);
         s.shadow_disagreed = b.total("shadow_agreement_total", &[("outcome", "disagree")]);
         s.retention_days = b.sum("request_log_retention_days", &[]);
@@ -836,40 +839,70 @@ pub fn psi(live: &[(String, f64)], reference: &[(String, f64)]) -> Option<f64> {
     Some(index)
 }
 
-/// The fleet's class mix since the workers started against the model's reference
-/// (incident #7). The alert uses the last hour; two scrapes only see since-start totals.
+/// A model's name and one of its classes. Series of builds that served one model carry no
+/// `model` label: they are the default model's, `sentiment`.
+pub type ModelClass = (String, String);
+
+/// `name`'s samples summed by model and class.
+fn by_model_and_class(scrape: &Scrape, name: &str) -> Vec<(ModelClass, f64)> {
+    let mut out: std::collections::BTreeMap<ModelClass, f64> = std::collections::BTreeMap::new();
+    for sample in scrape.series(name, &[]) {
+        let Some(class) = sample.labels.get("class") else { continue };
+        let model = sample.labels.get("model").map_or("sentiment", String::as_str);
+        *out.entry((model.to_owned(), class.clone())).or_default() += sample.value;
+    }
+    out.into_iter().collect()
+}
+
+/// Each model's class mix over the fleet since the workers started, against that model's
+/// reference (incident #7): one finding per model that moved. The alert uses the last hour;
+/// two scrapes only see since-start totals.
 fn drift(stats: &[WorkerStats], book: &Playbook, out: &mut Vec<Finding>) {
-    let mut live: Vec<(String, f64)> = Vec::new();
+    let mut live: std::collections::BTreeMap<&str, Vec<(String, f64)>> = std::collections::BTreeMap::new();
     for s in stats {
-        for (class, n) in &s.predictions_by_class {
-            match live.iter_mut().find(|(c, _)| c == class) {
+        for ((model, class), n) in &s.predictions_by_class {
+            let classes = live.entry(model.as_str()).or_default();
+            match classes.iter_mut().find(|(c, _)| c == class) {
                 Some((_, total)) => *total += n,
-                None => live.push((class.clone(), *n)),
+                None => classes.push((class.clone(), *n)),
             }
         }
     }
-    let answers: f64 = live.iter().map(|(_, n)| n).sum();
-    let Some(reference) = stats.iter().map(|s| &s.reference_shares).find(|r| !r.is_empty()) else { return };
-    let Some(index) = psi(&live, reference).filter(|i| *i > PSI_WARN && answers >= DRIFT_MIN_ANSWERS) else { return };
-    let mut f = finding(
-        7,
-        Severity::Warning,
-        None,
-        format!("the predicted class mix moved away from the model's reference (PSI {index:.2})"),
-        "the inputs changed (a new client or topic, one text sent over and over) or the model does not fit them".into(),
-    );
-    let share = |n: f64| n / answers * 100.0;
-    let mix: Vec<String> = live.iter().map(|(c, n)| format!("{c} {:.1} %", share(*n))).collect();
-    let refs: Vec<String> = reference.iter().map(|(c, q)| format!("{c} {:.1} %", q * 100.0)).collect();
-    f.evidence.push(format!("live mix over {answers:.0} answers since start: {}", mix.join(", ")));
-    f.evidence.push(format!("reference (the model's test split): {}", refs.join(", ")));
-    if let Some(s) = stats.first() {
-        f.commands.push(book.command(&Action::Metrics(&s.url, "^model_(predictions_total|reference_class_share)")));
+    for (model, live) in live {
+        // The model's reference, as the first worker that serves it reports it.
+        let Some(reference) = stats
+            .iter()
+            .map(|s| s.reference_shares.iter().filter(|((m, _), _)| m == model).map(|((_, c), q)| (c.clone(), *q)))
+            .map(Vec::from_iter)
+            .find(|r| !r.is_empty())
+        else {
+            continue;
+        };
+        let answers: f64 = live.iter().map(|(_, n)| n).sum();
+        let Some(index) = psi(&live, &reference).filter(|i| *i > PSI_WARN && answers >= DRIFT_MIN_ANSWERS) else {
+            continue;
+        };
+        let mut f = finding(
+            7,
+            Severity::Warning,
+            None,
+            format!("the predicted class mix of model {model} moved away from its reference (PSI {index:.2})"),
+            "the inputs changed (a new client or topic, one text sent over and over) or the model does not fit them"
+                .into(),
+        );
+        let share = |n: f64| n / answers * 100.0;
+        let mix: Vec<String> = live.iter().map(|(c, n)| format!("{c} {:.1} %", share(*n))).collect();
+        let refs: Vec<String> = reference.iter().map(|(c, q)| format!("{c} {:.1} %", q * 100.0)).collect();
+        f.evidence.push(format!("live mix of {model} over {answers:.0} answers since start: {}", mix.join(", ")));
+        f.evidence.push(format!("reference (the model's test split): {}", refs.join(", ")));
+        if let Some(s) = stats.first() {
+            f.commands.push(book.command(&Action::Metrics(&s.url, "^model_(predictions_total|reference_class_share)")));
+        }
+        f.commands.push(book.command(&Action::PostgresSql(
+            "SELECT model_name, text_hash, count(*) FROM inference_logs WHERE created_at > now() - interval '1 hour' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5;",
+        )));
+        out.push(f);
     }
-    f.commands.push(book.command(&Action::PostgresSql(
-        "SELECT text_hash, count(*) FROM inference_logs WHERE created_at > now() - interval '1 hour' GROUP BY 1 ORDER BY 2 DESC LIMIT 5;",
-    )));
-    out.push(f);
 }
 
 fn or_none(s: &str) -> &str {
@@ -1017,6 +1050,29 @@ mod tests {
         let findings = run(vec![worker(&mix(100, 300), &mix(100, 400))]);
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!((findings[0].incident, findings[0].severity), (7, Severity::Warning));
+        assert!(findings[0].title.contains("model sentiment"), "unlabelled series are the one model's");
+    }
+
+    /// Each model against its own reference: a steady second model with other classes
+    /// neither fires nor hides the first one's drift.
+    #[test]
+    fn drift_is_per_model() {
+        let two = |neg: u32, pos: u32| {
+            format!(
+                "model_predictions_total{{model=\"sentiment\",class=\"negative\"}} {neg}\n\
+                 model_predictions_total{{model=\"sentiment\",class=\"positive\"}} {pos}\n\
+                 model_reference_class_share{{model=\"sentiment\",class=\"negative\"}} 0.5\n\
+                 model_reference_class_share{{model=\"sentiment\",class=\"positive\"}} 0.5\n\
+                 model_predictions_total{{model=\"topics\",class=\"billing\"}} 500\n\
+                 model_predictions_total{{model=\"topics\",class=\"shipping\"}} 500\n\
+                 model_reference_class_share{{model=\"topics\",class=\"billing\"}} 0.5\n\
+                 model_reference_class_share{{model=\"topics\",class=\"shipping\"}} 0.5\n"
+            )
+        };
+        assert!(run(vec![worker(&two(250, 250), &two(250, 250))]).is_empty(), "both steady");
+        let findings = run(vec![worker(&two(100, 300), &two(100, 400))]);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].title.contains("model sentiment"), "{}", findings[0].title);
     }
 
     #[test]
