@@ -21,7 +21,7 @@ use crate::adapters::inference::InferenceQueue;
 use crate::error_type::shown;
 use crate::lifecycle::{self, LoadedBackend, ModelSlot, ReloadError, Reloaded, Reloader};
 use crate::pipeline::InferError;
-use crate::telemetry::metrics::PredictionMetrics;
+use crate::telemetry::metrics::{PredictionMetrics, RequestMetrics};
 
 /// Loads one model of the repository; the `falcon` binary provides it, since only it knows
 /// the concrete backends.
@@ -43,13 +43,15 @@ pub struct ServedModel {
     slot: Arc<ModelSlot>,
     queue: InferenceQueue,
     predictions: PredictionMetrics,
+    requests: RequestMetrics,
 }
 
 impl ServedModel {
     fn start(name: &str, slot: ModelSlot, shape: QueueShape) -> std::io::Result<Self> {
         let queue = InferenceQueue::start(name, shape.threads, shape.capacity, shape.max_batch)?;
         let predictions = PredictionMetrics::new(name, slot.current().labels());
-        Ok(Self { name: Arc::from(name), slot: Arc::new(slot), queue, predictions })
+        let requests = RequestMetrics::new(name);
+        Ok(Self { name: Arc::from(name), slot: Arc::new(slot), queue, predictions, requests })
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -72,6 +74,11 @@ impl ServedModel {
 
     pub fn predictions(&self) -> &PredictionMetrics {
         &self.predictions
+    }
+
+    /// Its `inference_requests_total` and `inference_duration_seconds` series.
+    pub fn requests(&self) -> &RequestMetrics {
+        &self.requests
     }
 
     pub fn stats(&self) -> &ModelStats {

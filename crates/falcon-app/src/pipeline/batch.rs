@@ -66,9 +66,12 @@ impl Pipeline {
                 // Served from the cache when the cache answered every text (the model was
                 // not asked): as a single request whose answer came from the cache.
                 let cache_hit = answer.results.iter().all(|r| r.as_ref().is_ok_and(|a| a.cache_hit));
-                metrics::record_request(true, cache_hit, elapsed);
-                if let Some(model) = &subject.model {
-                    self.count_in_stats(model.stats(), Ok((cache_hit, (!cache_hit).then_some(0.0))), elapsed);
+                match &subject.model {
+                    Some(model) => {
+                        model.requests().record(true, cache_hit, elapsed);
+                        self.count_in_stats(model.stats(), Ok((cache_hit, (!cache_hit).then_some(0.0))), elapsed);
+                    }
+                    None => metrics::record_request(true, cache_hit, elapsed),
                 }
                 answer.processing_time = elapsed;
                 Ok(answer)

@@ -626,7 +626,10 @@ impl Pipeline {
     ) -> Result<Inferred, InferError> {
         let elapsed = meta.received.elapsed();
         let cache_hit = result.as_ref().is_ok_and(|s| s.answer.cache_hit);
-        metrics::record_request(result.is_ok(), cache_hit, elapsed);
+        match &subject.model {
+            Some(model) => model.requests().record(result.is_ok(), cache_hit, elapsed),
+            None => metrics::record_request(result.is_ok(), cache_hit, elapsed),
+        }
         metrics::record_text(result.is_ok());
         let subject_key = subject.api_key_id.clone();
         if let Some(id) = &subject_key {

@@ -141,6 +141,16 @@ async fn a_repository_of_two_models_serves_each_with_its_own_labels_and_loads_an
     let names: Vec<&Value> = ready["models"].as_array().unwrap().iter().map(|m| &m["name"]).collect();
     assert_eq!(names, [&json!("sentiment"), &json!("topics")], "{ready}");
 
+    // The metrics agree per model: topics' 4 answers (and its 404 while unloaded is counted
+    // without a model, as the unknown model's is), sentiment's 1 + the load's.
+    let m = |series: &'static str| crate::common::metric(&c, &w, series);
+    assert_eq!(m("inference_requests_total{status=\"success\",model=\"topics\"}").await, 4.0);
+    assert_eq!(m("inference_requests_total{status=\"success\",model=\"sentiment\"}").await, 1.0 + ok as f64);
+    assert_eq!(m("inference_requests_total{status=\"error\",model=\"topics\"}").await, 0.0);
+    assert_eq!(m("model_predictions_total{model=\"topics\"}").await, 4.0);
+    assert_eq!(m("model_predictions_total{model=\"sentiment\"}").await, 1.0 + ok as f64);
+    assert_eq!(m("model_info{model=\"topics\"}").await, 1.0, "loaded again");
+
     // Each row names its model: sentiment's 1 + the load's; topics' 4 answers and its 404
     // while unloaded; the unknown model's 404 under the name asked for.
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();

@@ -132,6 +132,11 @@ const CONTRACT: &[(&str, &str, &[&str])] = &[
     ("debug_memory_growth_enabled", "gauge", &[]),
 ];
 
+/// The request-level families: per model (`model`), and without it for requests that failed
+/// before their model was known.
+const PER_MODEL: &[&str] =
+    &["inference_requests_total", "inference_duration_seconds", "inference_duration_seconds_summary"];
+
 fn check_contract(text: &str, worker_id: &str) {
     let families = parse_exposition(text);
     for (name, kind, labels) in CONTRACT {
@@ -141,10 +146,20 @@ fn check_contract(text: &str, worker_id: &str) {
         assert!(!f.samples.is_empty(), "{name} has no series at boot");
         let mut expected: BTreeSet<&str> = labels.iter().copied().collect();
         expected.insert("worker_id");
+        let per_model = PER_MODEL.contains(name);
         for (sample, l, _) in &f.samples {
-            let got: BTreeSet<&str> = l.keys().map(String::as_str).filter(|k| *k != "le" && *k != "quantile").collect();
+            let got: BTreeSet<&str> = l
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "le" && *k != "quantile" && !(per_model && *k == "model"))
+                .collect();
             assert_eq!(got, expected, "labels of {sample}");
             assert_eq!(l["worker_id"], worker_id);
+        }
+        if per_model {
+            // The served model's series exist at boot, beside the ones of requests that fail
+            // before their model is known (no `model` label).
+            assert!(f.samples.iter().any(|(_, l, _)| l.get("model").is_some_and(|m| m == "sentiment")), "{name}");
         }
     }
 }

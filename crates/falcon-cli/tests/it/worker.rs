@@ -44,7 +44,8 @@ async fn serves_every_endpoint_with_the_shipped_model() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     assert!(
-        metrics.contains("inference_requests_total{worker_id=\"it-worker\",status=\"success\",cache_hit=\"false\"} 2")
+        metrics.contains("inference_requests_total{worker_id=\"it-worker\",status=\"success\",cache_hit=\"false\",model=\"sentiment\"} 2"),
+        "{metrics}"
     );
     let quantiles: Vec<&str> =
         metrics.lines().filter(|l| l.contains("inference_duration_seconds") && l.contains("quantile")).collect();
