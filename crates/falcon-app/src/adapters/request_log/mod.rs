@@ -275,6 +275,7 @@ pub fn start(
         read_warning: Throttle::new(Duration::from_secs(10)),
     };
     // Partitions ahead and retention, on the writer's thread: off the request path, at its priority.
+    retention::export_setting(config.retention);
     let maintenance = retention::keep(sink.clone(), config.retention);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();

@@ -134,9 +134,14 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 /// How soon a run that failed (the database away) is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// `request_log_retention_days`: the setting, exported before the worker listens (the
+/// maintenance loop runs on the writer's thread, which may start later).
+pub fn export_setting(retention: Retention) {
+    metrics::gauge!(crate::telemetry::metrics::REQUEST_LOG_RETENTION_DAYS).set(f64::from(retention.0.unwrap_or(0)));
+}
+
 /// The worker's maintenance loop: a run as soon as the database takes it, then every `EVERY`.
 pub async fn keep(sink: Sink, retention: Retention) {
-    metrics::gauge!(crate::telemetry::metrics::REQUEST_LOG_RETENTION_DAYS).set(f64::from(retention.0.unwrap_or(0)));
     loop {
         let next = match run(&sink, retention).await {
             Ok(()) => EVERY,
