@@ -66,13 +66,7 @@ impl Pipeline {
                 // Served from the cache when the cache answered every text (the model was
                 // not asked): as a single request whose answer came from the cache.
                 let cache_hit = answer.results.iter().all(|r| r.as_ref().is_ok_and(|a| a.cache_hit));
-                match &subject.model {
-                    Some(model) => {
-                        model.requests().record(true, cache_hit, elapsed);
-                        self.count_in_stats(model.stats(), Ok((cache_hit, (!cache_hit).then_some(0.0))), elapsed);
-                    }
-                    None => metrics::record_request(true, cache_hit, elapsed),
-                }
+                self.count_request(subject.model.as_deref(), Ok((cache_hit, !cache_hit)), elapsed);
                 answer.processing_time = elapsed;
                 Ok(answer)
             }
@@ -97,9 +91,7 @@ impl Pipeline {
                 command.texts.len()
             )));
         }
-        subject.model_name = Some(self.requested_model(command.model.as_deref()));
-        let served = self.0.models.get(command.model.as_deref())?;
-        subject.model = Some(Arc::clone(&served));
+        let served = self.resolve(command.model.as_deref(), subject)?;
         let backend = served.current();
         let model = Model { served: &served, backend: &backend };
         let mut slots: Vec<Slot> = command.texts.into_iter().map(|v| self.check(model, v)).collect();

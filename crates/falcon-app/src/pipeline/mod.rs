@@ -268,8 +268,9 @@ struct Subject {
     idempotency_key: Option<String>,
     /// The model the request named (once it is known to be served).
     model: Option<Arc<ServedModel>>,
-    /// The model's name as the request gave it (the default's when it gave none), for the row.
-    model_name: Option<String>,
+    /// A name the request gave for a model this worker does not serve (as shown to a
+    /// client), for the row.
+    unknown_model: Option<String>,
     /// The model the request ran on (its snapshot), for the row.
     model_version: Option<String>,
     /// The API key the request was made with (its id).
@@ -454,11 +455,8 @@ impl Pipeline {
     ) -> Result<Served, InferError> {
         let InferCommand { text, model, idempotency_key } = command;
         // One model for the whole request: its cache key, inference, answer and row.
-        // The row names the model asked for, also when no such model is served.
-        subject.model_name = Some(self.requested_model(model.as_deref()));
-        let served = self.0.models.get(model.as_deref())?;
+        let served = self.resolve(model.as_deref(), subject)?;
         let backend = served.current();
-        subject.model = Some(Arc::clone(&served));
         subject.model_version = Some(backend.model_version().to_owned());
         validate_text(&text, backend.max_input_chars())?;
         let facts = TextFacts::of(&text, &self.0.text_key);
@@ -589,31 +587,35 @@ impl Pipeline {
         self.0.text_key.cache_key(served.name(), backend.model_version(), &backend.normalize(text))
     }
 
-    /// The model a request asks for, as its row names it: the default's name when it names
-    /// none, else its own (as shown to a client: bounded, control characters escaped).
-    fn requested_model(&self, model: Option<&str>) -> String {
-        model.map_or_else(|| self.0.models.default_model().name().to_string(), shown)
+    /// The served model `name` names (`None`: the default) for `subject`; a name this worker
+    /// does not serve is kept, as shown to a client (bounded, control characters escaped),
+    /// for the row.
+    fn resolve(&self, name: Option<&str>, subject: &mut Subject) -> Result<Arc<ServedModel>, InferError> {
+        let served = self.0.models.get(name).inspect_err(|_| subject.unknown_model = name.map(shown))?;
+        subject.model = Some(Arc::clone(&served));
+        Ok(served)
     }
 
-    /// One request in its model's statistics: answered (from the cache, or by the model
-    /// after the cache missed) or failed. `outcome`: whether the cache answered, and the
-    /// time in the model.
-    fn count_in_stats(
-        &self,
-        stats: &crate::models::ModelStats,
-        outcome: Result<(bool, Option<f64>), &InferError>,
-        elapsed: Duration,
-    ) {
+    /// Counts one request: `inference_requests_total` and its duration, under its model's
+    /// label (without one when it failed before its model was known), and its model's
+    /// statistics. `outcome`: whether the cache answered, and whether the model ran.
+    fn count_request(&self, model: Option<&ServedModel>, outcome: Result<(bool, bool), ()>, elapsed: Duration) {
+        let cache_hit = outcome.is_ok_and(|(hit, _)| hit);
+        let Some(model) = model else {
+            return metrics::record_request(outcome.is_ok(), cache_hit, elapsed);
+        };
+        model.requests().record(outcome.is_ok(), cache_hit, elapsed);
+        let stats = model.stats();
         match outcome {
-            Ok((cache_hit, inference_ms)) => {
+            Ok((cache_hit, ran)) => {
                 stats.success.add(1, elapsed);
                 if cache_hit {
                     stats.cache_hit.add(1, elapsed);
-                } else if self.0.cache.is_some() && inference_ms.is_some() {
+                } else if self.0.cache.is_some() && ran {
                     stats.cache_miss.add(1, elapsed);
                 }
             }
-            Err(_) => stats.fail.add(1, elapsed),
+            Err(()) => stats.fail.add(1, elapsed),
         }
     }
 
@@ -625,11 +627,8 @@ impl Pipeline {
         result: Result<Served, InferError>,
     ) -> Result<Inferred, InferError> {
         let elapsed = meta.received.elapsed();
-        let cache_hit = result.as_ref().is_ok_and(|s| s.answer.cache_hit);
-        match &subject.model {
-            Some(model) => model.requests().record(result.is_ok(), cache_hit, elapsed),
-            None => metrics::record_request(result.is_ok(), cache_hit, elapsed),
-        }
+        let outcome = result.as_ref().map(|s| (s.answer.cache_hit, s.inference_ms.is_some())).map_err(drop);
+        self.count_request(subject.model.as_deref(), outcome, elapsed);
         metrics::record_text(result.is_ok());
         let subject_key = subject.api_key_id.clone();
         if let Some(id) = &subject_key {
@@ -640,9 +639,6 @@ impl Pipeline {
         {
             let length = subject.text.as_ref().map(|t| t.length);
             served.predictions().record(answer.label(model.labels()), answer.prediction.confidence, length);
-        }
-        if let Some(model) = &subject.model {
-            self.count_in_stats(model.stats(), result.as_ref().map(|s| (s.answer.cache_hit, s.inference_ms)), elapsed);
         }
         if let Some(log) = &self.0.request_log {
             let model_version = subject.model_version.unwrap_or_else(|| self.backend().model_version().to_owned());
@@ -659,7 +655,7 @@ impl Pipeline {
                 text: subject.text.as_ref(),
                 idempotency_key: subject.idempotency_key,
                 api_key_id: subject.api_key_id.as_deref(),
-                model_name: subject.model_name.as_deref(),
+                model_name: subject.model.as_ref().map(|m| &**m.name()).or(subject.unknown_model.as_deref()),
                 elapsed,
                 inference_ms,
                 result: outcome,
