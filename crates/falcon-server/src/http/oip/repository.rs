@@ -86,20 +86,7 @@ pub async fn load(
     path: Result<Path<ModelPath>, PathRejection>,
     req: Request,
 ) -> Response {
-    let name = match admin_path(&s, &meta, path, &req) {
-        Ok(name) => name,
-        Err(e) => return s.oip_error_response(&meta.request_id, e),
-    };
-    match s.pipeline.models().load(&name, "POST /v2/repository/models/{name}/load").await {
-        Ok(loaded) => {
-            let (action, version) = match loaded {
-                Loaded::Started { model_version, .. } => ("loaded", model_version),
-                Loaded::Reloaded(r) => ("reloaded", r.model_version),
-            };
-            Json(OipRepositoryChange { name, action, model_version: Some(version) }).into_response()
-        }
-        Err(e) => s.oip_error_response(&meta.request_id, change_error(e)),
-    }
+    change(&s, &meta, path, is_local(&req), Change::Load).await
 }
 
 /// Stops serving a model: requests already running on it finish, new ones get 404
@@ -119,15 +106,43 @@ pub async fn unload(
     path: Result<Path<ModelPath>, PathRejection>,
     req: Request,
 ) -> Response {
-    let name = match admin_path(&s, &meta, path, &req) {
+    change(&s, &meta, path, is_local(&req), Change::Unload).await
+}
+
+/// What an admin route of the repository does to its model.
+#[derive(Clone, Copy)]
+enum Change {
+    Load,
+    Unload,
+}
+
+/// An admin route of the repository: once the caller may use it (an admin key, or without
+/// keys a direct request from this host) and the path names a model, the change; its action
+/// and the version served after it, or the protocol's error.
+async fn change(
+    s: &AppState,
+    meta: &RequestMeta,
+    path: Result<Path<ModelPath>, PathRejection>,
+    local: bool,
+    what: Change,
+) -> Response {
+    let name = match admin_path(s, meta, path, local) {
         Ok(name) => name,
         Err(e) => return s.oip_error_response(&meta.request_id, e),
     };
-    match s.pipeline.models().unload(&name, "POST /v2/repository/models/{name}/unload").await {
-        Ok(was_served) => {
-            let action = if was_served { "unloaded" } else { "not_loaded" };
-            Json(OipRepositoryChange { name, action, model_version: None }).into_response()
-        }
+    let models = s.pipeline.models();
+    let changed = match what {
+        Change::Load => models.load(&name, "POST /v2/repository/models/{name}/load").await.map(|l| match l {
+            Loaded::Started { model_version, .. } => ("loaded", Some(model_version)),
+            Loaded::Reloaded(r) => ("reloaded", Some(r.model_version)),
+        }),
+        Change::Unload => models
+            .unload(&name, "POST /v2/repository/models/{name}/unload")
+            .await
+            .map(|was_served| (if was_served { "unloaded" } else { "not_loaded" }, None)),
+    };
+    match changed {
+        Ok((action, model_version)) => Json(OipRepositoryChange { name, action, model_version }).into_response(),
         Err(e) => s.oip_error_response(&meta.request_id, change_error(e)),
     }
 }
@@ -137,9 +152,9 @@ fn admin_path(
     s: &AppState,
     meta: &RequestMeta,
     path: Result<Path<ModelPath>, PathRejection>,
-    req: &Request,
+    local: bool,
 ) -> Result<String, ApiError> {
-    s.pipeline.authorize_admin(meta, is_local(req))?;
+    s.pipeline.authorize_admin(meta, local)?;
     match path {
         Ok(Path(p)) => Ok(p.name),
         Err(e) => Err(InferError::Validation(format!("invalid model name in the path: {}", e.body_text())).into()),
