@@ -132,12 +132,17 @@ impl Source {
 
     /// Loads `name` as the repository describes it now.
     fn load(&self, name: &str) -> Result<LoadedBackend, String> {
-        let loader = self.loader.as_ref().ok_or("this worker cannot load models (no loader configured)")?;
         let repository = self.read()?;
         let spec = repository
             .models
             .get(name)
             .ok_or_else(|| format!("model {name:?} is no longer in the model repository {}", repository.source()))?;
+        self.load_spec(spec)
+    }
+
+    /// Loads the model `spec` describes.
+    fn load_spec(&self, spec: &ModelSpec) -> Result<LoadedBackend, String> {
+        let loader = self.loader.as_ref().ok_or("this worker cannot load models (no loader configured)")?;
         loader(spec)
     }
 }
@@ -250,13 +255,13 @@ impl Registry {
             return Ok(Loaded::Reloaded(model.slot.reload(trigger).await?));
         }
         let repository = self.read_repository().await?;
-        if !repository.models.contains_key(name) {
+        let Some(spec) = repository.models.get(name).cloned() else {
             return Err(ModelChangeError::Refused(not_found(name, repository.models.keys().map(String::as_str))));
-        }
+        };
+        // The file as just read: loaded from the description the check above saw.
         let source = Arc::clone(&self.source);
-        let owned = name.to_owned();
         let job = move || {
-            let loaded = source.load(&owned).map_err(ReloadError::Load)?;
+            let loaded = source.load_spec(&spec).map_err(ReloadError::Load)?;
             let labels = loaded.backend.labels().to_vec();
             lifecycle::check(loaded.backend.as_ref(), &labels).map_err(ReloadError::Invalid)?;
             Ok::<_, ReloadError>(loaded)
