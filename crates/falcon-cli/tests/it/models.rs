@@ -108,7 +108,19 @@ async fn a_repository_of_two_models_serves_each_with_its_own_labels_and_loads_an
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each step below waits for 20 more answers on sentiment, so the load overlaps each one.
+    let answered = |more: u64| {
+        let ok = Arc::clone(&ok);
+        async move {
+            let target = ok.load(Ordering::Relaxed) + more;
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while ok.load(Ordering::Relaxed) < target {
+                assert!(std::time::Instant::now() < deadline, "the load stalled below {target} answers");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    answered(20).await;
     let (status, body) = admin(&c, &w, "/v2/repository/models/topics/unload").await;
     assert_eq!((status, &body["action"]), (200, &json!("unloaded")), "{body}");
     let (status, e) = ask(&c, &w, json!({"text": "refund", "model": "topics"})).await;
@@ -117,7 +129,7 @@ async fn a_repository_of_two_models_serves_each_with_its_own_labels_and_loads_an
     assert_eq!(r.status(), 404);
     let index: Value = c.post(w.url("/v2/repository/index")).send().await.unwrap().json().await.unwrap();
     assert_eq!(index[1], json!({"name": "topics", "state": "UNAVAILABLE", "reason": "unloaded"}), "{index}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered(20).await;
     let (status, body) = admin(&c, &w, "/v2/repository/models/topics/load").await;
     assert_eq!((status, &body["action"]), (200, &json!("loaded")), "{body}");
     let (status, t) = ask(&c, &w, json!({"text": "refund my payment", "model": "topics"})).await;
@@ -129,7 +141,7 @@ async fn a_repository_of_two_models_serves_each_with_its_own_labels_and_loads_an
     assert_eq!(status, 409, "{body}");
     let (status, body) = admin(&c, &w, "/v2/repository/models/nope/load").await;
     assert_eq!(status, 404, "{body}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered(20).await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
