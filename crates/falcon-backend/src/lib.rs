@@ -89,6 +89,20 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Whether a batch of texts costs this backend much less per text than the same texts
+    /// one call at a time (a transformer's forward pass): its inference threads then wait
+    /// up to `MAX_BATCH_WAIT_MS` to gather a batch. A backend of a few microseconds a text
+    /// answers `false` and never waits.
+    fn prefers_batches(&self) -> bool {
+        false
+    }
+
+    /// Texts this model has cut to the length it reads since it was loaded (a transformer
+    /// keeps its first `max_seq_length` tokens): `model_input_truncated_total`.
+    fn truncated_texts(&self) -> u64 {
+        0
+    }
+
     /// The share of each class (in label order) this model predicts on the data it was
     /// evaluated on, if its file records it: the baseline that drift monitoring compares
     /// live traffic with.

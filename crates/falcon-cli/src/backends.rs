@@ -2,17 +2,21 @@
 //! predict` both load through `load`. The worker knows only `falcon_backend::Backend`; a
 //! new model is a new crate implementing it plus one arm below.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Instant, SystemTime};
 
 use falcon_app::models::{ModelLoader, ModelSpec, Repository, RepositoryError};
 use falcon_backend::Backend;
+use falcon_bert::{BertError, Encoder, Head, SentenceClassifier};
 use falcon_model::SentimentModel;
 use falcon_server::LoadedBackend;
 
 /// Every `MODEL_BACKEND` this build knows.
-pub const NAMES: [&str; 1] = ["tfidf"];
+pub const NAMES: [&str; 2] = ["tfidf", "minilm"];
+
+/// The environment variable naming the MiniLM encoder's folder.
+pub const MINILM_DIR: &str = "MINILM_DIR";
 
 /// Why no model could be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,10 @@ pub enum LoadError {
         "cannot load the {backend} model (set MODEL_PATH to a model file made by `falcon train`, or unset it for the built-in model): {source}"
     )]
     Model { backend: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    /// The transformer backend could not load its encoder or head; its error says which
+    /// and what to set.
+    #[error("cannot load the minilm model: {0}")]
+    Minilm(#[from] BertError),
 }
 
 impl LoadError {
@@ -33,6 +41,10 @@ impl LoadError {
 }
 
 /// Loads the model `name` selects: from `path`, or the one compiled into the binary.
+///
+/// For `minilm`, `path` is a head file (`falcon train --backend minilm`) read with the
+/// encoder in `MINILM_DIR`, or the encoder's folder itself (a repository's `dir`), read
+/// with the head in its `falcon-head.json` when there is one; the built-in head otherwise.
 pub fn load(name: &str, path: Option<&Path>) -> Result<LoadedBackend, LoadError> {
     let started = Instant::now();
     let (backend, source): (Arc<dyn Backend>, String) = match name {
@@ -44,9 +56,52 @@ pub fn load(name: &str, path: Option<&Path>) -> Result<LoadedBackend, LoadError>
             let source = path.map_or_else(|| "built-in".to_owned(), |p| p.display().to_string());
             (Arc::new(model.map_err(|e| LoadError::model("tfidf", e))?), source)
         }
+        "minilm" => load_minilm(path)?,
         other => return Err(LoadError::UnknownBackend(other.to_owned())),
     };
     Ok(LoadedBackend { backend, source, load_time: started.elapsed() })
+}
+
+/// The head file an encoder folder may carry (else the built-in head serves it).
+pub const HEAD_IN_DIR: &str = "falcon-head.json";
+
+fn load_minilm(path: Option<&Path>) -> Result<(Arc<dyn Backend>, String), LoadError> {
+    let env_dir = || std::env::var_os(MINILM_DIR).filter(|d| !d.is_empty()).map(PathBuf::from);
+    let (dir, head_file) = match path {
+        Some(p) if p.is_dir() => (p.to_owned(), Some(p.join(HEAD_IN_DIR)).filter(|h| h.is_file())),
+        Some(p) => (env_dir().ok_or(BertError::NoEncoderDir(falcon_bert::NAME))?, Some(p.to_owned())),
+        None => (env_dir().ok_or(BertError::NoEncoderDir(falcon_bert::NAME))?, None),
+    };
+    let head = match &head_file {
+        Some(file) => Head::load(file)?,
+        None => falcon_bert::shipped_head()?,
+    };
+    let model = SentenceClassifier::new(shared_encoder(&dir)?, head)?;
+    let source = match head_file {
+        Some(file) => format!("{} (encoder {})", file.display(), dir.display()),
+        None => format!("built-in head (encoder {})", dir.display()),
+    };
+    Ok((Arc::new(model), source))
+}
+
+/// Encoders already loaded, by folder: a hot reload of a head, a second model or a shadow
+/// on the same weights shares them (90 MB for all-MiniLM-L6-v2) instead of reading them
+/// again. An entry lives as long as a model uses it, and a changed weights file (size or
+/// modification time) is read anew.
+fn shared_encoder(dir: &Path) -> Result<Arc<Encoder>, BertError> {
+    type Stamp = (u64, Option<SystemTime>);
+    static LOADED: Mutex<Vec<(PathBuf, Stamp, Weak<Encoder>)>> = Mutex::new(Vec::new());
+    let weights = dir.join("model.safetensors");
+    let meta = std::fs::metadata(&weights).map_err(|error| BertError::Io { path: weights.clone(), error })?;
+    let stamp: Stamp = (meta.len(), meta.modified().ok());
+    let mut loaded = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loaded.retain(|(_, _, e)| e.strong_count() > 0);
+    if let Some(encoder) = loaded.iter().find(|(d, s, _)| d == dir && *s == stamp).and_then(|(_, _, e)| e.upgrade()) {
+        return Ok(encoder);
+    }
+    let encoder = Arc::new(Encoder::load(dir, &candle_core::Device::Cpu)?);
+    loaded.push((dir.to_owned(), stamp, Arc::downgrade(&encoder)));
+    Ok(encoder)
 }
 
 /// The repository a worker serves: the file (`MODEL_REPOSITORY`), checked against this

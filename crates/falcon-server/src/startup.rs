@@ -222,7 +222,8 @@ async fn assemble(
     let shape = QueueShape {
         threads: config.inference_threads(),
         capacity: config.server.inference_queue_capacity as usize,
-        max_batch: config.server.inference_max_batch as usize,
+        max_batch: config.server.max_batch_size as usize,
+        max_wait: Duration::from_millis(config.server.max_batch_wait_ms),
     };
     let Models { repository, loaded, loader, backends, shadow } = models;
     let reloadable = loader.is_some();

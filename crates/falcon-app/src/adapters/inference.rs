@@ -1,7 +1,10 @@
 //! Model inference off the async reactor: a bounded queue drained by dedicated threads.
 //!
-//! Each thread takes one job, then whatever else is already waiting (up to `max_batch`),
-//! and runs them through the backend as one `predict_batch` call before it sleeps again.
+//! Each thread takes one job, then whatever else is already waiting (up to `max_batch`
+//! texts), and runs them through the backend as one `predict_batch` call before it sleeps
+//! again. For a backend whose batched call costs far less per text than single ones (a
+//! transformer's forward pass, `Backend::prefers_batches`), the thread also waits up to
+//! `max_wait` (`MAX_BATCH_WAIT_MS`) for more texts to arrive before it runs the batch.
 //! Each job names its model (the one its request took a snapshot of), so a hot reload
 //! never answers a request with another model than the one it started with.
 //! Under load one wake-up serves many requests; with `spawn_blocking` every request paid a
@@ -87,6 +90,7 @@ pub struct InferenceQueue {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     max_batch: usize,
+    max_wait: Duration,
     /// Jobs sent and not yet taken by a thread.
     queued: Arc<AtomicUsize>,
     /// The model's statistics: queue and compute time, texts and calls.
@@ -95,26 +99,43 @@ pub struct InferenceQueue {
     batch_size: ::metrics::Histogram,
 }
 
+/// How a queue's threads gather a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// The most texts one `predict_batch` call gets (`MAX_BATCH_SIZE`).
+    pub max_batch: usize,
+    /// How long a thread holding fewer texts waits for more before it runs them
+    /// (`MAX_BATCH_WAIT_MS`); zero: it runs what is already queued at once.
+    pub max_wait: Duration,
+}
+
 impl InferenceQueue {
     /// Starts `threads` inference threads sharing a queue of `capacity` jobs, for the model
     /// named `model` (its metrics' label).
-    pub fn start(model: &str, threads: usize, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
+    pub fn start(model: &str, threads: usize, capacity: usize, batching: Batching) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(ModelStats::default());
         let batch_size = metrics::batch_size(model);
+        let batching = Batching { max_batch: batching.max_batch.max(1), ..batching };
         let threads = (0..threads.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
-                let counted =
-                    Counted { queued: Arc::clone(&queued), stats: Arc::clone(&stats), batch_size: batch_size.clone() };
+                let counted = Counted {
+                    queued: Arc::clone(&queued),
+                    stats: Arc::clone(&stats),
+                    batch_size: batch_size.clone(),
+                    queue_wait: metrics::queue_wait(model),
+                    forward: metrics::forward_time(model),
+                };
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || run_thread(&rx, &counted, max_batch.max(1)))
+                    .spawn(move || run_thread(&rx, &counted, batching))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { tx: Some(tx), threads, max_batch: max_batch.max(1), queued, stats, batch_size })
+        let (max_batch, max_wait) = (batching.max_batch, batching.max_wait);
+        Ok(Self { tx: Some(tx), threads, max_batch, max_wait, queued, stats, batch_size })
     }
 
     /// The statistics of the model this queue serves.
@@ -122,9 +143,14 @@ impl InferenceQueue {
         &self.stats
     }
 
-    /// How many threads run the model, and the most queued requests one takes at a wake-up.
+    /// How many threads run the model, and the most texts one runs in a call.
     pub fn shape(&self) -> (usize, usize) {
         (self.threads.len(), self.max_batch)
+    }
+
+    /// How long a thread waits to fill a batch.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
     }
 
     /// Classifies `text` with `backend`, waiting at most `timeout` for the answer.
@@ -227,18 +253,21 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     rx.recv().ok()
 }
 
-/// What a thread counts: the jobs still queued, the model's statistics and batch sizes.
+/// What a thread counts: the jobs still queued, the model's statistics, batch sizes, each
+/// request's wait in the queue and each call's time in the model.
 struct Counted {
     queued: Arc<AtomicUsize>,
     stats: Arc<ModelStats>,
     batch_size: ::metrics::Histogram,
+    queue_wait: ::metrics::Histogram,
+    forward: ::metrics::Histogram,
 }
 
-fn run_thread(rx: &Mutex<Receiver<Job>>, counted: &Counted, max_batch: usize) {
-    let Counted { queued, stats, batch_size } = counted;
-    let mut batch = Vec::with_capacity(max_batch);
+fn run_thread(rx: &Mutex<Receiver<Job>>, counted: &Counted, batching: Batching) {
+    let Counted { queued, stats, batch_size, queue_wait, forward } = counted;
+    let mut batch = Vec::with_capacity(batching.max_batch.min(256));
     loop {
-        {
+        let texts = {
             // One thread waits in recv while the others wait for the lock: same effect
             // as a multi-consumer channel, with only std.
             let Ok(rx) = rx.lock() else { return };
@@ -246,48 +275,74 @@ fn run_thread(rx: &Mutex<Receiver<Job>>, counted: &Counted, max_batch: usize) {
                 Some(job) => batch.push(job),
                 None => return,
             }
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
+            gather(&rx, &mut batch, batching)
+        };
         queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        batch_size.record(batch.iter().map(Job::len).sum::<usize>() as f64);
+        batch_size.record(texts as f64);
         let taken = Instant::now();
         for job in &batch {
-            stats.queue.add(1, taken.saturating_duration_since(job.queued_at));
+            let waited = taken.saturating_duration_since(job.queued_at);
+            stats.queue.add(1, waited);
+            queue_wait.record(waited.as_secs_f64());
         }
         // Requests that already timed out or went away are not computed.
         batch.retain(|job| !job.abandoned());
-        run_by_model(&mut batch, stats);
+        run_by_model(&mut batch, stats, forward);
     }
 }
 
+/// Adds queued jobs to `batch` (which holds the first) until it has `max_batch` texts: the
+/// ones already waiting, then, within `max_wait` of the first, the ones that arrive. A job
+/// is never split, so a batch request may take a batch past `max_batch`. Returns the texts.
+fn gather(rx: &Receiver<Job>, batch: &mut Vec<Job>, batching: Batching) -> usize {
+    let mut texts: usize = batch.iter().map(Job::len).sum();
+    let deadline = Instant::now() + batching.max_wait;
+    while texts < batching.max_batch {
+        let next = match rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            }
+        };
+        texts += next.len();
+        batch.push(next);
+    }
+    texts
+}
+
 /// One `predict_batch` call per model in the batch: one, except around a hot reload.
-fn run_by_model(batch: &mut Vec<Job>, stats: &ModelStats) {
+fn run_by_model(batch: &mut Vec<Job>, stats: &ModelStats, forward: &::metrics::Histogram) {
     while let Some(first) = batch.first() {
         let backend = Arc::clone(&first.backend);
         if batch.iter().all(|j| Arc::ptr_eq(&j.backend, &backend)) {
-            run_timed(backend.as_ref(), batch, stats);
+            run_timed(backend.as_ref(), batch, stats, forward);
             return;
         }
         let (mut same, rest): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(|j| Arc::ptr_eq(&j.backend, &backend));
         *batch = rest;
-        run_timed(backend.as_ref(), &mut same, stats);
+        run_timed(backend.as_ref(), &mut same, stats, forward);
     }
 }
 
-/// `run_batch`, counted in the model's statistics.
-fn run_timed(backend: &dyn Backend, batch: &mut Vec<Job>, stats: &ModelStats) {
+/// `run_batch`, counted in the model's statistics and `model_forward_seconds`.
+fn run_timed(backend: &dyn Backend, batch: &mut Vec<Job>, stats: &ModelStats, forward: &::metrics::Histogram) {
     if batch.is_empty() {
         return;
     }
     let (texts, requests) = (batch.iter().map(Job::len).sum(), batch.len());
     let started = Instant::now();
     run_batch(backend, batch);
-    stats.record_execution(texts, requests, started.elapsed());
+    let took = started.elapsed();
+    forward.record(took.as_secs_f64());
+    stats.record_execution(texts, requests, took);
 }
 
 /// One `predict_batch` call for every text of the batch. If it fails as a whole (or
@@ -429,8 +484,12 @@ mod tests {
         }
     }
 
+    fn batching(max_batch: usize) -> Batching {
+        Batching { max_batch, max_wait: Duration::ZERO }
+    }
+
     fn queue(capacity: usize) -> InferenceQueue {
-        InferenceQueue::start("sentiment", 2, capacity, 8).unwrap()
+        InferenceQueue::start("sentiment", 2, capacity, batching(8)).unwrap()
     }
 
     /// Answers with the class 1 when it ran on an inference thread, 0 elsewhere; a text of
@@ -535,7 +594,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_for_two_models_in_one_batch_each_get_their_own_model() {
-        let q = Arc::new(InferenceQueue::start("sentiment", 1, 1024, 256).unwrap());
+        let q = Arc::new(InferenceQueue::start("sentiment", 1, 1024, batching(256)).unwrap());
         let labels = vec!["a".to_owned(), "b".to_owned()];
         let left: Arc<dyn Backend> = Arc::new(Echo(labels.clone(), Some(vec![0.9, 0.1])));
         let right: Arc<dyn Backend> = Arc::new(Echo(labels, Some(vec![0.2, 0.8])));
@@ -549,6 +608,62 @@ mod tests {
             let p = t.await.unwrap().unwrap();
             assert_eq!(p.class, usize::from(i % 3 != 0), "job {i} was answered by the other model");
         }
+    }
+
+    /// Records the size of every call.
+    struct Sizes(Vec<String>, Mutex<Vec<usize>>);
+
+    impl Backend for Sizes {
+        fn name(&self) -> &'static str {
+            "sizes"
+        }
+        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            self.1.lock().unwrap().push(texts.len());
+            Ok(texts.iter().map(|_| Prediction { class: 0, confidence: 1.0, probabilities: vec![1.0, 0.0] }).collect())
+        }
+        fn model_version(&self) -> &str {
+            "sizes"
+        }
+        fn labels(&self) -> &[String] {
+            &self.0
+        }
+        fn normalize(&self, text: &str) -> String {
+            text.to_owned()
+        }
+        fn max_input_chars(&self) -> usize {
+            100
+        }
+    }
+
+    /// Issue 31: with a wait, a thread gathers requests that arrive one by one into one call,
+    /// up to MAX_BATCH_SIZE texts, and a full batch does not wait out the window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thread_waits_to_gather_a_batch_up_to_its_size() {
+        let sizes = Arc::new(Sizes(vec!["a".into(), "b".into()], Mutex::new(Vec::new())));
+        let model: Arc<dyn Backend> = sizes.clone();
+        let q = Arc::new(
+            InferenceQueue::start("sentiment", 1, 64, Batching { max_batch: 4, max_wait: Duration::from_secs(2) })
+                .unwrap(),
+        );
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (q, model) = (Arc::clone(&q), Arc::clone(&model));
+            tasks.push(tokio::spawn(async move { q.predict(&model, format!("t{i}"), Duration::from_secs(10)).await }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The first four arrive 20 ms apart and fill a batch; the last two wait out the window.
+        for t in tasks {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(*sizes.1.lock().unwrap(), [4, 2]);
+        assert!(started.elapsed() >= Duration::from_secs(2), "the second batch waited for more");
+        // Without a wait, a lone request runs at once, alone.
+        let q = InferenceQueue::start("sentiment", 1, 64, batching(4)).unwrap();
+        let started = Instant::now();
+        assert!(q.predict(&model, "alone".into(), Duration::from_secs(10)).await.is_ok());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(sizes.1.lock().unwrap().last(), Some(&1));
     }
 
     #[tokio::test]
@@ -628,7 +743,7 @@ mod tests {
             entered: std::sync::atomic::AtomicUsize::new(0),
         });
         let model: Arc<dyn Backend> = gate.clone();
-        let q = InferenceQueue::start("sentiment", 2, 1, 1).unwrap();
+        let q = InferenceQueue::start("sentiment", 2, 1, batching(1)).unwrap();
         let _unblock = OpenOnDrop(Arc::clone(&gate));
         let wait = Duration::from_secs(30);
         // One job at a time into the queue's one place, each taken by a thread before the

@@ -17,7 +17,7 @@ use falcon_backend::Backend;
 
 use super::repository::{ModelSpec, Repository};
 use super::stats::ModelStats;
-use crate::adapters::inference::InferenceQueue;
+use crate::adapters::inference::{Batching, InferenceQueue};
 use crate::error_type::shown;
 use crate::lifecycle::{self, LoadedBackend, ModelSlot, ReloadError, Reloaded, Reloader};
 use crate::pipeline::InferError;
@@ -33,8 +33,11 @@ pub struct QueueShape {
     pub threads: usize,
     /// Requests that may wait for a thread; beyond it, 503 `overloaded`.
     pub capacity: usize,
-    /// The most waiting requests a thread takes at a wake-up.
+    /// The most texts one model call gets (`MAX_BATCH_SIZE`).
     pub max_batch: usize,
+    /// How long a thread waits to fill a batch for a backend that prefers batches
+    /// (`MAX_BATCH_WAIT_MS`); other backends never wait.
+    pub max_wait: Duration,
 }
 
 /// One model being served.
@@ -48,7 +51,9 @@ pub struct ServedModel {
 
 impl ServedModel {
     fn start(name: &str, slot: ModelSlot, shape: QueueShape) -> std::io::Result<Self> {
-        let queue = InferenceQueue::start(name, shape.threads, shape.capacity, shape.max_batch)?;
+        let max_wait = if slot.current().prefers_batches() { shape.max_wait } else { Duration::ZERO };
+        let batching = Batching { max_batch: shape.max_batch, max_wait };
+        let queue = InferenceQueue::start(name, shape.threads, shape.capacity, batching)?;
         let predictions = PredictionMetrics::new(name, slot.current().labels());
         let requests = RequestMetrics::new(name);
         Ok(Self { name: Arc::from(name), slot: Arc::new(slot), queue, predictions, requests })
@@ -408,7 +413,7 @@ mod tests {
     fn registry(file: &std::path::Path) -> Registry {
         let repository = Repository::read(file, &["named"]).unwrap();
         let loaded = repository.models.iter().map(|(n, spec)| (n.clone(), load(spec).unwrap())).collect();
-        let shape = QueueShape { threads: 1, capacity: 4, max_batch: 4 };
+        let shape = QueueShape { threads: 1, capacity: 4, max_batch: 4, max_wait: Duration::ZERO };
         Registry::start(repository, loaded, Some(Arc::new(load)), vec!["named".into()], shape, Duration::from_secs(5))
             .unwrap()
     }

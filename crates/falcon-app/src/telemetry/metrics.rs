@@ -23,6 +23,9 @@ pub const CACHE_HITS: &str = "cache_hits_total";
 pub const CACHE_MISSES: &str = "cache_misses_total";
 pub const DB_DURATION: &str = "db_operation_duration_seconds";
 pub const MODEL_INFERENCE_BATCH_SIZE: &str = "model_inference_batch_size";
+pub const MODEL_QUEUE_WAIT: &str = "model_queue_wait_seconds";
+pub const MODEL_FORWARD: &str = "model_forward_seconds";
+pub const MODEL_INPUT_TRUNCATED: &str = "model_input_truncated_total";
 pub const MODEL_LOAD_DURATION: &str = "model_load_duration_seconds";
 pub const MEMORY_USAGE: &str = "memory_usage_bytes";
 pub const BUILD_INFO: &str = "falcon_build_info";
@@ -110,6 +113,8 @@ pub fn install(worker_id: &str) -> Option<PrometheusHandle> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_CONFIDENCE.into()), &CONFIDENCE_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_INPUT_LENGTH.into()), &INPUT_LENGTH_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SHADOW_DURATION.into()), &DURATION_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_QUEUE_WAIT.into()), &DURATION_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_FORWARD.into()), &DURATION_BUCKETS))
         // Histograms without buckets of their own render as summaries: that is
         // `inference_duration_seconds_summary` alone.
         .and_then(|b| b.set_quantiles(&[0.5, 0.95, 0.99]));
@@ -144,6 +149,20 @@ fn register_all() {
     describe_histogram!(
         MODEL_INFERENCE_BATCH_SIZE,
         "Texts the model classified in one call: what an inference thread took in one wake-up, or 1 for a text run in place."
+    );
+    describe_histogram!(
+        MODEL_QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a request waited in its model's inference queue before a thread took it (gathering a batch included)."
+    );
+    describe_histogram!(
+        MODEL_FORWARD,
+        Unit::Seconds,
+        "Time of one model call on an inference thread: a batch's forward pass, for a transformer."
+    );
+    describe_counter!(
+        MODEL_INPUT_TRUNCATED,
+        "Texts the model cut to the length it reads (minilm: 256 tokens), since the model was loaded."
     );
     describe_gauge!(PROCESS_START_TIME, Unit::Seconds, "When this worker process started (seconds since the epoch).");
     describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "Time the model file took to load at start-up.");
@@ -544,6 +563,21 @@ pub fn record_model_loaded(elapsed: Duration) {
 /// `model_inference_batch_size` of `model`: the handle its inference threads record into.
 pub fn batch_size(model: &str) -> metrics::Histogram {
     histogram!(MODEL_INFERENCE_BATCH_SIZE, "model" => model.to_owned())
+}
+
+/// `model_queue_wait_seconds` of `model`.
+pub fn queue_wait(model: &str) -> metrics::Histogram {
+    histogram!(MODEL_QUEUE_WAIT, "model" => model.to_owned())
+}
+
+/// `model_forward_seconds` of `model`.
+pub fn forward_time(model: &str) -> metrics::Histogram {
+    histogram!(MODEL_FORWARD, "model" => model.to_owned())
+}
+
+/// Sets `model_input_truncated_total` of `model` to what its backend counted.
+pub fn set_truncated_texts(model: &str, texts: u64) {
+    counter!(MODEL_INPUT_TRUNCATED, "model" => model.to_owned()).absolute(texts);
 }
 
 /// Sets `memory_usage_bytes` to the current RSS (from /proc/self/statm; 0 elsewhere).

@@ -19,15 +19,19 @@ enum ModelCommand {
     /// Print a model file's metadata, evaluation report and class distribution (the
     /// built-in model without FILE).
     Inspect {
-        /// Model file made by `falcon train`.
+        /// Model file made by `falcon train` (for minilm: a head file).
         file: Option<PathBuf>,
         /// Print the metadata as JSON.
         #[arg(long)]
         json: bool,
+        /// The model's backend: `tfidf`, or `minilm` (a head file, or the built-in head).
+        #[arg(long, env = "MODEL_BACKEND", default_value = "tfidf")]
+        backend: String,
     },
     /// Score a model on a labelled CSV: accuracy, macro-F1, per-class report, confusion matrix.
     Eval {
-        /// Model file made by `falcon train`, or `built-in`.
+        /// Model file made by `falcon train`, or `built-in` (for minilm: a head file, run
+        /// with the encoder in MINILM_DIR).
         file: PathBuf,
         /// CSV with a header row and columns `text` and `label` (a label name such as
         /// `positive`, or its class index); other columns are ignored.
@@ -35,13 +39,19 @@ enum ModelCommand {
         /// Print the evaluation as JSON.
         #[arg(long)]
         json: bool,
+        /// The model's backend: `tfidf`, or `minilm`.
+        #[arg(long, env = "MODEL_BACKEND", default_value = "tfidf")]
+        backend: String,
     },
 }
 
 pub fn run(args: &ModelArgs) -> ExitCode {
     let result = match &args.command {
-        ModelCommand::Inspect { file, json } => inspect(file.as_deref(), *json),
-        ModelCommand::Eval { file, data, json } => eval(file, data, *json),
+        ModelCommand::Inspect { file, json, backend } if backend == falcon_bert::NAME => {
+            inspect_head(file.as_deref(), *json)
+        }
+        ModelCommand::Inspect { file, json, .. } => inspect(file.as_deref(), *json),
+        ModelCommand::Eval { file, data, json, backend } => eval(backend, file, data, *json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,8 +113,50 @@ fn inspect(file: Option<&Path>, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn eval(file: &Path, data: &Path, json: bool) -> Result<(), String> {
-    let model = load(Some(file))?;
+/// `model inspect` of a MiniLM head: what it reads, how it was trained, how it scored.
+fn inspect_head(file: Option<&Path>, json: bool) -> Result<(), String> {
+    let head = match file {
+        Some(p) if p != Path::new("built-in") => falcon_bert::Head::load(p),
+        _ => falcon_bert::shipped_head(),
+    }
+    .map_err(|e| e.to_string())?;
+    if json {
+        let mut value = serde_json::to_value(&head).map_err(|e| e.to_string())?;
+        if let Some(o) = value.as_object_mut() {
+            o.remove("coef");
+            o.remove("intercept");
+            o.insert("model_version".into(), head.model_version().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let t = &head.training;
+    println!("model {} (minilm head)", file.map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()));
+    println!("version:      {}", head.model_version());
+    println!("format:       {} v{}", head.format, head.format_version);
+    println!("created at:   {}", head.created_at);
+    println!("labels:       {}", head.labels.join(", "));
+    println!(
+        "encoder:      {}-d mean-pooled embeddings, {} tokens at most, weights sha256 {}",
+        head.encoder.dim, head.encoder.max_tokens, head.encoder.weights_sha256
+    );
+    println!(
+        "trained on:   {} sentences ({} train / {} test, seed {}), data sha256 {}",
+        t.n_samples,
+        t.n_train,
+        t.n_test,
+        t.seed,
+        &t.data_sha256[..16.min(t.data_sha256.len())]
+    );
+    println!("optimiser:    C {}, {} iterations, converged {}", t.optimizer.c, t.fit.iterations, t.fit.converged);
+    print!("{}", head.metrics.render());
+    Ok(())
+}
+
+/// `model eval` through the serving backend (`backends::load`), in batches of 32.
+fn eval(backend: &str, file: &Path, data: &Path, json: bool) -> Result<(), String> {
+    let path = (file != Path::new("built-in")).then_some(file);
+    let model = crate::backends::load(backend, path).map_err(|e| format!("{e:#}"))?.backend;
     let text = std::fs::read_to_string(data).map_err(|e| format!("{}: {e}", data.display()))?;
     let labels: Vec<&str> = model.labels().iter().map(String::as_str).collect();
     let rows = read_labelled_csv(&text, &labels).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -112,14 +164,30 @@ fn eval(file: &Path, data: &Path, json: bool) -> Result<(), String> {
         return Err(format!("{}: no rows", data.display()));
     }
     let y_true: Vec<usize> = rows.iter().map(|(_, l)| *l).collect();
-    let y_pred: Vec<usize> = rows.iter().map(|(t, _)| model.predict(t).class).collect();
-    let report: Evaluation = evaluate(&y_true, &y_pred, &labels);
+    let mut y_pred = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(32) {
+        let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
+        y_pred.extend(model.predict_batch(&texts).map_err(|e| e.to_string())?.into_iter().map(|p| p.class));
+    }
+    let report = evaluate(&y_true, &y_pred, &labels);
+    print_eval(file, data, model.model_version(), rows.len(), &report, json)
+}
+
+fn print_eval(
+    file: &Path,
+    data: &Path,
+    version: &str,
+    rows: usize,
+    report: &Evaluation,
+    json: bool,
+) -> Result<(), String> {
     if json {
-        let value = serde_json::json!({ "model_version": model.meta().model_version, "data": data.display().to_string(), "evaluation": report });
+        let value =
+            serde_json::json!({ "model_version": version, "data": data.display().to_string(), "evaluation": report });
         println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
     } else {
-        println!("model {} ({})", file.display(), model.meta().model_version);
-        println!("data  {} ({} rows)", data.display(), rows.len());
+        println!("model {} ({version})", file.display());
+        println!("data  {} ({rows} rows)", data.display());
         print!("{}", report.render().replacen("test set:", "evaluated on:", 1));
     }
     Ok(())

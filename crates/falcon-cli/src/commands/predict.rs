@@ -13,7 +13,7 @@ use crate::backends;
 pub struct PredictArgs {
     /// The text to classify.
     text: String,
-    /// Which model implementation to use (`tfidf`).
+    /// Which model implementation to use (`tfidf`, or `minilm` with MINILM_DIR).
     #[arg(long, env = "MODEL_BACKEND", default_value = "tfidf")]
     model_backend: String,
     /// Model file to use [default: the model built into the binary].

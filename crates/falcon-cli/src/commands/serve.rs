@@ -39,8 +39,11 @@ pub fn run(config: Config) -> ExitCode {
         let shadow = match config.server.shadow_model_path.clone() {
             None => None,
             Some(path) => {
-                // Scored against the default model's answers, with the default model's backend.
-                let name = repository.models.get(&repository.default).map(|m| m.backend.clone()).unwrap_or_default();
+                // Scored against the default model's answers, with SHADOW_MODEL_BACKEND, else
+                // the default model's backend.
+                let name = config.server.shadow_model_backend.clone().unwrap_or_else(|| {
+                    repository.models.get(&repository.default).map(|m| m.backend.clone()).unwrap_or_default()
+                });
                 match tokio::task::spawn_blocking(move || backends::load(&name, Some(&path))).await {
                     Ok(Ok(m)) => Some(m),
                     Ok(Err(e)) => {

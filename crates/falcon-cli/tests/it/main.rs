@@ -13,6 +13,7 @@ mod doctor;
 mod drills;
 mod lifecycle;
 mod load;
+mod minilm;
 mod models;
 mod observability;
 mod openapi;

@@ -97,6 +97,9 @@ fn ready_models(s: &AppState, models: Vec<(std::sync::Arc<str>, String)>) -> Vec
 ))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     metrics::update_memory_usage();
+    for model in s.pipeline.models().served() {
+        metrics::set_truncated_texts(model.name(), model.current().truncated_texts());
+    }
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -8,8 +8,9 @@
 //! `label` output is `[n]`: dims `[1]` reshaped to `[]`, Triton's idiom for a scalar per
 //! element. (`perf_analyzer` reads an input's `reshape` as the shape to send, so the input
 //! has none.)
-//! The inference threads take whatever requests are waiting, up to `INFERENCE_MAX_BATCH`, and
-//! never wait for more: dynamic batching with a queue delay of 0.
+//! The inference threads take whatever texts are waiting, up to `MAX_BATCH_SIZE`; for a model
+//! that prefers batches (minilm) they wait up to `MAX_BATCH_WAIT_MS` for more: dynamic
+//! batching with that queue delay (0 for the TF-IDF model).
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -96,7 +97,8 @@ pub struct Served<'a> {
     pub labels: &'a [String],
     pub max_batch_texts: usize,
     pub threads: usize,
-    pub requests_per_wake_up: usize,
+    pub max_batch_size: usize,
+    pub max_wait: std::time::Duration,
 }
 
 impl OipModelConfig {
@@ -107,7 +109,7 @@ impl OipModelConfig {
         let parameters = [
             ("model_version", m.version.to_owned()),
             ("labels", m.labels.join(",")),
-            ("inference_max_batch", m.requests_per_wake_up.to_string()),
+            ("max_batch_size", m.max_batch_size.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k, StringValue { string_value: v }))
@@ -125,7 +127,7 @@ impl OipModelConfig {
             ],
             dynamic_batching: DynamicBatching {
                 preferred_batch_size: Vec::new(),
-                max_queue_delay_microseconds: 0,
+                max_queue_delay_microseconds: u64::try_from(m.max_wait.as_micros()).unwrap_or(u64::MAX),
                 preserve_ordering: true,
             },
             instance_group: vec![InstanceGroup { name: format!("{}_0", m.name), kind: "KIND_CPU", count: m.threads }],
@@ -151,7 +153,8 @@ mod tests {
             labels: &labels,
             max_batch_texts: 64,
             threads: 2,
-            requests_per_wake_up: 32,
+            max_batch_size: 32,
+            max_wait: std::time::Duration::ZERO,
         };
         let config = serde_json::to_value(OipModelConfig::of(&served)).unwrap();
         assert_eq!(config["max_batch_size"], 64);
@@ -165,5 +168,10 @@ mod tests {
         assert_eq!(config["dynamic_batching"]["max_queue_delay_microseconds"], 0);
         assert_eq!(config["instance_group"][0]["count"], 2);
         assert_eq!(config["parameters"]["labels"]["string_value"], "negative,neutral,positive");
+        assert_eq!(config["parameters"]["max_batch_size"]["string_value"], "32");
+        // A model that waits to gather a batch says so as Triton's queue delay.
+        let waits = Served { backend: "minilm", max_wait: std::time::Duration::from_millis(5), ..served };
+        let config = serde_json::to_value(OipModelConfig::of(&waits)).unwrap();
+        assert_eq!(config["dynamic_batching"]["max_queue_delay_microseconds"], 5000);
     }
 }

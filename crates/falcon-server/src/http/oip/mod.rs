@@ -255,7 +255,8 @@ pub async fn model_config(
         Ok(m) => m,
         Err(e) => return s.oip_error_response(&meta.request_id, e),
     };
-    let (threads, requests_per_wake_up) = model.queue().shape();
+    let (threads, max_batch_size) = model.queue().shape();
+    let max_wait = model.queue().max_wait();
     Json(OipModelConfig::of(&config::Served {
         name: model.name(),
         backend: backend.name(),
@@ -263,7 +264,8 @@ pub async fn model_config(
         labels: backend.labels(),
         max_batch_texts: s.pipeline.max_batch_texts(),
         threads,
-        requests_per_wake_up,
+        max_batch_size,
+        max_wait,
     }))
     .into_response()
 }

@@ -1,0 +1,277 @@
+//! A BERT-family sentence encoder: WordPiece tokens, the transformer's forward pass, mean
+//! pooling over the attention mask and L2 normalisation — what sentence-transformers'
+//! `encode(..., normalize_embeddings=True)` computes for a model of this layout.
+//!
+//! A folder holds `config.json` (the BERT configuration), `model.safetensors`,
+//! `tokenizer.json` and, optionally, `sentence_bert_config.json` (its `max_seq_length`
+//! bounds the tokens a text keeps; 256 for all-MiniLM-L6-v2) and `1_Pooling/config.json`
+//! (mean pooling is the only mode this encoder runs).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use crate::error::BertError;
+
+/// Larger weight files are refused before they are read (a wrong `MINILM_DIR` must fail,
+/// not fill memory). BERT-base is 440 MB.
+pub const MAX_WEIGHTS_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Tokens a text keeps when the folder does not say (`max_seq_length`).
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// A text as the encoder sees it: its token ids after truncation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    /// The text had more tokens than the encoder keeps.
+    pub truncated: bool,
+}
+
+/// A loaded encoder, ready to embed texts.
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    max_tokens: usize,
+    dim: usize,
+    pad_id: u32,
+    weights_sha256: String,
+    dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct SentenceConfig {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+}
+
+impl Encoder {
+    /// Loads the encoder in `dir` onto `device` (the CPU today; a GPU build passes its own).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, BertError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|error| BertError::Io { path, error })
+        };
+        let config: Config = serde_json::from_slice(&read("config.json")?)
+            .map_err(|e| BertError::Config(format!("{}: {e}", dir.join("config.json").display())))?;
+        let max_tokens = match std::fs::read(dir.join("sentence_bert_config.json")) {
+            Ok(bytes) => serde_json::from_slice::<SentenceConfig>(&bytes)
+                .map_err(|e| BertError::Config(format!("sentence_bert_config.json: {e}")))?
+                .max_seq_length
+                .unwrap_or(DEFAULT_MAX_TOKENS),
+            Err(_) => DEFAULT_MAX_TOKENS,
+        }
+        .min(config.max_position_embeddings);
+        if let Ok(bytes) = std::fs::read(dir.join("1_Pooling/config.json")) {
+            let pooling: PoolingConfig =
+                serde_json::from_slice(&bytes).map_err(|e| BertError::Config(format!("1_Pooling/config.json: {e}")))?;
+            if !pooling.pooling_mode_mean_tokens || pooling.pooling_mode_cls_token || pooling.pooling_mode_max_tokens {
+                return Err(BertError::Config(
+                    "1_Pooling/config.json asks for a pooling other than mean pooling, which this backend does not run"
+                        .into(),
+                ));
+            }
+        }
+
+        let weights_path = dir.join("model.safetensors");
+        let size = std::fs::metadata(&weights_path)
+            .map_err(|error| BertError::Io { path: weights_path.clone(), error })?
+            .len();
+        if size > MAX_WEIGHTS_BYTES {
+            return Err(BertError::Config(format!(
+                "{} is {size} bytes, over the {MAX_WEIGHTS_BYTES}-byte bound",
+                weights_path.display()
+            )));
+        }
+        let weights = read("model.safetensors")?;
+        let weights_sha256 = hex::encode(Sha256::digest(&weights));
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device).map_err(candle)?;
+        let model = BertModel::load(vb, &config).map_err(candle)?;
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| BertError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
+        // The file's own settings (all-MiniLM-L6-v2's: truncate and pad to 128) are the
+        // tokenizer's, not the sentence encoder's: it keeps max_seq_length tokens and pads a
+        // batch itself, to its longest text.
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .map_err(|e| BertError::Tokenizer(e.to_string()))?;
+        let pad_id = tokenizer.get_padding().map_or(config.pad_token_id as u32, |p: &PaddingParams| p.pad_id);
+        tokenizer.with_padding(None);
+
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            max_tokens,
+            dim: config.hidden_size,
+            pad_id,
+            weights_sha256,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// SHA-256 of `model.safetensors`: which weights these are.
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+
+    /// Length of an embedding.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Tokens a text keeps, `[CLS]` and `[SEP]` included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The folder the encoder was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tokens the encoder runs for `text` (truncated to `max_tokens`).
+    pub fn tokenize(&self, text: &str) -> Result<Tokens, BertError> {
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| BertError::Tokenizer(e.to_string()))?;
+        Ok(Tokens { truncated: !encoding.get_overflowing().is_empty(), ids: encoding.get_ids().to_vec() })
+    }
+
+    /// The token strings of `ids`, special tokens included: what `normalize` shows.
+    pub fn token_strings(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&id| self.tokenizer.id_to_token(id).unwrap_or_else(|| format!("[{id}]"))).collect()
+    }
+
+    /// Unit-length embeddings of tokenised texts, one forward pass for all of them: the
+    /// batch is padded to its longest text, and the padding is masked out of attention and
+    /// of the pooling, so each embedding equals the one its text gets alone.
+    pub fn embed_tokens(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BertError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = batch.len();
+        let len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(rows * len);
+        let mut mask = Vec::with_capacity(rows * len);
+        for text in batch {
+            ids.extend_from_slice(text);
+            ids.extend(std::iter::repeat_n(self.pad_id, len - text.len()));
+            mask.extend(std::iter::repeat_n(1u32, text.len()));
+            mask.extend(std::iter::repeat_n(0u32, len - text.len()));
+        }
+        let ids = Tensor::from_vec(ids, (rows, len), &self.device).map_err(candle)?;
+        let mask = Tensor::from_vec(mask, (rows, len), &self.device).map_err(candle)?;
+        let types = ids.zeros_like().map_err(candle)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(candle)?;
+        // Mean over the real tokens: Σ hidden·mask / Σ mask, then L2 normalisation.
+        let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(candle)?;
+        let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(candle)?;
+        let counts = mask.sum(1).map_err(candle)?;
+        let mean = summed.broadcast_div(&counts).map_err(candle)?;
+        let mut out: Vec<Vec<f32>> = mean.to_vec2().map_err(candle)?;
+        for v in &mut out {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(out)
+    }
+
+    /// Unit-length embeddings of tokenised texts, in order. The batch is sorted by length
+    /// and run in groups of similar length, one forward pass each, so a long text does not
+    /// make every short one pay for its padding.
+    pub fn embed_grouped(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BertError> {
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].len());
+        let mut out = vec![Vec::new(); batch.len()];
+        for group in length_groups(&order, |i| batch[i].len()) {
+            let ids: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
+            for (&i, e) in group.iter().zip(self.embed_tokens(&ids)?) {
+                out[i] = e;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Embeddings of a whole corpus, in order: sorted by length, `batch` texts a forward
+    /// pass; `progress` hears how many are done after each pass.
+    pub fn embed_corpus(
+        &self,
+        texts: &[&str],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>, BertError> {
+        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>, _>>()?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| tokens[i].ids.len());
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut done = 0;
+        for chunk in order.chunks(batch.max(1)) {
+            let ids: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].ids.as_slice()).collect();
+            for (&i, e) in chunk.iter().zip(self.embed_tokens(&ids)?) {
+                out[i] = e;
+            }
+            done += chunk.len();
+            progress(done);
+        }
+        Ok(out)
+    }
+
+    /// Unit-length embeddings of texts (tokenised, truncated, grouped by length).
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BertError> {
+        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+        self.embed_grouped(&ids)
+    }
+}
+
+/// Splits indices sorted by length into runs whose longest is at most 1.5× its shortest
+/// (plus a few tokens): padding a run to its longest then wastes at most a third of it.
+fn length_groups(sorted: &[usize], len: impl Fn(usize) -> usize) -> Vec<&[usize]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for (pos, &i) in sorted.iter().enumerate() {
+        let first = len(sorted[start]);
+        if len(i) > first + first / 2 + 4 {
+            groups.push(&sorted[start..pos]);
+            start = pos;
+        }
+    }
+    if start < sorted.len() {
+        groups.push(&sorted[start..]);
+    }
+    groups
+}
+
+fn candle(e: candle_core::Error) -> BertError {
+    BertError::Candle(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_groups_bound_the_padding_and_keep_every_index() {
+        let lens = [3, 4, 5, 9, 10, 30, 31, 200];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let groups = length_groups(&order, |i| lens[i]);
+        assert_eq!(groups, vec![&[0, 1, 2][..], &[3, 4], &[5, 6], &[7]]);
+        assert!(length_groups(&[], |i| i).is_empty());
+    }
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# `make bench-minilm`: the MiniLM backend against PyTorch, and over HTTP, in one run.
+#
+# 1. Sentences/s at batch 1, 8 and 32 for Falcon's backend (candle, crates/falcon-bert/benches/
+#    throughput.rs) and for PyTorch sentence-transformers (scripts/bench_minilm_torch.py, in
+#    .tools/torch-venv), on the same texts (BENCH_TEXT_COUNT VADER tweets, about 20 tokens
+#    each) with the same thread count (BENCH_THREADS, default: the cores). Targets: >= 1.0x
+#    PyTorch at batch 32, >= 1.5x at batch 1.
+# 2. A release worker with MODEL_BACKEND=minilm at 50 connections (unique texts, cache and
+#    request log off): dynamic batching on (MAX_BATCH_SIZE 32, MAX_BATCH_WAIT_MS 5) against
+#    off (MAX_BATCH_SIZE 1), interleaved; throughput (target: on >= 2x off), p50/p99, and
+#    p99 at a fixed offered rate (half of what batching off sustains).
+# 3. RSS of the worker idle after start and after the load (target <= 250 MB), and the
+#    weights' load time.
+# Prints a Markdown report and writes bench/minilm.json. Needs a quiet machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/throwaway.sh
+. scripts/lib/throwaway.sh
+./scripts/fetch-minilm.sh
+./scripts/ensure-torch.sh
+threads=${BENCH_THREADS:-$(nproc)}
+connections=${BENCH_CONNECTIONS:-50}
+duration=${BENCH_DURATION:-20}
+export MINILM_DIR=${MINILM_DIR:-$PWD/.tools/models/all-MiniLM-L6-v2}
+dir=$(mktemp -d)
+pid=""
+stop() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  pid=""
+}
+cleanup() { stop; rm -rf "$dir"; }
+trap cleanup EXIT
+
+# The same texts for both runtimes: VADER tweets (data/vader, CC BY 4.0), one a line.
+texts=$dir/texts.txt
+cut -f3 data/vader/tweets_GroundTruth.txt | tr -d '\r' | head -n "${BENCH_TEXT_COUNT:-512}" >"$texts"
+
+echo "## Sentences/s, $threads threads, $(wc -l <"$texts") VADER tweets"
+export BENCH_TEXTS=$texts BENCH_BATCHES=${BENCH_BATCHES:-1,8,32} BENCH_SECONDS=${BENCH_SECONDS:-4} BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+RAYON_NUM_THREADS=$threads cargo bench --locked -q -p falcon-bert --bench throughput 2>"$dir/candle.err" | grep '^{' >"$dir/candle.json" \
+  || { cat "$dir/candle.err"; exit 1; }
+BENCH_THREADS=$threads .tools/torch-venv/bin/python scripts/bench_minilm_torch.py 2>"$dir/torch.err" | grep '^{' >"$dir/torch.json" \
+  || { cat "$dir/torch.err"; exit 1; }
+grep -h 'tokens each' "$dir/candle.err" || true
+
+# HTTP: one release worker per setting, interleaved rounds.
+cargo build --release --locked -q -p falcon-cli
+bin=$PWD/target/release/falcon
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
+start_worker() { # name, then env
+  local name=$1
+  shift
+  port=$(free_port)
+  log=$dir/worker-$name.log
+  (cd "$dir" && exec env HOST=127.0.0.1 PORT="$port" WORKER_ID=bench CACHE_ENABLED=false REQUEST_LOG_ENABLED=false \
+    MODEL_BACKEND=minilm INFERENCE_THREADS=1 "$@" "$bin" serve >"$log" 2>&1) &
+  pid=$!
+  for _ in $(seq 600); do
+    grep -q '"Worker listening"' "$log" && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$log"
+  exit 1
+}
+load() { # label, then falcon load arguments
+  local label=$1
+  shift
+  "$bin" load --addr "127.0.0.1:$port" --connections "$connections" --rounds 1 --warmup 2 --scenario unique-text "$@" \
+    | grep '^{' | sed "s/^{/{\"setting\":\"$label\",/" >>"$dir/http.json"
+}
+: >"$dir/http.json"
+: >"$dir/rss.txt"
+rounds=${BENCH_HTTP_ROUNDS:-2}
+for round in $(seq "$rounds"); do
+  for setting in off on; do
+    if [ "$setting" = on ]; then
+      start_worker on MAX_BATCH_SIZE=32 MAX_BATCH_WAIT_MS=5
+    else
+      start_worker off MAX_BATCH_SIZE=1 MAX_BATCH_WAIT_MS=0
+    fi
+    sleep 2
+    idle=$(rss_mb)
+    load_ms=$(sed -n 's/.*"load_ms":\([0-9.]*\).*"message":"Model loaded".*/\1/p' "$log" | head -1)
+    load "$setting" --duration "$(awk -v d="$duration" -v r="$rounds" 'BEGIN { print d / r }')"
+    loaded=$(rss_mb)
+    echo "$setting $round $idle $loaded ${load_ms:-0}" >>"$dir/rss.txt"
+    stop
+  done
+done
+# Fixed offered rate: half of what batching off sustained, for both settings.
+rate=$(python3 -c "import json,sys; rs=[json.loads(l)['rps'] for l in open(sys.argv[1]) if json.loads(l)['setting']=='off']; print(round(sum(rs)/len(rs)/2, 1))" "$dir/http.json")
+for setting in off on; do
+  if [ "$setting" = on ]; then
+    start_worker on MAX_BATCH_SIZE=32 MAX_BATCH_WAIT_MS=5
+  else
+    start_worker off MAX_BATCH_SIZE=1 MAX_BATCH_WAIT_MS=0
+  fi
+  sleep 2
+  load "$setting-fixed" --duration "$(awk -v d="$duration" 'BEGIN { print d / 2 }')" --rate "$rate"
+  stop
+done
+
+mkdir -p bench
+python3 - "$dir" "$threads" "$connections" "$rate" <<'PY'
+import json, sys, statistics
+d, threads, connections, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+def lines(name):
+    return [json.loads(l) for l in open(f"{d}/{name}") if l.strip()]
+candle = {r["batch"]: r for r in lines("candle.json")}
+torch = {r["batch"]: r for r in lines("torch.json")}
+http = lines("http.json")
+rss = [l.split() for l in open(f"{d}/rss.txt")]
+mark = lambda ok: "✓" if ok else "✗"
+print("\n| batch | Falcon (candle) sentences/s | PyTorch sentences/s | ratio | target |")
+print("|---|---|---|---|---|")
+ratios = {}
+for b in sorted(candle):
+    ratio = candle[b]["sentences_per_s"] / torch[b]["sentences_per_s"]
+    ratios[b] = ratio
+    target = {1: 1.5, 32: 1.0}.get(b)
+    t = f"≥ {target}× {mark(ratio >= target)}" if target else "—"
+    print(f"| {b} | {candle[b]['sentences_per_s']:.1f} | {torch[b]['sentences_per_s']:.1f} | {ratio:.2f}× | {t} |")
+print(f"\nweights load: candle {candle[min(candle)]['load_s']:.2f} s, PyTorch {torch[min(torch)]['load_s']:.2f} s")
+def agg(setting):
+    rs = [r for r in http if r["setting"] == setting]
+    return {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")} | {"failed": sum(r["failed"] for r in rs)}
+on, off = agg("on"), agg("off")
+fon, foff = agg("on-fixed"), agg("off-fixed")
+print(f"\n## HTTP /infer, MiniLM, {connections} connections, unique texts (cache and request log off)\n")
+print("| dynamic batching | req/s | p50 ms | p99 ms | failed | p99 at a fixed {:.0f} req/s |".format(rate))
+print("|---|---|---|---|---|---|")
+print(f"| off (MAX_BATCH_SIZE 1) | {off['rps']:.1f} | {off['p50_ms']:.1f} | {off['p99_ms']:.1f} | {off['failed']} | {foff['p99_ms']:.1f} ms |")
+print(f"| on (32, 5 ms) | {on['rps']:.1f} | {on['p50_ms']:.1f} | {on['p99_ms']:.1f} | {on['failed']} | {fon['p99_ms']:.1f} ms |")
+gain = on["rps"] / off["rps"]
+print(f"\nthroughput on/off: {gain:.2f}× (target ≥ 2× {mark(gain >= 2)})")
+idle = max(float(r[2]) for r in rss)
+loaded = max(float(r[3]) for r in rss)
+print(f"RSS: {idle:.1f} MB idle after start, {loaded:.1f} MB after the load (target ≤ 250 MB {mark(loaded <= 250)}); "
+      f"model load {statistics.median(float(r[4]) for r in rss):.0f} ms")
+json.dump({"threads": threads, "candle": candle, "torch": torch, "ratios": ratios, "http": http,
+           "fixed_rate": rate, "rss_mb": {"idle": idle, "loaded": loaded}},
+          open("bench/minilm.json", "w"), indent=1)
+PY
