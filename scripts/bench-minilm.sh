@@ -34,7 +34,7 @@ trap cleanup EXIT
 
 # The same texts for both runtimes: VADER tweets (data/vader, CC BY 4.0), one a line.
 texts=$dir/texts.txt
-cut -f3 data/vader/tweets_GroundTruth.txt | tr -d '\r' | head -n "${BENCH_TEXT_COUNT:-512}" >"$texts"
+awk -F'\t' -v n="${BENCH_TEXT_COUNT:-512}" 'NR <= n { sub(/\r$/, "", $3); print $3 }' data/vader/tweets_GroundTruth.txt >"$texts"
 
 echo "## Sentences/s, $threads threads, $(wc -l <"$texts") VADER tweets"
 export BENCH_TEXTS=$texts BENCH_BATCHES=${BENCH_BATCHES:-1,8,32} BENCH_SECONDS=${BENCH_SECONDS:-4} BENCH_ROUNDS=${BENCH_ROUNDS:-3}
