@@ -33,11 +33,47 @@ pub struct Tokens {
     pub truncated: bool,
 }
 
+/// Which runtime runs the encoder's forward pass (`MINILM_RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// candle: pure Rust, reads `model.safetensors` directly.
+    Candle,
+    /// ONNX Runtime over `model.onnx`, the graph `scripts/minilm_to_onnx.py` makes from the
+    /// same safetensors: the faster one on CPU (docs/benchmarks.md#minilm).
+    Onnx,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Candle => "candle",
+            Self::Onnx => "onnx",
+        }
+    }
+
+    /// `MINILM_RUNTIME`: `candle`, `onnx`, or `auto` (the default: ONNX Runtime when the
+    /// folder has its graph and library, else candle).
+    pub fn choose(setting: Option<&str>, dir: &Path) -> Result<Self, BertError> {
+        match setting.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("auto") {
+            "candle" => Ok(Self::Candle),
+            "onnx" => Ok(Self::Onnx),
+            "auto" if crate::onnx::available(dir) => Ok(Self::Onnx),
+            "auto" => Ok(Self::Candle),
+            other => Err(BertError::Config(format!("MINILM_RUNTIME={other:?}: use candle, onnx or auto"))),
+        }
+    }
+}
+
+enum Engine {
+    Candle { model: Box<BertModel>, device: Device },
+    Onnx(crate::onnx::OnnxEncoder),
+}
+
 /// A loaded encoder, ready to embed texts.
 pub struct Encoder {
-    model: BertModel,
+    engine: Engine,
+    runtime: Runtime,
     tokenizer: Tokenizer,
-    device: Device,
     max_tokens: usize,
     dim: usize,
     pad_id: u32,
@@ -61,8 +97,15 @@ struct PoolingConfig {
 }
 
 impl Encoder {
-    /// Loads the encoder in `dir` onto `device` (the CPU today; a GPU build passes its own).
+    /// Loads the encoder in `dir` with candle onto `device` (the CPU today; a GPU build
+    /// passes its own).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BertError> {
+        Self::load_with(dir, Runtime::Candle, device, 1)
+    }
+
+    /// Loads the encoder in `dir` to run on `runtime`: candle on `device`, or ONNX Runtime
+    /// with `threads` threads a forward pass.
+    pub fn load_with(dir: &Path, runtime: Runtime, device: &Device, threads: usize) -> Result<Self, BertError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|error| BertError::Io { path, error })
@@ -98,10 +141,29 @@ impl Encoder {
                 weights_path.display()
             )));
         }
-        let weights = read("model.safetensors")?;
-        let weights_sha256 = hex::encode(Sha256::digest(&weights));
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device).map_err(candle)?;
-        let model = BertModel::load(vb, &config).map_err(candle)?;
+        let (engine, weights_sha256) = match runtime {
+            Runtime::Candle => {
+                let weights = read("model.safetensors")?;
+                let sha256 = hex::encode(Sha256::digest(&weights));
+                let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device).map_err(candle)?;
+                (
+                    Engine::Candle {
+                        model: Box::new(BertModel::load(vb, &config).map_err(candle)?),
+                        device: device.clone(),
+                    },
+                    sha256,
+                )
+            }
+            Runtime::Onnx => {
+                // ONNX Runtime reads the graph; the safetensors are only hashed, a block at a
+                // time (not held: 90 MB more resident for nothing).
+                let io = |error| BertError::Io { path: weights_path.clone(), error };
+                let mut hasher = Sha256::new();
+                std::io::copy(&mut std::fs::File::open(&weights_path).map_err(io)?, &mut hasher).map_err(io)?;
+                let sha256 = hex::encode(hasher.finalize());
+                (Engine::Onnx(crate::onnx::OnnxEncoder::load(dir, &sha256, threads)?), sha256)
+            }
+        };
 
         let tokenizer_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
@@ -116,15 +178,20 @@ impl Encoder {
         tokenizer.with_padding(None);
 
         Ok(Self {
-            model,
+            engine,
+            runtime,
             tokenizer,
-            device: device.clone(),
             max_tokens,
             dim: config.hidden_size,
             pad_id,
             weights_sha256,
             dir: dir.to_owned(),
         })
+    }
+
+    /// The runtime that runs the forward pass.
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
     }
 
     /// SHA-256 of `model.safetensors`: which weights these are.
@@ -167,29 +234,49 @@ impl Encoder {
         }
         let rows = batch.len();
         let len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(rows * len);
-        let mut mask = Vec::with_capacity(rows * len);
-        for text in batch {
-            ids.extend_from_slice(text);
-            ids.extend(std::iter::repeat_n(self.pad_id, len - text.len()));
-            mask.extend(std::iter::repeat_n(1u32, text.len()));
-            mask.extend(std::iter::repeat_n(0u32, len - text.len()));
+        match &self.engine {
+            Engine::Candle { model, device } => {
+                let mut ids = Vec::with_capacity(rows * len);
+                let mut mask = Vec::with_capacity(rows * len);
+                for text in batch {
+                    ids.extend_from_slice(text);
+                    ids.extend(std::iter::repeat_n(self.pad_id, len - text.len()));
+                    mask.extend(std::iter::repeat_n(1u32, text.len()));
+                    mask.extend(std::iter::repeat_n(0u32, len - text.len()));
+                }
+                let ids = Tensor::from_vec(ids, (rows, len), device).map_err(candle)?;
+                let mask = Tensor::from_vec(mask, (rows, len), device).map_err(candle)?;
+                let types = ids.zeros_like().map_err(candle)?;
+                let hidden = model.forward(&ids, &types, Some(&mask)).map_err(candle)?;
+                // Mean over the real tokens: Σ hidden·mask / Σ mask, then L2 normalisation.
+                let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(candle)?;
+                let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(candle)?;
+                let counts = mask.sum(1).map_err(candle)?;
+                let mean = summed.broadcast_div(&counts).map_err(candle)?;
+                let mut out: Vec<Vec<f32>> = mean.to_vec2().map_err(candle)?;
+                out.iter_mut().for_each(|v| normalize(v));
+                Ok(out)
+            }
+            Engine::Onnx(onnx) => {
+                let mut ids = Vec::with_capacity(rows * len);
+                let mut mask = Vec::with_capacity(rows * len);
+                for text in batch {
+                    ids.extend(text.iter().map(|&id| i64::from(id)));
+                    ids.extend(std::iter::repeat_n(i64::from(self.pad_id), len - text.len()));
+                    mask.extend(std::iter::repeat_n(1i64, text.len()));
+                    mask.extend(std::iter::repeat_n(0i64, len - text.len()));
+                }
+                let hidden = onnx.hidden_states(ids, mask, rows, len)?;
+                if hidden.len() != rows * len * self.dim {
+                    return Err(BertError::Onnx(format!(
+                        "the graph gave {} values for {rows} × {len} tokens of {} dimensions",
+                        hidden.len(),
+                        self.dim
+                    )));
+                }
+                Ok(batch.iter().enumerate().map(|(r, text)| mean_pool(&hidden, r, len, text.len(), self.dim)).collect())
+            }
         }
-        let ids = Tensor::from_vec(ids, (rows, len), &self.device).map_err(candle)?;
-        let mask = Tensor::from_vec(mask, (rows, len), &self.device).map_err(candle)?;
-        let types = ids.zeros_like().map_err(candle)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(candle)?;
-        // Mean over the real tokens: Σ hidden·mask / Σ mask, then L2 normalisation.
-        let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(candle)?;
-        let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(candle)?;
-        let counts = mask.sum(1).map_err(candle)?;
-        let mean = summed.broadcast_div(&counts).map_err(candle)?;
-        let mut out: Vec<Vec<f32>> = mean.to_vec2().map_err(candle)?;
-        for v in &mut out {
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            v.iter_mut().for_each(|x| *x /= norm);
-        }
-        Ok(out)
     }
 
     /// Unit-length embeddings of tokenised texts, in order. The batch is sorted by length
@@ -238,6 +325,26 @@ impl Encoder {
         let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
         self.embed_grouped(&ids)
     }
+}
+
+/// The unit-length mean of row `r`'s first `tokens` hidden states (of a batch padded to `len`).
+fn mean_pool(hidden: &[f32], r: usize, len: usize, tokens: usize, dim: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dim];
+    for t in 0..tokens {
+        let start = (r * len + t) * dim;
+        for (acc, x) in v.iter_mut().zip(&hidden[start..start + dim]) {
+            *acc += x;
+        }
+    }
+    let n = tokens.max(1) as f32;
+    v.iter_mut().for_each(|x| *x /= n);
+    normalize(&mut v);
+    v
+}
+
+fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
 /// Splits indices sorted by length into runs whose longest is at most 1.5× its shortest

@@ -15,6 +15,9 @@ pub enum BertError {
     /// The tensor library failed (a shape, a missing weight, an allocation).
     #[error("candle: {0}")]
     Candle(String),
+    /// ONNX Runtime (its library, the graph, a run) failed.
+    #[error("onnx runtime: {0}")]
+    Onnx(String),
     /// The head file is not one this build reads.
     #[error("invalid head file {path}: {message}")]
     Head { path: PathBuf, message: String },

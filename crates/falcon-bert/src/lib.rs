@@ -12,6 +12,7 @@
 pub mod encoder;
 pub mod error;
 pub mod head;
+pub mod onnx;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::Device;
 use falcon_backend::{Backend, BackendError, Prediction};
 
-pub use encoder::{Encoder, Tokens};
+pub use encoder::{Encoder, Runtime, Tokens};
 pub use error::BertError;
 pub use head::{EncoderInfo, Head, HeadOptions, train_head};
 

@@ -1,6 +1,7 @@
 //! falcon-bert's embeddings against sentence-transformers' (tests/fixtures/README.md): every
 //! fixture text, alone and in padded batches, has a cosine of at least 0.9999 with the
-//! reference. Needs the all-MiniLM-L6-v2 weights: `make fetch-minilm` (which `make test`
+//! reference, with both runtimes (candle, and ONNX Runtime over the graph
+//! scripts/minilm_to_onnx.py makes). Needs the all-MiniLM-L6-v2 weights: `make fetch-minilm` (which `make test`
 //! runs) puts them in .tools/models/all-MiniLM-L6-v2; `MINILM_DIR` names another folder.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 
 use candle_core::Device;
 use falcon_backend::Backend;
-use falcon_bert::{Encoder, SentenceClassifier};
+use falcon_bert::{Encoder, Runtime, SentenceClassifier};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -40,17 +41,21 @@ fn weights_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/models/all-MiniLM-L6-v2")))
 }
 
-fn encoder() -> &'static Encoder {
-    static E: OnceLock<Encoder> = OnceLock::new();
-    E.get_or_init(|| {
-        let dir = weights_dir();
-        assert!(
-            dir.join("model.safetensors").exists(),
-            "no all-MiniLM-L6-v2 weights in {}: run `make fetch-minilm` (make test does)",
-            dir.display()
-        );
-        Encoder::load(&dir, &Device::Cpu).unwrap()
-    })
+fn load(runtime: Runtime) -> Encoder {
+    let dir = weights_dir();
+    assert!(
+        dir.join("model.safetensors").exists() && dir.join("model.onnx").exists(),
+        "no all-MiniLM-L6-v2 weights and graph in {}: run `make fetch-minilm` (make test does)",
+        dir.display()
+    );
+    Encoder::load_with(&dir, runtime, &Device::Cpu, 2).unwrap()
+}
+
+/// The encoder on each runtime.
+fn encoders() -> [&'static Encoder; 2] {
+    static CANDLE: OnceLock<Encoder> = OnceLock::new();
+    static ONNX: OnceLock<Encoder> = OnceLock::new();
+    [CANDLE.get_or_init(|| load(Runtime::Candle)), ONNX.get_or_init(|| load(Runtime::Onnx))]
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -72,18 +77,24 @@ fn assert_matches(texts: &[&Item], got: &[Vec<f32>], how: &str) {
 
 #[test]
 fn the_weights_are_the_reference_s() {
-    assert_eq!(encoder().weights_sha256(), reference().model_safetensors_sha256);
-    assert_eq!(encoder().max_tokens(), reference().max_seq_length);
-    assert_eq!(encoder().dim(), 384);
+    for encoder in encoders() {
+        assert_eq!(encoder.weights_sha256(), reference().model_safetensors_sha256);
+        assert_eq!(encoder.max_tokens(), reference().max_seq_length);
+        assert_eq!(encoder.dim(), 384);
+    }
+    assert_eq!(encoders().map(|e| e.runtime()), [Runtime::Candle, Runtime::Onnx]);
 }
 
 #[test]
 fn every_text_alone_matches_sentence_transformers() {
-    for item in &reference().items {
-        let tokens = encoder().tokenize(&item.text).unwrap();
-        assert_eq!(tokens.truncated, item.token_count > reference().max_seq_length, "{:?}", item.text);
-        assert_eq!(tokens.ids.len(), item.token_count.min(reference().max_seq_length), "{:?}", item.text);
-        assert_matches(&[item], &encoder().embed(&[&item.text]).unwrap(), "alone");
+    for encoder in encoders() {
+        let how = format!("{} alone", encoder.runtime().name());
+        for item in &reference().items {
+            let tokens = encoder.tokenize(&item.text).unwrap();
+            assert_eq!(tokens.truncated, item.token_count > reference().max_seq_length, "{:?}", item.text);
+            assert_eq!(tokens.ids.len(), item.token_count.min(reference().max_seq_length), "{:?}", item.text);
+            assert_matches(&[item], &encoder.embed_tokens(&[&tokens.ids]).unwrap(), &how);
+        }
     }
     assert!(reference().items.iter().any(|i| i.token_count > reference().max_seq_length), "a text is truncated");
 }
@@ -91,10 +102,39 @@ fn every_text_alone_matches_sentence_transformers() {
 #[test]
 fn padded_batches_match_too() {
     let items: Vec<&Item> = reference().items.iter().collect();
-    for batch in items.chunks(16) {
-        let texts: Vec<&str> = batch.iter().map(|i| i.text.as_str()).collect();
-        assert_matches(batch, &encoder().embed(&texts).unwrap(), "one padded batch");
+    for encoder in encoders() {
+        for batch in items.chunks(16) {
+            let tokens: Vec<_> = batch.iter().map(|i| encoder.tokenize(&i.text).unwrap()).collect();
+            let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+            let how = format!("{}: one padded batch", encoder.runtime().name());
+            assert_matches(batch, &encoder.embed_tokens(&ids).unwrap(), &how);
+        }
     }
+}
+
+#[test]
+fn onnx_needs_its_graph_and_refuses_one_made_from_other_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = weights_dir();
+    for name in ["config.json", "tokenizer.json", "sentence_bert_config.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(dir.join(name), tmp.path().join(name)).unwrap();
+    }
+    // Without the graph: `auto` runs candle, and `onnx` says what is missing.
+    assert_eq!(Runtime::choose(None, tmp.path()).unwrap(), Runtime::Candle);
+    assert_eq!(Runtime::choose(Some("auto"), &dir).unwrap(), Runtime::Onnx, "graph and library present");
+    assert!(Runtime::choose(Some("tensorflow"), &dir).is_err());
+    let e = Encoder::load_with(tmp.path(), Runtime::Onnx, &Device::Cpu, 1).err().unwrap().to_string();
+    assert!(e.contains("no model.onnx"), "{e}");
+    // The graph, beside weights that differ in one byte: refused, naming both checksums.
+    let mut weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let last = weights.len() - 1;
+    weights[last] ^= 1;
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), weights).unwrap();
+    std::os::unix::fs::symlink(dir.join("model.onnx"), tmp.path().join("model.onnx")).unwrap();
+    std::os::unix::fs::symlink(dir.join("libonnxruntime.so"), tmp.path().join("libonnxruntime.so")).unwrap();
+    let e = Encoder::load_with(tmp.path(), Runtime::Onnx, &Device::Cpu, 1).err().unwrap().to_string();
+    assert!(e.contains("was made from other weights"), "{e}");
 }
 
 #[test]

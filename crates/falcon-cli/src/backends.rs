@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use falcon_app::models::{ModelLoader, ModelSpec, Repository, RepositoryError};
 use falcon_backend::Backend;
-use falcon_bert::{BertError, Encoder, Head, SentenceClassifier};
+use falcon_bert::{BertError, Encoder, Head, Runtime, SentenceClassifier};
 use falcon_model::SentimentModel;
 use falcon_server::LoadedBackend;
 
@@ -17,6 +17,12 @@ pub const NAMES: [&str; 2] = ["tfidf", "minilm"];
 
 /// The environment variable naming the MiniLM encoder's folder.
 pub const MINILM_DIR: &str = "MINILM_DIR";
+/// Which runtime runs it: `candle`, `onnx`, or `auto` (the default: ONNX Runtime when the
+/// folder has its graph and library, as `make fetch-minilm` leaves it).
+pub const MINILM_RUNTIME: &str = "MINILM_RUNTIME";
+/// Threads one ONNX Runtime forward pass uses [default: one per core]; candle's are
+/// `RAYON_NUM_THREADS`.
+pub const MINILM_THREADS: &str = "MINILM_THREADS";
 
 /// Why no model could be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +82,12 @@ fn load_minilm(path: Option<&Path>) -> Result<(Arc<dyn Backend>, String), LoadEr
         Some(file) => Head::load(file)?,
         None => falcon_bert::shipped_head()?,
     };
-    let model = SentenceClassifier::new(shared_encoder(&dir)?, head)?;
+    let runtime = Runtime::choose(std::env::var(MINILM_RUNTIME).ok().as_deref(), &dir)?;
+    let model = SentenceClassifier::new(shared_encoder(&dir, runtime)?, head)?;
+    let encoder = format!("encoder {}, runtime {}", dir.display(), runtime.name());
     let source = match head_file {
-        Some(file) => format!("{} (encoder {})", file.display(), dir.display()),
-        None => format!("built-in head (encoder {})", dir.display()),
+        Some(file) => format!("{} ({encoder})", file.display()),
+        None => format!("built-in head ({encoder})"),
     };
     Ok((Arc::new(model), source))
 }
@@ -88,18 +96,23 @@ fn load_minilm(path: Option<&Path>) -> Result<(Arc<dyn Backend>, String), LoadEr
 /// on the same weights shares them (90 MB for all-MiniLM-L6-v2) instead of reading them
 /// again. An entry lives as long as a model uses it, and a changed weights file (size or
 /// modification time) is read anew.
-fn shared_encoder(dir: &Path) -> Result<Arc<Encoder>, BertError> {
-    type Stamp = (u64, Option<SystemTime>);
+fn shared_encoder(dir: &Path, runtime: Runtime) -> Result<Arc<Encoder>, BertError> {
+    type Stamp = (u64, Option<SystemTime>, Runtime);
     static LOADED: Mutex<Vec<(PathBuf, Stamp, Weak<Encoder>)>> = Mutex::new(Vec::new());
     let weights = dir.join("model.safetensors");
     let meta = std::fs::metadata(&weights).map_err(|error| BertError::Io { path: weights.clone(), error })?;
-    let stamp: Stamp = (meta.len(), meta.modified().ok());
+    let stamp: Stamp = (meta.len(), meta.modified().ok(), runtime);
     let mut loaded = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     loaded.retain(|(_, _, e)| e.strong_count() > 0);
     if let Some(encoder) = loaded.iter().find(|(d, s, _)| d == dir && *s == stamp).and_then(|(_, _, e)| e.upgrade()) {
         return Ok(encoder);
     }
-    let encoder = Arc::new(Encoder::load(dir, &candle_core::Device::Cpu)?);
+    let threads = std::env::var(MINILM_THREADS)
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let encoder = Arc::new(Encoder::load_with(dir, runtime, &candle_core::Device::Cpu, threads)?);
     loaded.push((dir.to_owned(), stamp, Arc::downgrade(&encoder)));
     Ok(encoder)
 }

@@ -51,6 +51,9 @@ async fn minilm_serves_with_dynamic_batching_and_batched_answers_equal_single_on
         ("INFERENCE_THREADS", "1"),
     ]);
     let c = reqwest::Client::new();
+    // `make fetch-minilm` leaves the graph and library beside the weights: ONNX Runtime runs.
+    let loaded = w.wait_for_log("Model loaded", std::time::Duration::from_secs(5), |l| l["message"] == "Model loaded");
+    assert!(loaded["model_path"].as_str().unwrap().contains("runtime onnx"), "{loaded}");
 
     // One at a time: each text alone in its forward pass.
     let mut alone = Vec::new();
@@ -115,8 +118,13 @@ async fn minilm_beside_tfidf_in_a_repository_and_in_predict() {
         ),
     )
     .unwrap();
-    let w = Worker::start(&[("MODEL_REPOSITORY", file.to_str().unwrap())]);
+    // Candle, the other runtime, over HTTP.
+    let w = Worker::start(&[("MODEL_REPOSITORY", file.to_str().unwrap()), ("MINILM_RUNTIME", "candle")]);
     let c = reqwest::Client::new();
+    let loaded = w.wait_for_log("minilm loaded", std::time::Duration::from_secs(5), |l| {
+        l["message"] == "Model loaded" && l["model"] == "sentiment-minilm"
+    });
+    assert!(loaded["model_path"].as_str().unwrap().contains("runtime candle"), "{loaded}");
     let (status, a) = ask(&c, &w, "/infer", json!({ "text": TEXTS[0], "model": "sentiment-minilm" })).await;
     assert_eq!((status, &a["model"], &a["prediction"]), (200, &json!("sentiment-minilm"), &json!("positive")), "{a}");
     let (_, t) = ask(&c, &w, "/infer", json!({ "text": TEXTS[0] })).await;
