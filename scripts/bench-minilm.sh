@@ -22,6 +22,8 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-minilm.sh
 ./scripts/ensure-torch.sh
 threads=${BENCH_THREADS:-$(nproc)}
+# ONNX Runtime's telemetry SDK off in the in-process benchmark (the falcon binary sets it itself).
+export ORT_DISABLE_TELEMETRY=1
 connections=${BENCH_CONNECTIONS:-50}
 duration=${BENCH_DURATION:-20}
 export MINILM_DIR=${MINILM_DIR:-$PWD/.tools/models/all-MiniLM-L6-v2}

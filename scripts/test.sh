@@ -8,6 +8,10 @@ suite=$(mktemp -d "${TMPDIR:-/tmp}/falcon-suite.XXXXXX")
 # Throwaway Postgres clusters run as the postgres user and must reach their dirs in here.
 chmod 0755 "$suite"
 started=$(date +%s)
+# The `falcon` binary turns ONNX Runtime's telemetry SDK off itself (it would leave a session
+# file in TMPDIR); test binaries that load ONNX Runtime in process (falcon-bert's reference
+# test, the backend factory's unit test) get the same switch from here.
+export ORT_DISABLE_TELEMETRY=1
 # Notes the tests leave for a person (what they skipped, and why), printed after the run.
 notes=target/test-notes
 rm -rf "$notes"

@@ -44,6 +44,9 @@ fn environment(library: &Path) -> Result<ort::environment::Environment, BertErro
         ort::init_from(library)
             .map_err(|e| format!("cannot load the ONNX Runtime library {}: {e}", library.display()))?
             .with_name("falcon")
+            // ONNX Runtime's Linux build carries Microsoft's telemetry SDK; a worker sends
+            // nothing anywhere (and it must not leave a session file in TMPDIR).
+            .with_telemetry(false)
             .build()
             .map_err(|e| e.to_string())
     })

@@ -53,6 +53,11 @@ enum Command {
 fn main() -> ExitCode {
     // A `.env` in the working directory fills variables that are not already set.
     let dotenv = dotenvy::dotenv();
+    // ONNX Runtime's Linux build (the minilm backend's runtime) carries Microsoft's telemetry
+    // SDK, which writes a session file into TMPDIR even with telemetry events disabled. A
+    // worker sends nothing anywhere: its one off switch is set here, in the process's own
+    // environment, before any thread starts (unless the environment or `.env` already says).
+    let _ = dotenvy::from_read("ORT_DISABLE_TELEMETRY=1\n".as_bytes());
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),

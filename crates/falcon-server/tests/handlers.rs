@@ -841,7 +841,7 @@ async fn a_saturated_model_never_delays_another() {
         "2",
         "--inference-queue-capacity",
         "4",
-        "--inference-max-batch",
+        "--max-batch-size",
         "1",
         "--inference-timeout-seconds",
         "2",

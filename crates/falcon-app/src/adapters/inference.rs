@@ -446,13 +446,15 @@ mod tests {
     use super::*;
 
     /// Class = text length mod 2, or always `.1`'s probabilities when given.
-    struct Echo(Vec<String>, Option<Vec<f64>>);
+    /// Also records the size of every call (`.2`).
+    struct Echo(Vec<String>, Option<Vec<f64>>, Mutex<Vec<usize>>);
 
     impl Backend for Echo {
         fn name(&self) -> &'static str {
             "echo"
         }
         fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
+            self.2.lock().unwrap().push(texts.len());
             if let Some(p) = &self.1 {
                 return Ok(texts.iter().map(|_| Prediction::from_probabilities(p.clone())).collect());
             }
@@ -548,7 +550,7 @@ mod tests {
     }
 
     fn echo() -> Arc<dyn Backend> {
-        Arc::new(Echo(vec!["a".into(), "b".into()], None))
+        Arc::new(Echo(vec!["a".into(), "b".into()], None, Mutex::default()))
     }
 
     #[tokio::test]
@@ -596,8 +598,8 @@ mod tests {
     async fn jobs_for_two_models_in_one_batch_each_get_their_own_model() {
         let q = Arc::new(InferenceQueue::start("sentiment", 1, 1024, batching(256)).unwrap());
         let labels = vec!["a".to_owned(), "b".to_owned()];
-        let left: Arc<dyn Backend> = Arc::new(Echo(labels.clone(), Some(vec![0.9, 0.1])));
-        let right: Arc<dyn Backend> = Arc::new(Echo(labels, Some(vec![0.2, 0.8])));
+        let left: Arc<dyn Backend> = Arc::new(Echo(labels.clone(), Some(vec![0.9, 0.1]), Mutex::default()));
+        let right: Arc<dyn Backend> = Arc::new(Echo(labels, Some(vec![0.2, 0.8]), Mutex::default()));
         let tasks: Vec<_> = (0..400)
             .map(|i| {
                 let (q, model) = (Arc::clone(&q), if i % 3 == 0 { Arc::clone(&left) } else { Arc::clone(&right) });
@@ -610,36 +612,11 @@ mod tests {
         }
     }
 
-    /// Records the size of every call.
-    struct Sizes(Vec<String>, Mutex<Vec<usize>>);
-
-    impl Backend for Sizes {
-        fn name(&self) -> &'static str {
-            "sizes"
-        }
-        fn predict_batch(&self, texts: &[&str]) -> Result<Vec<Prediction>, BackendError> {
-            self.1.lock().unwrap().push(texts.len());
-            Ok(texts.iter().map(|_| Prediction { class: 0, confidence: 1.0, probabilities: vec![1.0, 0.0] }).collect())
-        }
-        fn model_version(&self) -> &str {
-            "sizes"
-        }
-        fn labels(&self) -> &[String] {
-            &self.0
-        }
-        fn normalize(&self, text: &str) -> String {
-            text.to_owned()
-        }
-        fn max_input_chars(&self) -> usize {
-            100
-        }
-    }
-
     /// Issue 31: with a wait, a thread gathers requests that arrive one by one into one call,
     /// up to MAX_BATCH_SIZE texts, and a full batch does not wait out the window.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_thread_waits_to_gather_a_batch_up_to_its_size() {
-        let sizes = Arc::new(Sizes(vec!["a".into(), "b".into()], Mutex::new(Vec::new())));
+        let sizes = Arc::new(Echo(vec!["a".into(), "b".into()], None, Mutex::default()));
         let model: Arc<dyn Backend> = sizes.clone();
         let q = Arc::new(
             InferenceQueue::start("sentiment", 1, 64, Batching { max_batch: 4, max_wait: Duration::from_secs(2) })
@@ -656,14 +633,14 @@ mod tests {
         for t in tasks {
             assert!(t.await.unwrap().is_ok());
         }
-        assert_eq!(*sizes.1.lock().unwrap(), [4, 2]);
+        assert_eq!(*sizes.2.lock().unwrap(), [4, 2]);
         assert!(started.elapsed() >= Duration::from_secs(2), "the second batch waited for more");
         // Without a wait, a lone request runs at once, alone.
         let q = InferenceQueue::start("sentiment", 1, 64, batching(4)).unwrap();
         let started = Instant::now();
         assert!(q.predict(&model, "alone".into(), Duration::from_secs(10)).await.is_ok());
         assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(sizes.1.lock().unwrap().last(), Some(&1));
+        assert_eq!(sizes.2.lock().unwrap().last(), Some(&1));
     }
 
     #[tokio::test]

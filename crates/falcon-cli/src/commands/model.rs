@@ -86,14 +86,7 @@ fn inspect(file: Option<&Path>, json: bool) -> Result<(), String> {
     println!("created at:   {}", meta.created_at);
     println!("labels:       {}", meta.labels.join(", "));
     println!("features:     {} (word {}..={}-grams)", model.n_features(), t.tfidf.min_n, t.tfidf.max_n);
-    println!(
-        "trained on:   {} sentences ({} train / {} test, seed {}), data sha256 {}",
-        t.n_samples,
-        t.n_train,
-        t.n_test,
-        t.seed,
-        &t.data_sha256[..16.min(t.data_sha256.len())]
-    );
+    trained_on(t.n_samples, t.n_train, t.n_test, t.seed, &t.data_sha256);
     let shares = |s: Option<Vec<f64>>| {
         s.map_or_else(
             || "-".to_owned(),
@@ -111,6 +104,14 @@ fn inspect(file: Option<&Path>, json: bool) -> Result<(), String> {
     );
     print!("{}", meta.metrics.render());
     Ok(())
+}
+
+/// The `trained on:` line of `model inspect`.
+fn trained_on(samples: usize, train: usize, test: usize, seed: u64, data_sha256: &str) {
+    println!(
+        "trained on:   {samples} sentences ({train} train / {test} test, seed {seed}), data sha256 {}",
+        &data_sha256[..16.min(data_sha256.len())]
+    );
 }
 
 /// `model inspect` of a MiniLM head: what it reads, how it was trained, how it scored.
@@ -140,14 +141,7 @@ fn inspect_head(file: Option<&Path>, json: bool) -> Result<(), String> {
         "encoder:      {}-d mean-pooled embeddings, {} tokens at most, weights sha256 {}",
         head.encoder.dim, head.encoder.max_tokens, head.encoder.weights_sha256
     );
-    println!(
-        "trained on:   {} sentences ({} train / {} test, seed {}), data sha256 {}",
-        t.n_samples,
-        t.n_train,
-        t.n_test,
-        t.seed,
-        &t.data_sha256[..16.min(t.data_sha256.len())]
-    );
+    trained_on(t.n_samples, t.n_train, t.n_test, t.seed, &t.data_sha256);
     println!("optimiser:    C {}, {} iterations, converged {}", t.optimizer.c, t.fit.iterations, t.fit.converged);
     print!("{}", head.metrics.render());
     Ok(())
