@@ -234,65 +234,37 @@ impl Encoder {
         }
         let rows = batch.len();
         let len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
-        match &self.engine {
+        let (ids, mask) = padded(batch, len, self.pad_id);
+        let hidden: Vec<f32> = match &self.engine {
             Engine::Candle { model, device } => {
-                let mut ids = Vec::with_capacity(rows * len);
-                let mut mask = Vec::with_capacity(rows * len);
-                for text in batch {
-                    ids.extend_from_slice(text);
-                    ids.extend(std::iter::repeat_n(self.pad_id, len - text.len()));
-                    mask.extend(std::iter::repeat_n(1u32, text.len()));
-                    mask.extend(std::iter::repeat_n(0u32, len - text.len()));
-                }
                 let ids = Tensor::from_vec(ids, (rows, len), device).map_err(candle)?;
                 let mask = Tensor::from_vec(mask, (rows, len), device).map_err(candle)?;
                 let types = ids.zeros_like().map_err(candle)?;
                 let hidden = model.forward(&ids, &types, Some(&mask)).map_err(candle)?;
-                // Mean over the real tokens: Σ hidden·mask / Σ mask, then L2 normalisation.
-                let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(candle)?;
-                let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(candle)?;
-                let counts = mask.sum(1).map_err(candle)?;
-                let mean = summed.broadcast_div(&counts).map_err(candle)?;
-                let mut out: Vec<Vec<f32>> = mean.to_vec2().map_err(candle)?;
-                out.iter_mut().for_each(|v| normalize(v));
-                Ok(out)
+                hidden.flatten_all().and_then(|h| h.to_vec1()).map_err(candle)?
             }
             Engine::Onnx(onnx) => {
-                let mut ids = Vec::with_capacity(rows * len);
-                let mut mask = Vec::with_capacity(rows * len);
-                for text in batch {
-                    ids.extend(text.iter().map(|&id| i64::from(id)));
-                    ids.extend(std::iter::repeat_n(i64::from(self.pad_id), len - text.len()));
-                    mask.extend(std::iter::repeat_n(1i64, text.len()));
-                    mask.extend(std::iter::repeat_n(0i64, len - text.len()));
-                }
-                let hidden = onnx.hidden_states(ids, mask, rows, len)?;
-                if hidden.len() != rows * len * self.dim {
-                    return Err(BertError::Onnx(format!(
-                        "the graph gave {} values for {rows} × {len} tokens of {} dimensions",
-                        hidden.len(),
-                        self.dim
-                    )));
-                }
-                Ok(batch.iter().enumerate().map(|(r, text)| mean_pool(&hidden, r, len, text.len(), self.dim)).collect())
+                let wide = |v: Vec<u32>| v.into_iter().map(i64::from).collect();
+                onnx.hidden_states(wide(ids), wide(mask), rows, len)?
             }
+        };
+        if hidden.len() != rows * len * self.dim {
+            return Err(BertError::Config(format!(
+                "the {} runtime gave {} values for {rows} × {len} tokens of {} dimensions",
+                self.runtime.name(),
+                hidden.len(),
+                self.dim
+            )));
         }
+        Ok(batch.iter().enumerate().map(|(r, text)| mean_pool(&hidden, r, len, text.len(), self.dim)).collect())
     }
 
     /// Unit-length embeddings of tokenised texts, in order. The batch is sorted by length
     /// and run in groups of similar length, one forward pass each, so a long text does not
     /// make every short one pay for its padding.
     pub fn embed_grouped(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BertError> {
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].len());
-        let mut out = vec![Vec::new(); batch.len()];
-        for group in length_groups(&order, |i| batch[i].len()) {
-            let ids: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
-            for (&i, e) in group.iter().zip(self.embed_tokens(&ids)?) {
-                out[i] = e;
-            }
-        }
-        Ok(out)
+        let order = by_length(batch);
+        self.embed_in_groups(batch, length_groups(&order, |i| batch[i].len()), |_| {})
     }
 
     /// Embeddings of a whole corpus, in order: sorted by length, `batch` texts a forward
@@ -301,30 +273,55 @@ impl Encoder {
         &self,
         texts: &[&str],
         batch: usize,
-        mut progress: impl FnMut(usize),
+        progress: impl FnMut(usize),
     ) -> Result<Vec<Vec<f32>>, BertError> {
         let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>, _>>()?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| tokens[i].ids.len());
-        let mut out = vec![Vec::new(); texts.len()];
+        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+        let order = by_length(&ids);
+        self.embed_in_groups(&ids, order.chunks(batch.max(1)), progress)
+    }
+
+    /// One forward pass per group (indices into `batch`), each embedding put back in its
+    /// text's place; `progress` hears how many texts are done after each pass.
+    fn embed_in_groups<'g>(
+        &self,
+        batch: &[&[u32]],
+        groups: impl IntoIterator<Item = &'g [usize]>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>, BertError> {
+        let mut out = vec![Vec::new(); batch.len()];
         let mut done = 0;
-        for chunk in order.chunks(batch.max(1)) {
-            let ids: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].ids.as_slice()).collect();
-            for (&i, e) in chunk.iter().zip(self.embed_tokens(&ids)?) {
+        for group in groups {
+            let ids: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
+            for (&i, e) in group.iter().zip(self.embed_tokens(&ids)?) {
                 out[i] = e;
             }
-            done += chunk.len();
+            done += group.len();
             progress(done);
         }
         Ok(out)
     }
+}
 
-    /// Unit-length embeddings of texts (tokenised, truncated, grouped by length).
-    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BertError> {
-        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
-        self.embed_grouped(&ids)
+/// Indices of `batch`, shortest text first.
+fn by_length(batch: &[&[u32]]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].len());
+    order
+}
+
+/// Token ids padded with `pad` to `len`, and the attention mask (1 for a token, 0 for
+/// padding), both row-major.
+fn padded(batch: &[&[u32]], len: usize, pad: u32) -> (Vec<u32>, Vec<u32>) {
+    let mut ids = Vec::with_capacity(batch.len() * len);
+    let mut mask = Vec::with_capacity(batch.len() * len);
+    for text in batch {
+        ids.extend_from_slice(text);
+        ids.extend(std::iter::repeat_n(pad, len - text.len()));
+        mask.extend(std::iter::repeat_n(1, text.len()));
+        mask.extend(std::iter::repeat_n(0, len - text.len()));
     }
+    (ids, mask)
 }
 
 /// The unit-length mean of row `r`'s first `tokens` hidden states (of a batch padded to `len`).
