@@ -25,7 +25,7 @@ log=$(mktemp)
 pid=""
 redis_dir=$(mktemp -d)
 cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  stop_worker
   stop_throwaway_redis "$redis_dir/redis"
   rm -rf "$log" "$redis_dir"
 }
@@ -47,10 +47,6 @@ launch_worker() { # OUT env...
 }
 
 start_worker() { launch_worker "$log" "$@"; }
-
-stop_worker() {
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-}
 
 # The floor: a bare axum server with the same request and response shapes (no middleware,
 # no model, no cache, no log), started here, measured in the same run as the worker,

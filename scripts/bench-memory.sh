@@ -15,11 +15,10 @@ dir=$(mktemp -d)
 port=$(free_port)
 pid=""
 cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  stop_worker
   rm -rf "$dir"
 }
 trap cleanup EXIT
-rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
 served() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^inference_requests_total/ && /status="success"/ { n += $2 } END { print n + 0 }'; }
 
 (cd "$dir" && exec env HOST=127.0.0.1 PORT="$port" WORKER_ID=bench CACHE_ENABLED=${BENCH_CACHE_ENABLED:-false} "$bin" serve >"$dir/log" 2>&1) &

@@ -29,11 +29,7 @@ duration=${BENCH_DURATION:-20}
 export MINILM_DIR=${MINILM_DIR:-$PWD/.tools/models/all-MiniLM-L6-v2}
 dir=$(mktemp -d)
 pid=""
-stop() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  pid=""
-}
-cleanup() { stop; rm -rf "$dir"; }
+cleanup() { stop_worker; rm -rf "$dir"; }
 trap cleanup EXIT
 
 # The same texts for both runtimes: VADER tweets (data/vader, CC BY 4.0), one a line.
@@ -52,7 +48,6 @@ grep -h 'tokens each' "$dir/candle.err" || true
 # HTTP: one release worker per setting, interleaved rounds.
 cargo build --release --locked -q -p falcon-cli
 bin=$PWD/target/release/falcon
-rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
 start_worker() { # name, then env
   local name=$1
   shift
@@ -95,7 +90,7 @@ for rt in ${BENCH_HTTP_RUNTIMES:-onnx candle}; do
       load "$rt-$setting" --duration "$(awk -v d="$duration" -v r="$rounds" 'BEGIN { print d / r }')"
       loaded=$(rss_mb)
       echo "$rt-$setting $round $idle $loaded ${load_ms:-0}" >>"$dir/rss.txt"
-      stop
+      stop_worker
     done
   done
   # Fixed offered rate: half of what this runtime sustained with batching off.
@@ -104,7 +99,7 @@ for rt in ${BENCH_HTTP_RUNTIMES:-onnx candle}; do
   for setting in off on; do
     start_setting "$rt" "$setting"
     load "$rt-$setting-fixed" --duration "$(awk -v d="$duration" 'BEGIN { print d / 2 }')" --rate "$rate"
-    stop
+    stop_worker
   done
 done
 

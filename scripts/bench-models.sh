@@ -16,13 +16,8 @@ bin=$PWD/target/release/falcon
 model=$PWD/models/classifier.bin
 dir=$(mktemp -d)
 pid=""
-stop() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  pid=""
-}
-cleanup() { stop; rm -rf "$dir"; }
+cleanup() { stop_worker; rm -rf "$dir"; }
 trap cleanup EXIT
-rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 echo "| models | exec to listening | model loads (sum) | RSS once started | RSS after $requests requests to each |"
@@ -61,5 +56,5 @@ for n in ${BENCH_MODELS:-1 2 5}; do
   done
   sleep 1
   echo "| $n | ${listening} ms | ${loads} ms | ${rss_started} MB | $(rss_mb) MB |"
-  stop
+  stop_worker
 done

@@ -23,7 +23,7 @@ bin=$PWD/target/release/falcon
 dir=$(mktemp -d)
 pid=""
 cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  stop_worker
   rm -rf "$dir"
 }
 trap cleanup EXIT

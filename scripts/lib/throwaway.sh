@@ -33,6 +33,16 @@ wait_http() {
   return 1
 }
 
+# The worker a script started in the background, its pid in the caller's $pid: stop it and
+# forget it (nothing to do when none runs).
+stop_worker() {
+  if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  pid=""
+}
+
+# That worker's resident memory, in MB.
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
+
 # The newest PostgreSQL server binaries (Debian's layout).
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 
