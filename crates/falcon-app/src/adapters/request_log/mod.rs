@@ -57,6 +57,8 @@ const SPOOLED: u8 = 1;
 const POISON_ATTEMPTS: u32 = 3;
 /// Pause between attempts while the database is failing.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Attempts on a failing database once shutdown has begun.
+const SHUTDOWN_TRIES: u32 = 4;
 
 /// The disk side of the request log: the journal, its reader, and the dead-letter file.
 pub struct Spooling {
@@ -473,7 +475,16 @@ impl WriterState {
         let mut retry: VecDeque<Batch> = VecDeque::new();
         let mut paused_until: Option<tokio::time::Instant> = None;
         let mut spare: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
-        let mut idle = true;
+        // When the writer began gathering the rows of its next batch: a part batch waits
+        // until the batch window has passed since then (issue 34: at 2,000 req/s, writing
+        // whatever arrived during the last write doubled the statements and their
+        // round trips to SQLite's thread). A full batch goes at once, and so does the next
+        // read after a full one (a backlog: an outage's, or a replay at start-up).
+        let mut gathering_since = Instant::now();
+        let mut last_full = false;
+        let mut failed_while_closing = 0;
+        // Rows of the batches being written: `waiting` counts them too.
+        let mut in_flight_rows = 0u64;
         // The schema exists from start-up, not from the first request: an operator's first
         // query of a quiet deployment finds an empty inference_logs, not "no such table".
         // If the database is away, the first batch tries again.
@@ -486,22 +497,39 @@ impl WriterState {
             self.update_gauges();
             let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
             if closing && paused && in_flight.is_empty() && self.shared.journal.is_some() {
-                // The database failed during shutdown: stop. What is not written stays in
-                // the journal for the next start. (Without one, keep trying until `finish`
-                // gives up: what it then holds is lost, and counted.)
-                self.release_held(retry);
-                return;
-            }
-            if idle && !closing && !paused {
-                // Give a burst the batch window to fill a batch.
-                tokio::select! {
-                    () = tokio::time::sleep(self.config.batch_window) => {}
-                    () = self.shared.closing.notified() => {}
+                // The database failed during shutdown: after a few tries, stop. What is not
+                // written stays in the journal for the next start. (Without one, keep trying
+                // until `finish` gives up: what it then holds is lost, and counted.) The
+                // tries outlast a start-up's slow first connection or migration, which the
+                // full suite met on a busy machine.
+                failed_while_closing += 1;
+                if failed_while_closing >= SHUTDOWN_TRIES {
+                    self.release_held(retry);
+                    return;
                 }
             }
-            // Fill the writer's slots: retries first, then the journal, then memory.
+            // Fill the writer's slots: retries first, then the journal, then memory, once a
+            // whole batch waits or the window since the last one has passed.
+            let mut found_none = false;
             while !paused && in_flight.len() < self.config.concurrency.max(1) {
-                let Some(batch) = retry.pop_front().or_else(|| self.next_batch()) else { break };
+                let out = in_flight_rows + retry.iter().map(|b| b.records.len() as u64).sum::<u64>();
+                let take = closing || last_full || self.batch_ready(gathering_since, out);
+                let batch = match retry.pop_front() {
+                    Some(batch) => batch,
+                    None if !take => break,
+                    None => match self.next_batch() {
+                        Some(batch) => {
+                            gathering_since = Instant::now();
+                            last_full = batch.records.len() >= self.config.batch_size;
+                            batch
+                        }
+                        None => {
+                            found_none = true;
+                            last_full = false;
+                            break;
+                        }
+                    },
+                };
                 if (!self.migrated && !self.migrate().await) || !self.breaker.try_acquire() {
                     retry.push_front(batch);
                     paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
@@ -509,6 +537,7 @@ impl WriterState {
                 }
                 let sink = self.sink.clone();
                 let timeout = self.config.op_timeout;
+                in_flight_rows += batch.records.len() as u64;
                 in_flight.spawn(async move {
                     let outcome = write_batch(sink, &batch.records, timeout).await;
                     (batch, outcome)
@@ -519,26 +548,41 @@ impl WriterState {
                 if closing && nothing_left {
                     return;
                 }
-                idle = nothing_left;
-                // Paused: until the pause ends. Otherwise until a record or the close comes,
-                // and no sooner: both notify with `notify_one`, whose permit waits for this
-                // select if it comes first, so an idle writer needs no timer (issue 34: an
-                // idle worker's wake-ups).
+                // Paused: until the pause ends. Gathering a part batch: until its window
+                // ends (records that come meanwhile only leave a permit). Found nothing to
+                // read: until a record or the close comes, and no sooner: both notify with
+                // `notify_one`, whose permit waits for this select if it comes first, so an
+                // idle writer needs no timer (issue 34: an idle worker's wake-ups).
+                let resume_at = match paused_until {
+                    Some(t) => Some(t),
+                    None if found_none => None,
+                    None => Some(tokio::time::Instant::from_std(gathering_since + self.config.batch_window)),
+                };
                 let resume = async {
-                    match paused_until {
+                    match resume_at {
                         Some(t) => tokio::time::sleep_until(t).await,
                         None => std::future::pending().await,
                     }
                 };
-                tokio::select! {
-                    () = self.shared.wake.notified(), if paused_until.is_none() => {}
-                    () = resume => { paused_until = None; }
-                    () = self.shared.closing.notified() => {}
+                let woken = tokio::select! {
+                    () = self.shared.wake.notified(), if resume_at.is_none() => true,
+                    () = resume => { paused_until = None; false }
+                    () = self.shared.closing.notified() => false,
+                };
+                if woken {
+                    // The first record after a quiet spell: give a burst the window to
+                    // fill a batch.
+                    gathering_since = Instant::now();
                 }
                 continue;
             }
-            idle = false;
             let Some(joined) = in_flight.join_next().await else { continue };
+            in_flight_rows = match &joined {
+                Ok((batch, _)) => in_flight_rows.saturating_sub(batch.records.len() as u64),
+                // A write task that panicked does not say how many rows it had.
+                Err(_) if in_flight.is_empty() => 0,
+                Err(_) => in_flight_rows,
+            };
             let Ok((batch, outcome)) = joined else {
                 // A write task panicked: its rows are still in the journal (replayed at the
                 // next start) or, from memory, lost: say so.
@@ -584,6 +628,14 @@ impl WriterState {
                 }
             }
         }
+    }
+
+    /// Whether the writer takes the next batch now: a whole one waits, or the batch window
+    /// since it began gathering has passed.
+    /// `out`: rows already taken (being written, or waiting to be retried).
+    fn batch_ready(&self, gathering_since: Instant, out: u64) -> bool {
+        gathering_since.elapsed() >= self.config.batch_window
+            || self.shared.waiting().saturating_sub(out) >= self.config.batch_size as u64
     }
 
     /// The next batch from the journal, else from memory.
