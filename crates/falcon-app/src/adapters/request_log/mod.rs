@@ -57,8 +57,28 @@ const SPOOLED: u8 = 1;
 const POISON_ATTEMPTS: u32 = 3;
 /// Pause between attempts while the database is failing.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
-/// Attempts on a failing database once shutdown has begun.
+/// Failed attempts on the database once shutdown has begun, before the writer stops.
 const SHUTDOWN_TRIES: u32 = 4;
+
+/// When the writer may try the database again, and how often it failed since shutdown began.
+#[derive(Default)]
+struct Pause {
+    until: Option<tokio::time::Instant>,
+    failed_while_closing: u32,
+}
+
+impl Pause {
+    /// An attempt failed: the next waits `RETRY_EVERY`; one made during shutdown counts
+    /// toward `SHUTDOWN_TRIES`.
+    fn failed(&mut self, closing: bool) {
+        self.until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+        self.failed_while_closing += u32::from(closing);
+    }
+
+    fn active(&self) -> bool {
+        self.until.is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+}
 
 /// The disk side of the request log: the journal, its reader, and the dead-letter file.
 pub struct Spooling {
@@ -473,7 +493,7 @@ impl WriterState {
     async fn run(mut self) {
         let mut in_flight: JoinSet<(Batch, Outcome)> = JoinSet::new();
         let mut retry: VecDeque<Batch> = VecDeque::new();
-        let mut paused_until: Option<tokio::time::Instant> = None;
+        let mut pause = Pause::default();
         let mut spare: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         // When the writer began gathering the rows of its next batch: a part batch waits
         // until the batch window has passed since then (issue 34: at 2,000 req/s, writing
@@ -482,7 +502,6 @@ impl WriterState {
         // read after a full one (a backlog: an outage's, or a replay at start-up).
         let mut gathering_since = Instant::now();
         let mut last_full = false;
-        let mut failed_while_closing = 0;
         // Rows of the batches being written: `waiting` counts them too.
         let mut in_flight_rows = 0u64;
         // The schema exists from start-up, not from the first request: an operator's first
@@ -495,18 +514,19 @@ impl WriterState {
             let closing = self.shared.closed.load(Ordering::SeqCst);
             self.keep_spare_ready(&mut spare);
             self.update_gauges();
-            let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
-            if closing && paused && in_flight.is_empty() && self.shared.journal.is_some() {
+            let paused = pause.active();
+            if closing
+                && pause.failed_while_closing >= SHUTDOWN_TRIES
+                && in_flight.is_empty()
+                && self.shared.journal.is_some()
+            {
                 // The database failed during shutdown: after a few tries, stop. What is not
                 // written stays in the journal for the next start. (Without one, keep trying
                 // until `finish` gives up: what it then holds is lost, and counted.) The
                 // tries outlast a start-up's slow first connection or migration, which the
                 // full suite met on a busy machine.
-                failed_while_closing += 1;
-                if failed_while_closing >= SHUTDOWN_TRIES {
-                    self.release_held(retry);
-                    return;
-                }
+                self.release_held(retry);
+                return;
             }
             // Fill the writer's slots: retries first, then the journal, then memory, once a
             // whole batch waits or the window since the last one has passed.
@@ -532,7 +552,7 @@ impl WriterState {
                 };
                 if (!self.migrated && !self.migrate().await) || !self.breaker.try_acquire() {
                     retry.push_front(batch);
-                    paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                    pause.failed(closing);
                     break;
                 }
                 let sink = self.sink.clone();
@@ -553,7 +573,7 @@ impl WriterState {
                 // read: until a record or the close comes, and no sooner: both notify with
                 // `notify_one`, whose permit waits for this select if it comes first, so an
                 // idle writer needs no timer (issue 34: an idle worker's wake-ups).
-                let resume_at = match paused_until {
+                let resume_at = match pause.until {
                     Some(t) => Some(t),
                     None if found_none => None,
                     None => Some(tokio::time::Instant::from_std(gathering_since + self.config.batch_window)),
@@ -566,7 +586,7 @@ impl WriterState {
                 };
                 let woken = tokio::select! {
                     () = self.shared.wake.notified(), if resume_at.is_none() => true,
-                    () = resume => { paused_until = None; false }
+                    () = resume => { pause.until = None; false }
                     () = self.shared.closing.notified() => false,
                 };
                 if woken {
@@ -606,7 +626,7 @@ impl WriterState {
                         );
                     }
                     retry.push_back(batch);
-                    paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                    pause.failed(closing);
                 }
                 Outcome::Rejected(error) => {
                     // The database answered: not an outage.
@@ -615,13 +635,13 @@ impl WriterState {
                     batch.rejections += 1;
                     if batch.rejections < POISON_ATTEMPTS {
                         retry.push_back(batch);
-                        paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                        pause.failed(closing);
                     } else {
                         match self.isolate(batch, error).await {
                             Ok(batch) => self.written(batch),
                             Err(rest) => {
                                 retry.push_back(rest);
-                                paused_until = Some(tokio::time::Instant::now() + RETRY_EVERY);
+                                pause.failed(closing);
                             }
                         }
                     }
