@@ -272,6 +272,7 @@ async fn assemble(
         admission: (a.max_concurrent_requests > 0).then(|| Admission::new(a.max_concurrent_requests as usize)),
         max_batch_texts: a.max_batch_texts as usize,
         text_key,
+        path_metrics: falcon_app::telemetry::metrics::PathMetrics::new(),
     });
     if rate_limited {
         background.spawn("rate_limit_upkeep", forget_idle_clients(pipeline.clone(), background.stopping()));

@@ -258,22 +258,23 @@ pub struct Admission(Arc<Semaphore>);
 
 /// An admitted request's place: its `MAX_CONCURRENT_REQUESTS` permit where there is a
 /// limit, and its count in `inference_requests_in_progress` until it is dropped.
-pub struct Place {
+pub struct Place<'a> {
     _permit: Option<OwnedSemaphorePermit>,
+    counted: &'a metrics::PathMetrics,
 }
 
-impl Place {
+impl<'a> Place<'a> {
     /// A place, or 503 `overloaded` at once when `admission` has none left.
-    pub fn take(admission: Option<&Admission>) -> Result<Self, InferError> {
+    pub fn take(admission: Option<&Admission>, counted: &'a metrics::PathMetrics) -> Result<Self, InferError> {
         let permit = admission.map(Admission::admit).transpose()?;
-        metrics::record_request_admitted();
-        Ok(Self { _permit: permit })
+        counted.admitted();
+        Ok(Self { _permit: permit, counted })
     }
 }
 
-impl Drop for Place {
+impl Drop for Place<'_> {
     fn drop(&mut self) {
-        metrics::record_request_left();
+        self.counted.left();
     }
 }
 
@@ -357,10 +358,11 @@ mod tests {
     #[test]
     fn a_place_holds_the_permit_until_dropped() {
         let a = Admission::new(1);
-        let place = Place::take(Some(&a)).unwrap();
-        assert!(matches!(Place::take(Some(&a)), Err(InferError::Overloaded(_))));
+        let m = metrics::PathMetrics::new();
+        let place = Place::take(Some(&a), &m).unwrap();
+        assert!(matches!(Place::take(Some(&a), &m), Err(InferError::Overloaded(_))));
         drop(place);
-        assert!(Place::take(Some(&a)).is_ok());
-        assert!(Place::take(None).is_ok(), "no limit: always a place");
+        assert!(Place::take(Some(&a), &m).is_ok());
+        assert!(Place::take(None, &m).is_ok(), "no limit: always a place");
     }
 }

@@ -167,7 +167,7 @@ impl Pipeline {
         for slot in slots.iter_mut().filter(|s| s.result.is_none()) {
             let Some(key) = &slot.cache_key else { continue };
             let hit: Option<Arc<Prediction>> = cache.get(key).await;
-            metrics::record_cache(hit.is_some());
+            self.0.path_metrics.cache(hit.is_some());
             if let Some(prediction) = hit {
                 slot.result = Some(Ok(Answer { prediction, cache_hit: true, idempotency_hit: false }));
                 slot.cache_key = None;
@@ -186,7 +186,7 @@ impl Pipeline {
         elapsed: std::time::Duration,
     ) {
         metrics::record_batch_text(result.is_ok());
-        metrics::record_text(result.is_ok());
+        self.0.path_metrics.text(result.is_ok());
         let backend = model.backend;
         let length = slot.facts.as_ref().map(|t| t.length);
         if let Ok(answer) = result {

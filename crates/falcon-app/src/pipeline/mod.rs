@@ -209,6 +209,8 @@ pub struct Parts {
     pub max_batch_texts: usize,
     /// The deployment's key for every stored hash of a text (`TEXT_HASH_KEY`).
     pub text_key: crate::text_key::TextKey,
+    /// The per-request series without a model label (resolved after the recorder).
+    pub path_metrics: metrics::PathMetrics,
 }
 
 /// The application layer. Cheap to clone: everything inside is shared.
@@ -396,8 +398,8 @@ impl Pipeline {
 
     /// Admission (`MAX_CONCURRENT_REQUESTS`), the API key, the client's rate limit. The
     /// place keeps the request's permit, and its count in progress, until it is dropped.
-    fn admit(&self, meta: &RequestMeta, subject: &mut Subject) -> Result<access::Place, InferError> {
-        let place = access::Place::take(self.0.admission.as_ref())?;
+    fn admit(&self, meta: &RequestMeta, subject: &mut Subject) -> Result<access::Place<'_>, InferError> {
+        let place = access::Place::take(self.0.admission.as_ref(), &self.0.path_metrics)?;
         let caller = match self.0.api_keys.authenticate(meta.authorization.expose(), access::Scope::Infer) {
             Ok(caller) => caller,
             Err(refused) => {
@@ -561,7 +563,7 @@ impl Pipeline {
         let key = self.0.cache.as_ref().map(|_| self.cache_key(served, backend, &text));
         if let (Some(cache), Some(key)) = (&self.0.cache, &key) {
             let hit = cache.get(key).await;
-            metrics::record_cache(hit.is_some());
+            self.0.path_metrics.cache(hit.is_some());
             if let Some(prediction) = hit {
                 let answer = Answer { prediction, cache_hit: true, idempotency_hit: false };
                 return Ok(Served {
@@ -629,7 +631,7 @@ impl Pipeline {
         let elapsed = meta.received.elapsed();
         let outcome = result.as_ref().map(|s| (s.answer.cache_hit, s.inference_ms.is_some())).map_err(drop);
         self.count_request(subject.model.as_deref(), outcome, elapsed);
-        metrics::record_text(result.is_ok());
+        self.0.path_metrics.text(result.is_ok());
         let subject_key = subject.api_key_id.clone();
         if let Some(id) = &subject_key {
             metrics::record_api_key_request(id);

@@ -370,21 +370,8 @@ pub fn record_concurrency_limited() {
     counter!(CONCURRENCY_LIMITED).increment(1);
 }
 
-pub fn record_request_admitted() {
-    gauge!(REQUESTS_IN_PROGRESS).increment(1.0);
-}
-
-pub fn record_request_left() {
-    gauge!(REQUESTS_IN_PROGRESS).decrement(1.0);
-}
-
 pub fn record_api_key_request(id: &str) {
     counter!(API_KEY_REQUESTS, "api_key_id" => id.to_owned()).increment(1);
-}
-
-/// One text answered (or failed): one request-log row.
-pub fn record_text(success: bool) {
-    counter!(INFERENCE_TEXTS, "status" => if success { "success" } else { "error" }).increment(1);
 }
 
 /// One error answer that made no request-log row.
@@ -548,11 +535,49 @@ pub fn record_error(error_type: ErrorType) {
     counter!(INFERENCE_ERRORS, "error_type" => error_type.as_str()).increment(1);
 }
 
-pub fn record_cache(hit: bool) {
-    if hit {
-        counter!(CACHE_HITS).increment(1);
-    } else {
-        counter!(CACHE_MISSES).increment(1);
+/// The series every request touches that carry no model label, their handles resolved
+/// once (after the recorder is installed): no registry look-up per request.
+pub struct PathMetrics {
+    in_progress: metrics::Gauge,
+    /// `inference_texts_total`: `[error, success]`.
+    texts: [metrics::Counter; 2],
+    /// `[cache_misses_total, cache_hits_total]`.
+    cache: [metrics::Counter; 2],
+}
+
+impl PathMetrics {
+    pub fn new() -> Self {
+        Self {
+            in_progress: gauge!(REQUESTS_IN_PROGRESS),
+            texts: ["error", "success"].map(|status| counter!(INFERENCE_TEXTS, "status" => status)),
+            cache: [counter!(CACHE_MISSES), counter!(CACHE_HITS)],
+        }
+    }
+
+    /// A request was admitted: it counts in `inference_requests_in_progress`.
+    pub fn admitted(&self) {
+        self.in_progress.increment(1.0);
+    }
+
+    /// An admitted request was answered.
+    pub fn left(&self) {
+        self.in_progress.decrement(1.0);
+    }
+
+    /// One text answered (or failed): one request-log row.
+    pub fn text(&self, success: bool) {
+        self.texts[usize::from(success)].increment(1);
+    }
+
+    /// One cache look-up.
+    pub fn cache(&self, hit: bool) {
+        self.cache[usize::from(hit)].increment(1);
+    }
+}
+
+impl Default for PathMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -5,39 +5,55 @@
 //! `future::Cache` in the HTTP benchmark, the unique-text (miss + insert) path went from
 //! 0.40× to about 0.5× of /healthz (with mimalloc); see docs/benchmarks.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use falcon_backend::Prediction;
+use hashbrown::HashTable;
 
 use super::{BoxFuture, ResponseCache};
 
 const SHARDS: usize = 16;
 
 struct Entry {
+    key: Arc<str>,
+    /// The key's hash: what the table rehashes with when it grows, and what its FIFO slot
+    /// finds it by.
+    hash: u64,
     value: Arc<Prediction>,
     expires: Instant,
-    /// Which insertion this is, so a stale FIFO slot never removes a newer entry.
+    /// Which insertion this is: unique in its shard, so a FIFO slot finds exactly the entry
+    /// it was made for, and a stale slot (its key re-inserted since) finds nothing.
     seq: u64,
 }
 
+/// One shard: its entries, and a FIFO of (insertion, hash) slots in insertion order. The key
+/// is hashed once per operation; every other look-up goes by a stored hash and a sequence
+/// number.
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Arc<str>, Entry>,
-    fifo: VecDeque<(u64, Arc<str>)>,
+    map: HashTable<Entry>,
+    fifo: VecDeque<(u64, u64)>,
     next_seq: u64,
 }
 
 impl Shard {
     /// Drops the oldest slot; removes its entry if the slot is still the current one.
     fn pop_oldest(&mut self) {
-        if let Some((seq, key)) = self.fifo.pop_front()
-            && self.map.get(&key).is_some_and(|e| e.seq == seq)
+        if let Some((seq, hash)) = self.fifo.pop_front()
+            && let Ok(entry) = self.map.find_entry(hash, |e| e.seq == seq)
         {
-            self.map.remove(&key);
+            entry.remove();
         }
+    }
+
+    /// Whether the oldest slot is stale (its entry replaced or gone) or its entry expired.
+    fn oldest_is_dead(&self, now: Instant) -> bool {
+        self.fifo
+            .front()
+            .is_some_and(|&(seq, hash)| self.map.find(hash, |e| e.seq == seq).is_none_or(|e| e.expires <= now))
     }
 }
 
@@ -55,34 +71,42 @@ impl MemoryCache {
         Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), hasher: RandomState::new(), per_shard, ttl }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<Shard> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    /// The key's hash and its shard. The shard is picked by bits the table does not use
+    /// for a bucket (its low bits) or a tag (its top seven).
+    fn shard(&self, key: &str) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(key);
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     /// Returns the live entry for `key`, if any.
     pub fn get_now(&self, key: &str, now: Instant) -> Option<Arc<Prediction>> {
-        let shard = self.shard(key).lock().ok()?;
-        shard.map.get(key).filter(|e| e.expires > now).map(|e| Arc::clone(&e.value))
+        let (hash, shard) = self.shard(key);
+        let shard = shard.lock().ok()?;
+        shard.map.find(hash, |e| &*e.key == key).filter(|e| e.expires > now).map(|e| Arc::clone(&e.value))
     }
 
     /// Stores `value` under `key` for the TTL, evicting expired and then oldest entries.
     pub fn put_now(&self, key: &str, value: Arc<Prediction>, now: Instant) {
-        let Ok(mut shard) = self.shard(key).lock() else { return };
-        while shard
-            .fifo
-            .front()
-            .is_some_and(|(seq, k)| shard.map.get(k).is_none_or(|e| e.seq != *seq || e.expires <= now))
-        {
-            shard.pop_oldest();
-        }
-        while shard.map.len() >= self.per_shard && !shard.map.contains_key(key) {
+        let (hash, shard) = self.shard(key);
+        let Ok(mut shard) = shard.lock() else { return };
+        while shard.oldest_is_dead(now) {
             shard.pop_oldest();
         }
         let seq = shard.next_seq;
         shard.next_seq += 1;
-        let key: Arc<str> = Arc::from(key);
-        shard.fifo.push_back((seq, Arc::clone(&key)));
-        shard.map.insert(key, Entry { value, expires: now + self.ttl, seq });
+        let expires = now + self.ttl;
+        if let Some(entry) = shard.map.find_mut(hash, |e| &*e.key == key) {
+            // Re-inserted: the entry takes the new value and slot; its old slot goes stale.
+            entry.value = value;
+            entry.expires = expires;
+            entry.seq = seq;
+        } else {
+            while shard.map.len() >= self.per_shard && !shard.fifo.is_empty() {
+                shard.pop_oldest();
+            }
+            shard.map.insert_unique(hash, Entry { key: Arc::from(key), hash, value, expires, seq }, |e| e.hash);
+        }
+        shard.fifo.push_back((seq, hash));
         // A key re-inserted many times leaves stale slots; keep the FIFO bounded too.
         if shard.fifo.len() > 2 * self.per_shard {
             shard.pop_oldest();
