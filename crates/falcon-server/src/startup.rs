@@ -277,7 +277,7 @@ async fn assemble(
     if rate_limited {
         background.spawn("rate_limit_upkeep", forget_idle_clients(pipeline.clone(), background.stopping()));
     }
-    let state = AppState {
+    let state = AppState::new(crate::http::Shared {
         pipeline,
         max_body_bytes: config.server.max_request_body_bytes as usize,
         body_budget: crate::http::body::BodyBudget::new(config.server.max_body_bytes_in_flight),
@@ -285,7 +285,7 @@ async fn assemble(
         metrics: metrics_handle,
         error_log: Arc::new(LogLimiter::new(crate::http::error::ERROR_LINES_PER_SECOND, Duration::from_secs(1))),
         trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
-    };
+    });
     Ok(state)
 }
 

@@ -77,18 +77,16 @@ impl Backend for Fake {
 
 /// The worker's state, built as `falcon serve` builds it, around `fake`.
 async fn state_from(fake: Arc<Fake>, args: &[&str]) -> AppState {
-    let mut all = vec![
-        "--worker-id",
-        "test-w",
-        "--max-request-body-bytes",
-        "4096",
-        "--request-log-enabled",
-        "false",
-        "--inference-threads",
-        "2",
-        "--text-hash-key",
-        "a handler test's text hash key",
+    let defaults = [
+        ("--worker-id", "test-w"),
+        ("--max-request-body-bytes", "4096"),
+        ("--request-log-enabled", "false"),
+        ("--inference-threads", "2"),
+        ("--text-hash-key", "a handler test's text hash key"),
     ];
+    // A flag in `args` replaces its default (clap takes each flag once).
+    let mut all: Vec<&str> =
+        defaults.iter().filter(|(flag, _)| !args.contains(flag)).flat_map(|(f, v)| [*f, *v]).collect();
     all.extend_from_slice(args);
     let config = Config::from_args(all).unwrap();
     build_state(&config, fake, None).await.unwrap().0
@@ -207,8 +205,7 @@ async fn invalid_text_is_422() {
         r#"[1,2]"#,
         &format!(r#"{{"text":"{}"}}"#, "b".repeat(10_001)),
     ] {
-        let s = state_with(Arc::new(Fake::new()), true, Duration::from_secs(5), Duration::from_secs(30)).await;
-        let s = AppState { max_body_bytes: 64 * 1024, ..s };
+        let s = state_from(Arc::new(Fake::new()), &["--max-request-body-bytes", "65536"]).await;
         let (status, _, resp) = send(&s, infer(body)).await;
         assert_error(status, &resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
     }
@@ -216,7 +213,7 @@ async fn invalid_text_is_422() {
 
 #[tokio::test]
 async fn ten_thousand_multibyte_characters_are_accepted() {
-    let s = AppState { max_body_bytes: 64 * 1024, ..state().await };
+    let s = state_from(Arc::new(Fake::new()), &["--max-request-body-bytes", "65536"]).await;
     let (status, _, _) = send(&s, infer(&format!(r#"{{"text":"{}"}}"#, "é".repeat(10_000)))).await;
     assert_eq!(status, StatusCode::OK);
 }

@@ -34,9 +34,27 @@ use falcon_app::pipeline::access::Credential;
 use falcon_app::pipeline::{InferError, Pipeline, RequestMeta};
 use falcon_app::telemetry::throttle::LogLimiter;
 
-/// Cloned into every request; everything inside is shared.
+/// Cloned into every request (the middleware's and the handler's `State`): one reference
+/// count, whatever the state holds.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every request of a worker shares.
+pub struct Shared {
     pub pipeline: Pipeline,
     pub max_body_bytes: usize,
     /// Bytes of bodies being received now, all requests together (`MAX_BODY_BYTES_IN_FLIGHT`).
