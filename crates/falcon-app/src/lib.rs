@@ -11,6 +11,7 @@
 pub mod adapters;
 pub mod ballast;
 pub mod config;
+pub mod deadline;
 pub mod error_type;
 pub mod lifecycle;
 pub mod models;

@@ -477,7 +477,7 @@ impl Pipeline {
         });
         let model = Model { served: &served, backend: &backend };
         let serve = AssertUnwindSafe(self.serve(meta, model, text, store_key, fp)).catch_unwind();
-        match tokio::time::timeout_at(deadline, serve).await {
+        match crate::deadline::within(deadline, serve).await {
             Ok(Ok(served)) => served,
             Ok(Err(_)) => Err(InferError::Internal("request handling panicked".into())),
             Err(_) => Err(InferError::RequestTimeout(self.0.request_timeout)),

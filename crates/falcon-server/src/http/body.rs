@@ -158,7 +158,7 @@ pub(super) async fn receive(
     let mut held = None;
     let read = tokio::select! {
         biased;
-        read = tokio::time::timeout_at(deadline, collect(body, limit, declared, &s.body_budget, &mut held)) => read,
+        read = falcon_app::deadline::within(deadline, collect(body, limit, declared, &s.body_budget, &mut held)) => read,
         () = s.pipeline.readiness().drained() => return Err(InferError::NotReady("draining; send the request again")),
     };
     let read = read.map_err(|_| InferError::BodyTimeout(s.pipeline.request_timeout()))?;

@@ -259,8 +259,10 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         } else {
             req
         };
+        // Counted from now, a little after the pipeline's own deadline (from arrival): the
+        // pipeline's fires first, and its outcome is logged.
         let deadline = state.pipeline.request_timeout();
-        match tokio::time::timeout(deadline, next.run(req)).await {
+        match falcon_app::deadline::within(tokio::time::Instant::now() + deadline, next.run(req)).await {
             Ok(r) if r.extensions().get::<Panicked>().is_none() => r,
             Ok(_) => state.error_response(&id, InferError::Internal("handler panicked".into())),
             Err(_) => state.error_response(&id, InferError::RequestTimeout(deadline)),
