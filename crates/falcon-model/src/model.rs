@@ -12,7 +12,7 @@ pub use crate::format::{Bytes, FORMAT_VERSION, MAX_FILE_BYTES, ModelMeta, Traini
 use crate::format::{Decoded, F32s, FormatError, Parts, Vocab, decode, encode};
 use crate::logistic::LogisticModel;
 use crate::tfidf::{TfidfConfig, Vectorizer, weigh};
-use crate::tokenize::{for_each_ngram_of, normalize};
+use crate::tokenize::{for_each_ngram, normalize};
 
 /// A loaded, ready-to-serve classifier. Prediction is pure and thread-safe; cloning
 /// shares the bytes.
@@ -82,7 +82,7 @@ impl SentimentModel {
         // The n-grams are slices of the normalised text: no token or n-gram is copied.
         let normalized = normalize(text);
         let mut hits: Vec<u32> = Vec::with_capacity(normalized.len() / 2);
-        for_each_ngram_of(&normalized, self.tfidf.min_n, self.tfidf.max_n, |g| {
+        for_each_ngram(&normalized, self.tfidf.min_n, self.tfidf.max_n, |g| {
             if let Some(i) = self.vocab.get(g) {
                 hits.push(i);
             }

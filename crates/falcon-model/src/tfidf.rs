@@ -66,14 +66,14 @@ pub struct Vectorizer {
 }
 
 impl Vectorizer {
-    /// Learns the vocabulary and idf weights from tokenised documents. Terms are sorted, so
-    /// the same documents always give the same feature indices.
-    pub fn fit(docs: &[Vec<String>], config: TfidfConfig) -> Self {
+    /// Learns the vocabulary and idf weights from normalised documents (`normalize`). Terms
+    /// are sorted, so the same documents always give the same feature indices.
+    pub fn fit(docs: &[String], config: TfidfConfig) -> Self {
         let mut df: HashMap<String, usize> = HashMap::new();
         let mut seen: Vec<String> = Vec::new();
-        for tokens in docs {
+        for doc in docs {
             seen.clear();
-            for_each_ngram(tokens, config.min_n, config.max_n, |g| seen.push(g.to_owned()));
+            for_each_ngram(doc, config.min_n, config.max_n, |g| seen.push(g.to_owned()));
             seen.sort_unstable();
             seen.dedup();
             for g in seen.drain(..) {
@@ -114,11 +114,11 @@ impl Vectorizer {
         Self { config, terms, idf, index }
     }
 
-    /// The L2-normalised TF-IDF vector of one tokenised document. Unknown n-grams are
-    /// ignored; a document with no known n-gram gives the empty vector.
-    pub fn transform(&self, tokens: &[String]) -> SparseVec {
-        let mut hits: Vec<u32> = Vec::with_capacity(tokens.len() * 2);
-        for_each_ngram(tokens, self.config.min_n, self.config.max_n, |g| {
+    /// The L2-normalised TF-IDF vector of one normalised document (`normalize`). Unknown
+    /// n-grams are ignored; a document with no known n-gram gives the empty vector.
+    pub fn transform(&self, normalized: &str) -> SparseVec {
+        let mut hits: Vec<u32> = Vec::with_capacity(normalized.len() / 2);
+        for_each_ngram(normalized, self.config.min_n, self.config.max_n, |g| {
             if let Some(&i) = self.index.get(g) {
                 hits.push(i);
             }
@@ -155,10 +155,10 @@ impl Vectorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenize::tokenize;
+    use crate::tokenize::normalize;
 
-    fn docs(texts: &[&str]) -> Vec<Vec<String>> {
-        texts.iter().map(|t| tokenize(t)).collect()
+    fn docs(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|t| normalize(t)).collect()
     }
 
     fn raw(min_df: usize) -> TfidfConfig {
@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn transform_is_l2_normalised_and_counts_repeats() {
         let v = Vectorizer::fit(&docs(&["a b", "a c", "b c"]), raw(1));
-        let x = v.transform(&tokenize("a a b"));
+        let x = v.transform(&normalize("a a b"));
         let norm: f64 = x.iter().map(|(_, v)| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-12);
         // idf of a and b is equal, "a" occurs twice: its weight is twice b's.
@@ -200,7 +200,7 @@ mod tests {
     fn sublinear_tf_dampens_repeats() {
         let cfg = TfidfConfig { sublinear_tf: true, ..raw(1) };
         let v = Vectorizer::fit(&docs(&["a b", "a c", "b c"]), cfg);
-        let x = v.transform(&tokenize("a a b"));
+        let x = v.transform(&normalize("a a b"));
         let a = v.terms().iter().position(|t| t == "a").unwrap() as u32;
         let b = v.terms().iter().position(|t| t == "b").unwrap() as u32;
         let get = |i| x.iter().find(|(j, _)| *j == i).unwrap().1;
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn unknown_text_gives_empty_vector() {
         let v = Vectorizer::fit(&docs(&["a b", "a c"]), raw(1));
-        assert!(v.transform(&tokenize("zzz qqq")).is_empty());
+        assert!(v.transform(&normalize("zzz qqq")).is_empty());
     }
 
     #[test]

@@ -97,10 +97,10 @@ pub fn normalize(text: &str) -> String {
     out
 }
 
-/// Calls `f` with every n-gram of a normalised text (`normalize`) for n in
-/// `min_n..=max_n`: the same n-grams, in the same order, as `for_each_ngram` of its tokens,
-/// each a slice of `normalized` (nothing is copied).
-pub fn for_each_ngram_of(normalized: &str, min_n: usize, max_n: usize, mut f: impl FnMut(&str)) {
+/// Calls `f` with every n-gram of a normalised text (`normalize`) for n in `min_n..=max_n`:
+/// its runs of n tokens joined by single spaces, each a slice of `normalized` (nothing is
+/// copied). Training and serving both take their n-grams from here.
+pub fn for_each_ngram(normalized: &str, min_n: usize, max_n: usize, mut f: impl FnMut(&str)) {
     let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(normalized.len() / 4 + 1);
     let mut start = 0;
     for (i, b) in normalized.bytes().enumerate() {
@@ -122,34 +122,13 @@ pub fn for_each_ngram_of(normalized: &str, min_n: usize, max_n: usize, mut f: im
     }
 }
 
-/// Calls `f` with every n-gram of `tokens` for n in `min_n..=max_n`, n-grams joined by a
-/// single space. One buffer is reused, so no n-gram is allocated on its own.
-pub fn for_each_ngram(tokens: &[String], min_n: usize, max_n: usize, mut f: impl FnMut(&str)) {
-    let mut buf = String::with_capacity(64);
-    for n in min_n.max(1)..=max_n {
-        if n > tokens.len() {
-            break;
-        }
-        for window in tokens.windows(n) {
-            buf.clear();
-            for (i, t) in window.iter().enumerate() {
-                if i > 0 {
-                    buf.push(' ');
-                }
-                buf.push_str(t);
-            }
-            f(&buf);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ngrams(text: &str, min_n: usize, max_n: usize) -> Vec<String> {
         let mut out = Vec::new();
-        for_each_ngram(&tokenize(text), min_n, max_n, |g| out.push(g.to_owned()));
+        for_each_ngram(&normalize(text), min_n, max_n, |g| out.push(g.to_owned()));
         out
     }
 
@@ -196,7 +175,8 @@ mod tests {
     }
 
     /// Every sentence of the shipped training data, and texts made to break it: the tokens,
-    /// the normalised text and every n-gram (as slices) are what the reference gives.
+    /// the normalised text and every n-gram (its tokens joined by a space) are what the
+    /// reference gives.
     #[test]
     fn one_string_tokens_match_the_reference_on_the_training_data_and_odd_texts() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/vader");
@@ -232,11 +212,8 @@ mod tests {
             let want = reference_tokenize(text);
             assert_eq!(tokenize(text), want, "{text:?}");
             assert_eq!(normalize(text), want.join(" "), "{text:?}");
-            let mut sliced = Vec::new();
-            for_each_ngram_of(&normalize(text), 1, 3, |g| sliced.push(g.to_owned()));
-            let mut joined = Vec::new();
-            for_each_ngram(&want, 1, 3, |g| joined.push(g.to_owned()));
-            assert_eq!(sliced, joined, "{text:?}");
+            let joined: Vec<String> = (1..=3).flat_map(|n| want.windows(n).map(|w| w.join(" "))).collect();
+            assert_eq!(ngrams(text, 1, 3), joined, "{text:?}");
         }
     }
 

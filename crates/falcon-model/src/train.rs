@@ -7,7 +7,7 @@ use crate::eval::evaluate;
 use crate::logistic::{LogisticModel, TrainConfig};
 use crate::model::{SentimentModel, TrainingInfo};
 use crate::tfidf::{TfidfConfig, Vectorizer};
-use crate::tokenize::tokenize;
+use crate::tokenize::normalize;
 
 /// Everything that decides the trained weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,7 +36,7 @@ pub struct Fitted {
 impl Fitted {
     /// Probabilities from the full-precision (`f64`) weights, as the optimiser left them.
     pub fn predict_proba(&self, text: &str) -> Vec<f64> {
-        self.weights.predict_proba(&self.vectorizer.transform(&tokenize(text)))
+        self.weights.predict_proba(&self.vectorizer.transform(&normalize(text)))
     }
 }
 
@@ -49,7 +49,7 @@ pub fn fit(data: &Dataset, opts: &TrainOptions) -> Result<Fitted, ModelError> {
         return Err(ModelError::NoData(format!("{} label(s); a classifier needs 2 or more", data.label_names.len())));
     }
     let (train_idx, test_idx) = stratified_split(&data.labels, opts.test_fraction, opts.seed);
-    let train_docs: Vec<Vec<String>> = train_idx.iter().map(|&i| tokenize(&data.texts[i])).collect();
+    let train_docs: Vec<String> = train_idx.iter().map(|&i| normalize(&data.texts[i])).collect();
     let vectorizer = Vectorizer::fit(&train_docs, opts.tfidf);
     let x_train: Vec<_> = train_docs.iter().map(|d| vectorizer.transform(d)).collect();
     let y_train: Vec<usize> = train_idx.iter().map(|&i| data.labels[i]).collect();
