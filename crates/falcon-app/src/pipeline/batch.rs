@@ -12,7 +12,6 @@ use falcon_backend::Prediction;
 use super::answer::{Answer, AnsweredBy, BatchInferred};
 use super::row::{Answered, Outcome, TextFacts};
 use super::{InferError, Model, Pipeline, RequestMeta, Subject, validate_text};
-use crate::adapters::request_log::LogRecord;
 use crate::telemetry::metrics;
 
 /// What the transport read of a batch request: its entries, unchecked.
@@ -197,7 +196,7 @@ impl Pipeline {
             Ok(answer) => Ok(Answered { labels: backend.labels(), answer }),
             Err(e) => Err((e.error_type(), e.to_string())),
         };
-        log.record(LogRecord::from_outcome(Outcome {
+        Outcome {
             meta,
             worker_id: &self.0.worker_id,
             model_version: backend.model_version(),
@@ -208,6 +207,7 @@ impl Pipeline {
             elapsed,
             inference_ms: slot.inference_ms,
             result,
-        }));
+        }
+        .log_to(log);
     }
 }

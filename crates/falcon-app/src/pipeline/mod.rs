@@ -29,7 +29,7 @@ use self::row::TextFacts;
 use crate::adapters::cache::ResponseCache;
 use crate::adapters::cache::redis::RedisStore;
 use crate::adapters::idempotency::{Claim, ClaimGuard, IdempotencyStore, Record, StoredAnswer};
-use crate::adapters::request_log::{LogRecord, RequestLog};
+use crate::adapters::request_log::RequestLog;
 use crate::ballast::MemoryBallast;
 use crate::error_type::shown;
 use crate::lifecycle::{ModelSlot, Shadow};
@@ -650,7 +650,7 @@ impl Pipeline {
                 }
                 Err(e) => (None, Err((e.error_type(), e.to_string()))),
             };
-            log.record(LogRecord::from_outcome(row::Outcome {
+            row::Outcome {
                 meta,
                 worker_id: &self.0.worker_id,
                 model_version: &model_version,
@@ -661,7 +661,8 @@ impl Pipeline {
                 elapsed,
                 inference_ms,
                 result: outcome,
-            }));
+            }
+            .log_to(log);
         }
         result.map(|Served { answer, model, served, .. }| {
             let by = AnsweredBy { name: Arc::clone(served.name()), model };

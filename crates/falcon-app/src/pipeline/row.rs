@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::Utc;
+
 use super::RequestMeta;
 use super::answer::Answer;
-use crate::adapters::request_log::LogRecord;
+use crate::adapters::request_log::{LogId, LogRecord, LogRow, RequestLog};
 use crate::error_type::ErrorType;
 use crate::text_key::TextKey;
 
@@ -50,37 +52,56 @@ pub(crate) struct Outcome<'a> {
     pub result: Result<Answered<'a>, (ErrorType, String)>,
 }
 
-impl LogRecord {
-    /// The one row of one text's request.
-    pub(crate) fn from_outcome(o: Outcome<'_>) -> Self {
-        let mut row = LogRecord {
-            text_hash: o.text.map(|t| t.hash.clone()),
-            text_length: o.text.map(|t| t.length),
-            success: o.result.is_ok(),
-            processing_time_ms: o.elapsed.as_secs_f64() * 1000.0,
-            inference_time_ms: o.inference_ms,
-            idempotency_key: o.idempotency_key,
-            client_ip: o.meta.client_ip.clone(),
-            api_key_id: o.api_key_id.map(str::to_owned),
-            model_name: o.model_name.map(str::to_owned),
-            ..LogRecord::new(&*o.meta.request_id, o.worker_id, o.model_version)
+impl Outcome<'_> {
+    /// The one row of one text's request, borrowed from the outcome, handed to `f`: the
+    /// request path encodes it into the journal as it is (no `LogRecord`, issue 34).
+    fn with_row<T>(&self, f: impl FnOnce(LogRow<'_>) -> T) -> T {
+        let log_id = LogId::new();
+        let answered = self.result.as_ref().ok();
+        let probabilities = answered.and_then(|a| {
+            let by_label: BTreeMap<&str, f64> = a.answer.prediction.by_label(a.labels).collect();
+            serde_json::to_string(&by_label).ok()
+        });
+        let (error_type, error_message) = match &self.result {
+            Ok(_) => (None, None),
+            Err((error_type, message)) => (Some(error_type.as_str()), Some(message.as_str())),
         };
-        match o.result {
-            Ok(Answered { labels, answer }) => {
-                let p = &answer.prediction;
-                row.prediction = Some(answer.label(labels).to_owned());
-                row.confidence = Some(p.confidence);
-                let by_label: BTreeMap<&str, f64> = p.by_label(labels).collect();
-                row.probabilities = serde_json::to_string(&by_label).ok();
-                row.cache_hit = answer.cache_hit;
-                row.idempotency_hit = answer.idempotency_hit;
-            }
-            Err((error_type, message)) => {
-                row.error_type = Some(error_type.as_str().to_owned());
-                row.error_message = Some(message);
-            }
-        }
-        row
+        f(LogRow {
+            log_id: log_id.as_str(),
+            request_id: &self.meta.request_id,
+            worker_id: self.worker_id,
+            text_hash: self.text.map(|t| t.hash.as_str()),
+            text_length: self.text.map(|t| t.length),
+            prediction: answered.map(|a| a.answer.label(a.labels)),
+            confidence: answered.map(|a| a.answer.prediction.confidence),
+            probabilities: probabilities.as_deref(),
+            cache_hit: answered.is_some_and(|a| a.answer.cache_hit),
+            idempotency_hit: answered.is_some_and(|a| a.answer.idempotency_hit),
+            success: answered.is_some(),
+            processing_time_ms: self.elapsed.as_secs_f64() * 1000.0,
+            inference_time_ms: self.inference_ms,
+            error_type,
+            error_message,
+            idempotency_key: self.idempotency_key.as_deref(),
+            client_ip: self.meta.client_ip.as_deref(),
+            model_version: self.model_version,
+            created_at: Utc::now(),
+            api_key_id: self.api_key_id,
+            model_name: self.model_name,
+        })
+    }
+
+    /// Keeps the outcome's row in the request log.
+    pub(crate) fn log_to(&self, log: &RequestLog) {
+        self.with_row(|row| log.record_row(&row));
+    }
+}
+
+impl LogRecord {
+    /// The one row of one text's request, owned.
+    #[cfg(test)]
+    pub(crate) fn from_outcome(o: Outcome<'_>) -> Self {
+        o.with_row(|row| row.to_record())
     }
 }
 

@@ -39,7 +39,7 @@ use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-pub use record::{COLUMNS, DecodeError, LogRecord, Value};
+pub use record::{COLUMNS, DecodeError, LogId, LogRecord, LogRow, Value};
 pub use retention::Retention;
 pub use sink::{Sink, WriteError};
 pub use spool::Spool;
@@ -87,10 +87,10 @@ pub struct Spooling {
     dead_letter: Spool,
 }
 
-/// Encodes `record` into `buf` (cleared first) and appends it to the journal.
-fn append_to(journal: &Journal, record: &LogRecord, flags: u8, buf: &mut Vec<u8>) -> Result<(), AppendError> {
+/// Encodes `row` into `buf` (cleared first) and appends it to the journal.
+fn append_to(journal: &Journal, row: &LogRow<'_>, flags: u8, buf: &mut Vec<u8>) -> Result<(), AppendError> {
     buf.clear();
-    record.encode(flags, buf);
+    row.encode(flags, buf);
     journal.append(buf)
 }
 
@@ -115,7 +115,7 @@ pub fn open_spool(dir: &Path, worker_id: &str, max_bytes: u64) -> std::io::Resul
         let (records, corrupt) = legacy.read_all()?;
         let mut buf = Vec::new();
         for r in &records {
-            append_to(&journal, r, SPOOLED, &mut buf).map_err(std::io::Error::other)?;
+            append_to(&journal, &r.row(), SPOOLED, &mut buf).map_err(std::io::Error::other)?;
         }
         legacy.clear()?;
         imported = records.len();
@@ -210,28 +210,42 @@ impl RequestLog {
     /// Keeps a record for the writer: in the journal when there is one (durable once this
     /// returns), else in memory.
     pub fn record(&self, record: LogRecord) {
+        if !self.journaled(&record.row()) {
+            self.shared.push_memory(record);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// `record` for a borrowed row: the request path's call, which makes no `LogRecord`
+    /// unless the row has to wait in memory.
+    pub fn record_row(&self, row: &LogRow<'_>) {
+        if !self.journaled(row) {
+            self.shared.push_memory(row.to_record());
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Appends `row` to the journal, if there is one and it takes the row.
+    fn journaled(&self, row: &LogRow<'_>) -> bool {
         let shared = &self.shared;
-        if let Some(journal) = &shared.journal {
-            let flags = if shared.journal_backlog() >= shared.capacity as u64 { SPOOLED } else { 0 };
-            let appended = ENCODED.with_borrow_mut(|buf| append_to(journal, &record, flags, buf));
-            match appended {
-                Ok(()) => {
-                    shared.appended.fetch_add(1, Ordering::Relaxed);
-                    if flags == SPOOLED {
-                        counter!(LOG_SPOOLED).increment(1);
-                    }
-                    shared.wake.notify_one();
-                    return;
+        let Some(journal) = &shared.journal else { return false };
+        let flags = if shared.journal_backlog() >= shared.capacity as u64 { SPOOLED } else { 0 };
+        match ENCODED.with_borrow_mut(|buf| append_to(journal, row, flags, buf)) {
+            Ok(()) => {
+                shared.appended.fetch_add(1, Ordering::Relaxed);
+                if flags == SPOOLED {
+                    counter!(LOG_SPOOLED).increment(1);
                 }
-                Err(error) => {
-                    if shared.journal_warning.ready() {
-                        tracing::warn!(path = %journal.dir().display(), error = %error, "Log spool refused a record (LOG_SPOOL_MAX_BYTES or disk); keeping it in memory");
-                    }
+                shared.wake.notify_one();
+                true
+            }
+            Err(error) => {
+                if shared.journal_warning.ready() {
+                    tracing::warn!(path = %journal.dir().display(), error = %error, "Log spool refused a record (LOG_SPOOL_MAX_BYTES or disk); keeping it in memory");
                 }
+                false
             }
         }
-        shared.push_memory(record);
-        shared.wake.notify_one();
     }
 }
 
@@ -372,7 +386,7 @@ impl Writer {
         let mut buf = Vec::new();
         for record in shared.take_memory(usize::MAX) {
             let kept_on_disk =
-                shared.journal.as_ref().is_some_and(|j| append_to(j, &record, SPOOLED, &mut buf).is_ok());
+                shared.journal.as_ref().is_some_and(|j| append_to(j, &record.row(), SPOOLED, &mut buf).is_ok());
             if kept_on_disk { kept += 1 } else { lost += 1 }
         }
         // Closing the pool lets SQLite merge its write-ahead log into the database file and

@@ -17,7 +17,7 @@ pub enum Value<'a> {
     Bool(bool),
     /// JSON text.
     Json(Option<&'a str>),
-    Time(&'a DateTime<Utc>),
+    Time(DateTime<Utc>),
 }
 
 /// How a column is stored: as its Rust type says, or as JSON text.
@@ -27,17 +27,41 @@ enum Stored {
     Json,
 }
 
-/// A column's Rust type: its `Value`, its value in an empty record, and how the journal reads
-/// it back (`name` says which column a required value is missing from).
+/// A column's Rust type: how a row borrows it (`Ref`), its `Value`, its value in an empty
+/// record, and how the journal reads it back (`name` says which column a required value is
+/// missing from).
 trait Column: Sized {
-    fn value(&self, stored: Stored) -> Value<'_>;
+    type Ref<'a>: Copy;
+    fn borrow(&self) -> Self::Ref<'_>;
+    fn own(r: Self::Ref<'_>) -> Self;
+    fn value<'a>(r: Self::Ref<'a>, stored: Stored) -> Value<'a>;
     fn empty() -> Self;
     fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError>;
 }
 
+/// A column whose borrowed form is the value itself.
+macro_rules! copied_column {
+    () => {
+        type Ref<'a> = Self;
+        fn borrow(&self) -> Self {
+            *self
+        }
+        fn own(r: Self) -> Self {
+            r
+        }
+    };
+}
+
 impl Column for String {
-    fn value(&self, _: Stored) -> Value<'_> {
-        Value::Text(Some(self))
+    type Ref<'a> = &'a str;
+    fn borrow(&self) -> &str {
+        self
+    }
+    fn own(r: &str) -> Self {
+        r.to_owned()
+    }
+    fn value<'a>(r: Self::Ref<'a>, _: Stored) -> Value<'a> {
+        Value::Text(Some(r))
     }
     fn empty() -> Self {
         String::new()
@@ -48,10 +72,17 @@ impl Column for String {
 }
 
 impl Column for Option<String> {
-    fn value(&self, stored: Stored) -> Value<'_> {
+    type Ref<'a> = Option<&'a str>;
+    fn borrow(&self) -> Option<&str> {
+        self.as_deref()
+    }
+    fn own(r: Option<&str>) -> Self {
+        r.map(str::to_owned)
+    }
+    fn value<'a>(r: Self::Ref<'a>, stored: Stored) -> Value<'a> {
         match stored {
-            Stored::AsTyped => Value::Text(self.as_deref()),
-            Stored::Json => Value::Json(self.as_deref()),
+            Stored::AsTyped => Value::Text(r),
+            Stored::Json => Value::Json(r),
         }
     }
     fn empty() -> Self {
@@ -63,8 +94,9 @@ impl Column for Option<String> {
 }
 
 impl Column for Option<i32> {
-    fn value(&self, _: Stored) -> Value<'_> {
-        Value::Int(*self)
+    copied_column!();
+    fn value<'a>(r: Self, _: Stored) -> Value<'a> {
+        Value::Int(r)
     }
     fn empty() -> Self {
         None
@@ -75,8 +107,9 @@ impl Column for Option<i32> {
 }
 
 impl Column for Option<f64> {
-    fn value(&self, _: Stored) -> Value<'_> {
-        Value::Float(*self)
+    copied_column!();
+    fn value<'a>(r: Self, _: Stored) -> Value<'a> {
+        Value::Float(r)
     }
     fn empty() -> Self {
         None
@@ -87,8 +120,9 @@ impl Column for Option<f64> {
 }
 
 impl Column for f64 {
-    fn value(&self, _: Stored) -> Value<'_> {
-        Value::Float(Some(*self))
+    copied_column!();
+    fn value<'a>(r: Self, _: Stored) -> Value<'a> {
+        Value::Float(Some(r))
     }
     fn empty() -> Self {
         0.0
@@ -99,8 +133,9 @@ impl Column for f64 {
 }
 
 impl Column for bool {
-    fn value(&self, _: Stored) -> Value<'_> {
-        Value::Bool(*self)
+    copied_column!();
+    fn value<'a>(r: Self, _: Stored) -> Value<'a> {
+        Value::Bool(r)
     }
     fn empty() -> Self {
         false
@@ -111,8 +146,9 @@ impl Column for bool {
 }
 
 impl Column for DateTime<Utc> {
-    fn value(&self, _: Stored) -> Value<'_> {
-        Value::Time(self)
+    copied_column!();
+    fn value<'a>(r: Self, _: Stored) -> Value<'a> {
+        Value::Time(r)
     }
     fn empty() -> Self {
         Utc::now()
@@ -140,10 +176,33 @@ macro_rules! log_record {
         /// is the database's own).
         pub const COLUMNS: [&str; COLUMN_COUNT] = [$(stringify!($field)),*];
 
-        impl LogRecord {
+        /// One row of `inference_logs`, borrowed: what the request path encodes into the
+        /// journal without building a `LogRecord` (issue 34), and what a record lends the
+        /// sinks.
+        // Each field's type is its column's `Column::Ref`: `&str` for text, the value itself
+        // for the rest; the trait stays private, the types it names do not.
+        #[allow(private_interfaces)]
+        #[derive(Debug, Clone, Copy)]
+        pub struct LogRow<'a> {
+            $(pub $field: <$ty as Column>::Ref<'a>,)*
+        }
+
+        impl<'a> LogRow<'a> {
             /// Every column's value, in `COLUMNS` order, as stored.
-            fn stored_values(&self) -> [Value<'_>; COLUMN_COUNT] {
-                [$(Column::value(&self.$field, Stored::$stored)),*]
+            pub fn values(&self) -> [Value<'a>; COLUMN_COUNT] {
+                [$(<$ty as Column>::value(self.$field, Stored::$stored)),*]
+            }
+
+            /// The row as an owned record.
+            pub fn to_record(&self) -> LogRecord {
+                LogRecord { $($field: <$ty as Column>::own(self.$field),)* }
+            }
+        }
+
+        impl LogRecord {
+            /// The record, borrowed field for field.
+            fn borrowed(&self) -> LogRow<'_> {
+                LogRow { $($field: Column::borrow(&self.$field),)* }
             }
 
             /// A record with every column empty (NULL, false, 0) and the time now.
@@ -218,7 +277,7 @@ impl LogRecord {
     /// A fresh record id: a UUID v7 (time-ordered, so the unique index takes it at its
     /// right edge).
     pub fn new_log_id() -> String {
-        uuid::Uuid::now_v7().simple().to_string()
+        LogId::new().as_str().to_owned()
     }
 
     /// The record's id; a record spooled before log ids existed is known by its request id.
@@ -226,12 +285,32 @@ impl LogRecord {
         if self.log_id.is_empty() { &self.request_id } else { &self.log_id }
     }
 
+    /// The record as a row; a record without a log id (an older build's spool) is written
+    /// under its request id.
+    pub fn row(&self) -> LogRow<'_> {
+        LogRow { log_id: self.log_id(), ..self.borrowed() }
+    }
+
     /// The record's values, in `COLUMNS` order.
     pub fn values(&self) -> [Value<'_>; COLUMN_COUNT] {
-        let mut values = self.stored_values();
-        // A record without a log id (an older build's spool) is written under its request id.
-        values[0] = Value::Text(Some(self.log_id()));
-        values
+        self.row().values()
+    }
+}
+
+/// A fresh record id on the stack: a UUID v7 in lowercase hex, without hyphens.
+pub struct LogId([u8; uuid::fmt::Simple::LENGTH]);
+
+impl LogId {
+    #[allow(clippy::new_without_default)] // each call is a new id, not a default
+    pub fn new() -> Self {
+        let mut id = [0; uuid::fmt::Simple::LENGTH];
+        uuid::Uuid::now_v7().simple().encode_lower(&mut id);
+        Self(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits are always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -249,6 +328,13 @@ pub struct DecodeError(&'static str);
 
 impl LogRecord {
     /// Appends the record's encoding to `out`.
+    pub fn encode(&self, flags: u8, out: &mut Vec<u8>) {
+        self.row().encode(flags, out);
+    }
+}
+
+impl LogRow<'_> {
+    /// Appends the row's encoding to `out`.
     pub fn encode(&self, flags: u8, out: &mut Vec<u8>) {
         fn text(out: &mut Vec<u8>, v: &str) {
             out.extend_from_slice(&(v.len() as u32).to_le_bytes());
@@ -283,7 +369,9 @@ impl LogRecord {
             }
         }
     }
+}
 
+impl LogRecord {
     /// Reads a record written by `encode`; returns it and its flags.
     pub fn decode(bytes: &[u8]) -> Result<(Self, u8), DecodeError> {
         let mut d = Decoder(bytes);
@@ -467,6 +555,11 @@ mod tests {
             model_name: Some("topics".into()),
             ..LogRecord::new("req", "w", "v")
         };
+        let row = full.row();
+        assert_eq!(row.to_record(), full, "a row owns back every field");
+        let mut from_row = Vec::new();
+        row.encode(1, &mut from_row);
+        assert_eq!(LogRecord::decode(&from_row).unwrap(), (full.clone(), 1), "a row encodes as its record");
         for (record, flags) in [(full, 1u8), (LogRecord::new("r", "w", "v"), 0)] {
             let mut bytes = Vec::new();
             record.encode(flags, &mut bytes);
@@ -486,5 +579,17 @@ mod tests {
         let r: LogRecord = serde_json::from_str(json).unwrap();
         assert_eq!(r.log_id(), "req-9");
         assert!(matches!(r.values()[0], Value::Text(Some("req-9"))));
+        assert_eq!(r.row().log_id, "req-9");
+    }
+
+    #[test]
+    fn log_ids_are_time_ordered_hex() {
+        let (a, b) = (LogId::new(), LogId::new());
+        for id in [a.as_str(), b.as_str()] {
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+            assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+        }
+        assert!(a.as_str() < b.as_str(), "the unique index takes new ids at its right edge");
     }
 }

@@ -12,6 +12,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
@@ -266,12 +267,13 @@ impl Sink {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for r in rows {
                 for value in r.values() {
+                    // Text goes in as `Arc<str>`, which sqlx keeps as it is: one copy of
+                    // the value (a `&str` is copied into a `String`, then boxed in an `Arc`).
                     q = match value {
-                        Value::Text(v) => q.bind(v),
+                        Value::Text(v) | Value::Json(v) => q.bind(v.map(Arc::<str>::from)),
                         Value::Int(v) => q.bind(v),
                         Value::Float(v) => q.bind(v),
                         Value::Bool(v) => q.bind(v),
-                        Value::Json(v) => q.bind(v),
                         Value::Time(v) => q.bind(v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                     };
                 }
