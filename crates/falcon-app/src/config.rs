@@ -297,7 +297,8 @@ pub struct DatabaseConfig {
     #[arg(long, env = "LOG_SPOOL_MAX_BYTES", default_value_t = 1 << 30,
           value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub log_spool_max_bytes: u64,
-    /// Request-log batches written at once (each on its own connection).
+    /// Request-log batches written at once to Postgres (each on its own connection); the
+    /// embedded SQLite file takes one at a time.
     #[arg(long, env = "LOG_WRITER_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub log_writer_concurrency: u32,

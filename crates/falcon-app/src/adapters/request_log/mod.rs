@@ -258,7 +258,7 @@ pub struct WriterConfig {
     pub batch_window: Duration,
     /// Deadline for one database operation.
     pub op_timeout: Duration,
-    /// Batches written at once (`LOG_WRITER_CONCURRENCY`).
+    /// Batches written at once (`LOG_WRITER_CONCURRENCY`; SQLite: one, `Sink::concurrency`).
     pub concurrency: usize,
     /// The writer thread's `nice` (`LOG_WRITER_NICE`): how readily it yields the CPU to
     /// request threads.
@@ -294,6 +294,7 @@ pub fn start(
         journal_warning: Throttle::new(Duration::from_secs(10)),
     });
     let available = Arc::new(AtomicBool::new(false));
+    let config = WriterConfig { concurrency: sink.concurrency(config.concurrency), ..config };
     let state = WriterState {
         sink: sink.clone(),
         breaker: Arc::clone(&breaker),
@@ -545,7 +546,7 @@ impl WriterState {
             // Fill the writer's slots: retries first, then the journal, then memory, once a
             // whole batch waits or the window since the last one has passed.
             let mut found_none = false;
-            while !paused && in_flight.len() < self.config.concurrency.max(1) {
+            while !paused && in_flight.len() < self.config.concurrency {
                 let out = in_flight_rows + retry.iter().map(|b| b.records.len() as u64).sum::<u64>();
                 let take = closing || last_full || self.batch_ready(gathering_since, out);
                 let batch = match retry.pop_front() {
