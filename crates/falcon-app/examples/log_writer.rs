@@ -175,7 +175,7 @@ async fn main() {
                     r
                 })
                 .collect();
-            std::fs::write(&path, request_log::sink::copy_text(&records)).unwrap();
+            std::fs::write(&path, request_log::sink::copy_text(&records).unwrap()).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             let copy = format!("COPY inference_logs ({}) FROM '{path}'", request_log::COLUMNS.join(", "));

@@ -39,7 +39,7 @@ use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-pub use record::{COLUMNS, DecodeError, LogId, LogRecord, LogRow, Value};
+pub use record::{AsRow, COLUMNS, DecodeError, Encoded, LogId, LogRecord, LogRow, Value};
 pub use retention::Retention;
 pub use sink::{Sink, WriteError};
 pub use spool::Spool;
@@ -131,7 +131,7 @@ struct Shared {
     journal: Option<Journal>,
     /// Records waiting in memory: all of them with the spool off, else those the journal
     /// refused (its bound reached, or the disk failing).
-    memory: Mutex<VecDeque<LogRecord>>,
+    memory: Mutex<VecDeque<Encoded>>,
     capacity: usize,
     /// Records appended to the journal, and those the database has: their difference is
     /// the backlog that marks a record as spooled.
@@ -155,7 +155,7 @@ impl Shared {
         }
     }
 
-    fn push_memory(&self, record: LogRecord) {
+    fn push_memory(&self, record: Encoded) {
         let Ok(mut q) = self.memory.lock() else { return self.count_dropped(1) };
         q.push_back(record);
         let over = q.len().saturating_sub(self.capacity);
@@ -166,10 +166,10 @@ impl Shared {
         }
     }
 
-    fn take_memory(&self, max: usize) -> Vec<LogRecord> {
+    fn take_memory(&self, max: usize) -> Vec<Encoded> {
         let Ok(mut q) = self.memory.lock() else { return Vec::new() };
         let n = q.len().min(max);
-        let taken: Vec<LogRecord> = q.drain(..n).collect();
+        let taken: Vec<Encoded> = q.drain(..n).collect();
         self.held.fetch_add(taken.len(), Ordering::Relaxed);
         taken
     }
@@ -210,17 +210,13 @@ impl RequestLog {
     /// Keeps a record for the writer: in the journal when there is one (durable once this
     /// returns), else in memory.
     pub fn record(&self, record: LogRecord) {
-        if !self.journaled(&record.row()) {
-            self.shared.push_memory(record);
-            self.shared.wake.notify_one();
-        }
+        self.record_row(&record.row());
     }
 
-    /// `record` for a borrowed row: the request path's call, which makes no `LogRecord`
-    /// unless the row has to wait in memory.
+    /// `record` for a borrowed row: the request path's call, which makes no `LogRecord`.
     pub fn record_row(&self, row: &LogRow<'_>) {
         if !self.journaled(row) {
-            self.shared.push_memory(row.to_record());
+            self.shared.push_memory(Encoded::of(row));
             self.shared.wake.notify_one();
         }
     }
@@ -386,8 +382,10 @@ impl Writer {
         let mut kept = 0u64;
         let mut buf = Vec::new();
         for record in shared.take_memory(usize::MAX) {
-            let kept_on_disk =
-                shared.journal.as_ref().is_some_and(|j| append_to(j, &record.row(), SPOOLED, &mut buf).is_ok());
+            let kept_on_disk = shared.journal.as_ref().is_some_and(|j| {
+                record.with_flags(SPOOLED, &mut buf);
+                j.append(&buf).is_ok()
+            });
             if kept_on_disk { kept += 1 } else { lost += 1 }
         }
         // Closing the pool lets SQLite merge its write-ahead log into the database file and
@@ -442,7 +440,7 @@ enum Origin {
 
 /// Rows on their way to the database.
 struct Batch {
-    records: Vec<LogRecord>,
+    records: Vec<Encoded>,
     origin: Origin,
     /// Records that count as replayed once written.
     replayed: usize,
@@ -487,7 +485,7 @@ struct WriterState {
     read_warning: Throttle,
 }
 
-async fn write_batch(sink: Sink, batch: &[LogRecord], timeout: Duration) -> Outcome {
+async fn write_batch(sink: Sink, batch: &[Encoded], timeout: Duration) -> Outcome {
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, sink.write(batch)).await;
     histogram!(DB_DURATION, "operation" => "insert").record(started.elapsed().as_secs_f64());
@@ -682,7 +680,7 @@ impl WriterState {
                     let mut replayed = 0;
                     let mut corrupt = read.corrupt;
                     for frame in &read.frames {
-                        match LogRecord::decode(read.payload(frame)) {
+                        match Encoded::new(read.payload(frame)) {
                             Ok((record, flags)) => {
                                 replayed += usize::from(frame.recovered || flags & SPOOLED != 0);
                                 records.push(record);
@@ -775,7 +773,7 @@ impl WriterState {
                 }
                 Outcome::Unavailable { .. } => {
                     // Try again later, all of it: rows written meanwhile are not duplicated.
-                    let mut rest: Vec<LogRecord> = parts.into_iter().flatten().collect();
+                    let mut rest: Vec<Encoded> = parts.into_iter().flatten().collect();
                     rest.extend(part);
                     rest.extend(written);
                     rest.extend(dead);
@@ -789,11 +787,20 @@ impl WriterState {
         Ok(Batch { records: written, origin, replayed, rejections })
     }
 
-    fn dead_letter(&mut self, rows: &[LogRecord], error: &str) {
-        if rows.is_empty() {
+    fn dead_letter(&mut self, encoded: &[Encoded], error: &str) {
+        if encoded.is_empty() {
             return;
         }
-        counter!(LOG_DEAD_LETTER).increment(rows.len() as u64);
+        counter!(LOG_DEAD_LETTER).increment(encoded.len() as u64);
+        // The file holds JSON lines a person can read and replay: each record decoded.
+        // (Every batch record was checked to decode when it was made.)
+        let rows: Vec<LogRecord> = encoded.iter().filter_map(|r| r.as_row().ok()).map(|r| r.to_record()).collect();
+        let undecodable = encoded.len() - rows.len();
+        if undecodable > 0 {
+            counter!(DROPPED_LOGS).increment(undecodable as u64);
+            tracing::error!(undecodable, "Rejected request-log records that do not decode; dropped");
+        }
+        let rows = rows.as_slice();
         let kept = self.dead_letter.as_mut().map(|file| (file.path().to_path_buf(), file.append(rows, true)));
         match kept {
             Some((path, Ok(0))) => {

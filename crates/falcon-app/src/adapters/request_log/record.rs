@@ -35,8 +35,10 @@ trait Column: Sized {
     fn borrow(&self) -> Self::Ref<'_>;
     fn own(r: Self::Ref<'_>) -> Self;
     fn value<'a>(r: Self::Ref<'a>, stored: Stored) -> Value<'a>;
-    fn empty() -> Self;
-    fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError>;
+    /// The column's value in an empty record (NULL, false, 0, "", the time now), and in a
+    /// journal record of a version before the column.
+    fn absent<'a>() -> Self::Ref<'a>;
+    fn decode<'a>(d: &mut Decoder<'a>, name: &'static str) -> Result<Self::Ref<'a>, DecodeError>;
 }
 
 /// A column whose borrowed form is the value itself.
@@ -63,10 +65,10 @@ impl Column for String {
     fn value<'a>(r: Self::Ref<'a>, _: Stored) -> Value<'a> {
         Value::Text(Some(r))
     }
-    fn empty() -> Self {
-        String::new()
+    fn absent<'a>() -> Self::Ref<'a> {
+        ""
     }
-    fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, name: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         d.text()?.ok_or(DecodeError(name))
     }
 }
@@ -85,10 +87,10 @@ impl Column for Option<String> {
             Stored::Json => Value::Json(r),
         }
     }
-    fn empty() -> Self {
+    fn absent<'a>() -> Self::Ref<'a> {
         None
     }
-    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, _: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         d.text()
     }
 }
@@ -98,10 +100,10 @@ impl Column for Option<i32> {
     fn value<'a>(r: Self, _: Stored) -> Value<'a> {
         Value::Int(r)
     }
-    fn empty() -> Self {
+    fn absent<'a>() -> Self::Ref<'a> {
         None
     }
-    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, _: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         Ok(d.fixed::<4>()?.map(i32::from_le_bytes))
     }
 }
@@ -111,10 +113,10 @@ impl Column for Option<f64> {
     fn value<'a>(r: Self, _: Stored) -> Value<'a> {
         Value::Float(r)
     }
-    fn empty() -> Self {
+    fn absent<'a>() -> Self::Ref<'a> {
         None
     }
-    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, _: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         Ok(d.fixed::<8>()?.map(f64::from_le_bytes))
     }
 }
@@ -124,10 +126,10 @@ impl Column for f64 {
     fn value<'a>(r: Self, _: Stored) -> Value<'a> {
         Value::Float(Some(r))
     }
-    fn empty() -> Self {
+    fn absent<'a>() -> Self::Ref<'a> {
         0.0
     }
-    fn decode(d: &mut Decoder<'_>, name: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, name: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         d.fixed::<8>()?.map(f64::from_le_bytes).ok_or(DecodeError(name))
     }
 }
@@ -137,10 +139,10 @@ impl Column for bool {
     fn value<'a>(r: Self, _: Stored) -> Value<'a> {
         Value::Bool(r)
     }
-    fn empty() -> Self {
+    fn absent<'a>() -> Self::Ref<'a> {
         false
     }
-    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, _: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         d.flag()
     }
 }
@@ -150,10 +152,10 @@ impl Column for DateTime<Utc> {
     fn value<'a>(r: Self, _: Stored) -> Value<'a> {
         Value::Time(r)
     }
-    fn empty() -> Self {
+    fn absent<'a>() -> Self::Ref<'a> {
         Utc::now()
     }
-    fn decode(d: &mut Decoder<'_>, _: &'static str) -> Result<Self, DecodeError> {
+    fn decode<'a>(d: &mut Decoder<'a>, _: &'static str) -> Result<Self::Ref<'a>, DecodeError> {
         let secs = i64::from_le_bytes(d.array::<8>()?);
         let nanos = u32::from_le_bytes(d.array::<4>()?);
         DateTime::from_timestamp(secs, nanos).ok_or(DecodeError("bad time"))
@@ -207,16 +209,19 @@ macro_rules! log_record {
 
             /// A record with every column empty (NULL, false, 0) and the time now.
             fn empty() -> Self {
-                Self { $($field: <$ty as Column>::empty(),)* }
+                LogRow { $($field: <$ty as Column>::absent(),)* }.to_record()
             }
+        }
 
-            /// The columns of a journal record of `version`: a column added after it is empty.
-            fn decode_columns(d: &mut Decoder<'_>, version: u8) -> Result<Self, DecodeError> {
+        impl<'a> LogRow<'a> {
+            /// The columns of a journal record of `version`, borrowed from it: a column added
+            /// after that version is empty.
+            fn decode_columns(d: &mut Decoder<'a>, version: u8) -> Result<Self, DecodeError> {
                 Ok(Self {
                     $($field: if version >= $since {
                         <$ty as Column>::decode(d, concat!("no ", stringify!($field)))?
                     } else {
-                        <$ty as Column>::empty()
+                        <$ty as Column>::absent()
                     },)*
                 })
             }
@@ -297,6 +302,56 @@ impl LogRecord {
     }
 }
 
+/// A record as the journal encodes it (version, flags, columns), known to decode: what the
+/// writer batches, keeps in memory and hands to the sinks, which read it borrowed. A journal
+/// frame is copied once, not decoded into a `String` a text column (issue 34).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded(Box<[u8]>);
+
+impl Encoded {
+    /// `bytes` as a record, with its flags; an error when they do not decode.
+    pub fn new(bytes: &[u8]) -> Result<(Self, u8), DecodeError> {
+        let (_, flags) = LogRow::decode(bytes)?;
+        Ok((Self(bytes.into()), flags))
+    }
+
+    /// `row`, encoded without flags.
+    pub fn of(row: &LogRow<'_>) -> Self {
+        let mut bytes = Vec::new();
+        row.encode(0, &mut bytes);
+        Self(bytes.into_boxed_slice())
+    }
+
+    /// The encoding with `flags` in place of its own, into `out` (cleared first).
+    pub fn with_flags(&self, flags: u8, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.0);
+        if let Some(own) = out.get_mut(1) {
+            *own = flags;
+        }
+    }
+}
+
+/// A record a sink writes: owned, or encoded.
+pub trait AsRow {
+    /// The record as a row; an error only for bytes that do not decode.
+    fn as_row(&self) -> Result<LogRow<'_>, DecodeError>;
+}
+
+impl AsRow for LogRecord {
+    fn as_row(&self) -> Result<LogRow<'_>, DecodeError> {
+        Ok(self.row())
+    }
+}
+
+impl AsRow for Encoded {
+    fn as_row(&self) -> Result<LogRow<'_>, DecodeError> {
+        let (row, _) = LogRow::decode(&self.0)?;
+        // A record without a log id (an older build's) is written under its request id.
+        Ok(if row.log_id.is_empty() { LogRow { log_id: row.request_id, ..row } } else { row })
+    }
+}
+
 /// A fresh record id on the stack: a UUID v7 in lowercase hex, without hyphens.
 pub struct LogId([u8; uuid::fmt::Simple::LENGTH]);
 
@@ -374,24 +429,31 @@ impl LogRow<'_> {
 impl LogRecord {
     /// Reads a record written by `encode`; returns it and its flags.
     pub fn decode(bytes: &[u8]) -> Result<(Self, u8), DecodeError> {
+        LogRow::decode(bytes).map(|(row, flags)| (row.to_record(), flags))
+    }
+}
+
+impl<'a> LogRow<'a> {
+    /// Reads a record written by `encode`, borrowed from `bytes`; returns it and its flags.
+    pub fn decode(bytes: &'a [u8]) -> Result<(Self, u8), DecodeError> {
         let mut d = Decoder(bytes);
         let version = d.take(1)?[0];
         if !(1..=ENCODING_VERSION).contains(&version) {
             return Err(DecodeError("unknown version"));
         }
         let flags = d.take(1)?[0];
-        let record = Self::decode_columns(&mut d, version)?;
+        let row = Self::decode_columns(&mut d, version)?;
         if !d.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
-        Ok((record, flags))
+        Ok((row, flags))
     }
 }
 
 struct Decoder<'a>(&'a [u8]);
 
-impl Decoder<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError("truncated"));
         }
@@ -418,10 +480,10 @@ impl Decoder<'_> {
         if self.flag()? { self.array::<N>().map(Some) } else { Ok(None) }
     }
 
-    fn text(&mut self) -> Result<Option<String>, DecodeError> {
+    fn text(&mut self) -> Result<Option<&'a str>, DecodeError> {
         let Some(len) = self.fixed::<4>()? else { return Ok(None) };
         let bytes = self.take(u32::from_le_bytes(len) as usize)?;
-        std::str::from_utf8(bytes).map(|s| Some(s.to_string())).map_err(|_| DecodeError("bad UTF-8"))
+        std::str::from_utf8(bytes).map(Some).map_err(|_| DecodeError("bad UTF-8"))
     }
 }
 
@@ -581,6 +643,29 @@ mod tests {
         assert!(matches!(r.values()[0], Value::Text(Some("req-9"))));
         assert_eq!(r.row().log_id, "req-9");
     }
+
+    #[test]
+    fn an_encoded_record_reads_back_borrowed_and_is_checked_when_made() {
+        let r = LogRecord { probabilities: Some(r#"{"a":1.0}"#.into()), ..LogRecord::new("req", "w", "v") };
+        let encoded = Encoded::of(&r.row());
+        assert_eq!(encoded.as_row().unwrap().to_record(), r);
+        let mut bytes = Vec::new();
+        encoded.with_flags(SPOOLED_FOR_TEST, &mut bytes);
+        let (again, flags) = Encoded::new(&bytes).unwrap();
+        assert_eq!((again.as_row().unwrap().to_record(), flags), (r.clone(), SPOOLED_FOR_TEST));
+        assert!(Encoded::new(&bytes[..bytes.len() - 1]).is_err(), "a torn record is refused when made");
+        assert!(Encoded::new(&[]).is_err());
+        // A record encoded without a log id (an older build's) is written under its request id.
+        let (old, _) = Encoded::new(&{
+            let mut b = Vec::new();
+            LogRow { log_id: "", ..r.row() }.encode(0, &mut b);
+            b
+        })
+        .unwrap();
+        assert_eq!(old.as_row().unwrap().log_id, "req");
+    }
+
+    const SPOOLED_FOR_TEST: u8 = 1;
 
     #[test]
     fn log_ids_are_time_ordered_hex() {

@@ -19,7 +19,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-use super::{COLUMNS, LogRecord, Value};
+use super::{AsRow, COLUMNS, DecodeError, Value};
 
 /// `COPY inference_logs (…) FROM STDIN` into `table`.
 fn copy_into(table: &str) -> String {
@@ -51,7 +51,7 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 128;
 
 /// `batch` in chunks of `SQLITE_ROWS_PER_STATEMENT` rows, then the rest in chunks of the
 /// largest power of two that fits: every chunk's length is a power of two up to 128.
-fn sqlite_chunks(batch: &[LogRecord]) -> impl Iterator<Item = &[LogRecord]> {
+fn sqlite_chunks<R>(batch: &[R]) -> impl Iterator<Item = &[R]> {
     let mut rest = batch;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -88,6 +88,11 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// A record that does not decode: the database never saw it, and retrying will not help.
+    fn undecodable(error: DecodeError) -> Self {
+        Self::Rejected(error.to_string())
+    }
+
     /// Sorts a database error: only errors the rows cause are `Rejected`.
     fn classify(error: &sqlx::Error) -> Self {
         let text = error.to_string();
@@ -111,8 +116,9 @@ impl WriteError {
     }
 }
 
-/// A batch in COPY's text format: tab-separated, one row a line, `\N` for NULL.
-pub fn copy_text(batch: &[LogRecord]) -> String {
+/// A batch in COPY's text format: tab-separated, one row a line, `\N` for NULL; an error
+/// when a record does not decode.
+pub fn copy_text<R: AsRow>(batch: &[R]) -> Result<String, DecodeError> {
     use std::fmt::Write;
     fn text(out: &mut String, v: &str) {
         for ch in v.chars() {
@@ -139,7 +145,7 @@ pub fn copy_text(batch: &[LogRecord]) -> String {
     const NULL: &str = "\\N";
     let mut out = String::with_capacity(batch.len() * 320);
     for r in batch {
-        for (i, value) in r.values().into_iter().enumerate() {
+        for (i, value) in r.as_row()?.values().into_iter().enumerate() {
             if i > 0 {
                 out.push('\t');
             }
@@ -157,7 +163,7 @@ pub fn copy_text(batch: &[LogRecord]) -> String {
         }
         out.push('\n');
     }
-    out
+    Ok(out)
 }
 
 /// A database for request-log rows.
@@ -247,18 +253,21 @@ impl Sink {
 
     /// Writes a batch atomically; returns the rows actually inserted (a record already
     /// there is skipped).
-    pub async fn write(&self, batch: &[LogRecord]) -> Result<u64, WriteError> {
+    pub async fn write<R: AsRow + Sync>(&self, batch: &[R]) -> Result<u64, WriteError> {
         if batch.is_empty() {
             return Ok(0);
         }
         let written = match self {
-            Self::Postgres(pool) => match Self::copy(pool, batch).await {
-                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                    Self::insert_skipping_duplicates(pool, batch).await
+            Self::Postgres(pool) => {
+                let data = copy_text(batch).map_err(WriteError::undecodable)?;
+                match Self::copy(pool, &data).await {
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                        Self::insert_skipping_duplicates(pool, &data).await
+                    }
+                    done => done,
                 }
-                done => done,
-            },
-            Self::Sqlite(pool) => Self::sqlite_insert(pool, batch).await,
+            }
+            Self::Sqlite(pool) => return Self::sqlite_insert(pool, batch).await,
         };
         written.map_err(|e| WriteError::classify(&e))
     }
@@ -269,18 +278,19 @@ impl Sink {
     /// parameters: so the rows go in chunks of 128 and the rest in chunks of a power of two
     /// (`sqlite_chunks`), at most eight statements in all. (A statement for every length of
     /// the last chunk grew the worker by megabytes as new lengths came.)
-    async fn sqlite_insert(pool: &SqlitePool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
+    async fn sqlite_insert<R: AsRow + Sync>(pool: &SqlitePool, batch: &[R]) -> Result<u64, WriteError> {
         static STATEMENTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
-        let mut tx = pool.begin().await?;
+        let classify = |e: sqlx::Error| WriteError::classify(&e);
+        let mut tx = pool.begin().await.map_err(classify)?;
         let mut inserted = 0;
         for rows in sqlite_chunks(batch) {
             let size = rows.len();
             let sql = STATEMENTS[size.trailing_zeros() as usize].get_or_init(|| sqlite_insert(size));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for r in rows {
-                for value in r.values() {
-                    // Text goes in as `Arc<str>`, which sqlx keeps as it is: one copy of
-                    // the value (a `&str` is copied into a `String`, then boxed in an `Arc`).
+                // Text goes in as `Arc<str>`, which sqlx keeps as it is: one copy of the
+                // value (a `&str` is copied into a `String`, then boxed in an `Arc`).
+                for value in r.as_row().map_err(WriteError::undecodable)?.values() {
                     q = match value {
                         Value::Text(v) | Value::Json(v) => q.bind(v.map(Arc::<str>::from)),
                         Value::Int(v) => q.bind(v),
@@ -290,15 +300,14 @@ impl Sink {
                     };
                 }
             }
-            inserted += q.execute(&mut *tx).await?.rows_affected();
+            inserted += q.execute(&mut *tx).await.map_err(classify)?.rows_affected();
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(classify)?;
         Ok(inserted)
     }
 
     /// The fast path: the batch as one COPY. Any error leaves nothing written.
-    async fn copy(pool: &PgPool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
-        let data = copy_text(batch);
+    async fn copy(pool: &PgPool, data: &str) -> Result<u64, sqlx::Error> {
         let mut conn = pool.acquire().await?;
         let copied = async {
             let mut copy = conn.copy_in_raw(&copy_into("inference_logs")).await?;
@@ -314,8 +323,7 @@ impl Sink {
     }
 
     /// The batch through a scratch table, skipping request ids already in the table.
-    async fn insert_skipping_duplicates(pool: &PgPool, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
-        let data = copy_text(batch);
+    async fn insert_skipping_duplicates(pool: &PgPool, data: &str) -> Result<u64, sqlx::Error> {
         let mut tx = pool.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(stage_table())).execute(&mut *tx).await?;
         let mut copy = (*tx).copy_in_raw(&copy_into(STAGE)).await?;
@@ -355,6 +363,7 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::request_log::LogRecord;
 
     fn record() -> LogRecord {
         LogRecord {
@@ -379,7 +388,7 @@ mod tests {
         let sizes: Vec<usize> = sqlite_chunks(&batch).map(<[LogRecord]>::len).collect();
         assert_eq!(sizes, [128, 128, 128, 64, 32, 16, 4]);
         assert_eq!(sqlite_chunks(&batch[..1]).map(<[LogRecord]>::len).collect::<Vec<_>>(), [1]);
-        assert_eq!(sqlite_chunks(&[]).count(), 0);
+        assert_eq!(sqlite_chunks::<LogRecord>(&[]).count(), 0);
         let mut all = std::collections::BTreeSet::new();
         for n in 0..=600 {
             let chunks: Vec<usize> = sqlite_chunks(&batch[..n.min(500)]).map(<[LogRecord]>::len).collect();
@@ -391,7 +400,7 @@ mod tests {
 
     #[test]
     fn copy_text_escapes_and_marks_nulls() {
-        let text = copy_text(&[record(), record()]);
+        let text = copy_text(&[record(), record()]).unwrap();
         let line = "log-1\treq-1\tw\\t1\t\\N\t12\tpositive\t0.25\t{\"positive\":0.25}\tt\tf\tt\tInfinity\t\\N\t\\N\t\
                     line\\nback\\\\slash\\r\t\\N\t10.0.0.1\tv1\t2026-11-28T12:00:00.500000Z\t\\N\t\\N\n";
         assert_eq!(text, format!("{line}{line}"));
