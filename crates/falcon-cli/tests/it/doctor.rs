@@ -120,13 +120,19 @@ async fn a_database_slowed_by_a_lock_under_load_is_incident_1_with_the_database_
         assert!(Instant::now() < deadline, "the first rows never arrived");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Another session holds the table: every request-log write waits on the lock.
-    let mut holder = std::process::Command::new("psql")
-        .arg(pg.url())
-        .args(["-c", "BEGIN; LOCK TABLE inference_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Another session holds the table: every request-log write waits on the lock. Locking
+    // the partitioned table can deadlock with the worker's own partition maintenance (it
+    // locks a partition, then the parent); Postgres then ends one of the two, and when it is
+    // the holder, a new one takes its place.
+    let hold = || {
+        std::process::Command::new("psql")
+            .arg(pg.url())
+            .args(["-c", "BEGIN; LOCK TABLE inference_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut holder = hold();
     // Load that keeps going through the doctor's window.
     let url = w.url("/infer");
     let load = tokio::spawn(async move {
@@ -147,6 +153,10 @@ async fn a_database_slowed_by_a_lock_under_load_is_incident_1_with_the_database_
         );
         if seen == "t" {
             break;
+        }
+        if let Some(status) = holder.try_wait().unwrap() {
+            eprintln!("the lock holder ended early ({status}); taking the lock again");
+            holder = hold();
         }
         assert!(Instant::now() < deadline, "no long lock holder with a waiting writer after 40 s ({seen})");
         tokio::time::sleep(Duration::from_millis(200)).await;
