@@ -287,13 +287,12 @@ impl LogRecord {
 
     /// The record's id; a record spooled before log ids existed is known by its request id.
     pub fn log_id(&self) -> &str {
-        if self.log_id.is_empty() { &self.request_id } else { &self.log_id }
+        self.row().log_id
     }
 
-    /// The record as a row; a record without a log id (an older build's spool) is written
-    /// under its request id.
+    /// The record as a row (`LogRow::known_by_id`).
     pub fn row(&self) -> LogRow<'_> {
-        LogRow { log_id: self.log_id(), ..self.borrowed() }
+        self.borrowed().known_by_id()
     }
 
     /// The record's values, in `COLUMNS` order.
@@ -346,9 +345,15 @@ impl AsRow for LogRecord {
 
 impl AsRow for Encoded {
     fn as_row(&self) -> Result<LogRow<'_>, DecodeError> {
-        let (row, _) = LogRow::decode(&self.0)?;
-        // A record without a log id (an older build's) is written under its request id.
-        Ok(if row.log_id.is_empty() { LogRow { log_id: row.request_id, ..row } } else { row })
+        LogRow::decode(&self.0).map(|(row, _)| row.known_by_id())
+    }
+}
+
+impl LogRow<'_> {
+    /// The row under its own id: a record without a log id (spooled by an older build) is
+    /// known, and written, by its request id.
+    fn known_by_id(self) -> Self {
+        if self.log_id.is_empty() { Self { log_id: self.request_id, ..self } } else { self }
     }
 }
 

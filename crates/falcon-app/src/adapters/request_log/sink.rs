@@ -257,19 +257,19 @@ impl Sink {
         if batch.is_empty() {
             return Ok(0);
         }
-        let written = match self {
+        match self {
             Self::Postgres(pool) => {
                 let data = copy_text(batch).map_err(WriteError::undecodable)?;
-                match Self::copy(pool, &data).await {
+                let written = match Self::copy(pool, &data).await {
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                         Self::insert_skipping_duplicates(pool, &data).await
                     }
                     done => done,
-                }
+                };
+                written.map_err(|e| WriteError::classify(&e))
             }
-            Self::Sqlite(pool) => return Self::sqlite_insert(pool, batch).await,
-        };
-        written.map_err(|e| WriteError::classify(&e))
+            Self::Sqlite(pool) => Self::sqlite_insert(pool, batch).await,
+        }
     }
 
     /// SQLite: multi-row INSERTs of up to 128 rows, in one transaction. Each statement is a
