@@ -97,7 +97,7 @@ async fn count(pool: &sqlx::PgPool) -> i64 {
 /// before). Every record must still be a row.
 async fn sqlite_retention_cost(rows: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0).await.unwrap();
+    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0, Duration::from_secs(5)).await.unwrap();
     sqlite.migrate().await.unwrap();
     let old = chrono::Utc::now() - chrono::Duration::days(40);
     for chunk in (0..rows).collect::<Vec<_>>().chunks(5_000) {
@@ -145,7 +145,7 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0).await.unwrap();
+    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0, Duration::from_secs(5)).await.unwrap();
     sqlite.migrate().await.unwrap();
     let (rate, record_us) = through_writer(&sqlite, rows, 1, async {}).await;
     println!(

@@ -334,7 +334,7 @@ pub struct DatabaseConfig {
     /// Postgres as one URL (postgres://user:password@host:port/db), instead of POSTGRES_*.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
-    /// Deadline for one request-log write; past it the batch waits in the spool and is retried.
+    /// Deadline for one request-log write; past it the batch waits in the spool and is retried (SQLite: the longest a write waits for another connection's lock).
     #[arg(long, env = "POSTGRES_OPERATION_TIMEOUT_SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub postgres_operation_timeout_seconds: f64,
     /// Request-log records held in memory without a spool, or when the spool refuses (oldest dropped and counted beyond); with a spool, records this far behind the writer count as spooled.

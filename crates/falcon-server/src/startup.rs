@@ -302,7 +302,7 @@ async fn build_request_log(
     let sink = match config.postgres_url() {
         Some(url) => Sink::postgres(url.expose(), d.postgres_pool_size, timeout)
             .context("invalid Postgres settings (DATABASE_URL / POSTGRES_*)")?,
-        None => Sink::sqlite(&d.request_log_sqlite_path, d.log_writer_nice).await.with_context(|| {
+        None => Sink::sqlite(&d.request_log_sqlite_path, d.log_writer_nice, timeout).await.with_context(|| {
             format!("cannot open the request log {} (REQUEST_LOG_SQLITE_PATH)", d.request_log_sqlite_path.display())
         })?,
     };

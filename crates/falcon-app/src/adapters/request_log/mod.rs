@@ -26,6 +26,7 @@ mod record;
 pub mod retention;
 pub mod sink;
 pub mod spool;
+mod sqlite;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -205,7 +205,7 @@ impl Sink {
             Self::Postgres(pool) => {
                 sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(pool).await?
             }
-            Self::Sqlite(pool) => {
+            Self::Sqlite(pool, _) => {
                 sqlx::query_scalar("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
                     .fetch_one(pool)
                     .await?
@@ -224,7 +224,7 @@ impl Sink {
     ) -> Result<Maintenance, sqlx::Error> {
         match self {
             Self::Postgres(pool) => maintain_postgres(pool, retention, now, dry_run).await,
-            Self::Sqlite(pool) => prune_sqlite(pool, retention.cutoff(now), dry_run).await,
+            Self::Sqlite(pool, _) => prune_sqlite(pool, retention.cutoff(now), dry_run).await,
         }
     }
 }
@@ -425,9 +425,9 @@ mod tests {
     #[tokio::test]
     async fn a_new_embedded_log_vacuums_incrementally_and_keeps_whole_days() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::sqlite(&dir.path().join("log.db"), 0).await.unwrap();
+        let sink = Sink::sqlite(&dir.path().join("log.db"), 0, Duration::from_secs(5)).await.unwrap();
         sink.migrate().await.unwrap();
-        let Sink::Sqlite(pool) = &sink else { unreachable!("a SQLite sink") };
+        let Sink::Sqlite(pool, _) = &sink else { unreachable!("a SQLite sink") };
         let pragma = |name: &str| sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("PRAGMA {name}")));
         assert_eq!(pragma("auto_vacuum").fetch_one(pool).await.unwrap(), 2, "incremental from the start");
         let now = at("2026-12-06T10:30:00Z");

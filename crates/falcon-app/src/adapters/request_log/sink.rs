@@ -8,17 +8,18 @@
 //! scratch table and moved with `INSERT … SELECT … ON CONFLICT (log_id) DO NOTHING`: a
 //! record written twice is one row, and nothing is lost. Requests that share a client's
 //! `request_id` are different records and each keeps its row. SQLite: one transaction of prepared single-row inserts,
-//! `ON CONFLICT DO NOTHING`. Every statement derives its columns from `COLUMNS`.
+//! `ON CONFLICT DO NOTHING`, on the writer's own thread (`SqliteRows`). Every statement
+//! derives its columns from `COLUMNS`.
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+use super::sqlite::SqliteRows;
 use super::{AsRow, COLUMNS, DecodeError, Value};
 
 /// `COPY inference_logs (…) FROM STDIN` into `table`.
@@ -46,35 +47,6 @@ fn insert_from_stage() -> String {
     )
 }
 
-/// Rows in one SQLite INSERT: 128 × 20 values stays well below SQLite's limit on bound values.
-const SQLITE_ROWS_PER_STATEMENT: usize = 128;
-
-/// `batch` in chunks of `SQLITE_ROWS_PER_STATEMENT` rows, then the rest in chunks of the
-/// largest power of two that fits: every chunk's length is a power of two up to 128.
-fn sqlite_chunks<R>(batch: &[R]) -> impl Iterator<Item = &[R]> {
-    let mut rest = batch;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let size =
-            if rest.len() >= SQLITE_ROWS_PER_STATEMENT { SQLITE_ROWS_PER_STATEMENT } else { 1 << rest.len().ilog2() };
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        Some(chunk)
-    })
-}
-
-/// A SQLite INSERT of `rows` rows (prepared once per size and cached by the connection).
-fn sqlite_insert(rows: usize) -> String {
-    let row = format!("({})", ["?"; COLUMNS.len()].join(", "));
-    format!(
-        "INSERT INTO inference_logs ({}) VALUES {} ON CONFLICT (log_id) DO NOTHING",
-        COLUMNS.join(", "),
-        vec![row; rows].join(", ")
-    )
-}
-
 /// Why a batch was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -89,24 +61,20 @@ pub enum WriteError {
 
 impl WriteError {
     /// A record that does not decode: the database never saw it, and retrying will not help.
-    fn undecodable(error: DecodeError) -> Self {
+    pub(super) fn undecodable(error: DecodeError) -> Self {
         Self::Rejected(error.to_string())
     }
 
-    /// Sorts a database error: only errors the rows cause are `Rejected`.
+    /// Sorts a Postgres error: only errors the rows cause are `Rejected`.
     fn classify(error: &sqlx::Error) -> Self {
         let text = error.to_string();
         let Some(db) = error.as_database_error() else {
             return Self::Unavailable { error: text, table_missing: false };
         };
         let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-        let rows_at_fault = if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
-            // 22: data exception, 23: integrity constraint, P0: raised by a trigger.
-            code.starts_with("22") || code.starts_with("23") || code.starts_with("P0")
-        } else {
-            // SQLite primary codes: 18 too big, 19 constraint, 20 mismatch, 25 range.
-            code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25))
-        };
+        // 22: data exception, 23: integrity constraint, P0: raised by a trigger. (SQLite's
+        // rows go in by `SqliteRows`, which sorts its own errors.)
+        let rows_at_fault = code.starts_with("22") || code.starts_with("23") || code.starts_with("P0");
         if rows_at_fault {
             Self::Rejected(text)
         } else {
@@ -170,7 +138,8 @@ pub fn copy_text<R: AsRow>(batch: &[R]) -> Result<String, DecodeError> {
 #[derive(Clone, Debug)]
 pub enum Sink {
     Postgres(PgPool),
-    Sqlite(SqlitePool),
+    /// The pool (schema, retention, probe) and the connection the rows go in by.
+    Sqlite(SqlitePool, SqliteRows),
 }
 
 impl Sink {
@@ -186,9 +155,10 @@ impl Sink {
         Ok(Self::Postgres(pool))
     }
 
-    /// The embedded default: a SQLite file, created with its folder when missing. SQLite
-    /// runs on a thread of sqlx's at the writer's `nice`.
-    pub async fn sqlite(path: &Path, nice: i32) -> Result<Self, sqlx::Error> {
+    /// The embedded default: a SQLite file, created with its folder when missing. The pool
+    /// runs SQLite on a thread of sqlx's at the writer's `nice`; rows go in on the thread
+    /// that writes them, waiting up to `busy_timeout` for another connection's lock.
+    pub async fn sqlite(path: &Path, nice: i32, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -221,7 +191,7 @@ impl Sink {
         });
         opener.map_err(sqlx::Error::Io)?;
         let pool = rx.await.map_err(|_| sqlx::Error::PoolClosed)??;
-        Ok(Self::Sqlite(pool))
+        Ok(Self::Sqlite(pool, SqliteRows::new(path, busy_timeout)))
     }
 
     /// Batches worth writing at once: Postgres as many as asked (each on its own
@@ -232,14 +202,14 @@ impl Sink {
     pub fn concurrency(&self, asked: usize) -> usize {
         match self {
             Self::Postgres(_) => asked.max(1),
-            Self::Sqlite(_) => 1,
+            Self::Sqlite(..) => 1,
         }
     }
 
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
+            Self::Sqlite(..) => "sqlite",
         }
     }
 
@@ -247,12 +217,12 @@ impl Sink {
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
             Self::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await,
-            Self::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await,
+            Self::Sqlite(pool, _) => sqlx::migrate!("migrations/sqlite").run(pool).await,
         }
     }
 
     /// Writes a batch atomically; returns the rows actually inserted (a record already
-    /// there is skipped).
+    /// there is skipped). SQLite's write runs on the calling thread and blocks it.
     pub async fn write<R: AsRow + Sync>(&self, batch: &[R]) -> Result<u64, WriteError> {
         if batch.is_empty() {
             return Ok(0);
@@ -268,42 +238,8 @@ impl Sink {
                 };
                 written.map_err(|e| WriteError::classify(&e))
             }
-            Self::Sqlite(pool) => Self::sqlite_insert(pool, batch).await,
+            Self::Sqlite(_, rows) => rows.write(batch),
         }
-    }
-
-    /// SQLite: multi-row INSERTs of up to 128 rows, in one transaction. Each statement is a
-    /// round trip to SQLite's worker thread, so rows per statement is what sets the rate.
-    /// The connection caches each statement it prepares, and one of 128 rows holds 2,560
-    /// parameters: so the rows go in chunks of 128 and the rest in chunks of a power of two
-    /// (`sqlite_chunks`), at most eight statements in all. (A statement for every length of
-    /// the last chunk grew the worker by megabytes as new lengths came.)
-    async fn sqlite_insert<R: AsRow + Sync>(pool: &SqlitePool, batch: &[R]) -> Result<u64, WriteError> {
-        static STATEMENTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
-        let classify = |e: sqlx::Error| WriteError::classify(&e);
-        let mut tx = pool.begin().await.map_err(classify)?;
-        let mut inserted = 0;
-        for rows in sqlite_chunks(batch) {
-            let size = rows.len();
-            let sql = STATEMENTS[size.trailing_zeros() as usize].get_or_init(|| sqlite_insert(size));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for r in rows {
-                // Text goes in as `Arc<str>`, which sqlx keeps as it is: one copy of the
-                // value (a `&str` is copied into a `String`, then boxed in an `Arc`).
-                for value in r.as_row().map_err(WriteError::undecodable)?.values() {
-                    q = match value {
-                        Value::Text(v) | Value::Json(v) => q.bind(v.map(Arc::<str>::from)),
-                        Value::Int(v) => q.bind(v),
-                        Value::Float(v) => q.bind(v),
-                        Value::Bool(v) => q.bind(v),
-                        Value::Time(v) => q.bind(v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-                    };
-                }
-            }
-            inserted += q.execute(&mut *tx).await.map_err(classify)?.rows_affected();
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(inserted)
     }
 
     /// The fast path: the batch as one COPY. Any error leaves nothing written.
@@ -338,16 +274,19 @@ impl Sink {
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
             Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Self::Sqlite(pool, _) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
         }
     }
 
-    /// Closes the pool, waiting for its connections (SQLite checkpoints its WAL on the
-    /// last close).
+    /// Closes the pool, waiting for its connections, and SQLite's rows connection (SQLite
+    /// merges its WAL when the last connection to the file closes).
     pub async fn close(&self) {
         match self {
             Self::Postgres(pool) => pool.close().await,
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(pool, rows) => {
+                rows.close();
+                pool.close().await;
+            }
         }
     }
 
@@ -355,7 +294,7 @@ impl Sink {
     pub fn pool_stats(&self) -> (u32, usize) {
         match self {
             Self::Postgres(p) => (p.size(), p.num_idle()),
-            Self::Sqlite(p) => (p.size(), p.num_idle()),
+            Self::Sqlite(p, _) => (p.size(), p.num_idle()),
         }
     }
 }
@@ -380,22 +319,6 @@ mod tests {
             created_at: chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00.5Z").unwrap().into(),
             ..LogRecord::new("req-1", "w\t1", "v1")
         }
-    }
-
-    #[test]
-    fn sqlite_statements_come_in_eight_sizes() {
-        let batch: Vec<LogRecord> = (0..500).map(|_| record()).collect();
-        let sizes: Vec<usize> = sqlite_chunks(&batch).map(<[LogRecord]>::len).collect();
-        assert_eq!(sizes, [128, 128, 128, 64, 32, 16, 4]);
-        assert_eq!(sqlite_chunks(&batch[..1]).map(<[LogRecord]>::len).collect::<Vec<_>>(), [1]);
-        assert_eq!(sqlite_chunks::<LogRecord>(&[]).count(), 0);
-        let mut all = std::collections::BTreeSet::new();
-        for n in 0..=600 {
-            let chunks: Vec<usize> = sqlite_chunks(&batch[..n.min(500)]).map(<[LogRecord]>::len).collect();
-            assert_eq!(chunks.iter().sum::<usize>(), n.min(500), "every row once");
-            all.extend(chunks);
-        }
-        assert_eq!(all.into_iter().collect::<Vec<_>>(), [1, 2, 4, 8, 16, 32, 64, 128]);
     }
 
     #[test]
