@@ -17,7 +17,8 @@ What it measures, in this order:
    - one worker with a throwaway Redis (the cache) and a throwaway Postgres (the request
      log) on the same cores: the same three;
    each Falcon figure is a ratio to the floor's figure for the same request, with its target
-   (issue 19); RSS of the embedded worker idle and after its load; the idle CPU of the two
+   (issue 19); a logging worker's run ends when its request log has caught up, so its CPU a
+   request includes writing the rows, and the next scenario starts without a backlog; RSS of the embedded worker idle and after its load; the idle CPU of the two
    workers over 60 s before any load (issue 34: < 0.1 % of a core); every request made to the
    two logging workers must be a row, with nothing dropped;
 3. the native stack (scripts/stack.sh: real nginx, 3 release workers, throwaway Redis and
@@ -179,18 +180,25 @@ def children_cpu() -> float:
 
 
 def measured_load(
-    addr: str, scenario: str, seconds: float, processes: dict[str, list[int]], rate: float | None = None
+    addr: str, scenario: str, seconds: float, processes: dict[str, list[int]], rate: float | None = None,
+    logs_to: int | None = None,
 ) -> dict:
     """One `falcon load` run of SCENARIO; its report with the CPU seconds each group of
-    PROCESSES (root pids and their descendants) and the load generator spent meanwhile."""
+    PROCESSES (root pids and their descendants) and the load generator spent meanwhile.
+    LOGS_TO: the port of a worker whose request log is written behind its requests: the run
+    ends once that log has caught up, so the rows' writing is charged to the requests that
+    made them (not to the next scenario, which would start with a backlog)."""
     before = {name: cpu_by_pid(roots) for name, roots in processes.items()}
     load_before = children_cpu()
     report = load_run(addr, scenario, seconds, rate)
+    load_spent = children_cpu() - load_before
+    if logs_to is not None:
+        settle(logs_to)
     spent = {}
     for name, roots in processes.items():
         # A process born meanwhile (a new Postgres backend) counts from zero.
         spent[name] = sum(cpu - before[name].get(pid, 0.0) for pid, cpu in cpu_by_pid(roots).items())
-    spent["load generator"] = children_cpu() - load_before
+    spent["load generator"] = load_spent
     report["cpu_s"] = spent
     return report
 
@@ -313,18 +321,20 @@ def single_servers(tmp: Path, report: dict) -> None:
         runs: dict[tuple[str, str], list[dict]] = {}
         for _ in range(ROUNDS):
             for server in servers:
+                logs_to = None if server is floor else server.port
                 for scenario in SCENARIOS:
-                    r = measured_load(server.addr, scenario, DURATION / ROUNDS, processes[server.name])
+                    r = measured_load(server.addr, scenario, DURATION / ROUNDS, processes[server.name], None, logs_to)
                     runs.setdefault((server.name, scenario), []).append(r)
         # CPU per request is not flat: below saturation each request pays wake-ups that a
-        # busy server shares among many. The floor and the embedded worker at fixed rates.
-        # The saturated rounds leave the log writer a backlog; its catch-up would be charged
-        # to the slow runs' requests.
-        settle(embedded.port)
+        # busy server shares among many. The floor and the embedded worker at fixed rates,
+        # each run again ending once the log has caught up.
         report["cpu_vs_load"] = []
         for rate in LOAD_RATES:
             for server in (floor, embedded):
-                r = measured_load(server.addr, "unique-text", 3 if not QUICK else 1, processes[server.name], rate)
+                logs_to = None if server is floor else server.port
+                r = measured_load(
+                    server.addr, "unique-text", 3 if not QUICK else 1, processes[server.name], rate, logs_to
+                )
                 report["cpu_vs_load"].append({
                     "config": names[server.name], "offered_rps": rate, "rps": r["rps"], "p99_ms": r["p99_ms"],
                     "cpu_us_per_request": round(r["cpu_s"]["server"] * 1e6 / max(r["requests"], 1), 1),

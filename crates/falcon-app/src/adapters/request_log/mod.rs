@@ -146,6 +146,9 @@ struct Shared {
     closing: Notify,
     full_warning: Throttle,
     journal_warning: Throttle,
+    /// `log_spooled_total`, resolved once: while the writer is behind, every record counts
+    /// (a registry look-up per request at saturation, issue 34).
+    spooled: metrics::Counter,
 }
 
 impl Shared {
@@ -231,7 +234,7 @@ impl RequestLog {
             Ok(()) => {
                 shared.appended.fetch_add(1, Ordering::Relaxed);
                 if flags == SPOOLED {
-                    counter!(LOG_SPOOLED).increment(1);
+                    shared.spooled.increment(1);
                 }
                 shared.wake.notify_one();
                 true
@@ -289,6 +292,7 @@ pub fn start(
         closing: Notify::new(),
         full_warning: Throttle::new(Duration::from_secs(10)),
         journal_warning: Throttle::new(Duration::from_secs(10)),
+        spooled: counter!(LOG_SPOOLED),
     });
     let available = Arc::new(AtomicBool::new(false));
     let config = WriterConfig { concurrency: sink.concurrency(config.concurrency), ..config };
