@@ -141,6 +141,10 @@ struct Shared {
     /// Memory records the writer holds (in flight, or waiting to be retried).
     held: AtomicUsize,
     wake: Notify,
+    /// Fired each time another whole batch waits (`batch_size` records): wakes a writer
+    /// that is waiting out its batch window, which a record alone does not.
+    full: Notify,
+    batch_size: u64,
     closed: AtomicBool,
     /// Fired once by `finish`: cuts short waits so shutdown never sits them out.
     closing: Notify,
@@ -164,9 +168,20 @@ impl Shared {
         q.push_back(record);
         let over = q.len().saturating_sub(self.capacity);
         q.drain(..over);
+        let waiting = q.len() as u64;
         drop(q);
+        self.one_more_waiting(waiting);
         if over > 0 {
             self.count_dropped(over as u64);
+        }
+    }
+
+    /// A record was added, and `waiting` now wait in its queue: at each whole batch, wake
+    /// a writer that waits out its batch window (else, in memory, a window's records
+    /// beyond `LOG_BUFFER_SIZE` were dropped: 36 % of them at 8,000 req/s).
+    fn one_more_waiting(&self, waiting: u64) {
+        if waiting.is_multiple_of(self.batch_size) {
+            self.full.notify_one();
         }
     }
 
@@ -232,7 +247,8 @@ impl RequestLog {
         let flags = if shared.journal_backlog() >= shared.capacity as u64 { SPOOLED } else { 0 };
         match ENCODED.with_borrow_mut(|buf| append_to(journal, row, flags, buf)) {
             Ok(()) => {
-                shared.appended.fetch_add(1, Ordering::Relaxed);
+                let appended = shared.appended.fetch_add(1, Ordering::Relaxed) + 1;
+                shared.one_more_waiting(appended.saturating_sub(shared.committed.load(Ordering::Relaxed)));
                 if flags == SPOOLED {
                     shared.spooled.increment(1);
                 }
@@ -288,6 +304,8 @@ pub fn start(
         committed: AtomicU64::new(0),
         held: AtomicUsize::new(0),
         wake: Notify::new(),
+        full: Notify::new(),
+        batch_size: config.batch_size.max(1) as u64,
         closed: AtomicBool::new(false),
         closing: Notify::new(),
         full_warning: Throttle::new(Duration::from_secs(10)),
@@ -587,7 +605,8 @@ impl WriterState {
                     return;
                 }
                 // Paused: until the pause ends. Gathering a part batch: until its window
-                // ends (records that come meanwhile only leave a permit). Found nothing to
+                // ends or a whole batch waits (a record alone only leaves a permit on
+                // `wake`; `full` fires once a batch). Found nothing to
                 // read: until a record or the close comes, and no sooner: both notify with
                 // `notify_one`, whose permit waits for this select if it comes first, so an
                 // idle writer needs no timer (issue 34: an idle worker's wake-ups).
@@ -602,8 +621,10 @@ impl WriterState {
                         None => std::future::pending().await,
                     }
                 };
+                let gathering = pause.until.is_none() && !found_none;
                 let woken = tokio::select! {
                     () = self.shared.wake.notified(), if resume_at.is_none() => true,
+                    () = self.shared.full.notified(), if gathering => false,
                     () = resume => { pause.until = None; false }
                     () = self.shared.closing.notified() => false,
                 };
