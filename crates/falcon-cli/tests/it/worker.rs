@@ -355,6 +355,13 @@ fn sigterm_answers_half_sent_requests_at_once_and_exits_0() {
     let baseline = sockets(w.child.id());
     let clients: Vec<SlowClient> = (0..5).map(|i| SlowClient::start(&w, &format!("in flight number {i}"))).collect();
     wait_accepted(&w, baseline, 5);
+    // Each request's head read and the request admitted, its body still arriving: a
+    // connection whose head the worker had not read yet (a busy machine, in make test) is
+    // idle to hyper, and shutdown closes it without an answer.
+    let client = reqwest::Client::new();
+    let admitted =
+        crate::common::wait_for_metric(&client, &w, "inference_requests_in_progress", 5.0, Duration::from_secs(10));
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(admitted);
     let term = std::time::Instant::now();
     w.signal("TERM");
     // A body still arriving is not waited for: 503 at once, which a load balancer retries

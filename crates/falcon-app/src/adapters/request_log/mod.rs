@@ -141,7 +141,7 @@ struct Shared {
     /// Memory records the writer holds (in flight, or waiting to be retried).
     held: AtomicUsize,
     wake: Notify,
-    /// Fired each time another whole batch waits (`batch_size` records): wakes a writer
+    /// Fired each time another whole batch (`batch_size`, see `full_batch`) waits: wakes a writer
     /// that is waiting out its batch window, which a record alone does not.
     full: Notify,
     batch_size: u64,
@@ -176,11 +176,13 @@ impl Shared {
         }
     }
 
-    /// A record was added, and `waiting` now wait in its queue: at each whole batch, wake
-    /// a writer that waits out its batch window (else, in memory, a window's records
-    /// beyond `LOG_BUFFER_SIZE` were dropped: 36 % of them at 8,000 req/s).
+    /// A record was added, and `waiting` now wait in its queue: once a whole batch waits,
+    /// wake a writer that waits out its batch window (else, in memory, a window's records
+    /// beyond `LOG_BUFFER_SIZE` were dropped: 36 % of them at 8,000 req/s). Every record
+    /// past a whole batch notifies, as every record notifies `wake`: an atomic store when
+    /// the writer is busy, and no record can slip past a writer that has just gone to sleep.
     fn one_more_waiting(&self, waiting: u64) {
-        if waiting.is_multiple_of(self.batch_size) {
+        if waiting >= self.batch_size {
             self.full.notify_one();
         }
     }
@@ -283,6 +285,13 @@ pub struct WriterConfig {
     pub retention: Retention,
 }
 
+/// Records that make a whole batch: `LOG_BATCH_SIZE`, or without a spool at most the
+/// memory buffer (a batch larger than the buffer would never fill).
+fn full_batch(config: &WriterConfig, journal_on: bool) -> u64 {
+    let size = if journal_on { config.batch_size } else { config.batch_size.min(config.buffer_size) };
+    size.max(1) as u64
+}
+
 /// Starts the writer; returns the request path's handle, the writer, and the database
 /// health probe for the caller to run until `stopping` fires.
 pub fn start(
@@ -296,6 +305,7 @@ pub fn start(
         Some(s) => (Some(s.journal), Some(s.reader), Some(s.dead_letter)),
         None => (None, None, None),
     };
+    let journal_on = journal.is_some();
     let shared = Arc::new(Shared {
         journal,
         memory: Mutex::new(VecDeque::new()),
@@ -305,7 +315,7 @@ pub fn start(
         held: AtomicUsize::new(0),
         wake: Notify::new(),
         full: Notify::new(),
-        batch_size: config.batch_size.max(1) as u64,
+        batch_size: full_batch(&config, journal_on),
         closed: AtomicBool::new(false),
         closing: Notify::new(),
         full_warning: Throttle::new(Duration::from_secs(10)),
@@ -576,7 +586,7 @@ impl WriterState {
                     None => match self.next_batch() {
                         Some(batch) => {
                             gathering_since = Instant::now();
-                            last_full = batch.records.len() >= self.config.batch_size;
+                            last_full = batch.records.len() as u64 >= self.shared.batch_size;
                             batch
                         }
                         None => {
@@ -694,7 +704,7 @@ impl WriterState {
     /// `out`: rows already taken (being written, or waiting to be retried).
     fn batch_ready(&self, gathering_since: Instant, out: u64) -> bool {
         gathering_since.elapsed() >= self.config.batch_window
-            || self.shared.waiting().saturating_sub(out) >= self.config.batch_size as u64
+            || self.shared.waiting().saturating_sub(out) >= self.shared.batch_size
     }
 
     /// The next batch from the journal, else from memory.
