@@ -18,9 +18,10 @@ What it measures, in this order:
      log) on the same cores: the same three;
    each Falcon figure is a ratio to the floor's figure for the same request, with its target
    (issue 19); a logging worker's run ends when its request log has caught up, so its CPU a
-   request includes writing the rows, and the next scenario starts without a backlog; RSS of the embedded worker idle and after its load; the idle CPU of the two
-   workers over 60 s before any load (issue 34: < 0.1 % of a core); every request made to the
-   two logging workers must be a row, with nothing dropped;
+   request includes writing the rows, and the next scenario starts without a backlog; RSS
+   of the embedded worker idle and after its load; the idle CPU of the two workers over
+   60 s before any load (issue 34: < 0.1 % of a core); every request made to the two
+   logging workers must be a row, with nothing dropped;
 3. the native stack (scripts/stack.sh: real nginx, 3 release workers, throwaway Redis and
    Postgres, nginx's per-client limit raised so it is not what is measured): same and unique
    text through nginx, then k6's spike scenario (tests/load/spike.js, short form: 10 users,

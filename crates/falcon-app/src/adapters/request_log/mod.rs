@@ -250,8 +250,8 @@ impl RequestLog {
         match ENCODED.with_borrow_mut(|buf| append_to(journal, row, flags, buf)) {
             Ok(()) => {
                 // No whole-batch wake-up here: the journal holds a window's backlog without
-                // loss, and a writer that wakes as each batch fills cost 4 % of the requests
-                // served at saturation (issue 34); memory, bounded, needs it.
+                // loss, and a writer that wakes as each batch fills cost 4-7 % of the
+                // requests served at saturation (issue 34); memory, bounded, needs it.
                 shared.appended.fetch_add(1, Ordering::Relaxed);
                 if flags == SPOOLED {
                     shared.spooled.increment(1);
