@@ -155,6 +155,46 @@ async fn postgres_drops_whole_days_past_retention_while_a_worker_serves() {
     assert_ne!(pg.psql("SELECT COUNT(*) FROM inference_logs WHERE created_at > NOW() - INTERVAL '1 minute';"), "0");
 }
 
+/// Maintenance locks the table before any of its partitions, as `LOCK TABLE inference_logs`
+/// does. An operator holding the table who then wants the default partition gets it: the
+/// run waits for the table without holding anything else. (Reading the default partition
+/// first, as it once did, made the two deadlock, and Postgres ended the run's step.)
+#[tokio::test]
+async fn maintenance_and_an_operator_s_table_lock_queue_instead_of_deadlocking() {
+    use sqlx::Connection;
+    let pg = Postgres::start();
+    let env = [("DATABASE_URL", pg.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    prune(&env, &[]); // migrates and makes today's partitions
+    // Rows of a day ten days ago, without a partition: the next run reads the default
+    // partition for them, then gives the day its partition.
+    pg.psql(&format!(
+        "INSERT INTO inference_logs (log_id, request_id, worker_id, success, processing_time_ms, model_version, created_at) \
+         SELECT 'stray-' || i, 'stray-' || i, 'w-old', true, 1, 'v', {NOON_DAYS_AGO} FROM generate_series(10, 10) d, generate_series(1, 3) i"
+    ));
+    let day = pg.psql("SELECT to_char(now() AT TIME ZONE 'UTC' - interval '10 days', 'YYYYMMDD')");
+    let mut operator = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut operator).await.unwrap();
+    sqlx::query("LOCK TABLE ONLY inference_logs IN ACCESS EXCLUSIVE MODE").execute(&mut operator).await.unwrap();
+    let run = {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            prune(&env, &[])
+        })
+    };
+    wait_until("the run waiting for a lock", Duration::from_secs(20), || {
+        pg.psql("SELECT count(*) FROM pg_locks WHERE NOT granted") != "0"
+    });
+    // Within the run's lock_timeout (2 s): the operator's second lock does not wait on it.
+    sqlx::query("SET LOCAL lock_timeout = '1500ms'").execute(&mut operator).await.unwrap();
+    sqlx::query("LOCK TABLE inference_logs_default IN ACCESS EXCLUSIVE MODE").execute(&mut operator).await.unwrap();
+    sqlx::query("COMMIT").execute(&mut operator).await.unwrap();
+    let out = run.await.unwrap();
+    assert!(out.contains(&format!("created partition inference_logs_p{day}")), "{out}");
+    assert_eq!(pg.psql(&format!("SELECT count(*) FROM inference_logs_p{day}")), "3");
+}
+
 /// A table from before partitioning becomes the partition `inference_logs_legacy` without
 /// copying or losing a row; its rows dated after today move to their day's partition.
 #[tokio::test]

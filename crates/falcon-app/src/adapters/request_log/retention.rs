@@ -12,11 +12,13 @@
 //! holds rows of, such as a replayed spool's), deletes the default partition's rows past
 //! retention, and drops the partitions that end at or before the cutoff: a
 //! dropped partition is gone at once, with no dead rows left for VACUUM. One worker does it
-//! at a time (an advisory lock held by the run's transaction), and no statement waits more
-//! than `LOCK_TIMEOUT` for a lock, so a long query never makes the writer queue behind a
-//! waiting `DROP`. SQLite: expired rows are deleted `SQLITE_DELETE_BATCH` at a time, each
-//! batch its own statement so the writer gets the one connection in between, then an
-//! incremental vacuum gives the freed pages back to the file system.
+//! at a time (an advisory lock held by the run's transaction), it locks the table before
+//! any partition (as `LOCK TABLE` does, so an operator's lock and a run queue rather than
+//! deadlock), and no statement waits more than `LOCK_TIMEOUT` for a lock, so a long query
+//! never makes the writer queue behind a waiting `DROP`. SQLite: expired rows are deleted
+//! `SQLITE_DELETE_BATCH` at a time, each batch its own statement so the writer gets the one
+//! connection in between, then an incremental vacuum gives the freed pages back to the file
+//! system.
 
 use std::time::Duration;
 
@@ -251,6 +253,12 @@ async fn maintain_postgres(
         return Ok(Maintenance { failed: vec![why.into()], ..Maintenance::default() });
     }
     sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))).execute(&mut *tx).await?;
+    // The table before any of its partitions, the order `LOCK TABLE inference_logs` and the
+    // writer's inserts take them in: a run that read the default partition first and then
+    // waited for the table could deadlock with an operator holding the table and waiting
+    // for the default partition. SHARE UPDATE EXCLUSIVE is what attaching a partition
+    // takes anyway; inserts and queries (ROW EXCLUSIVE, ACCESS SHARE) are not held up.
+    sqlx::query("LOCK TABLE ONLY inference_logs IN SHARE UPDATE EXCLUSIVE MODE").execute(&mut *tx).await?;
     let partitions = partitions(&mut tx).await?;
     let mut done = Maintenance::default();
 
