@@ -308,10 +308,11 @@ pub struct DatabaseConfig {
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub log_writer_nice: i32,
     /// How long the writer waits to fill a batch: with less than `LOG_BATCH_SIZE` rows
-    /// waiting, at most one batch a window. 200 ms: at 2,000 req/s the writer's CPU a row
-    /// was 14-16 µs at 50 ms and 8-9 µs at 200 ms, p99 unchanged (docs/performance.md).
-    #[arg(long, env = "LOG_BATCH_WINDOW_MS", default_value_t = 200)]
-    pub log_batch_window_ms: u64,
+    /// waiting, at most one batch a window. Unset: 50 ms with the embedded SQLite log,
+    /// 200 ms with Postgres, where each batch is a round trip and a commit
+    /// (`Sink::default_batch_window`, docs/performance.md).
+    #[arg(long, env = "LOG_BATCH_WINDOW_MS")]
+    pub log_batch_window_ms: Option<u64>,
     /// Postgres for the request log; unset (and no DATABASE_URL) = the embedded SQLite file.
     #[arg(long, env = "POSTGRES_HOST")]
     pub postgres_host: Option<String>,

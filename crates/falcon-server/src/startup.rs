@@ -311,7 +311,7 @@ async fn build_request_log(
     let writer_config = WriterConfig {
         buffer_size: d.log_buffer_size as usize,
         batch_size: d.log_batch_size as usize,
-        batch_window: Duration::from_millis(d.log_batch_window_ms),
+        batch_window: d.log_batch_window_ms.map_or_else(|| sink.default_batch_window(), Duration::from_millis),
         op_timeout: timeout,
         concurrency: d.log_writer_concurrency as usize,
         nice: d.log_writer_nice,

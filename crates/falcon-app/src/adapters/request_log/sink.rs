@@ -194,6 +194,18 @@ impl Sink {
         Ok(Self::Sqlite(pool, SqliteRows::new(path, busy_timeout)))
     }
 
+    /// How long a part batch waits to fill when `LOG_BATCH_WINDOW_MS` is not set. SQLite
+    /// 50 ms: a batch costs its rows and one in-process commit, and a shorter window makes
+    /// the writer's bursts shorter (at 8,000 req/s a 200 ms window is 1,600 rows written
+    /// in one go of 7-9 ms, and p99 there was 15-25 % higher in four runs; CPU a request
+    /// and saturation level). Postgres 200 ms: each batch is a round trip and a commit.
+    pub fn default_batch_window(&self) -> Duration {
+        match self {
+            Self::Postgres(_) => Duration::from_millis(200),
+            Self::Sqlite(..) => Duration::from_millis(50),
+        }
+    }
+
     /// Batches worth writing at once: Postgres as many as asked (each on its own
     /// connection), SQLite one. Its one connection takes one batch at a time, and a second
     /// batch taken while the first is written is small (whatever came meanwhile), so the
@@ -319,6 +331,16 @@ mod tests {
             created_at: chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00.5Z").unwrap().into(),
             ..LogRecord::new("req-1", "w\t1", "v1")
         }
+    }
+
+    #[tokio::test]
+    async fn an_unset_batch_window_is_50_ms_for_sqlite_and_200_ms_for_postgres() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Sink::sqlite(&dir.path().join("log.db"), 0, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(sqlite.default_batch_window(), Duration::from_millis(50));
+        let postgres = Sink::postgres("postgres://falcon@127.0.0.1:1/falcon", 1, Duration::from_secs(1)).unwrap();
+        assert_eq!(postgres.default_batch_window(), Duration::from_millis(200));
+        sqlite.close().await;
     }
 
     #[test]
