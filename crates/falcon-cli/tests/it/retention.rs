@@ -163,9 +163,8 @@ async fn postgres_drops_whole_days_past_retention_while_a_worker_serves() {
 async fn maintenance_and_an_operator_s_table_lock_queue_instead_of_deadlocking() {
     use sqlx::Connection;
     let pg = Postgres::start();
-    let env = [("DATABASE_URL", pg.url())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    prune(&env, &[]); // migrates and makes today's partitions
+    let url = pg.url();
+    prune(&[("DATABASE_URL", &url)], &[]); // migrates and makes today's partitions
     // Rows of a day ten days ago, without a partition: the next run reads the default
     // partition for them, then gives the day its partition.
     pg.psql(&format!(
@@ -173,15 +172,12 @@ async fn maintenance_and_an_operator_s_table_lock_queue_instead_of_deadlocking()
          SELECT 'stray-' || i, 'stray-' || i, 'w-old', true, 1, 'v', {NOON_DAYS_AGO} FROM generate_series(10, 10) d, generate_series(1, 3) i"
     ));
     let day = pg.psql("SELECT to_char(now() AT TIME ZONE 'UTC' - interval '10 days', 'YYYYMMDD')");
-    let mut operator = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    let mut operator = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut operator).await.unwrap();
     sqlx::query("LOCK TABLE ONLY inference_logs IN ACCESS EXCLUSIVE MODE").execute(&mut operator).await.unwrap();
     let run = {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            prune(&env, &[])
-        })
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || prune(&[("DATABASE_URL", &url)], &[]))
     };
     wait_until("the run waiting for a lock", Duration::from_secs(20), || {
         pg.psql("SELECT count(*) FROM pg_locks WHERE NOT granted") != "0"
