@@ -141,10 +141,13 @@ struct Shared {
     /// Memory records the writer holds (in flight, or waiting to be retried).
     held: AtomicUsize,
     wake: Notify,
-    /// Fired while a whole batch (`batch_size`, see `full_batch`) waits in memory: wakes a
-    /// writer that is waiting out its batch window, which a record alone does not.
+    /// Fired while a whole batch (`memory_batch`) waits in memory: wakes a writer that is
+    /// waiting out its batch window, which a record alone does not.
     full: Notify,
+    /// `LOG_BATCH_SIZE`: a batch this large goes without waiting for the window.
     batch_size: u64,
+    /// A whole batch in memory; see `memory_batch`.
+    memory_batch: u64,
     closed: AtomicBool,
     /// Fired once by `finish`: cuts short waits so shutdown never sits them out.
     closing: Notify,
@@ -182,7 +185,7 @@ impl Shared {
     /// whole batch notifies, as every record notifies `wake`: an atomic store when the
     /// writer is busy, and no record can slip past a writer that has just gone to sleep.
     fn one_more_waiting(&self, waiting: u64) {
-        if waiting >= self.batch_size {
+        if waiting >= self.memory_batch {
             self.full.notify_one();
         }
     }
@@ -287,11 +290,13 @@ pub struct WriterConfig {
     pub retention: Retention,
 }
 
-/// Records that make a whole batch: `LOG_BATCH_SIZE`, or without a spool at most the
-/// memory buffer (a batch larger than the buffer would never fill).
-fn full_batch(config: &WriterConfig, journal_on: bool) -> u64 {
-    let size = if journal_on { config.batch_size } else { config.batch_size.min(config.buffer_size) };
-    size.max(1) as u64
+/// Records in memory that make a whole batch, which wakes a writer waiting out its window:
+/// `LOG_BATCH_SIZE`, or at most half the memory buffer, so that the other half takes what
+/// comes while the writer wakes and writes. A batch larger than that would never fill in
+/// memory without dropping records, and memory holds records with the spool on too, once
+/// the spool refuses them (its bound reached, or the disk failing).
+fn memory_batch(config: &WriterConfig) -> u64 {
+    config.batch_size.min(config.buffer_size / 2).max(1) as u64
 }
 
 /// Starts the writer; returns the request path's handle, the writer, and the database
@@ -307,7 +312,6 @@ pub fn start(
         Some(s) => (Some(s.journal), Some(s.reader), Some(s.dead_letter)),
         None => (None, None, None),
     };
-    let journal_on = journal.is_some();
     let shared = Arc::new(Shared {
         journal,
         memory: Mutex::new(VecDeque::new()),
@@ -317,7 +321,8 @@ pub fn start(
         held: AtomicUsize::new(0),
         wake: Notify::new(),
         full: Notify::new(),
-        batch_size: full_batch(&config, journal_on),
+        batch_size: config.batch_size.max(1) as u64,
+        memory_batch: memory_batch(&config),
         closed: AtomicBool::new(false),
         closing: Notify::new(),
         full_warning: Throttle::new(Duration::from_secs(10)),
@@ -701,12 +706,13 @@ impl WriterState {
         }
     }
 
-    /// Whether the writer takes the next batch now: a whole one waits, or the batch window
-    /// since it began gathering has passed.
+    /// Whether the writer takes the next batch now: a whole one waits (in all, or in
+    /// memory), or the batch window since it began gathering has passed.
     /// `out`: rows already taken (being written, or waiting to be retried).
     fn batch_ready(&self, gathering_since: Instant, out: u64) -> bool {
         gathering_since.elapsed() >= self.config.batch_window
             || self.shared.waiting().saturating_sub(out) >= self.shared.batch_size
+            || self.shared.memory_len() as u64 >= self.shared.memory_batch
     }
 
     /// The next batch from the journal, else from memory.
@@ -923,5 +929,66 @@ impl WriterState {
         if let Some(journal) = &self.shared.journal {
             gauge!(LOG_SPOOL_BYTES).set(journal.backlog_bytes() as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::resilience::BreakerConfig;
+
+    fn record(i: usize) -> LogRecord {
+        LogRecord {
+            text_hash: Some(format!("{i:064x}")),
+            prediction: Some("positive".into()),
+            confidence: Some(0.9),
+            ..LogRecord::new(format!("req-{i}"), "w1", "v1")
+        }
+    }
+
+    /// Past the spool's bound (or with the disk failing) records wait in memory. With
+    /// `LOG_BATCH_SIZE` above `LOG_BUFFER_SIZE` a whole batch never waited there, so the
+    /// writer slept out its window while the buffer overflowed and dropped records. Here the
+    /// window is ten minutes, the spool 64 KiB (a few hundred records) and the buffer 200
+    /// records, 2,000 of them a millisecond apart: every one must be a row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_spool_s_bound_a_full_buffer_wakes_the_writer_whatever_the_batch_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::sqlite(&dir.path().join("log.db"), 0, Duration::from_secs(5)).await.unwrap();
+        sink.migrate().await.unwrap();
+        let (spooling, _) = open_spool(&dir.path().join("spool"), "w1", 64 << 10).unwrap();
+        let breaker = CircuitBreaker::new(
+            "sqlite",
+            BreakerConfig {
+                enabled: true,
+                failure_threshold: 5,
+                open_for: Duration::from_secs(60),
+                half_open_successes: 1,
+            },
+        );
+        let config = WriterConfig {
+            buffer_size: 200,
+            batch_size: 5000,
+            batch_window: Duration::from_secs(600),
+            op_timeout: Duration::from_secs(30),
+            concurrency: 1,
+            nice: 0,
+            retention: Retention::days(0),
+        };
+        let (log, writer, _probe) =
+            start(sink.clone(), Arc::new(breaker), config, Some(spooling), crate::shutdown::Stopping::never());
+        let sent = 2000;
+        for i in 0..sent {
+            log.record(record(i));
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Finishing writes what is left and closes the sink.
+        writer.finish(Duration::from_secs(60)).await;
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("log.db").display())).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_logs").fetch_one(&pool).await.unwrap();
+        assert_eq!(rows, sent as i64, "records were dropped while the writer slept out its window");
     }
 }
