@@ -64,7 +64,7 @@ async fn through_writer(
         batch_window: Duration::from_millis(20),
         op_timeout: Duration::from_secs(30),
         concurrency,
-        nice: 0,
+        priority: request_log::WriterPriority::Nice(0),
         retention: request_log::Retention::days(0),
     };
     let (log, writer, _probe) =
@@ -97,7 +97,10 @@ async fn count(pool: &sqlx::PgPool) -> i64 {
 /// before). Every record must still be a row.
 async fn sqlite_retention_cost(rows: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0, Duration::from_secs(5)).await.unwrap();
+    let sqlite =
+        Sink::sqlite(&dir.path().join("bench.db"), request_log::WriterPriority::Nice(0), Duration::from_secs(5))
+            .await
+            .unwrap();
     sqlite.migrate().await.unwrap();
     let old = chrono::Utc::now() - chrono::Duration::days(40);
     for chunk in (0..rows).collect::<Vec<_>>().chunks(5_000) {
@@ -145,7 +148,10 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Sink::sqlite(&dir.path().join("bench.db"), 0, Duration::from_secs(5)).await.unwrap();
+    let sqlite =
+        Sink::sqlite(&dir.path().join("bench.db"), request_log::WriterPriority::Nice(0), Duration::from_secs(5))
+            .await
+            .unwrap();
     sqlite.migrate().await.unwrap();
     let (rate, record_us) = through_writer(&sqlite, rows, 1, async {}).await;
     println!(

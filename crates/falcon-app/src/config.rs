@@ -302,11 +302,11 @@ pub struct DatabaseConfig {
     #[arg(long, env = "LOG_WRITER_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub log_writer_concurrency: u32,
-    /// Scheduling priority (nice, 0-19) of the request-log writer's threads: higher yields
-    /// the CPU to requests sooner; under saturation the spool then absorbs the difference.
-    #[arg(long, env = "LOG_WRITER_NICE", default_value_t = 10,
-          value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub log_writer_nice: i32,
+    /// How the request-log writer's threads are scheduled: `idle` (Linux's idle class, the
+    /// default: a request thread that wakes always takes the CPU from them at once) or a
+    /// nice value, 0-19. Under saturation the spool absorbs what they cannot write.
+    #[arg(long, env = "LOG_WRITER_NICE", default_value = "idle")]
+    pub log_writer_nice: crate::adapters::request_log::WriterPriority,
     /// How long the writer waits to fill a batch: with less than `LOG_BATCH_SIZE` rows
     /// waiting, at most one batch a window. Unset: 50 ms with the embedded SQLite log,
     /// 200 ms with Postgres, where each batch is a round trip and a commit
@@ -662,9 +662,25 @@ mod tests {
         assert_eq!(c.resilience.circuit_breaker_failure_threshold, 5);
         assert!(c.redis_url().is_none());
         assert_eq!(c.database.log_buffer_size, 1000);
+        assert_eq!(c.database.log_writer_nice, crate::adapters::request_log::WriterPriority::Idle);
         assert!(c.postgres_url().is_none());
         assert_eq!(c.shutdown_timeout(), Duration::from_secs(30));
         assert!(!c.access.rate_limit_enabled && c.access.api_keys_file.is_none());
+    }
+
+    #[test]
+    fn the_log_writer_runs_idle_or_at_a_nice_value() {
+        use crate::adapters::request_log::WriterPriority;
+        for (value, priority) in [
+            ("idle", WriterPriority::Idle),
+            ("IDLE", WriterPriority::Idle),
+            ("0", WriterPriority::Nice(0)),
+            ("19", WriterPriority::Nice(19)),
+        ] {
+            let c = Config::from_args(["--log-writer-nice", value]).unwrap();
+            assert_eq!(c.database.log_writer_nice, priority, "{value}");
+            assert_eq!(priority.to_string().parse::<WriterPriority>(), Ok(priority));
+        }
     }
 
     #[test]
@@ -681,6 +697,8 @@ mod tests {
             (vec!["--inference-timeout-seconds=-1"], "INFERENCE_TIMEOUT_SECONDS"),
             (vec!["--log-level", "loud"], "LOG_LEVEL"),
             (vec!["--worker-id", "a b"], "WORKER_ID"),
+            (vec!["--log-writer-nice", "20"], "LOG_WRITER_NICE"),
+            (vec!["--log-writer-nice", "lowest"], "LOG_WRITER_NICE"),
         ] {
             let err = Config::from_args(args).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

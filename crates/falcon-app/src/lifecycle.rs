@@ -278,7 +278,7 @@ impl Shadow {
         metrics::register_shadow(backend.labels());
         let thread = std::thread::Builder::new().name("shadow-model".into()).spawn(move || {
             // Below the request threads: the candidate only ever gets spare CPU.
-            crate::adapters::request_log::lower_priority(10);
+            crate::adapters::request_log::lower_priority(crate::adapters::request_log::WriterPriority::Nice(10));
             run_shadow(&rx, backend.as_ref());
         })?;
         Ok(Self { tx: Some(tx), thread: Some(thread), rate: rate.clamp(0.0, 1.0), seen: AtomicU64::new(0) })

@@ -314,7 +314,7 @@ async fn build_request_log(
         batch_window: d.log_batch_window_ms.map_or_else(|| sink.default_batch_window(), Duration::from_millis),
         op_timeout: timeout,
         concurrency: d.log_writer_concurrency as usize,
-        nice: d.log_writer_nice,
+        priority: d.log_writer_nice,
         retention: request_log::Retention::days(d.request_log_retention_days),
     };
     let spool = config.log_spool_dir().and_then(|dir| open_spool(dir, config));

@@ -82,7 +82,9 @@ async fn prune_log(args: &PruneArgs) -> Result<ExitCode, String> {
                     path.display()
                 ));
             }
-            Sink::sqlite(path, 0, Duration::from_secs(5)).await.map_err(|e| format!("{}: {e}", path.display()))?
+            Sink::sqlite(path, falcon_app::adapters::request_log::WriterPriority::Nice(0), Duration::from_secs(5))
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
     if !args.dry_run {

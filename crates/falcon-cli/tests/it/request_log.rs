@@ -357,3 +357,45 @@ async fn with_the_spool_off_a_whole_batch_goes_before_its_window_ends_and_none_i
     }
     assert_eq!(metric(&c, &w, "dropped_logs_total{").await, 0.0);
 }
+
+/// The scheduling policy and nice value of each thread of `pid` whose name starts with
+/// `prefix` (fields 41 and 19 of `/proc/<pid>/task/<tid>/stat`: 5 is the idle class, 0 the
+/// ordinary one).
+fn threads_scheduling(pid: u32, prefix: &str) -> Vec<(String, u32, i32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(name), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        let name = name.trim().to_owned();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        // The fields after the name (which may hold spaces) start at field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        found.push((name, fields[41 - 3].parse().unwrap(), fields[19 - 3].parse().unwrap()));
+    }
+    found
+}
+
+/// The request-log writer's threads yield to the request threads as `LOG_WRITER_NICE`
+/// says: by default in Linux's idle class (a waking request thread takes the CPU from them
+/// at once: p99 at 8,000 req/s a quarter lower, docs/performance.md), or at a nice value.
+/// Both the writer's thread and sqlx's SQLite thread (migrations, retention) are checked.
+#[tokio::test]
+async fn the_writer_threads_run_in_the_idle_class_by_default_or_at_the_nice_given() {
+    for (env, policy, nice) in [(vec![], 5, 0), (vec![("LOG_WRITER_NICE", "7")], 0, 7)] {
+        let w = Worker::start(&env);
+        infer(&reqwest::Client::new(), &w, "a row, so the writer has run", None).await;
+        for prefix in ["request-log-wri", "sqlx-sqlite-wor"] {
+            let threads = threads_scheduling(w.child.id(), prefix);
+            assert!(!threads.is_empty(), "no thread named {prefix}* with {env:?}");
+            for (name, p, n) in threads {
+                assert_eq!((p, n), (policy, nice), "{name} with {env:?}: (policy, nice)");
+            }
+        }
+    }
+}

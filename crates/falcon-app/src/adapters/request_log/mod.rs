@@ -283,9 +283,8 @@ pub struct WriterConfig {
     pub op_timeout: Duration,
     /// Batches written at once (`LOG_WRITER_CONCURRENCY`; SQLite: one, `Sink::concurrency`).
     pub concurrency: usize,
-    /// The writer thread's `nice` (`LOG_WRITER_NICE`): how readily it yields the CPU to
-    /// request threads.
-    pub nice: i32,
+    /// How the writer thread is scheduled beside request threads (`LOG_WRITER_NICE`).
+    pub priority: WriterPriority,
     /// How long rows are kept (`REQUEST_LOG_RETENTION_DAYS`); see `retention`.
     pub retention: Retention,
 }
@@ -355,7 +354,7 @@ pub fn start(
     let spawned = std::thread::Builder::new().name("request-log-writer".into()).spawn(move || {
         // Its own thread and runtime: decoding, binding and encoding batches never hold up
         // a thread that serves requests, and the kernel schedules it at a lower priority.
-        lower_priority(config.nice);
+        lower_priority(config.priority);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         if let Ok(runtime) = runtime {
             runtime.block_on(async {
@@ -379,11 +378,68 @@ pub fn start(
     )
 }
 
-/// Lowers the calling thread's scheduling priority to `nice` (threads it starts inherit it).
-pub(crate) fn lower_priority(nice: i32) {
+/// How a background thread (the request-log writer, sqlx's SQLite thread) is scheduled
+/// beside the threads that serve requests: `LOG_WRITER_NICE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterPriority {
+    /// Linux's idle scheduling class (`SCHED_IDLE`, the default): a request thread that
+    /// wakes always takes the CPU from it at once, and the kernel treats a core running only
+    /// it as free when it places a waking thread. It still gets a small share of a busy CPU,
+    /// and the spool absorbs what it cannot write meanwhile.
+    Idle,
+    /// The ordinary class at this `nice` (0-19): a woken request thread may wait for it to
+    /// finish its time slice, up to a few milliseconds of a batch's inserts.
+    Nice(i32),
+}
+
+impl std::str::FromStr for WriterPriority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("idle") {
+            return Ok(Self::Idle);
+        }
+        match s.trim().parse::<i32>() {
+            Ok(n) if (0..=19).contains(&n) => Ok(Self::Nice(n)),
+            _ => Err(format!("expected `idle` or a nice value from 0 to 19, got `{s}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for WriterPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Idle => f.write_str("idle"),
+            Self::Nice(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Schedules the calling thread at `priority` (threads it starts inherit it). Where the
+/// idle class is refused (a seccomp profile, a kernel without it), the thread runs at nice
+/// 19 instead, and says so once at debug level.
+pub(crate) fn lower_priority(priority: WriterPriority) {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let nice = match priority {
+        WriterPriority::Nice(n) => n,
+        WriterPriority::Idle => {
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            match thread_priority::set_thread_priority_and_policy(
+                thread_priority::thread_native_id(),
+                ThreadPriority::Min,
+                idle,
+            ) {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::debug!(error = ?error, "Cannot put a background thread in the idle scheduling class; nice 19 instead");
+                    19
+                }
+            }
+        }
+    };
     let tid = rustix::thread::gettid();
     if let Err(error) = rustix::process::setpriority_process(Some(tid), nice) {
-        tracing::debug!(error = %error, "Cannot lower the request-log writer's priority");
+        tracing::debug!(error = %error, "Cannot lower a background thread's priority");
     }
 }
 
@@ -954,7 +1010,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_spool_s_bound_a_full_buffer_wakes_the_writer_whatever_the_batch_size() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::sqlite(&dir.path().join("log.db"), 0, Duration::from_secs(5)).await.unwrap();
+        let sink =
+            Sink::sqlite(&dir.path().join("log.db"), WriterPriority::Nice(0), Duration::from_secs(5)).await.unwrap();
         sink.migrate().await.unwrap();
         let (spooling, _) = open_spool(&dir.path().join("spool"), "w1", 64 << 10).unwrap();
         let breaker = CircuitBreaker::new(
@@ -972,7 +1029,7 @@ mod tests {
             batch_window: Duration::from_secs(600),
             op_timeout: Duration::from_secs(30),
             concurrency: 1,
-            nice: 0,
+            priority: WriterPriority::Nice(0),
             retention: Retention::days(0),
         };
         let (log, writer, _probe) =

@@ -156,9 +156,13 @@ impl Sink {
     }
 
     /// The embedded default: a SQLite file, created with its folder when missing. The pool
-    /// runs SQLite on a thread of sqlx's at the writer's `nice`; rows go in on the thread
+    /// runs SQLite on a thread of sqlx's at the writer's priority; rows go in on the thread
     /// that writes them, waiting up to `busy_timeout` for another connection's lock.
-    pub async fn sqlite(path: &Path, nice: i32, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
+    pub async fn sqlite(
+        path: &Path,
+        priority: super::WriterPriority,
+        busy_timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -181,7 +185,7 @@ impl Sink {
         let pool_options = SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let opener = std::thread::Builder::new().name("request-log-open".into()).spawn(move || {
-            super::lower_priority(nice);
+            super::lower_priority(priority);
             let opened = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -336,7 +340,10 @@ mod tests {
     #[tokio::test]
     async fn an_unset_batch_window_is_50_ms_for_sqlite_and_200_ms_for_postgres() {
         let dir = tempfile::tempdir().unwrap();
-        let sqlite = Sink::sqlite(&dir.path().join("log.db"), 0, Duration::from_secs(1)).await.unwrap();
+        let sqlite =
+            Sink::sqlite(&dir.path().join("log.db"), super::super::WriterPriority::Nice(0), Duration::from_secs(1))
+                .await
+                .unwrap();
         assert_eq!(sqlite.default_batch_window(), Duration::from_millis(50));
         let postgres = Sink::postgres("postgres://falcon@127.0.0.1:1/falcon", 1, Duration::from_secs(1)).unwrap();
         assert_eq!(postgres.default_batch_window(), Duration::from_millis(200));
