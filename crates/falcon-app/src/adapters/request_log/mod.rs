@@ -1010,9 +1010,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_spool_s_bound_a_full_buffer_wakes_the_writer_whatever_the_batch_size() {
         let dir = tempfile::tempdir().unwrap();
-        let sink =
-            Sink::sqlite(&dir.path().join("log.db"), WriterPriority::Nice(0), Duration::from_secs(5)).await.unwrap();
-        sink.migrate().await.unwrap();
+        let sink = Sink::scratch_sqlite(dir.path(), Duration::from_secs(5)).await;
         let (spooling, _) = open_spool(&dir.path().join("spool"), "w1", 64 << 10).unwrap();
         let breaker = CircuitBreaker::new(
             "sqlite",

@@ -433,11 +433,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_embedded_log_vacuums_incrementally_and_keeps_whole_days() {
         let dir = tempfile::tempdir().unwrap();
-        let sink =
-            Sink::sqlite(&dir.path().join("log.db"), super::super::WriterPriority::Nice(0), Duration::from_secs(5))
-                .await
-                .unwrap();
-        sink.migrate().await.unwrap();
+        let sink = Sink::scratch_sqlite(dir.path(), Duration::from_secs(5)).await;
         let Sink::Sqlite(pool, _) = &sink else { unreachable!("a SQLite sink") };
         let pragma = |name: &str| sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("PRAGMA {name}")));
         assert_eq!(pragma("auto_vacuum").fetch_one(pool).await.unwrap(), 2, "incremental from the start");

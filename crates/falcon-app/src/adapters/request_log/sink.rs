@@ -198,6 +198,15 @@ impl Sink {
         Ok(Self::Sqlite(pool, SqliteRows::new(path, busy_timeout)))
     }
 
+    /// The unit tests' embedded log: `log.db` in `dir`, migrated, its threads in the
+    /// ordinary scheduling class.
+    #[cfg(test)]
+    pub(super) async fn scratch_sqlite(dir: &Path, busy_timeout: Duration) -> Self {
+        let sink = Self::sqlite(&dir.join("log.db"), super::WriterPriority::Nice(0), busy_timeout).await.unwrap();
+        sink.migrate().await.unwrap();
+        sink
+    }
+
     /// How long a part batch waits to fill when `LOG_BATCH_WINDOW_MS` is not set. SQLite
     /// 50 ms: a batch costs its rows and one in-process commit, and a shorter window makes
     /// the writer's bursts shorter (at 8,000 req/s a 200 ms window is 1,600 rows written
@@ -340,10 +349,7 @@ mod tests {
     #[tokio::test]
     async fn an_unset_batch_window_is_50_ms_for_sqlite_and_200_ms_for_postgres() {
         let dir = tempfile::tempdir().unwrap();
-        let sqlite =
-            Sink::sqlite(&dir.path().join("log.db"), super::super::WriterPriority::Nice(0), Duration::from_secs(1))
-                .await
-                .unwrap();
+        let sqlite = Sink::scratch_sqlite(dir.path(), Duration::from_secs(1)).await;
         assert_eq!(sqlite.default_batch_window(), Duration::from_millis(50));
         let postgres = Sink::postgres("postgres://falcon@127.0.0.1:1/falcon", 1, Duration::from_secs(1)).unwrap();
         assert_eq!(postgres.default_batch_window(), Duration::from_millis(200));

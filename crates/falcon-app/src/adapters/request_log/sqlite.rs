@@ -166,9 +166,7 @@ mod tests {
     use super::super::{LogRecord, Sink, WriteError};
 
     async fn sink(dir: &std::path::Path, busy_timeout: Duration) -> (Sink, sqlx::SqlitePool) {
-        let sink =
-            Sink::sqlite(&dir.join("log.db"), super::super::WriterPriority::Nice(0), busy_timeout).await.unwrap();
-        sink.migrate().await.unwrap();
+        let sink = Sink::scratch_sqlite(dir, busy_timeout).await;
         let Sink::Sqlite(pool, _) = &sink else { unreachable!("a SQLite sink") };
         let pool = pool.clone();
         (sink, pool)
