@@ -388,8 +388,12 @@ fn threads_scheduling(pid: u32, prefix: &str) -> Vec<(String, u32, i32)> {
 #[tokio::test]
 async fn the_writer_threads_run_in_the_idle_class_by_default_or_at_the_nice_given() {
     for (env, policy, nice) in [(vec![], 5, 0), (vec![("LOG_WRITER_NICE", "7")], 0, 7)] {
-        let w = Worker::start(&env);
+        let dir = fresh_dir();
+        let w = Worker::start_in(dir.path(), &env);
         infer(&reqwest::Client::new(), &w, "a row, so the writer has run", None).await;
+        let db = dir.path().join("data/request_log.db");
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        crate::common::wait_for_sqlite_rows(&pool, 1, Duration::from_secs(30)).await;
         for prefix in ["request-log-wri", "sqlx-sqlite-wor"] {
             let threads = threads_scheduling(w.child.id(), prefix);
             assert!(!threads.is_empty(), "no thread named {prefix}* with {env:?}");
